@@ -1,0 +1,1 @@
+"""Long-lived actors of the mesh: catalog, coordinator host and tool runner."""

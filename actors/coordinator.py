@@ -1,0 +1,356 @@
+"""The coordinator host: one asyncio actor per live execution, on partitioned mailboxes.
+
+Each execution actor is a thin shell around the pure engine: load state (cache or replay),
+`decide`, commit the events in one statement, publish the commands, then ack. A crash
+anywhere in between is repaired by redelivery, because a decision is deterministic and
+every write and publish is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from actors.base import Actor
+from noetl import dsl
+from noetl.bus import (
+    CMD_STREAM,
+    EXEC_STREAM,
+    START_STREAM,
+    START_SUBJECT,
+    Bus,
+    cmd_subject,
+    encode_json,
+    events_subject,
+    exec_subject,
+    partition_of,
+)
+from noetl.config import Settings
+from noetl.engine import Decision, Engine, Event, ExecutionState, fold, replay
+from noetl.engine import events as ev
+from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
+from noetl.messages import (
+    CommandCompleted,
+    CommandFailed,
+    CommandIssued,
+    ExecMessage,
+    StartExecution,
+    Wake,
+    decode_exec,
+    decode_start,
+    encode,
+)
+from noetl.store import Projection, Store, outcome_key
+from plugins.registry import known_kinds
+
+# How many times a decision is retried after losing a race with another coordinator.
+_MAX_CONFLICTS = 8
+
+
+class ExecutionActor:
+    """The coordinator of one execution: handles its messages one at a time, in order."""
+
+    def __init__(self, host: CoordinatorHost, execution_id: int) -> None:
+        self.host = host
+        self.execution_id = execution_id
+        self.mailbox: asyncio.Queue[tuple[Msg, ExecMessage]] = asyncio.Queue()
+        self.state: ExecutionState | None = None
+        self.engine: Engine | None = None
+        self.reply_to = exec_subject(partition_of(execution_id, host.settings.partitions))
+
+    async def run(self) -> None:
+        """Process the mailbox until idle for `idle_evict` seconds, then leave the cache."""
+        while True:
+            try:
+                msg, message = await asyncio.wait_for(self.mailbox.get(),
+                                                      self.host.settings.idle_evict)
+            except TimeoutError:
+                if self.mailbox.empty():
+                    self.host.evict(self)
+                    return
+                continue
+            try:
+                terminal = await self.handle(msg, message)
+            except Exception as exc:
+                # The message stays unacked and comes back after ack_wait; the cached state
+                # may be ahead of the store, so it is rebuilt from the events next time.
+                self.host.log.exception("execution %s: handling failed", self.execution_id)
+                self.state = None
+                await _nak(msg, exc)
+                continue
+            if terminal and self.mailbox.empty():
+                self.host.evict(self)
+                return
+
+    async def handle(self, msg: Msg, message: ExecMessage) -> bool:
+        """Decide, commit, publish, ack. Returns True when the execution has ended."""
+        decision: Decision | None = None
+        for _ in range(_MAX_CONFLICTS):
+            if self.state is None or self.engine is None:
+                loaded = await self._load(message)
+                if not loaded:
+                    await self.host.bus.dead_letter(
+                        msg, f"execution {self.execution_id} has no events and "
+                             f"{type(message).__name__} cannot start it")
+                    return False
+            assert self.state is not None and self.engine is not None
+            decision = self.engine.decide(self.state, message)
+            if not decision.events:
+                break
+            try:
+                await self.host.store.append_decision(
+                    self.execution_id, self.state.parent_execution_id, decision.events,
+                    _projection(self.state, decision),
+                )
+                break
+            except VersionConflict:
+                self.state = None
+        else:
+            raise VersionConflict(f"execution {self.execution_id}: too many conflicts")
+        assert decision is not None and self.state is not None and self.engine is not None
+        commands = decision.commands
+        if decision.duplicate and self.state.running:
+            # A redelivered message: its commands may not have been published before the
+            # crash that caused the redelivery; dedup drops the ones that were.
+            commands = self.engine.pending_commands(self.state)
+        await self.host.publish_commands(commands, self.reply_to)
+        if decision.events:
+            await self.host.announce(self.execution_id, decision.events)
+        await msg.ack()
+        return not self.state.running
+
+    async def _load(self, message: ExecMessage) -> bool:
+        events = await self.host.store.load_decisions(self.execution_id)
+        state = replay(self.execution_id, events)
+        if state.status == "new":
+            if not isinstance(message, StartExecution):
+                return False
+            path, version = message.path, message.version
+        else:
+            path, version = state.path, state.version
+        try:
+            self.engine = await self.host.engine_for(path, version)
+        except (CatalogError, PlaybookError) as exc:
+            if not isinstance(message, StartExecution):
+                raise
+            self.engine = _Unstartable(path, version or 0, str(exc))  # type: ignore[assignment]
+        self.state = state
+        return True
+
+
+class _Unstartable:
+    """Stands in for the engine of a start request whose playbook cannot be loaded, so the
+    failure is recorded as an execution (visible to `status`) instead of vanishing."""
+
+    def __init__(self, path: str, version: int, reason: str) -> None:
+        self.path, self.version, self.reason = path, version, reason
+
+    def decide(self, state: ExecutionState, message: ExecMessage) -> Decision:
+        if state.status != "new":
+            return Decision(duplicate=True)
+        events = [
+            Event(type=ev.EXECUTION_STARTED, dedup_key="execution.started", status="running",
+                  payload={"path": self.path, "version": self.version, "workload": {}}),
+            Event(type=ev.EXECUTION_FAILED, dedup_key="execution.ended", status="failed",
+                  error={"type": "catalog", "message": self.reason}),
+        ]
+        for i, event in enumerate(events, start=state.seq + 1):
+            event.version = i
+            fold(state, event)
+        return Decision(events=events)
+
+    def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:
+        return []
+
+
+def _projection(state: ExecutionState, decision: Decision) -> Projection | None:
+    if not decision.projection_changed:
+        return None
+    return Projection(path=state.path, version=state.version, status=state.status,
+                      workload=state.workload, result=state.result, error=state.error)
+
+
+async def _nak(msg: Msg, exc: BaseException) -> None:
+    try:
+        await msg.nak(delay=1.0)
+    except Exception:  # the connection may be gone; redelivery after ack_wait covers it
+        return
+
+
+class CoordinatorHost(Actor):
+    """Hosts the execution actors of its partitions, the start router and the reconciler."""
+
+    role = "coordinator"
+
+    def __init__(self, bus: Bus, store: Store, settings: Settings,
+                 partitions: list[int] | None = None) -> None:
+        super().__init__(bus, store, settings)
+        self.partitions = (list(range(settings.partitions)) if partitions is None
+                           else partitions)
+        self.actors: dict[int, ExecutionActor] = {}
+        self._engines: dict[tuple[str, int], Engine] = {}
+        self._latest: dict[str, int] = {}
+        self._start_stream_created = ""
+        self._reconciler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe to the partitions and the start subject; start the reconciler."""
+        await super().start()
+        info = await self.bus.js.stream_info(START_STREAM)
+        self._start_stream_created = str(info.created or "")
+        for p in self.partitions:
+            await self.bus.consume(EXEC_STREAM, exec_subject(p), f"coordinator-{p}",
+                                   self._on_exec, max_in_flight=1024)
+        await self.bus.consume(START_STREAM, START_SUBJECT, "router", self._on_start,
+                               max_in_flight=256)
+        self._reconciler = asyncio.create_task(self._reconcile_forever())
+
+    async def stop(self) -> None:
+        """Stop the reconciler and wait for every actor's mailbox to drain."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        for actor in list(self.actors.values()):
+            while not actor.mailbox.empty():
+                await asyncio.sleep(0.01)
+        await super().stop()
+
+    # -- mailboxes ---------------------------------------------------------------------
+
+    async def _on_exec(self, msg: Msg) -> None:
+        try:
+            message = decode_exec(msg.data)
+        except MessageError as exc:
+            await self.bus.dead_letter(msg, str(exc))
+            return
+        actor = self.actors.get(message.execution_id)
+        if actor is None:
+            actor = self.actors[message.execution_id] = ExecutionActor(self,
+                                                                       message.execution_id)
+            self.spawn(actor.run())
+        actor.mailbox.put_nowait((msg, message))
+
+    def evict(self, actor: ExecutionActor) -> None:
+        """Forget an idle or finished execution; a later message rebuilds it by replay."""
+        if self.actors.get(actor.execution_id) is actor:
+            del self.actors[actor.execution_id]
+
+    async def _on_start(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        msg_id = headers.get("Nats-Msg-Id")
+        seed = msg_id or f"{self._start_stream_created}:{msg.metadata.sequence.stream}"
+        default_id = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(),
+                                    "big") >> 1
+        try:
+            message = decode_start(msg.data, default_id=default_id, msg_id=msg_id)
+        except MessageError as exc:
+            await self.bus.dead_letter(msg, str(exc))
+            return
+        partition = partition_of(message.execution_id, self.settings.partitions)
+        await self.bus.publish(exec_subject(partition), encode(message),
+                               f"start:{message.execution_id}")
+        await msg.ack()
+
+    # -- shared services for the actors -------------------------------------------------
+
+    async def engine_for(self, path: str, version: int | None) -> Engine:
+        """The engine of a pinned playbook version (latest when None), cached."""
+        if version is None:
+            version, content = await self.store.get_playbook(path)
+            key = (path, version)
+            if key in self._engines:
+                return self._engines[key]
+        else:
+            key = (path, version)
+            if key in self._engines:
+                return self._engines[key]
+            version, content = await self.store.get_playbook(path, version)
+        playbook = dsl.load_text(content, filename=f"{path}@{version}",
+                                 known_kinds=known_kinds())
+        engine = self._engines[key] = Engine(playbook, version=version)
+        return engine
+
+    async def publish_commands(self, commands: list[CommandIssued], reply_to: str) -> None:
+        """Send commands to their runner pools (concurrently; each waits for its ack)."""
+        if not commands:
+            return
+        pool = cmd_subject(self.settings.runner_pool)
+        for command in commands:
+            command.reply_to = reply_to
+        await asyncio.gather(*(
+            self.bus.publish(pool, encode(c), c.command_id) for c in commands
+        ))
+
+    async def announce(self, execution_id: int, events: list[Event]) -> None:
+        """Tell live watchers what was just committed (best effort, core NATS)."""
+        brief: list[dict[str, Any]] = [
+            {"type": e.type, "step": e.step, "status": e.status, "error": e.error}
+            for e in events if e.type != ev.COMMAND_ISSUED
+        ]
+        await self.bus.announce(events_subject(execution_id), encode_json(brief))
+
+    # -- reconciler --------------------------------------------------------------------
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_every)
+            try:
+                await self.reconcile()
+            except Exception:
+                self.log.exception("reconciler sweep failed")
+
+    async def reconcile(self) -> int:
+        """Re-derive lost work of stale executions from the event table; return how many
+        executions were nudged. JetStream may lose messages; PostgreSQL may not."""
+        stale_ms = int(1000 * max(3 * self.settings.ack_wait, self.bus.dedup_window + 1))
+        mine = set(self.partitions)
+        nudged = 0
+        for execution_id in await self.store.stale_executions(stale_ms):
+            if partition_of(execution_id, self.settings.partitions) not in mine:
+                continue
+            if execution_id in self.actors:
+                continue
+            await self._reconcile_one(execution_id)
+            nudged += 1
+        return nudged
+
+    async def _reconcile_one(self, execution_id: int) -> None:
+        state = replay(execution_id, await self.store.load_decisions(execution_id))
+        if not state.running:
+            return
+        engine = await self.engine_for(state.path, state.version)
+        reply_to = exec_subject(partition_of(execution_id, self.settings.partitions))
+        lost: list[CommandIssued] = []
+        commands_in_flight = (await self.bus.js.stream_info(CMD_STREAM)).state.messages
+        for command_id, pending in state.pending.items():
+            outcome = await self.store.find_event(execution_id, outcome_key(command_id))
+            if outcome is None:
+                # Only when no command message exists anywhere can this one be lost: one
+                # still in the stream is being run or will be redelivered.
+                if commands_in_flight == 0:
+                    lost.append(engine.command_message(state, command_id))
+                continue
+            message: ExecMessage
+            if outcome.type == ev.COMMAND_COMPLETED:
+                message = CommandCompleted(
+                    execution_id=execution_id, dedup_id=f"{command_id}:outcome",
+                    command_id=command_id, step=pending.step,
+                    result=(outcome.payload or {}).get("result"))
+            else:
+                message = CommandFailed(
+                    execution_id=execution_id, dedup_id=f"{command_id}:outcome",
+                    command_id=command_id, step=pending.step, error=outcome.error or {})
+            await self.bus.publish(reply_to, encode(message), message.dedup_id)
+        if not state.pending:
+            wake = Wake(execution_id=execution_id, dedup_id=f"wake:{execution_id}:{state.seq}")
+            await self.bus.publish(reply_to, encode(wake), wake.dedup_id)
+        await self.publish_commands(lost, reply_to)
+        self.log.info("reconciled execution %s", execution_id)
+
+
+def brief_events(data: bytes) -> list[dict[str, Any]]:
+    """Decode an announcement published by `CoordinatorHost.announce`."""
+    return msgspec.json.decode(data)  # type: ignore[no-any-return]

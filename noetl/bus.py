@@ -1,0 +1,183 @@
+"""NATS JetStream: streams, subjects, consumers, and publishing with dedup ids.
+
+Only features of nats-server 2.9 are used: work-queue streams, durable push consumers with
+queue groups, `Nats-Msg-Id` dedup and core request/reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from noetl.errors import ConfigError
+
+log = logging.getLogger("noetl.bus")
+
+EXEC_STREAM: Final = "NOETL_EXEC"
+CMD_STREAM: Final = "NOETL_CMD"
+START_STREAM: Final = "NOETL_START"
+DEAD_STREAM: Final = "NOETL_DEAD"
+START_SUBJECT: Final = "noetl.start"
+CATALOG_REGISTER: Final = "noetl.catalog.register"
+CATALOG_GET: Final = "noetl.catalog.get"
+PING_PREFIX: Final = "noetl.mesh.ping"
+
+
+def exec_subject(partition: int) -> str:
+    """The mailbox subject of one coordinator partition."""
+    return f"noetl.exec.{partition}"
+
+
+def cmd_subject(pool: str) -> str:
+    """The work queue subject of a runner pool."""
+    return f"noetl.cmd.{pool}"
+
+
+def events_subject(execution_id: int) -> str:
+    """Core subject where committed events of one execution are announced to watchers."""
+    return f"noetl.events.{execution_id}"
+
+
+def partition_of(execution_id: int, partitions: int) -> int:
+    """Which partition owns an execution: a stable hash, independent of the id's layout."""
+    digest = hashlib.blake2b(execution_id.to_bytes(8, "big", signed=True), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") % partitions
+
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class Bus:
+    """A connection to NATS with the runtime's streams declared."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, *, ack_wait: float,
+                 dedup_window: float) -> None:
+        self.nc = nc
+        self.js = js
+        self.ack_wait = ack_wait
+        self.dedup_window = dedup_window
+        self._subs: list[Subscription] = []
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "noetl", ack_wait: float = 30.0,
+                      dedup_window: float = 120.0) -> Bus:
+        """Connect and make sure the streams exist."""
+        try:
+            nc = await nats.connect(url, name=name, max_reconnect_attempts=-1,
+                                    reconnect_time_wait=0.5, connect_timeout=5)
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            raise ConfigError(f"cannot connect to NATS at {url}: {exc}") from exc
+        bus = cls(nc, nc.jetstream(), ack_wait=ack_wait, dedup_window=dedup_window)
+        await bus.ensure_streams()
+        return bus
+
+    async def ensure_streams(self) -> None:
+        """Create the streams, or update them to the expected configuration."""
+        for name, subjects, retention in (
+            (EXEC_STREAM, ["noetl.exec.*"], RetentionPolicy.WORK_QUEUE),
+            (CMD_STREAM, ["noetl.cmd.*"], RetentionPolicy.WORK_QUEUE),
+            (START_STREAM, [START_SUBJECT], RetentionPolicy.WORK_QUEUE),
+            (DEAD_STREAM, ["noetl.dead.>"], RetentionPolicy.LIMITS),
+        ):
+            config = StreamConfig(
+                name=name,
+                subjects=subjects,
+                retention=retention,
+                storage=StorageType.FILE,
+                duplicate_window=self.dedup_window,
+                max_age=7 * 86400 if retention == RetentionPolicy.LIMITS else None,
+            )
+            try:
+                await self.js.add_stream(config)
+            except BadRequestError:
+                await self.js.update_stream(config)
+
+    async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
+        """Publish to JetStream and wait for the server's ack; dedup by `msg_id`."""
+        await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+
+    async def announce(self, subject: str, data: bytes) -> None:
+        """Fire-and-forget publish on core NATS (live notifications)."""
+        await self.nc.publish(subject, data)
+
+    async def consume(self, stream: str, subject: str, durable: str, handler: Handler, *,
+                      max_in_flight: int, max_deliver: int = -1) -> None:
+        """Deliver messages of `subject` to `handler` through a durable push consumer.
+
+        Processes sharing `durable` share the work (queue group). Messages are pushed as
+        soon as they are stored, with at most `max_in_flight` unacknowledged at a time.
+        """
+        config = ConsumerConfig(
+            durable_name=durable,
+            deliver_group=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=max_in_flight,
+            max_deliver=max_deliver,
+            filter_subject=subject,
+        )
+        sub = await self.js.subscribe(
+            subject, queue=durable, durable=durable, stream=stream, cb=handler,
+            manual_ack=True, config=config, pending_msgs_limit=max(1024, max_in_flight * 4),
+        )
+        self._subs.append(sub)
+
+    async def serve(self, subject: str, handler: Handler, *, queue: str) -> None:
+        """Answer core NATS requests on `subject` (request/reply)."""
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=handler))
+
+    async def dead_letter(self, msg: Msg, reason: str) -> None:
+        """Keep an unusable message in the dead-letter stream with its reason, then ack it."""
+        headers = {"Noetl-Reason": reason[:1000], "Noetl-Subject": msg.subject}
+        try:
+            await self.js.publish(f"noetl.dead.{msg.subject}", msg.data, headers=headers)
+        finally:
+            await msg.ack()
+        log.warning("dead-lettered a message on %s: %s", msg.subject, reason)
+
+    async def request(self, subject: str, data: bytes, timeout: float = 10.0) -> bytes:
+        """A core NATS request; raises nats.errors.NoRespondersError when nobody serves it."""
+        reply = await self.nc.request(subject, data, timeout=timeout)
+        return bytes(reply.data)
+
+    async def stop_consuming(self) -> None:
+        """Stop receiving new messages (in-flight handlers finish on their own)."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(nats.errors.ConnectionClosedError,
+                                     nats.errors.BadSubscriptionError):
+                await sub.unsubscribe()
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        await self.stop_consuming()
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (TimeoutError, nats.errors.ConnectionClosedError):
+                await self.nc.close()
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON for notifications read by humans' tools."""
+    return msgspec.json.encode(value)

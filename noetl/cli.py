@@ -1,0 +1,477 @@
+"""Command line: `noetl-runtime` (alias `noetl`).
+
+Exit codes: 0 success (execution completed), 1 execution failed or cancelled or a runtime
+error, 2 invalid playbook or usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from noetl import dsl, local
+from noetl.client import Client
+from noetl.config import Settings
+from noetl.errors import ConfigError, NoetlError, PlaybookError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class CliState(msgspec.Struct):
+    """Options given before the command."""
+
+    overrides: dict[str, Any]
+
+    def settings(self) -> Settings:
+        return Settings.from_env(**self.overrides)
+
+
+def _run(coro: Awaitable[int]) -> None:
+    """Run a command's coroutine and exit with its code; errors become clear messages."""
+    try:
+        code = asyncio.run(coro)  # type: ignore[arg-type]
+    except PlaybookError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False)
+        sys.exit(2)
+    except ConfigError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except NoetlError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_workload(workload: str | None, assignments: tuple[str, ...]) -> dict[str, Any]:
+    """`--workload JSON|@file.json` then `--set key=value` (dotted keys nest; values are JSON
+    when they parse as JSON, else strings)."""
+    data: dict[str, Any] = {}
+    if workload:
+        text = workload
+        if workload.startswith("@"):
+            try:
+                text = Path(workload[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise click.UsageError(f"--workload {workload}: {exc}") from exc
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise click.UsageError(f"--workload is not valid JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise click.UsageError("--workload must be a JSON object")
+        data.update(loaded)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--set expects key=value, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise click.UsageError(f"--set {key}: `{part}` is not an object")
+        target[leaf] = value
+    return data
+
+
+@click.group()
+@click.option("--nats-url", envvar="NOETL_NATS_URL", help="NATS server (default: embedded).")
+@click.option("--pg-dsn", envvar="NOETL_PG_DSN", help="PostgreSQL DSN (default: embedded).")
+@click.option("--home", envvar="NOETL_HOME", type=click.Path(file_okay=False),
+              help="Local data directory (default ~/.noetl).")
+@click.version_option(package_name="noetl-runtime")
+@click.pass_context
+def main(ctx: click.Context, nats_url: str | None, pg_dsn: str | None,
+         home: str | None) -> None:
+    """noetl-runtime: run NoETL playbooks on an actor mesh over NATS JetStream and PostgreSQL.
+
+    With neither NATS nor PostgreSQL configured, embedded servers are started under
+    NOETL_HOME and reused by every later command until `noetl-runtime down`.
+    """
+    ctx.obj = CliState(overrides={"nats_url": nats_url, "pg_dsn": pg_dsn, "home": home})
+
+
+def _settings(ctx: click.Context) -> Settings:
+    state: CliState = ctx.obj
+    return state.settings()
+
+
+async def _with_client(settings: Settings, body: Callable[[Client], Awaitable[int]], *,
+                       relaxed: bool = False) -> int:
+    """Connect, run `body`, close. `relaxed` when this process may host a runner."""
+    client = await Client.connect(settings, announce=_say, relaxed=relaxed)
+    try:
+        return await body(client)
+    finally:
+        await client.close()
+
+
+# -- validate -------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files: tuple[str, ...]) -> None:
+    """Check playbooks: every problem as FILE:LINE:COL: message. Exit 2 if any error."""
+    from plugins.registry import known_kinds
+
+    failed = False
+    for file in files:
+        report = dsl.check_file(file, known_kinds=known_kinds())
+        for problem in [*report.errors, *report.warnings]:
+            err.print(str(problem), markup=False)
+        if report.errors:
+            failed = True
+        else:
+            err.print(f"{file}: valid", markup=False)
+    sys.exit(2 if failed else 0)
+
+
+def _load_or_exit(file: str) -> dsl.Playbook:
+    from plugins.registry import known_kinds
+
+    report = dsl.check_file(file, known_kinds=known_kinds())
+    for problem in [*report.errors, *report.warnings]:
+        err.print(str(problem), markup=False)
+    if report.errors or report.playbook is None:
+        sys.exit(2)
+    return report.playbook
+
+
+# -- up -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--role", "roles", multiple=True,
+              type=click.Choice(["catalog", "coordinator", "runner", "all"]),
+              help="Roles to run (repeatable; default all).")
+@click.pass_context
+def up(ctx: click.Context, roles: tuple[str, ...]) -> None:
+    """Start the mesh and run until SIGTERM/SIGINT, then drain and exit."""
+    from actors.mesh import ROLES, Mesh
+
+    chosen = ROLES if not roles or "all" in roles else roles
+    settings = _settings(ctx)
+
+    async def body(client: Client) -> int:
+        mesh = Mesh(client.bus, client.store, client.settings, chosen)
+        await mesh.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        _say(f"noetl: mesh up ({', '.join(mesh.roles)}); Ctrl-C stops it")
+        await stop.wait()
+        _say("noetl: draining")
+        await mesh.stop()
+        return 0
+
+    _run(_with_client(settings, body, relaxed=True))
+
+
+# -- run / execute --------------------------------------------------------------------
+
+
+class _Progress:
+    """Prints each step as it starts and ends."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, step = event["type"], event.get("step")
+        if kind == "step.started" and step:
+            self.started[step] = time.monotonic()
+            err.print(f"  [cyan]▶[/] {step}")
+        elif kind in ("step.completed", "step.failed") and step:
+            took = time.monotonic() - self.started.get(step, time.monotonic())
+            if kind == "step.completed":
+                err.print(f"  [green]✓[/] {step} [dim]{took:.2f}s[/]")
+            else:
+                message = (event.get("error") or {}).get("message", "")
+                err.print(f"  [red]✗[/] {step} [dim]{took:.2f}s[/] {message}", markup=True)
+
+
+async def _execute(client: Client, path: str, version: int | None, workload: dict[str, Any],
+                   *, wait: bool, as_json: bool, timeout: float | None) -> int:
+    from actors.mesh import Mesh, missing_roles
+
+    mesh = None
+    if wait:
+        missing = await missing_roles(client.bus)
+        if missing:
+            mesh = Mesh(client.bus, client.store, client.settings, missing)
+            await mesh.start()
+    try:
+        eid = await client.start(path, version=version, workload=workload, timeout=timeout)
+        if not wait:
+            if as_json:
+                _print_json({"execution_id": str(eid), "path": path, "status": "started"})
+            else:
+                out.print(f"execution {eid} started ({path})")
+            return 0
+        if not as_json:
+            err.print(f"execution [bold]{eid}[/] of {path}")
+        try:
+            doc = await client.wait(eid, on_event=None if as_json else _Progress(),
+                                    timeout=timeout)
+        except TimeoutError:
+            doc = await client.store.describe(eid)
+            doc["error"] = doc.get("error") or {"type": "timeout",
+                                                "message": f"still {doc['status']} after "
+                                                           f"{timeout}s"}
+    finally:
+        if mesh is not None:
+            await mesh.stop()
+    _show_document(doc, as_json)
+    return 0 if doc["status"] == "completed" else 1
+
+
+def _show_document(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(doc)
+        return
+    colour = {"completed": "green", "failed": "red"}.get(doc["status"], "yellow")
+    out.print(f"[{colour}]{doc['status']}[/] {doc['path']} v{doc['version']} "
+              f"(execution {doc['execution_id']})")
+    if doc.get("error"):
+        out.print(f"[red]error:[/] {doc['error'].get('message', doc['error'])}", markup=True)
+    out.print_json(data=doc.get("result"), default=str)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--workload", help="Workload as JSON, or @file.json.")
+@click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--timeout", type=float, help="Seconds to wait for the execution.")
+@click.pass_context
+def run(ctx: click.Context, file: str, workload: str | None, assignments: tuple[str, ...],
+        as_json: bool, timeout: float | None) -> None:
+    """Validate, register and execute a playbook file, showing each step."""
+    _load_or_exit(file)
+    data = _parse_workload(workload, assignments)
+    settings = _settings(ctx)
+
+    async def body(client: Client) -> int:
+        reply = await client.register(Path(file))
+        return await _execute(client, reply.path, reply.version, data, wait=True,
+                              as_json=as_json, timeout=timeout)
+
+    _run(_with_client(settings, body, relaxed=True))
+
+
+@main.command()
+@click.argument("path")
+@click.option("--version", "version", type=int, help="Catalog version (default latest).")
+@click.option("--workload", help="Workload as JSON, or @file.json.")
+@click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
+@click.option("--wait", is_flag=True, help="Wait for the end and print the result.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", type=float, help="Seconds to wait (with --wait).")
+@click.pass_context
+def execute(ctx: click.Context, path: str, version: int | None, workload: str | None,
+            assignments: tuple[str, ...], wait: bool, as_json: bool,
+            timeout: float | None) -> None:
+    """Start an execution of a registered playbook."""
+    data = _parse_workload(workload, assignments)
+    settings = _settings(ctx)
+    _run(_with_client(settings, lambda c: _execute(
+        c, path, version, data, wait=wait, as_json=as_json, timeout=timeout), relaxed=True))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def register(ctx: click.Context, file: str, as_json: bool) -> None:
+    """Validate and register a playbook in the catalog."""
+    _load_or_exit(file)
+    settings = _settings(ctx)
+
+    async def body(client: Client) -> int:
+        from actors.mesh import Mesh, missing_roles
+
+        mesh = None
+        if await missing_roles(client.bus, ["catalog"]):
+            mesh = Mesh(client.bus, client.store, client.settings, ["catalog"])
+            await mesh.start()
+        try:
+            reply = await client.register(Path(file))
+        finally:
+            if mesh is not None:
+                await mesh.stop()
+        if as_json:
+            _print_json({"path": reply.path, "version": reply.version,
+                         "created": reply.created})
+        else:
+            what = "registered" if reply.created else "unchanged"
+            out.print(f"{what}: {reply.path} version {reply.version}")
+        return 0
+
+    _run(_with_client(settings, body))
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def _execution_id(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise click.UsageError(f"execution id must be a number, got {value!r}") from None
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """Show an execution: status, result, steps, vars."""
+    eid = _execution_id(execution_id)
+
+    async def body(client: Client) -> int:
+        doc = await client.store.describe(eid)
+        if as_json:
+            _print_json(doc)
+        else:
+            _show_document(doc, False)
+            table = Table("step", "result")
+            for step, result in doc["steps"].items():
+                table.add_row(step, json.dumps(result, default=str)[:120])
+            out.print(table)
+        return 0
+
+    _run(_with_client(_settings(ctx), body))
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def events(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """List an execution's events, oldest first."""
+    eid = _execution_id(execution_id)
+
+    async def body(client: Client) -> int:
+        rows = await client.store.list_events(eid)
+        if as_json:
+            _print_json(rows)
+            return 0
+        table = Table("event_id", "type", "step", "status", "command_id", "created_at")
+        for r in rows:
+            table.add_row(str(r["event_id"]), r["event_type"], r["step"] or "",
+                          r["status"] or "", r["command_id"] or "", r["created_at"])
+        out.print(table)
+        return 0
+
+    _run(_with_client(_settings(ctx), body))
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", default=50, show_default=True, help="How many executions.")
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """List recent executions."""
+    async def body(client: Client) -> int:
+        rows = await client.store.list_executions(limit)
+        if as_json:
+            _print_json(rows)
+            return 0
+        table = Table("execution_id", "path", "version", "status", "started_at", "ended_at")
+        for r in rows:
+            table.add_row(r["execution_id"], r["path"], str(r["version"]), r["status"],
+                          r["started_at"], r["ended_at"] or "")
+        out.print(table)
+        return 0
+
+    _run(_with_client(_settings(ctx), body))
+
+
+@main.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop the embedded NATS and PostgreSQL servers of NOETL_HOME."""
+    settings = _settings(ctx)
+    stopped = local.stop_local(settings.home)
+    err.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+# -- db -------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command(name="init")
+@click.pass_context
+def db_init(ctx: click.Context) -> None:
+    """Create or upgrade the schema (idempotent)."""
+    async def body() -> int:
+        from noetl.store import Store
+
+        settings = _settings(ctx.find_root())
+        services = local.resolve(settings, announce=_say)
+        store = await Store.connect(services.pg_dsn)
+        try:
+            applied = await store.init_schema()
+        finally:
+            await store.close()
+        err.print(f"applied migrations {applied}" if applied else "schema is up to date")
+        return 0
+
+    _run(body())
+
+
+@db.command(name="validate")
+@click.pass_context
+def db_validate(ctx: click.Context) -> None:
+    """Say what is missing or different in the schema (exit 1 if anything)."""
+    async def body() -> int:
+        from noetl.store import Store
+
+        settings = _settings(ctx.find_root())
+        services = local.resolve(settings, announce=_say)
+        store = await Store.connect(services.pg_dsn)
+        try:
+            problems = await store.check_schema()
+        finally:
+            await store.close()
+        for problem in problems:
+            err.print(problem, markup=False)
+        if not problems:
+            err.print("schema is valid")
+        return 1 if problems else 0
+
+    _run(body())

@@ -1,0 +1,116 @@
+"""A client of the mesh: register playbooks, start executions, watch them, read results.
+
+Used by the CLI and by programs that drive noetl-runtime from Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from noetl import local
+from noetl.bus import CATALOG_REGISTER, START_SUBJECT, Bus, events_subject
+from noetl.config import Settings
+from noetl.engine.events import TERMINAL_STATUSES
+from noetl.engine.ids import new_execution_id
+from noetl.errors import PlaybookError
+from noetl.messages import CatalogReply, RegisterPlaybook, StartExecution, encode
+from noetl.store import Store
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class Client:
+    """A connection to the runtime's NATS and PostgreSQL."""
+
+    def __init__(self, settings: Settings, bus: Bus, store: Store) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+
+    @classmethod
+    async def connect(cls, settings: Settings, *,
+                      announce: Callable[[str], None] | None = None,
+                      relaxed: bool = False) -> Client:
+        """Connect (starting embedded servers in local mode) and bring the schema up to date."""
+        services = local.resolve(settings, announce=announce)
+        settings = msgspec.structs.replace(settings, nats_url=services.nats_url,
+                                           pg_dsn=services.pg_dsn)
+        bus = await Bus.connect(services.nats_url, ack_wait=settings.ack_wait,
+                                dedup_window=settings.dedup_window)
+        try:
+            store = await Store.connect(services.pg_dsn, relaxed=relaxed,
+                                        max_size=max(10, settings.runner_concurrency))
+        except BaseException:
+            await bus.close()
+            raise
+        await store.init_schema()
+        return cls(settings, bus, store)
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self.bus.close()
+        await self.store.close()
+
+    async def register(self, path: Path) -> CatalogReply:
+        """Register a playbook file through the catalog actor."""
+        content = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        request = RegisterPlaybook(content=content, filename=str(path))
+        data = await self.bus.request(CATALOG_REGISTER, encode(request), timeout=30)
+        reply = msgspec.msgpack.decode(data, type=CatalogReply)
+        if not reply.ok:
+            raise PlaybookError(reply.problems)
+        return reply
+
+    async def start(self, path: str, *, version: int | None = None,
+                    workload: dict[str, Any] | None = None,
+                    execution_id: int | None = None, timeout: float | None = None) -> int:
+        """Publish a start request; return the new execution's id."""
+        if version is not None:
+            await self.store.get_playbook(path, version)  # fail early and clearly
+        else:
+            version, _ = await self.store.get_playbook(path)
+        eid = execution_id if execution_id is not None else new_execution_id()
+        message = StartExecution(execution_id=eid, dedup_id=f"start:{eid}", path=path,
+                                 version=version, workload=workload or {}, timeout=timeout)
+        await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
+        return eid
+
+    async def wait(self, execution_id: int, *, on_event: EventCallback | None = None,
+                   timeout: float | None = None, poll: float = 1.0) -> dict[str, Any]:
+        """Wait until the execution ends; call `on_event` for each announced event.
+
+        Announcements are best effort, so the store is polled too: nothing is ever missed.
+        """
+        done = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            for event in msgspec.json.decode(msg.data):
+                if on_event is not None:
+                    on_event(event)
+                if event["type"].startswith("execution.") and event["status"] in TERMINAL_STATUSES:
+                    done.set()
+
+        sub = await self.bus.nc.subscribe(events_subject(execution_id), cb=on_msg)
+        try:
+            async with asyncio.timeout(timeout):
+                while not done.is_set():
+                    if await self._ended(execution_id):
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), poll)
+        finally:
+            await sub.unsubscribe()
+        return await self.store.describe(execution_id)
+
+    async def _ended(self, execution_id: int) -> bool:
+        try:
+            row = await self.store.get_execution(execution_id)
+        except Exception:
+            return False
+        return row["status"] in TERMINAL_STATUSES

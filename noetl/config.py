@@ -1,0 +1,68 @@
+"""Settings from the environment (`NOETL_*`), overridable by CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from noetl.errors import ConfigError
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """Runtime configuration. Field names match the `NOETL_<NAME>` variables."""
+
+    nats_url: str | None = None
+    pg_dsn: str | None = None
+    api_port: int = 8082
+    partitions: int = 8
+    runner_pool: str = "default"
+    runner_concurrency: int = 16
+    api_token: str | None = None
+    encryption_key: str | None = None
+    home: Path = Path("~/.noetl").expanduser()
+    # Seconds JetStream waits for an ack before redelivering; runners report progress
+    # well within it, so only a dead process lets it expire.
+    ack_wait: float = 30.0
+    # Seconds during which JetStream drops a republished message with the same id.
+    dedup_window: float = 120.0
+    # Seconds an execution actor may sit idle before the coordinator host drops it.
+    idle_evict: float = 60.0
+    # Seconds between reconciler sweeps for executions with lost or stalled work.
+    reconcile_every: float = 15.0
+    python_workers: int = 0
+    large_result_bytes: int = 256 * 1024
+
+    @property
+    def local_mode(self) -> bool:
+        """True when neither NATS nor PostgreSQL is configured: embedded servers are used."""
+        return self.nats_url is None and self.pg_dsn is None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `NOETL_*` variables, then apply non-None `overrides` (CLI flags)."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            raw = source.get(f"NOETL_{name.upper()}")
+            if raw not in (None, ""):
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        home = values.pop("home", None)
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from exc
+        if home is not None:
+            settings.home = Path(str(home)).expanduser()
+        if settings.partitions < 1:
+            raise ConfigError("NOETL_PARTITIONS must be at least 1")
+        if (settings.nats_url is None) != (settings.pg_dsn is None):
+            missing = "NOETL_PG_DSN" if settings.pg_dsn is None else "NOETL_NATS_URL"
+            raise ConfigError(
+                f"{missing} is not set: configure both NATS and PostgreSQL, or neither "
+                "to use the embedded local servers"
+            )
+        return settings

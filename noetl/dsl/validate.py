@@ -1,0 +1,583 @@
+"""Validation: build the models from a YAML document and report every problem at once.
+
+The models are the schema: field names, types, defaults and bounds come from msgspec's
+type information, so a field added to a model is validated without touching this module.
+The few shapes YAML writes more loosely than the models (`next` forms, case `set`, raw
+tool blocks) have hooks of their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Collection, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from msgspec import Struct
+from msgspec import inspect as mi
+
+from noetl.dsl.graph import START, Graph
+from noetl.dsl.loader import Document, NodePath, Position, SyntaxProblem, parse_yaml
+from noetl.dsl.models import (
+    CaseRule,
+    CaseThen,
+    Collect,
+    Edge,
+    Else,
+    Loop,
+    Metadata,
+    NextEntry,
+    Pagination,
+    Playbook,
+    Retry,
+    Step,
+    When,
+    WorkbookTask,
+)
+
+API_VERSION = "noetl.io/v2"
+_SQL_FIELDS = frozenset({
+    "kind", "auth", "connection_string", "query", "command", "command_b64", "query_b64",
+    "params", "database", "attach", "script", "args", "timeout",
+})
+# Fields of the builtin tool kinds; kinds that plugins add are not field-checked.
+TOOL_FIELDS: dict[str, frozenset[str]] = {
+    "python": frozenset({"kind", "code", "code_b64", "script", "libs", "args", "auth",
+                         "timeout"}),
+    "http": frozenset({
+        "kind", "method", "url", "endpoint", "params", "headers", "json", "body", "data",
+        "payload", "timeout", "verify_ssl", "follow_redirects", "allow_status", "auth", "args",
+        "script", "max_response_bytes",
+    }),
+    "postgres": _SQL_FIELDS,
+    "duckdb": _SQL_FIELDS,
+    "snowflake": _SQL_FIELDS,
+    "playbook": frozenset({"kind", "path", "version", "args", "return_step"}),
+    "workbook": frozenset({"kind", "name", "args"}),
+    "iterator": frozenset({"kind", "collection", "element", "mode", "max_concurrency", "task",
+                           "continue_on_error"}),
+}
+BUILTIN_KINDS = frozenset(TOOL_FIELDS)
+# A tool of these kinds needs at least one of the listed fields.
+_TOOL_NEEDS: dict[str, tuple[str, ...]] = {
+    "python": ("code", "code_b64", "script"),
+    "playbook": ("path",),
+    "workbook": ("name",),
+    "iterator": ("collection",),
+}
+# Expected types of common tool fields. The tool block is rendered before it runs, so a
+# template string is accepted wherever another type is expected.
+_TOOL_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "args": ((dict,), "a mapping"),
+    "libs": ((dict,), "a mapping"),
+    "headers": ((dict,), "a mapping"),
+    "code": ((str,), "a string"),
+    "code_b64": ((str,), "a string"),
+    "query": ((str,), "a string"),
+    "command": ((str,), "a string"),
+    "url": ((str,), "a string"),
+    "endpoint": ((str,), "a string"),
+    "method": ((str,), "a string"),
+    "path": ((str,), "a string"),
+    "name": ((str,), "a string"),
+    "element": ((str,), "a string"),
+    "return_step": ((str,), "a string"),
+    "timeout": ((int, float), "a number"),
+    "verify_ssl": ((bool,), "a boolean"),
+    "follow_redirects": ((bool,), "a boolean"),
+    "continue_on_error": ((bool,), "a boolean"),
+    "allow_status": ((list,), "a list"),
+    "attach": ((list,), "a list"),
+    "task": ((dict,), "a mapping"),
+    "auth": ((str, dict), "a credential name or a mapping"),
+    "script": ((dict, str), "a mapping or a string"),
+}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_LABELS: dict[type, str] = {
+    Playbook: "the playbook",
+    Metadata: "`metadata`",
+    Loop: "`loop`",
+    Retry: "`retry`",
+    Pagination: "`pagination`",
+    CaseRule: "a `case` rule",
+    CaseThen: "the `then` of a `case` rule",
+    Collect: "`collect`",
+    Edge: "a route",
+    When: "a `when` entry",
+    Else: "an `else` entry",
+}
+# Only syntax is checked, which needs no filters or sandbox.
+_JINJA = jinja2.Environment()
+
+
+class Problem(Struct):
+    """One finding, located in the file; `str()` gives `FILE:LINE:COL: message`."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.col}: {prefix}{self.message}"
+
+
+class Report(Struct):
+    """The outcome of a check: the playbook when there is no error, and every finding."""
+
+    playbook: Playbook | None
+    errors: list[Problem]
+    warnings: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        """True when no error was found (warnings allowed)."""
+        return not self.errors
+
+
+def check_text(
+    text: str, *, filename: str = "<playbook>", known_kinds: Collection[str] = ()
+) -> Report:
+    """Validate playbook YAML `text`; `known_kinds` adds tool kinds registered by plugins."""
+    parsed = parse_yaml(text)
+    if isinstance(parsed, SyntaxProblem):
+        return Report(None, [Problem(filename, parsed.line, parsed.col, parsed.message)], [])
+    return _Checker(parsed, filename, BUILTIN_KINDS | frozenset(known_kinds)).run()
+
+
+def check_file(path: str | Path, *, known_kinds: Collection[str] = ()) -> Report:
+    """Validate the playbook file at `path`; an unreadable file is reported as a problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return Report(None, [Problem(str(path), 1, 1, f"cannot read the playbook: {exc}")], [])
+    return check_text(text, filename=str(path), known_kinds=known_kinds)
+
+
+class _Ref(Struct):
+    """A name used somewhere (a route target, a workbook task), checked once all are known."""
+
+    label: str
+    name: str
+    path: NodePath
+
+
+@cache
+def _fields(cls: type[Struct]) -> dict[str, mi.Field]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return {f.encode_name: f for f in info.fields}
+
+
+def _suggest(word: object, options: Collection[str]) -> str:
+    close = difflib.get_close_matches(str(word), sorted(options), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _type_name(value: object) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_template(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+Hook = Callable[[Any, NodePath], tuple[bool, Any]]
+
+
+class _Checker:
+    """One validation run over one document."""
+
+    def __init__(self, doc: Document, filename: str, kinds: frozenset[str]) -> None:
+        self.doc = doc
+        self.filename = filename
+        self.kinds = kinds
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.steps: list[tuple[NodePath, Step]] = []
+        self.tasks: list[tuple[NodePath, WorkbookTask]] = []
+        self.step_refs: list[_Ref] = []
+        self.task_refs: list[_Ref] = []
+        self.hooks: dict[tuple[type, str], Hook] = {
+            (Playbook, "workflow"): self._workflow,
+            (Playbook, "workbook"): self._workbook,
+            (Step, "tool"): self._tool,
+            (WorkbookTask, "tool"): self._tool,
+            (Step, "next"): self._next,
+            (Step, "loop"): self._loop,
+            (When, "then"): lambda value, path: self._edges(value, path, "`then`"),
+            (Else, "else"): lambda value, path: self._edges(value, path, "`else`"),
+            (CaseThen, "next"): lambda value, path: self._edges(value, path, "case `next`"),
+            (CaseThen, "set"): self._set,
+        }
+
+    def run(self) -> Report:
+        data = self.doc.data
+        if data is None:
+            self._error((), "the document is empty: a playbook is a YAML mapping")
+            return self._report(None)
+        if not isinstance(data, dict):
+            self._error((), f"a playbook must be a YAML mapping, got {_type_name(data)}")
+            return self._report(None)
+        if data.get("apiVersion") == "noetl.io/v1":
+            # A v1 document differs everywhere: one clear message beats a page of noise.
+            self._error(("apiVersion",), "apiVersion noetl.io/v1 is not supported: this "
+                        f"runtime runs {API_VERSION} playbooks only; migrate the playbook "
+                        f"to {API_VERSION} (steps route with `next`, tools are written "
+                        "`tool: {kind: ...}`)")
+            return self._report(None)
+        ok, playbook = self._struct(Playbook, data, ())
+        self._header(data)
+        self._routes("workflow" in data)
+        for section in ("workload", "workbook", "workflow"):
+            if section in data:
+                self._templates(data[section], (section,))
+        return self._report(playbook if ok else None)
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _error(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
+        self.errors.append(self._problem(path, message, "error", at_key))
+
+    def _warning(self, path: NodePath, message: str) -> None:
+        self.warnings.append(self._problem(path, message, "warning", False))
+
+    def _problem(self, path: NodePath, message: str, severity: str, at_key: bool) -> Problem:
+        line, col = self.doc.key_at(path) if at_key else self.doc.value_at(path)
+        return Problem(self.filename, line, col, message, severity)
+
+    def _report(self, playbook: Playbook | None) -> Report:
+        def ordered(problems: list[Problem]) -> list[Problem]:
+            unique = {(p.line, p.col, p.message): p for p in problems}
+            return [unique[k] for k in sorted(unique)]
+
+        errors = ordered(self.errors)
+        return Report(None if errors else playbook, errors, ordered(self.warnings))
+
+    # -- models, generically ------------------------------------------------------------
+
+    def _struct(self, cls: type[Struct], value: Any, path: NodePath) -> tuple[bool, Any]:
+        """Build `cls` from `value`, reporting each bad field; a bad optional field keeps
+        its default so that one mistake does not hide the rest of the document."""
+        what = self._label(cls, value)
+        if not isinstance(value, dict):
+            self._error(path, f"{what} must be a mapping, got {_type_name(value)}")
+            return False, None
+        fields = _fields(cls)
+        kwargs: dict[str, Any] = {}
+        ok = True
+        for key, raw in value.items():
+            child = (*path, key)
+            field = fields.get(key) if isinstance(key, str) else None
+            if field is None:
+                self._error(child, f"unknown field `{key}` in {what}{_suggest(key, fields)}",
+                            at_key=True)
+                continue
+            hook = self.hooks.get((cls, key))
+            good, built = hook(raw, child) if hook else self._value(field.type, raw, child, key)
+            if good:
+                kwargs[field.name] = built
+            elif field.required:
+                ok = False
+        for name, field in fields.items():
+            if field.required and name not in value:
+                self._error(path, f"{what} is missing required field `{name}`", at_key=True)
+                ok = False
+        return (True, cls(**kwargs)) if ok else (False, None)
+
+    def _label(self, cls: type[Struct], value: Any) -> str:
+        key = {Step: "step", WorkbookTask: "name"}.get(cls)
+        if key is None:
+            return _LABELS[cls]
+        name = value.get(key) if isinstance(value, dict) else None
+        noun = "step" if cls is Step else "workbook task"
+        return f"{noun} `{name}`" if isinstance(name, str) else f"a {noun}"
+
+    def _value(self, tp: mi.Type, raw: Any, path: NodePath, name: str) -> tuple[bool, Any]:
+        """Check `raw` against the msgspec type `tp`, building nested models."""
+        if isinstance(tp, mi.AnyType):
+            return True, raw
+        if isinstance(tp, mi.StructType):
+            return self._struct(tp.cls, raw, path)
+        if isinstance(tp, mi.UnionType):
+            if raw is None and any(isinstance(t, mi.NoneType) for t in tp.types):
+                return True, None
+            # Model unions are all `X | None`.
+            (option,) = (t for t in tp.types if not isinstance(t, mi.NoneType))
+            return self._value(option, raw, path, name)
+        if isinstance(tp, mi.ListType):
+            if not isinstance(raw, list):
+                return self._wrong(path, name, "a list", raw)
+            built = [self._value(tp.item_type, item, (*path, i), name)
+                     for i, item in enumerate(raw)]
+            return True, [item for good, item in built if good]
+        if isinstance(tp, mi.DictType):
+            return self._mapping(tp, raw, path, name)
+        if isinstance(tp, mi.LiteralType):
+            if raw in tp.values and isinstance(raw, str):
+                return True, raw
+            choices = ", ".join(f"`{v}`" for v in tp.values)
+            self._error(path, f"`{name}` must be one of {choices}, got `{raw}`")
+            return False, None
+        return self._scalar(tp, raw, path, name)
+
+    def _mapping(self, tp: mi.DictType, raw: Any, path: NodePath, name: str
+                 ) -> tuple[bool, Any]:
+        if not isinstance(raw, dict):
+            return self._wrong(path, name, "a mapping", raw)
+        out: dict[Any, Any] = {}
+        for key, item in raw.items():
+            if not isinstance(key, str):
+                self._error((*path, key), f"keys of `{name}` must be strings, got "
+                            f"{_type_name(key)} `{key}`", at_key=True)
+                continue
+            good, built = self._value(tp.value_type, item, (*path, key), key)
+            if good:
+                out[key] = built
+        return True, out
+
+    def _scalar(self, tp: mi.Type, raw: Any, path: NodePath, name: str) -> tuple[bool, Any]:
+        if isinstance(tp, mi.StrType):
+            return (True, raw) if isinstance(raw, str) else self._wrong(path, name, "a string", raw)
+        if isinstance(tp, mi.BoolType):
+            return (True, raw) if isinstance(raw, bool) else self._wrong(path, name, "a boolean",
+                                                                          raw)
+        if isinstance(tp, mi.NoneType):
+            return (True, None) if raw is None else self._wrong(path, name, "null", raw)
+        assert isinstance(tp, mi.IntType | mi.FloatType), tp
+        number = (int,) if isinstance(tp, mi.IntType) else (int, float)
+        if not isinstance(raw, number) or isinstance(raw, bool):
+            expected = "an integer" if isinstance(tp, mi.IntType) else "a number"
+            return self._wrong(path, name, expected, raw)
+        if tp.gt is not None and not raw > tp.gt:
+            self._error(path, f"`{name}` must be greater than {tp.gt}, got {raw}")
+            return False, None
+        if tp.ge is not None and not raw >= tp.ge:
+            self._error(path, f"`{name}` must be at least {tp.ge}, got {raw}")
+            return False, None
+        return True, raw if isinstance(tp, mi.IntType) else float(raw)
+
+    def _wrong(self, path: NodePath, name: str, expected: str, raw: Any) -> tuple[bool, Any]:
+        self._error(path, f"`{name}` must be {expected}, got {_type_name(raw)}")
+        return False, None
+
+    # -- hooks: the looser YAML shapes ---------------------------------------------------
+
+    def _workflow(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        if not isinstance(value, list):
+            return self._wrong(path, "workflow", "a list of steps", value)
+        for i, raw in enumerate(value):
+            good, step = self._struct(Step, raw, (*path, i))
+            if good:
+                self.steps.append(((*path, i), step))
+        return True, [step for _, step in self.steps]
+
+    def _workbook(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        if not isinstance(value, list):
+            return self._wrong(path, "workbook", "a list of tasks", value)
+        for i, raw in enumerate(value):
+            good, task = self._struct(WorkbookTask, raw, (*path, i))
+            if good:
+                self.tasks.append(((*path, i), task))
+        return True, [task for _, task in self.tasks]
+
+    def _loop(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        good, loop = self._struct(Loop, value, path)
+        if good and loop.in_ is None and loop.pagination is None:
+            self._error(path, "`loop` needs `in` (the items) or `pagination`", at_key=True)
+        return good, loop
+
+    def _items(self, value: Any, path: NodePath) -> Iterator[tuple[Any, NodePath]]:
+        """The entries of a routing list; a single entry may be written without a list."""
+        if isinstance(value, list):
+            yield from ((item, (*path, i)) for i, item in enumerate(value))
+        elif value is not None:
+            yield value, path
+
+    def _next(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        entries: list[NextEntry] = []
+        for raw, where in self._items(value, path):
+            if isinstance(raw, str):
+                entries.append(self._edge(raw, where, "`next`"))
+                continue
+            if not isinstance(raw, dict):
+                self._error(where, "a `next` entry must be a step name or a mapping, got "
+                            f"{_type_name(raw)}")
+                continue
+            cls: type[NextEntry]
+            if "when" in raw:
+                cls = When
+            elif "else" in raw:
+                cls = Else
+            elif "step" in raw:
+                cls = Edge
+            else:
+                self._error(where, "a `next` entry needs `step`, `when` or `else`")
+                continue
+            good, entry = self._struct(cls, raw, where)
+            if good:
+                if isinstance(entry, Edge):
+                    self._ref_step("`next`", entry.step, (*where, "step"))
+                entries.append(entry)
+        return True, entries
+
+    def _edges(self, value: Any, path: NodePath, label: str) -> tuple[bool, Any]:
+        edges: list[Edge] = []
+        for raw, where in self._items(value, path):
+            if isinstance(raw, str):
+                edges.append(self._edge(raw, where, label))
+                continue
+            if not isinstance(raw, dict):
+                self._error(where, f"an entry of {label} must be a step name or a "
+                            f"`{{step, args}}` mapping, got {_type_name(raw)}")
+                continue
+            good, edge = self._struct(Edge, raw, where)
+            if good:
+                self._ref_step(label, edge.step, (*where, "step"))
+                edges.append(edge)
+        return True, edges
+
+    def _edge(self, name: str, path: NodePath, label: str) -> Edge:
+        self._ref_step(label, name, path)
+        return Edge(step=name)
+
+    def _ref_step(self, label: str, name: str, path: NodePath) -> None:
+        self.step_refs.append(_Ref(label, name, path))
+
+    def _set(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        """Case `set` as a mapping, or the list form `[{name, value}]`, as a mapping."""
+        if isinstance(value, dict):
+            return self._mapping(mi.DictType(mi.StrType(), mi.AnyType()), value, path, "set")
+        if not isinstance(value, list):
+            return self._wrong(path, "set", "a mapping or a list of `{name, value}`", value)
+        out: dict[str, Any] = {}
+        for i, item in enumerate(value):
+            where = (*path, i)
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                self._error(where, "a `set` item must be a `{name, value}` mapping")
+                continue
+            for key in item.keys() - {"name", "value"}:
+                self._error((*where, key), f"unknown field `{key}` in a `set` item"
+                            f"{_suggest(key, ('name', 'value'))}", at_key=True)
+            out[item["name"]] = item.get("value")
+        return True, out
+
+    def _tool(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        if value is None:  # `tool:` left empty: a step that only routes
+            return True, None
+        if not isinstance(value, dict):
+            return self._wrong(path, "tool", "a mapping with a `kind`", value)
+        self._tool_block(value, path)
+        return True, value
+
+    def _tool_block(self, tool: dict[Any, Any], path: NodePath) -> None:
+        """Check a raw tool block: its kind, and for builtin kinds its fields."""
+        if "kind" not in tool:
+            self._error(path, "the tool is missing required field `kind`", at_key=True)
+            return
+        kind = tool["kind"]
+        if not isinstance(kind, str):
+            self._wrong((*path, "kind"), "kind", "a string", kind)
+            return
+        if kind not in self.kinds:
+            self._error((*path, "kind"), f"unknown tool kind `{kind}`"
+                        f"{_suggest(kind, self.kinds)}")
+            return
+        fields = TOOL_FIELDS.get(kind)
+        if fields is None:
+            return
+        for key, raw in tool.items():
+            where = (*path, key)
+            if key not in fields:
+                self._error(where, f"unknown field `{key}` in the `{kind}` tool"
+                            f"{_suggest(key, fields)}", at_key=True)
+                continue
+            types, expected = _TOOL_TYPES.get(key, ((object,), ""))
+            if not isinstance(raw, types) and not _is_template(raw) and raw is not None:
+                self._wrong(where, key, expected, raw)
+        needs = _TOOL_NEEDS.get(kind, ())
+        if needs and not any(tool.get(key) is not None for key in needs):
+            wanted = " or ".join(f"`{key}`" for key in needs)
+            self._error(path, f"the `{kind}` tool needs {wanted}", at_key=True)
+        if kind == "workbook" and isinstance(tool.get("name"), str):
+            self.task_refs.append(_Ref("workbook", tool["name"], (*path, "name")))
+        if kind == "iterator" and isinstance(tool.get("task"), dict):
+            self._tool_block(tool["task"], (*path, "task"))
+
+    # -- whole-document rules ------------------------------------------------------------
+
+    def _header(self, data: dict[Any, Any]) -> None:
+        api = data.get("apiVersion")
+        if isinstance(api, str) and api != API_VERSION:
+            self._error(("apiVersion",), f"apiVersion must be `{API_VERSION}`, got `{api}`")
+        kind = data.get("kind")
+        if isinstance(kind, str) and kind != "Playbook":
+            self._error(("kind",), f"kind must be `Playbook`, got `{kind}`")
+        meta = data.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(name, str) and not _IDENTIFIER.fullmatch(name):
+            self._error(("metadata", "name"), "`metadata.name` must be an identifier "
+                        f"(letters, digits, `_` and `-`, not starting with a digit), got `{name}`")
+
+    def _routes(self, has_workflow: bool) -> None:
+        """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""
+        first: dict[str, Position] = {}
+        for path, step in self.steps:
+            where = (*path, "step")
+            if step.step in first:
+                self._error(where, f"duplicate step name `{step.step}` (first defined at line "
+                            f"{first[step.step][0]})")
+            else:
+                first[step.step] = self.doc.value_at(where)
+        if has_workflow and START not in first:
+            self._error(("workflow",), f"the workflow has no step named `{START}`, where every "
+                        f"execution begins{_suggest(START, first)}", at_key=True)
+        for ref in self.step_refs:
+            if ref.name not in first:
+                self._error(ref.path, f"{ref.label} names unknown step `{ref.name}`"
+                            f"{_suggest(ref.name, first)}")
+        tasks: dict[str, Position] = {}
+        for path, task in self.tasks:
+            where = (*path, "name")
+            if task.name in tasks:
+                self._error(where, f"duplicate workbook task `{task.name}` (first defined at "
+                            f"line {tasks[task.name][0]})")
+            else:
+                tasks[task.name] = self.doc.value_at(where)
+        for ref in self.task_refs:
+            if ref.name not in tasks:
+                self._error(ref.path, f"the workbook has no task `{ref.name}`"
+                            f"{_suggest(ref.name, tasks)}")
+        if START not in first:
+            return
+        unreachable = Graph(step for _, step in self.steps).unreachable()
+        for path, step in self.steps:
+            if step.step in unreachable:
+                unreachable.discard(step.step)  # once per name, at its first definition
+                self._warning((*path, "step"), f"step `{step.step}` is not reachable from "
+                              f"`{START}`")
+
+    def _templates(self, value: Any, path: NodePath) -> None:
+        """Parse every template string; python code is not a template and is skipped."""
+        if isinstance(value, dict):
+            code = {"code", "code_b64"} if value.get("kind") == "python" else set()
+            for key, item in value.items():
+                if key not in code:
+                    self._templates(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self._templates(item, (*path, i))
+        elif _is_template(value):
+            try:
+                _JINJA.parse(value)
+            except jinja2.TemplateSyntaxError as exc:
+                line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
+                self.errors.append(Problem(self.filename, line, col,
+                                           f"Jinja2 syntax error in template: {exc.message}"))

@@ -1,0 +1,38 @@
+"""The event record shared by the engine and the store, and the event type names."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+EXECUTION_STARTED: Final = "execution.started"
+EXECUTION_COMPLETED: Final = "execution.completed"
+EXECUTION_FAILED: Final = "execution.failed"
+EXECUTION_CANCELLED: Final = "execution.cancelled"
+STEP_STARTED: Final = "step.started"
+STEP_COMPLETED: Final = "step.completed"
+STEP_FAILED: Final = "step.failed"
+STEP_SKIPPED: Final = "step.skipped"
+COMMAND_ISSUED: Final = "command.issued"
+COMMAND_STARTED: Final = "command.started"
+COMMAND_COMPLETED: Final = "command.completed"
+COMMAND_FAILED: Final = "command.failed"
+
+TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One state transition. Coordinator decisions carry `version`; runner events do not.
+
+    `dedup_key` is unique per execution: writing the same transition twice is a no-op.
+    """
+
+    type: str
+    dedup_key: str
+    version: int | None = None
+    step: str | None = None
+    command_id: str | None = None
+    status: str | None = None
+    payload: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None

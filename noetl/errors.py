@@ -1,0 +1,70 @@
+"""Every exception noetl-runtime raises on purpose, each with a message meant for the user."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class NoetlError(Exception):
+    """Base of every error raised by noetl-runtime on purpose."""
+
+
+class ConfigError(NoetlError):
+    """The configuration (environment or flags) is unusable."""
+
+
+class LocalModeError(NoetlError):
+    """The embedded NATS or PostgreSQL server could not be started or reached."""
+
+
+class PlaybookError(NoetlError):
+    """A playbook is invalid; `problems` holds every `FILE:LINE:COL: message` found."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class RenderError(NoetlError):
+    """A Jinja2 template could not be rendered (syntax, undefined name, sandbox)."""
+
+
+class ToolError(NoetlError):
+    """A tool failed; `error_type` and `details` go into the step's error record."""
+
+    def __init__(self, message: str, *, error_type: str = "tool", **details: Any) -> None:
+        self.error_type = error_type
+        self.details = details
+        super().__init__(message)
+
+
+class ToolTimeout(ToolError):
+    """A tool call ran past the step's timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_type="timeout")
+
+
+class UnknownToolKind(NoetlError):
+    """No plugin is registered for a tool kind."""
+
+
+class CatalogError(NoetlError):
+    """A playbook could not be registered or found in the catalog."""
+
+
+class ExecutionNotFound(NoetlError):
+    """No execution has the given id."""
+
+
+class StoreError(NoetlError):
+    """The PostgreSQL store is missing, outdated or refused an operation."""
+
+
+class VersionConflict(StoreError):
+    """Another coordinator wrote a decision for the same execution first."""
+
+
+class MessageError(NoetlError):
+    """A message on the bus could not be decoded or has no meaning here."""

@@ -1,0 +1,184 @@
+"""Every message exchanged between actors, as msgspec Structs encoded with msgpack.
+
+Each message carries the execution it belongs to and a deterministic `dedup_id`, used as the
+JetStream `Nats-Msg-Id` so that a republished message is dropped by the server, and a
+schema version so that a future format can be told apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from noetl.errors import MessageError
+
+SCHEMA = 1
+
+
+class Message(msgspec.Struct, tag_field="t", kw_only=True, omit_defaults=True):
+    """Common header of every message delivered to an execution's coordinator or a runner."""
+
+    execution_id: int
+    dedup_id: str
+    schema: int = SCHEMA
+
+
+class StartExecution(Message, tag="start"):
+    """Start a run of the playbook registered at `path` (latest version when None)."""
+
+    path: str
+    version: int | None = None
+    workload: dict[str, Any] = {}
+    parent_execution_id: int | None = None
+    parent_command_id: str | None = None
+    timeout: float | None = None
+
+
+class CommandIssued(Message, tag="command"):
+    """One call of a step's tool, for a runner of `pool`.
+
+    `tool` and `args` are raw (templates unrendered): the runner renders them with `context`
+    and its secrets, so secret values never reach the coordinator or the event table.
+    `edge_args` were rendered when the routing step ended and are applied as they are.
+    """
+
+    command_id: str
+    step: str
+    kind: str
+    tool: dict[str, Any]
+    args: dict[str, Any] = {}
+    edge_args: dict[str, Any] = {}
+    context: dict[str, Any] = {}
+    timeout: float | None = None
+    attempt: int = 1
+    reply_to: str = ""
+    path: str = ""
+    version: int = 0
+
+
+class CommandCompleted(Message, tag="completed"):
+    """A command's tool call succeeded with `result`."""
+
+    command_id: str
+    step: str
+    result: Any = None
+    meta: dict[str, Any] = {}
+
+
+class CommandFailed(Message, tag="failed"):
+    """A command's tool call failed; `error` has at least `type` and `message`."""
+
+    command_id: str
+    step: str
+    error: dict[str, Any] = {}
+
+
+class ChildCompleted(Message, tag="child"):
+    """A child execution started by a `playbook` step ended."""
+
+    command_id: str
+    child_execution_id: int
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+class CancelExecution(Message, tag="cancel"):
+    """Stop issuing commands and end the execution as cancelled."""
+
+    reason: str = "cancelled by user"
+
+
+class Timer(Message, tag="timer"):
+    """A durable timer came due (timeouts, retry backoff)."""
+
+    name: str
+    step: str | None = None
+
+
+class Wake(Message, tag="wake"):
+    """Sent by the reconciler: re-examine an execution that seems to wait on nothing."""
+
+
+ExecMessage = (
+    StartExecution | CommandCompleted | CommandFailed | ChildCompleted | CancelExecution | Timer
+    | Wake
+)
+
+
+class RegisterPlaybook(msgspec.Struct, kw_only=True):
+    """Catalog request: validate and register playbook `content`."""
+
+    content: str
+    filename: str = "<playbook>"
+
+
+class GetPlaybook(msgspec.Struct, kw_only=True):
+    """Catalog request: the playbook at `path`, `version` (latest when None)."""
+
+    path: str
+    version: int | None = None
+
+
+class CatalogReply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Catalog reply: the entry, or `problems` when the request failed."""
+
+    ok: bool
+    path: str = ""
+    version: int = 0
+    content: str = ""
+    created: bool = False
+    problems: list[str] = []
+
+
+_encoder = msgspec.msgpack.Encoder()
+_exec_decoder = msgspec.msgpack.Decoder(ExecMessage)
+_command_decoder = msgspec.msgpack.Decoder(CommandIssued)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Encode any message for the wire (msgpack)."""
+    return _encoder.encode(message)
+
+
+def decode_exec(data: bytes) -> ExecMessage:
+    """Decode a message sent to an execution's coordinator."""
+    try:
+        return _exec_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"not a valid execution message: {exc}") from exc
+
+
+def decode_command(data: bytes) -> CommandIssued:
+    """Decode a command sent to a runner pool."""
+    try:
+        return _command_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"not a valid command: {exc}") from exc
+
+
+def decode_start(data: bytes, *, default_id: int, msg_id: str | None) -> StartExecution:
+    """Decode a start request published by anyone to `noetl.start`, as JSON or msgpack.
+
+    External systems may omit `execution_id` and `dedup_id`: the caller supplies a
+    deterministic `default_id`, so a redelivered request starts the same execution.
+    """
+    raw: Any
+    try:
+        if data[:1] in (b"{", b" ", b"\n"):
+            raw = msgspec.json.decode(data)
+        else:
+            raw = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"start request is neither JSON nor msgpack: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise MessageError("start request must be an object with at least `path`")
+    raw.setdefault("t", "start")
+    raw.setdefault("execution_id", default_id)
+    raw.setdefault("dedup_id", msg_id or f"start:{raw['execution_id']}")
+    try:
+        message = msgspec.convert(raw, StartExecution)
+    except msgspec.ValidationError as exc:
+        raise MessageError(f"invalid start request: {exc}") from exc
+    return message

@@ -1,0 +1,217 @@
+"""The PostgreSQL store: event table, execution projection, catalog and credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from noetl.engine.events import Event
+from noetl.errors import CatalogError, ExecutionNotFound, StoreError
+from noetl.store import events as event_sql
+from noetl.store import schema
+from noetl.store.events import Projection, outcome_key
+
+__all__ = ["Projection", "Store", "outcome_key"]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name,
+            encoder=lambda v: msgspec.json.encode(v).decode(),
+            decoder=msgspec.json.decode,
+            schema="pg_catalog",
+        )
+
+
+class Store:
+    """A pool of connections to the runtime's database and the operations on it."""
+
+    def __init__(self, pool: asyncpg.Pool, relaxed: asyncpg.Pool | None = None) -> None:
+        self.pool = pool
+        # Facts whose loss in a crash costs nothing (command.started) commit without waiting
+        # for the WAL flush, which takes a disk sync off every command's path.
+        self.relaxed = relaxed or pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      relaxed: bool = False) -> Store:
+        """Open a pool (and a small relaxed-durability pool when `relaxed`)."""
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             init=_init_connection)
+            relaxed_pool = None
+            if relaxed:
+                relaxed_pool = await asyncpg.create_pool(
+                    dsn, min_size=1, max_size=max(2, max_size // 2), init=_init_connection,
+                    server_settings={"synchronous_commit": "off"},
+                )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        return cls(pool, relaxed_pool)
+
+    async def close(self) -> None:
+        """Close the pools."""
+        if self.relaxed is not self.pool:
+            await self.relaxed.close()
+        await self.pool.close()
+
+    # -- schema ------------------------------------------------------------------------
+
+    async def init_schema(self) -> list[int]:
+        """Create or upgrade the schema; return the migrations applied now."""
+        async with self.pool.acquire() as conn:
+            return await schema.migrate(conn)
+
+    async def check_schema(self) -> list[str]:
+        """What is missing or different in the schema."""
+        async with self.pool.acquire() as conn:
+            return await schema.check(conn)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def append_decision(self, execution_id: int, parent_execution_id: int | None,
+                              events: list[Event], projection: Projection | None) -> None:
+        """Commit a coordinator decision (raises VersionConflict if stale)."""
+        await event_sql.append_decision(self.pool, execution_id, parent_execution_id, events,
+                                        projection)
+
+    async def append_runner_event(self, execution_id: int, event: Event, *,
+                                  durable: bool = True) -> bool:
+        """Record a runner event once; False if it was already there."""
+        pool = self.pool if durable else self.relaxed
+        return await event_sql.append_runner_event(pool, execution_id, event)
+
+    async def find_event(self, execution_id: int, dedup_key: str) -> Event | None:
+        """The event with this dedup key, if written."""
+        return await event_sql.find(self.pool, execution_id, dedup_key)
+
+    async def load_decisions(self, execution_id: int, after_version: int = 0) -> list[Event]:
+        """Decision events in version order."""
+        return await event_sql.load_decisions(self.pool, execution_id, after_version)
+
+    async def list_events(self, execution_id: int) -> list[dict[str, Any]]:
+        """All events of an execution, oldest first."""
+        await self.get_execution(execution_id)
+        return await event_sql.list_events(self.pool, execution_id)
+
+    # -- catalog -----------------------------------------------------------------------
+
+    async def register_playbook(self, path: str, content: str) -> tuple[int, bool]:
+        """Store `content` as the next version of `path`; an unchanged content keeps its
+        version. Returns (version, created)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Serialises registrations of one path so versions stay gapless and monotonic.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", path)
+            latest = await conn.fetchrow(
+                "SELECT version, content FROM noetl.catalog WHERE path = $1 "
+                "ORDER BY version DESC LIMIT 1", path,
+            )
+            if latest is not None and latest["content"] == content:
+                return int(latest["version"]), False
+            version = 1 if latest is None else int(latest["version"]) + 1
+            await conn.execute(
+                "INSERT INTO noetl.catalog (path, version, content) VALUES ($1, $2, $3)",
+                path, version, content,
+            )
+            return version, True
+
+    async def get_playbook(self, path: str, version: int | None = None) -> tuple[int, str]:
+        """(version, content) of `path` at `version`, or its latest version."""
+        if version is None:
+            row = await self.pool.fetchrow(
+                "SELECT version, content FROM noetl.catalog WHERE path = $1 "
+                "ORDER BY version DESC LIMIT 1", path,
+            )
+        else:
+            row = await self.pool.fetchrow(
+                "SELECT version, content FROM noetl.catalog WHERE path = $1 AND version = $2",
+                path, version,
+            )
+        if row is None:
+            at = "" if version is None else f" version {version}"
+            raise CatalogError(f"no playbook registered at `{path}`{at}")
+        return int(row["version"]), str(row["content"])
+
+    async def list_playbooks(self) -> list[dict[str, Any]]:
+        """Every registered path with its latest version."""
+        rows = await self.pool.fetch(
+            "SELECT path, max(version) AS version, max(created_at) AS updated_at "
+            "FROM noetl.catalog GROUP BY path ORDER BY path"
+        )
+        return [{"path": r["path"], "version": r["version"],
+                 "updated_at": r["updated_at"].isoformat()} for r in rows]
+
+    # -- executions --------------------------------------------------------------------
+
+    async def get_execution(self, execution_id: int) -> dict[str, Any]:
+        """The execution row (status, result, error, times)."""
+        row = await self.pool.fetchrow(
+            "SELECT * FROM noetl.execution WHERE execution_id = $1", execution_id
+        )
+        if row is None:
+            raise ExecutionNotFound(f"no execution {execution_id}")
+        return dict(row)
+
+    async def describe(self, execution_id: int) -> dict[str, Any]:
+        """The document `status --json` prints: status, result, each step's result, vars."""
+        row = await self.get_execution(execution_id)
+        events = await self.pool.fetch(
+            "SELECT event_type, step, payload, error FROM noetl.event "
+            "WHERE execution_id = $1 AND event_type IN ('step.completed', 'step.failed') "
+            "ORDER BY version",
+            execution_id,
+        )
+        steps: dict[str, Any] = {}
+        variables: dict[str, Any] = {}
+        for e in events:
+            payload = e["payload"] or {}
+            if e["event_type"] == "step.completed":
+                steps[e["step"]] = payload.get("result")
+                variables.update(payload.get("vars") or {})
+            else:
+                steps[e["step"]] = {"error": e["error"]}
+        return {
+            "execution_id": str(execution_id),
+            "path": row["path"],
+            "version": row["version"],
+            "status": row["status"],
+            "result": row["result"],
+            "steps": steps,
+            "vars": variables,
+            "error": row["error"],
+            "parent_execution_id": (None if row["parent_execution_id"] is None
+                                    else str(row["parent_execution_id"])),
+            "started_at": row["started_at"].isoformat(),
+            "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
+        }
+
+    async def list_executions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent executions, newest first."""
+        rows = await self.pool.fetch(
+            "SELECT execution_id, path, version, status, started_at, ended_at "
+            "FROM noetl.execution ORDER BY started_at DESC LIMIT $1", limit,
+        )
+        return [
+            {"execution_id": str(r["execution_id"]), "path": r["path"],
+             "version": r["version"], "status": r["status"],
+             "started_at": r["started_at"].isoformat(),
+             "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None}
+            for r in rows
+        ]
+
+    async def stale_executions(self, older_than_ms: int) -> list[int]:
+        """Running executions whose newest event is older than `older_than_ms`."""
+        rows = await self.pool.fetch(
+            """
+            SELECT x.execution_id FROM noetl.execution x
+            WHERE x.status = 'running'
+              AND coalesce((SELECT max(e.event_id) FROM noetl.event e
+                            WHERE e.execution_id = x.execution_id), 0) >> 22
+                  < floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1
+            """,
+            older_than_ms,
+        )
+        return [int(r["execution_id"]) for r in rows]

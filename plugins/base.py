@@ -1,0 +1,74 @@
+"""The plugin protocol: what a tool plugin implements and what the runner hands it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class ToolContext:
+    """What a plugin may use while it runs one command.
+
+    `in_progress` tells JetStream the command is still alive (call it during long work);
+    `cancelled` is set when the execution is cancelled or the runner shuts down.
+    """
+
+    execution_id: int
+    command_id: str
+    step: str
+    timeout: float | None = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("noetl.tool"))
+    credentials: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None
+    in_progress: Callable[[], Awaitable[None]] | None = None
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Script files that travel with the registered playbook, by path relative to it.
+    files: dict[str, str] = field(default_factory=dict)
+    # Where a relative `file` script is read from when it did not travel with the playbook.
+    script_root: Path | None = None
+    allow_absolute_scripts: bool = False
+    # Step-level `credentials:` bindings: alias -> credential name.
+    bindings: dict[str, str] = field(default_factory=dict)
+    # Secret values handed to this call; the runner masks them in everything it records.
+    secrets: dict[str, str] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def credential(self, name: str) -> Mapping[str, Any]:
+        """The decrypted data of the credential `name`."""
+        from noetl.errors import ToolError
+
+        if self.credentials is None:
+            raise ToolError(f"credential {name!r} requested but no credential store is configured")
+        return await self.credentials(name)
+
+    async def heartbeat(self) -> None:
+        """Report that the command is still running (keeps JetStream from redelivering it)."""
+        if self.in_progress is not None:
+            await self.in_progress()
+
+    def record(self, kind: str, **data: Any) -> None:
+        """Attach a fact (printed output, loaded script hash, ...) to the command's events."""
+        self.events.append({"kind": kind, **data})
+
+
+@runtime_checkable
+class ToolPlugin(Protocol):
+    """A tool kind. `spec` is the step's rendered tool block, its `args` merged in."""
+
+    kind: str
+
+    async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
+        """Run one call of the tool and return its result (JSON-like data)."""
+        ...
+
+
+class ClosablePlugin(Protocol):
+    """A plugin holding resources (pools, sessions, processes) released at runner shutdown."""
+
+    async def aclose(self) -> None:
+        """Release everything the plugin holds."""
+        ...

@@ -1,0 +1,40 @@
+"""Fixtures for tests that run playbooks on a real mesh (NATS JetStream + PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from actors.mesh import Mesh
+from noetl.client import Client
+from noetl.config import Settings
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    """A client connected to this test's NATS and database (no actors)."""
+    c = await Client.connect(settings, relaxed=True)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def mesh(client: Client) -> AsyncIterator[Mesh]:
+    """Every role of the mesh running in this process."""
+    m = Mesh(client.bus, client.store, client.settings)
+    await m.start()
+    try:
+        yield m
+    finally:
+        await m.stop()
+
+
+def fixture(name: str) -> Path:
+    """The path of a fixture playbook by name."""
+    return FIXTURES / name / f"{name}.yaml"

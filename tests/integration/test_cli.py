@@ -1,0 +1,143 @@
+"""The command line as a user runs it: a real subprocess against real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from noetl.config import Settings
+from tests.integration.conftest import FIXTURES, fixture
+
+CLI = str(Path(sys.executable).parent / "noetl-runtime")
+
+
+def cli(settings: Settings, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
+    env.update(
+        NOETL_NATS_URL=str(settings.nats_url),
+        NOETL_PG_DSN=str(settings.pg_dsn),
+        NOETL_HOME=str(settings.home),
+        NOETL_ACK_WAIT=str(settings.ack_wait),
+    )
+    return subprocess.run(
+        [CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_run_json_prints_the_execution_document(settings: Settings) -> None:
+    done = cli(settings, "run", str(fixture("hello_world")), "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["status"] == "completed"
+    assert doc["result"] == {"final": "Hello World!", "length": 12}
+    assert set(doc) >= {
+        "execution_id",
+        "path",
+        "version",
+        "status",
+        "result",
+        "steps",
+        "vars",
+        "error",
+        "started_at",
+        "ended_at",
+    }
+    assert doc["vars"] == {"greeting": "Hello World!"}
+
+    status = cli(settings, "status", doc["execution_id"], "--json")
+    assert json.loads(status.stdout)["result"] == doc["result"]
+    events = json.loads(cli(settings, "events", doc["execution_id"], "--json").stdout)
+    kinds = [e["event_type"] for e in events]
+    assert kinds[0] == "execution.started" and kinds[-1] == "execution.completed"
+    assert set(events[0]) == {
+        "event_id",
+        "event_type",
+        "step",
+        "command_id",
+        "status",
+        "payload",
+        "error",
+        "created_at",
+    }
+    listed = json.loads(cli(settings, "list", "--json").stdout)
+    assert [r["execution_id"] for r in listed] == [doc["execution_id"]]
+
+
+def test_run_shows_steps_and_exit_code_of_failure(settings: Settings, tmp_path: Path) -> None:
+    done = cli(settings, "run", str(fixture("hello_world")), "--set", "message=Hey")
+    assert done.returncode == 0, done.stderr
+    assert "start" in done.stderr and "end" in done.stderr
+    assert "Hey!" in done.stdout
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: failing}\nworkflow:\n"
+        "  - step: start\n    tool: {kind: python, code: 'raise RuntimeError(\"nope\")'}\n"
+    )
+    failed = cli(settings, "run", str(failing), "--json")
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["status"] == "failed"
+
+
+def test_register_then_execute_wait(settings: Settings) -> None:
+    registered = cli(settings, "register", str(fixture("hello_world")), "--json")
+    assert registered.returncode == 0, registered.stderr
+    entry = json.loads(registered.stdout)
+    assert entry == {"path": "examples/hello_world", "version": 1, "created": True}
+    again = json.loads(cli(settings, "register", str(fixture("hello_world")), "--json").stdout)
+    assert again["version"] == 1 and again["created"] is False
+    done = cli(
+        settings,
+        "execute",
+        "examples/hello_world",
+        "--wait",
+        "--json",
+        "--workload",
+        '{"message": "Yo"}',
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"]["final"] == "Yo!"
+
+
+@pytest.mark.parametrize(
+    "name,where,words",
+    [
+        ("bad_template", ":8:", "Jinja2"),
+        ("missing_start", "", "start"),
+        ("unknown_next", ":10:", "did you mean `finish`"),
+    ],
+)
+def test_broken_playbooks_never_reach_the_mesh(
+    settings: Settings, name: str, where: str, words: str
+) -> None:
+    path = FIXTURES / "broken" / f"{name}.yaml"
+    validated = cli(settings, "validate", str(path))
+    assert validated.returncode == 2
+    assert str(path) + where in validated.stderr
+    assert words in validated.stderr
+    ran = cli(settings, "run", str(path))
+    assert ran.returncode == 2
+    assert words in ran.stderr
+
+
+def test_validate_accepts_the_good_fixtures(settings: Settings) -> None:
+    files = [str(fixture(n)) for n in ("hello_world", "control_flow_workbook", "error_routing")]
+    done = cli(settings, "validate", *files)
+    assert done.returncode == 0, done.stderr
+
+
+def test_db_init_is_idempotent_and_validate_reports(settings: Settings) -> None:
+    first = cli(settings, "db", "init")
+    assert first.returncode == 0, first.stderr
+    second = cli(settings, "db", "init")
+    assert "up to date" in second.stderr
+    assert cli(settings, "db", "validate").returncode == 0
+
+
+def test_usage_errors_exit_2(settings: Settings) -> None:
+    assert cli(settings, "status", "not-a-number").returncode == 2
+    assert cli(settings, "run", str(fixture("hello_world")), "--workload", "[1]").returncode == 2

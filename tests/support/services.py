@@ -1,0 +1,158 @@
+"""Real NATS and PostgreSQL servers for the tests: temp dirs and free ports, never ~/.noetl.
+
+The fixtures in tests/conftest.py are built on these; a test that needs a private server (to
+kill or restart it) can call them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import psutil
+
+from noetl.local import (
+    NatsProcess,
+    PostgresProcess,
+    free_port,
+    init_postgres,
+    start_nats,
+    start_postgres,
+)
+
+__all__ = [
+    "TEST_PG_SETTINGS",
+    "PgServer",
+    "create_database",
+    "drop_database",
+    "free_port",
+    "kill_processes_under",
+    "start_test_nats",
+    "start_test_postgres",
+    "stop_process",
+    "unique_database_name",
+    "with_database",
+]
+
+#: The test server trades durability for speed: a lost test database costs nothing.
+TEST_PG_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+}
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server for tests: ours (`process` set) or external (NOETL_TEST_PG_DSN)."""
+
+    admin_dsn: str  # a DSN of a maintenance database, used to create and drop databases
+    process: PostgresProcess | None = None
+    base_dir: Path | None = None
+
+    def dsn(self, database: str) -> str:
+        """DSN of `database` on this server."""
+        return with_database(self.admin_dsn, database)
+
+    def stop(self) -> None:
+        """Stop the server if we started it, and delete its files."""
+        if self.process is not None:
+            stop_process(self.process, signal.SIGINT, grace=30.0)  # fast shutdown
+            self.process = None
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+
+
+def start_test_postgres(base_dir: Path | None = None) -> PgServer:
+    """Create and start a throwaway PostgreSQL 16 (fsync off) under `base_dir` (a new temp dir)."""
+    base = base_dir or Path(tempfile.mkdtemp(prefix="noetl-test-pg-"))
+    data = base / "pg"
+    try:
+        init_postgres(data, settings=TEST_PG_SETTINGS, sync=False)
+        proc = start_postgres(data, log=base / "postgres.log", settings=TEST_PG_SETTINGS)
+    except BaseException:
+        if base_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+        raise
+    return PgServer(
+        admin_dsn=proc.dsn("postgres"), process=proc, base_dir=base if base_dir is None else None
+    )
+
+
+def start_test_nats(store_dir: Path) -> NatsProcess:
+    """Start a nats-server with JetStream on a free port, its store and log in `store_dir`."""
+    return start_nats(store_dir / "store", log=store_dir / "nats.log")
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM, grace: float = 10.0
+) -> None:
+    """Send `sig`, wait up to `grace` seconds, then SIGKILL: the process is gone afterwards."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kill_processes_under(path: Path) -> list[int]:
+    """SIGKILL every process whose command line mentions `path` (strays of a failed test)."""
+    needle = str(path)
+    killed = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != me and any(needle in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
+                killed.append(proc.pid)
+    return killed
+
+
+def with_database(dsn: str, database: str) -> str:
+    """`dsn` (a postgresql:// URI) pointing at `database` instead."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def unique_database_name(hint: str = "") -> str:
+    """A fresh database name: `t_<hint>_<random>`, a valid unquoted identifier."""
+    slug = re.sub(r"[^a-z0-9]+", "_", hint.lower()).strip("_")[:40]
+    return f"t_{slug}_{uuid.uuid4().hex[:10]}" if slug else f"t_{uuid.uuid4().hex[:16]}"
+
+
+async def create_database(admin_dsn: str, name: str) -> None:
+    """CREATE DATABASE `name` on the server of `admin_dsn`."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop database `name`, terminating its sessions first."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
