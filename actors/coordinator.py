@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 
 from actors.base import Actor
@@ -350,7 +349,3 @@ class CoordinatorHost(Actor):
         await self.publish_commands(lost, reply_to)
         self.log.info("reconciled execution %s", execution_id)
 
-
-def brief_events(data: bytes) -> list[dict[str, Any]]:
-    """Decode an announcement published by `CoordinatorHost.announce`."""
-    return msgspec.json.decode(data)  # type: ignore[no-any-return]

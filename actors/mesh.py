@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Final
 
 import nats
 
@@ -14,10 +13,8 @@ from actors.catalog import CatalogActor
 from actors.coordinator import CoordinatorHost
 from actors.runner import Runner
 from noetl.bus import PING_PREFIX, Bus
-from noetl.config import Settings
+from noetl.config import ROLES, Settings
 from noetl.store import Store
-
-ROLES: Final = ("catalog", "coordinator", "runner")
 
 log = logging.getLogger("noetl.mesh")
 

@@ -7,11 +7,12 @@ error, 2 invalid playbook or usage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ from rich.table import Table
 
 from noetl import dsl, local
 from noetl.client import Client
-from noetl.config import Settings
+from noetl.config import ROLES, Settings
 from noetl.errors import ConfigError, NoetlError, PlaybookError
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -38,10 +39,10 @@ class CliState(msgspec.Struct):
         return Settings.from_env(**self.overrides)
 
 
-def _run(coro: Awaitable[int]) -> None:
+def _run(coro: Coroutine[Any, Any, int]) -> None:
     """Run a command's coroutine and exit with its code; errors become clear messages."""
     try:
-        code = asyncio.run(coro)  # type: ignore[arg-type]
+        code = asyncio.run(coro)
     except PlaybookError as exc:
         for problem in exc.problems:
             err.print(problem, markup=False)
@@ -176,7 +177,7 @@ def _load_or_exit(file: str) -> dsl.Playbook:
 @click.pass_context
 def up(ctx: click.Context, roles: tuple[str, ...]) -> None:
     """Start the mesh and run until SIGTERM/SIGINT, then drain and exit."""
-    from actors.mesh import ROLES, Mesh
+    from actors.mesh import Mesh
 
     chosen = ROLES if not roles or "all" in roles else roles
     settings = _settings(ctx)
@@ -220,37 +221,41 @@ class _Progress:
                 err.print(f"  [red]✗[/] {step} [dim]{took:.2f}s[/] {message}", markup=True)
 
 
-async def _execute(client: Client, path: str, version: int | None, workload: dict[str, Any],
-                   *, wait: bool, as_json: bool, timeout: float | None) -> int:
+@contextlib.asynccontextmanager
+async def _hosted(client: Client, roles: Sequence[str]) -> AsyncIterator[None]:
+    """Host the actors of `roles` in this process for the duration, unless a running mesh
+    already answers for them."""
     from actors.mesh import Mesh, missing_roles
 
-    mesh = None
-    if wait:
-        missing = await missing_roles(client.bus)
-        if missing:
-            mesh = Mesh(client.bus, client.store, client.settings, missing)
-            await mesh.start()
+    missing = await missing_roles(client.bus, roles)
+    mesh = Mesh(client.bus, client.store, client.settings, missing) if missing else None
+    if mesh is not None:
+        await mesh.start()
     try:
-        eid = await client.start(path, version=version, workload=workload, timeout=timeout)
-        if not wait:
-            if as_json:
-                _print_json({"execution_id": str(eid), "path": path, "status": "started"})
-            else:
-                out.print(f"execution {eid} started ({path})")
-            return 0
-        if not as_json:
-            err.print(f"execution [bold]{eid}[/] of {path}")
-        try:
-            doc = await client.wait(eid, on_event=None if as_json else _Progress(),
-                                    timeout=timeout)
-        except TimeoutError:
-            doc = await client.store.describe(eid)
-            doc["error"] = doc.get("error") or {"type": "timeout",
-                                                "message": f"still {doc['status']} after "
-                                                           f"{timeout}s"}
+        yield
     finally:
         if mesh is not None:
             await mesh.stop()
+
+
+async def _execute(client: Client, path: str, version: int | None, workload: dict[str, Any],
+                   *, wait: bool, as_json: bool, timeout: float | None) -> int:
+    eid = await client.start(path, version=version, workload=workload, timeout=timeout)
+    if not wait:
+        if as_json:
+            _print_json({"execution_id": str(eid), "path": path, "status": "started"})
+        else:
+            out.print(f"execution {eid} started ({path})")
+        return 0
+    if not as_json:
+        err.print(f"execution [bold]{eid}[/] of {path}")
+    try:
+        doc = await client.wait(eid, on_event=None if as_json else _Progress(),
+                                timeout=timeout)
+    except TimeoutError:
+        doc = await client.store.describe(eid)
+        doc["error"] = doc.get("error") or {
+            "type": "timeout", "message": f"still {doc['status']} after {timeout}s"}
     _show_document(doc, as_json)
     return 0 if doc["status"] == "completed" else 1
 
@@ -282,9 +287,10 @@ def run(ctx: click.Context, file: str, workload: str | None, assignments: tuple[
     settings = _settings(ctx)
 
     async def body(client: Client) -> int:
-        reply = await client.register(Path(file))
-        return await _execute(client, reply.path, reply.version, data, wait=True,
-                              as_json=as_json, timeout=timeout)
+        async with _hosted(client, ROLES):
+            reply = await client.register(Path(file))
+            return await _execute(client, reply.path, reply.version, data, wait=True,
+                                  as_json=as_json, timeout=timeout)
 
     _run(_with_client(settings, body, relaxed=True))
 
@@ -304,8 +310,13 @@ def execute(ctx: click.Context, path: str, version: int | None, workload: str | 
     """Start an execution of a registered playbook."""
     data = _parse_workload(workload, assignments)
     settings = _settings(ctx)
-    _run(_with_client(settings, lambda c: _execute(
-        c, path, version, data, wait=wait, as_json=as_json, timeout=timeout), relaxed=True))
+    async def body(client: Client) -> int:
+        # Without --wait nothing needs hosting: a later `up` picks the execution up.
+        async with _hosted(client, ROLES if wait else ()):
+            return await _execute(client, path, version, data, wait=wait, as_json=as_json,
+                                  timeout=timeout)
+
+    _run(_with_client(settings, body, relaxed=True))
 
 
 @main.command()
@@ -318,17 +329,8 @@ def register(ctx: click.Context, file: str, as_json: bool) -> None:
     settings = _settings(ctx)
 
     async def body(client: Client) -> int:
-        from actors.mesh import Mesh, missing_roles
-
-        mesh = None
-        if await missing_roles(client.bus, ["catalog"]):
-            mesh = Mesh(client.bus, client.store, client.settings, ["catalog"])
-            await mesh.start()
-        try:
+        async with _hosted(client, ["catalog"]):
             reply = await client.register(Path(file))
-        finally:
-            if mesh is not None:
-                await mesh.stop()
         if as_json:
             _print_json({"path": reply.path, "version": reply.version,
                          "created": reply.created})

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from noetl.errors import ConfigError
+
+# The actor roles a mesh process can take.
+ROLES: Final = ("catalog", "coordinator", "runner")
 
 
 class Settings(msgspec.Struct, kw_only=True):

@@ -57,8 +57,10 @@ __all__ = [
     "PostgresProcess",
     "Services",
     "ensure_local",
+    "free_port",
     "init_postgres",
     "nats_server_binary",
+    "pg_dsn",
     "postgres_bin_dir",
     "resolve",
     "start_nats",
@@ -320,8 +322,8 @@ def init_postgres(
     if data_dir.exists():
         if any(data_dir.iterdir()):
             raise LocalModeError(
-                f"{data_dir} exists and is not a PostgreSQL data directory (no PG_VERSION): "
-                "move it away so a new one can be created"
+                f"cannot create a PostgreSQL data directory at {data_dir}: it exists and is "
+                "not empty (move it away, or start the server it holds)"
             )
         data_dir.rmdir()
     owner = _pg_owner()
@@ -368,14 +370,23 @@ def init_postgres(
         "local replication all trust\n"
         "host replication all 127.0.0.1/32 trust\n"
     )
-    (staging / "pg_hba.conf").write_text(hba)
-    with (staging / "postgresql.conf").open("a") as conf:
-        conf.write("\n# noetl-runtime\nlisten_addresses = '127.0.0.1'\n")
-        for name, value in settings.items():
-            conf.write(f"{name} = '{value}'\n")
-    _hand_over(staging / "pg_hba.conf", owner)
+    lines = ["", "# noetl-runtime", "listen_addresses = '127.0.0.1'"]
+    lines += [
+        f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()
+    ]
+    _write_file(staging / "pg_hba.conf", hba, "w", sync)
+    _write_file(staging / "postgresql.conf", "\n".join(lines) + "\n", "a", sync)
     os.replace(staging, data_dir)
-    _fsync_dir(data_dir.parent)
+    _fsync_dir(data_dir.parent)  # the rename itself is durable too
+
+
+def _write_file(path: Path, text: str, mode: str, sync: bool) -> None:
+    """Write (or append) `text`, fsynced when `sync`; the file keeps its owner."""
+    with path.open(mode) as handle:
+        handle.write(text)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def start_postgres(

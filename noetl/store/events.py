@@ -114,7 +114,7 @@ async def append_runner_event(conn: asyncpg.Connection | asyncpg.Pool, execution
     """Record a runner event once; False when an event with its dedup key already exists."""
     row = await conn.fetchval(
         _RUNNER_EVENT, execution_id, event.type, event.step, event.command_id, event.dedup_key,
-        event.status, _text(event.payload), _text(event.error),
+        event.status, event.payload, event.error,
     )
     return row is not None
 

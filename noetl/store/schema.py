@@ -86,7 +86,7 @@ EXPECTED_COLUMNS: Final[dict[str, set[str]]] = {
 _MIGRATION_LOCK = 0x6E6F65746C
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> list[int]:
     """Apply the migrations not applied yet; return their numbers. Safe to run concurrently."""
     applied: list[int] = []
     async with conn.transaction():
@@ -114,7 +114,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied
 
 
-async def check(conn: asyncpg.Connection) -> list[str]:
+async def check(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> list[str]:
     """What is missing or different from the expected schema (empty when all is well)."""
     problems: list[str] = []
     has_schema = await conn.fetchval(

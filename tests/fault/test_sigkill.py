@@ -13,6 +13,8 @@ from pathlib import Path
 
 from noetl.client import Client
 from noetl.config import Settings
+from noetl.errors import ExecutionNotFound
+from noetl.messages import CatalogReply
 
 CLI = str(Path(sys.executable).parent / "noetl-runtime")
 STEPS = 8
@@ -72,7 +74,10 @@ def kill_hard(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def completed_steps(client: Client, execution_id: int) -> Counter[str]:
-    rows = await client.store.list_events(execution_id)
+    try:
+        rows = await client.store.list_events(execution_id)
+    except ExecutionNotFound:  # not started yet
+        return Counter()
     return Counter(r["step"] for r in rows if r["event_type"] == "step.completed")
 
 
@@ -107,6 +112,9 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
             if r["event_type"] in ("command.completed", "command.failed")
         )
         assert set(outcomes.values()) == {1}
+        # A graceful stop drains and exits cleanly.
+        mesh.send_signal(signal.SIGTERM)
+        assert mesh.wait(timeout=30) == 0, log.read_text()[-3000:]
     finally:
         if mesh.poll() is None:
             mesh.send_signal(signal.SIGTERM)
@@ -117,7 +125,7 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
         await client.close()
 
 
-async def _register_when_up(client: Client, path: Path):  # type: ignore[no-untyped-def]
+async def _register_when_up(client: Client, path: Path) -> CatalogReply:
     async with asyncio.timeout(60):
         while True:
             try:

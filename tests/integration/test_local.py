@@ -43,7 +43,8 @@ def home(noetl_home: Path) -> Iterator[Path]:
 
 
 def read_state(home: Path) -> dict[str, dict[str, int]]:
-    return json.loads((home / "local.json").read_text())  # type: ignore[no-any-return]
+    state: dict[str, dict[str, int]] = json.loads((home / "local.json").read_text())
+    return state
 
 
 def servers_of(home: Path) -> tuple[list[int], list[int]]:

@@ -1,0 +1,93 @@
+"""The `python` tool: runs a step's Python code in a pool of worker processes.
+
+The code gets each arg as a variable, `input_data` (all args) and its `libs`; its result is
+the value of `result`, what `main(...)` returns, or what a top-level `return` returns. See
+`plugins.python_worker` for how the code runs and `plugins.python_pool` for the processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from typing import Any
+
+import msgspec
+
+from noetl.errors import ToolError
+from plugins.base import ToolContext
+from plugins.python_pool import WorkerPool
+from plugins.python_worker import Reply, Request
+
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+class PythonTool:
+    """Tool kind `python`; `workers` bounds the concurrent calls (0: one per CPU)."""
+
+    kind = "python"
+
+    def __init__(self, workers: int = 0) -> None:
+        self.pool = WorkerPool(workers or os.cpu_count() or 1)
+
+    async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
+        """Run the code of one call in a worker process and return its result."""
+        request = _request(spec)
+
+        async def heartbeat() -> None:
+            try:
+                await ctx.heartbeat()
+            except Exception as exc:  # a missed heartbeat must not abandon the running code
+                ctx.logger.warning("step %s: heartbeat failed: %s", ctx.step, exc)
+
+        payload = await self.pool.call(request, timeout=ctx.timeout, cancelled=ctx.cancelled,
+                                       heartbeat=heartbeat)
+        reply = _reply_decoder.decode(payload)
+        if reply.stdout or reply.stderr:
+            ctx.record("output", stdout=reply.stdout, stderr=reply.stderr)
+        if not reply.ok:
+            message = f"{reply.exception}: {reply.message}" if reply.message else reply.exception
+            raise ToolError(message, error_type="python", exception=reply.exception,
+                            traceback=reply.traceback)
+        result = reply.result
+        if isinstance(result, dict) and result.get("status") == "error":
+            # NoETL's convention: code reports a failure by returning it.
+            message = result.get("error") or result.get("message") or "the code returned an error"
+            raise ToolError(str(message), error_type="python", result=result)
+        return result
+
+    async def aclose(self) -> None:
+        """Stop every worker process."""
+        await self.pool.aclose()
+
+
+def _request(spec: dict[str, Any]) -> bytes:
+    """The encoded request for the worker, or ToolError naming what is wrong with `spec`."""
+    libs = spec.get("libs") or {}
+    if not isinstance(libs, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in libs.items()):
+        raise ToolError("python tool: `libs` must map aliases to module names, "
+                        "like {pd: pandas}", error_type="python")
+    args = spec.get("args") or {}
+    if not isinstance(args, dict):
+        raise ToolError(f"python tool: `args` must be a mapping, not {type(args).__name__}",
+                        error_type="python")
+    try:
+        return msgspec.msgpack.encode(Request(code=_code(spec), args=args, libs=libs))
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+        raise ToolError(f"python tool: the args cannot be passed to the code: {exc}",
+                        error_type="python") from exc
+
+
+def _code(spec: dict[str, Any]) -> str:
+    if spec.get("code_b64") is not None:  # `code_b64` wins over `code` (DSL: script loading)
+        try:
+            return base64.b64decode(spec["code_b64"], validate=True).decode("utf-8")
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise ToolError(f"python tool: `code_b64` is not base64 of UTF-8 text: {exc}",
+                            error_type="python") from exc
+    code = spec.get("code")
+    if not isinstance(code, str):
+        raise ToolError("python tool: `code` (a string) or `code_b64` is required",
+                        error_type="python")
+    return code

@@ -1,0 +1,245 @@
+"""The worker process of the python tool: runs step code sent by the pool, one call at a time.
+
+`plugins.python_pool` starts it as `python -P -c <bootstrap>`, which calls `serve`. Every
+message on the socket is a frame: an 8-byte little-endian length, then the payload. Requests
+are msgpack (`Request`), replies JSON (`Reply`): JSON because a result must be JSON-like, so
+the conversion happens here, where the result's own classes live. This module imports only
+the standard library and msgspec, so that a worker starts fast.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+import io
+import linecache
+import os
+import signal
+import sys
+import traceback
+import types
+from typing import Any, NamedTuple
+
+import msgspec
+
+FILENAME = "<step code>"
+MAX_OUTPUT = 64 * 1024  # bytes of stdout (and of stderr) kept per call
+HEADER = 8  # bytes of the little-endian payload length before each frame
+
+_MODULE = "__noetl_step__"  # not "__main__": a script's `if __name__ == "__main__"` must not run
+_BODY = "__step__"  # the function a top-level `return` turns the code into
+_PR_SET_PDEATHSIG = 1
+
+
+class Request(msgspec.Struct, array_like=True):
+    """One call: the code, its args (also bound as `input_data`) and `libs` to import."""
+
+    code: str
+    args: dict[str, Any]
+    libs: dict[str, str]
+
+
+class Reply(msgspec.Struct, omit_defaults=True):
+    """The outcome of one call; `exception`, `message` and `traceback` are set when not `ok`."""
+
+    ok: bool
+    result: Any = None
+    exception: str = ""
+    message: str = ""
+    traceback: str = ""
+    stdout: str = ""
+    stderr: str = ""
+
+
+def frame(payload: bytes) -> bytes:
+    """`payload` with its length header, ready to write to the socket."""
+    return len(payload).to_bytes(HEADER, "little") + payload
+
+
+def serve(fd: int, parent: int) -> None:
+    """Answer requests on the socket `fd` until the pool closes it (then exit quietly)."""
+    _exit_with_parent(parent)
+    os.set_inheritable(fd, False)  # subprocesses of user code must not hold the channel open
+    reader = open(fd, "rb", closefd=False)  # noqa: SIM115 - lives as long as the process
+    decoder = msgspec.msgpack.Decoder(Request)
+    encoder = msgspec.json.Encoder(enc_hook=_jsonable, decimal_format="number")
+    while True:
+        header = reader.read(HEADER)
+        if len(header) < HEADER:
+            return
+        request = decoder.decode(reader.read(int.from_bytes(header, "little")))
+        _write_all(fd, frame(_encode(encoder, run(request))))
+
+
+def run(request: Request) -> Reply:
+    """Run one request's code with stdout and stderr captured; never raises."""
+    stdout, stderr = _Capture(), _Capture()
+    sys.stdout, sys.stderr = stdout, stderr
+    try:
+        reply = Reply(ok=True, result=_execute(request))
+    except BaseException as exc:  # SystemExit included: whatever the code raises fails the step
+        reply = _failure(exc)
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        sys.modules.pop(_MODULE, None)
+    reply.stdout, reply.stderr = stdout.text(), stderr.text()
+    return reply
+
+
+class _Program(NamedTuple):
+    code: types.CodeType
+    wrapped: bool  # the code has a top-level `return` and runs as the body of `_BODY`
+    lines: list[str]
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(source: str) -> _Program:
+    # Cached: loops and hot steps send the same code again and again.
+    lines = source.splitlines(keepends=True)
+    try:
+        return _Program(compile(source, FILENAME, "exec"), False, lines)
+    except SyntaxError as exc:
+        if exc.msg != "'return' outside function":
+            raise
+    # Wrap the parsed statements, not the text, so line numbers stay those of the source.
+    tree = ast.parse(source, FILENAME)
+    module = ast.parse(f"def {_BODY}():\n    pass\n", FILENAME)
+    body = module.body[0]
+    assert isinstance(body, ast.FunctionDef)
+    body.body = tree.body
+    return _Program(compile(module, FILENAME, "exec"), True, lines)
+
+
+def _execute(request: Request) -> Any:
+    program = _compile(request.code)
+    # A fresh module per call: no state leaks between calls through globals.
+    module = types.ModuleType(_MODULE)
+    namespace = module.__dict__
+    namespace["input_data"] = request.args
+    namespace.update(request.args)
+    for alias, name in request.libs.items():
+        namespace[alias] = importlib.import_module(name)
+    # Registered so tracebacks, `inspect.getsource` and dataclasses see the code as a module.
+    linecache.cache[FILENAME] = (len(request.code), None, program.lines, FILENAME)
+    sys.modules[_MODULE] = module
+    exec(program.code, namespace)
+    if program.wrapped:
+        return namespace[_BODY]()
+    main = namespace.get("main")
+    if inspect.isfunction(main) and main.__module__ == _MODULE:  # defined by the code itself
+        value = _call_main(main, request.args)
+        if inspect.iscoroutine(value):
+            import asyncio  # only async main() needs it; keeps worker start-up short
+
+            value = asyncio.run(value)
+        return value
+    return namespace.get("result")
+
+
+def _call_main(main: types.FunctionType, args: dict[str, Any]) -> Any:
+    """Call `main` with the args its parameters name (`input_data` too); `**kwargs` takes all."""
+    offered = {"input_data": args, **args}
+    keywords: dict[str, Any] = {}
+    missing: list[str] = []
+    takes_all = False
+    for param in inspect.signature(main).parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            takes_all = True
+        elif param.kind is param.VAR_POSITIONAL:
+            continue
+        elif param.name in offered:
+            keywords[param.name] = offered[param.name]
+        elif param.default is param.empty:
+            missing.append(param.name)
+    if missing:
+        names = ", ".join(sorted(args)) or "none"
+        raise TypeError(f"main() needs {', '.join(missing)}, which the args do not give "
+                        f"(args: {names})")
+    if takes_all:
+        keywords = {**args, **keywords}
+    return main(**keywords)
+
+
+def _failure(exc: BaseException) -> Reply:
+    # Start the traceback at the first frame of the step's code: the worker's frames above it
+    # say nothing to the playbook's author.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != FILENAME:
+        tb = tb.tb_next
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the failure itself
+        message = f"<{type(exc).__name__} with an unprintable message>"
+    formatted = "".join(traceback.TracebackException(type(exc), exc, tb).format())
+    return Reply(ok=False, exception=type(exc).__name__, message=message, traceback=formatted)
+
+
+def _encode(encoder: msgspec.json.Encoder, reply: Reply) -> bytes:
+    try:
+        return encoder.encode(reply)
+    except Exception as exc:  # a result JSON cannot carry fails the step, not the worker
+        failed = Reply(ok=False, exception=type(exc).__name__,
+                       message=f"the result cannot be converted to JSON: {exc}",
+                       stdout=reply.stdout, stderr=reply.stderr)
+        return encoder.encode(failed)
+
+
+def _jsonable(value: Any) -> Any:
+    """What JSON carries for a value msgspec has no form for: numpy-like data as lists, else str."""
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars, pandas Series
+    if callable(tolist):
+        return tolist()
+    return str(value)
+
+
+class _Capture(io.TextIOBase):
+    """A stand-in for stdout/stderr that keeps the first MAX_OUTPUT bytes written to it."""
+
+    encoding = "utf-8"
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._kept = 0  # characters kept; at most MAX_OUTPUT, which bounds the bytes kept too
+        self._written = 0
+
+    def writable(self) -> bool:
+        """Always: this is an output stream."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Keep `text`, or the part of it that still fits."""
+        self._written += len(text)
+        room = MAX_OUTPUT - self._kept
+        if room > 0:
+            kept = text[:room]
+            self._parts.append(kept)
+            self._kept += len(kept)
+        return len(text)
+
+    def text(self) -> str:
+        """What was written, cut at MAX_OUTPUT bytes of UTF-8 with a note saying so."""
+        text = "".join(self._parts)
+        data = text.encode("utf-8", "replace")
+        if self._written == self._kept and len(data) <= MAX_OUTPUT:
+            return text
+        kept = data[:MAX_OUTPUT].decode("utf-8", "ignore")
+        return f"{kept}\n[output truncated: {self._written} characters written, 64 KiB kept]"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _exit_with_parent(parent: int) -> None:
+    # An orphaned worker stuck in a loop would run forever: have the kernel kill it with its
+    # parent (Linux), and give up at once if the parent is already gone.
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)

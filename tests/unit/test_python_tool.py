@@ -1,0 +1,459 @@
+"""The `python` tool: code semantics, output, errors, and the worker process pool."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from noetl.errors import ToolError, ToolTimeout
+from plugins import python_pool
+from plugins.base import ToolContext
+from plugins.python import PythonTool
+from plugins.python_worker import MAX_OUTPUT
+
+
+def make_ctx(timeout: float | None = 10.0) -> ToolContext:
+    return ToolContext(execution_id=1, command_id="cmd-1", step="step", timeout=timeout)
+
+
+async def run(tool: PythonTool, code: str, ctx: ToolContext | None = None, **spec: Any) -> Any:
+    return await tool.run(ctx or make_ctx(), {"code": code, **spec})
+
+
+def worker_pids() -> set[int]:
+    """Pids of this process's live python workers."""
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "python_worker" in " ".join(
+                    child.cmdline()):
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+@pytest_asyncio.fixture(scope="module")
+async def tool() -> AsyncIterator[PythonTool]:
+    tool = PythonTool(workers=2)
+    yield tool
+    await tool.aclose()
+
+
+# --- what the code means -------------------------------------------------------------------
+
+async def test_result_variable_and_args(tool: PythonTool) -> None:
+    code = 'result = {"double": n * 2, "name": user["name"]}'
+    assert await run(tool, code, args={"n": 21, "user": {"name": "ann"}}) == {
+        "double": 42, "name": "ann"}
+
+
+async def test_no_result_is_none(tool: PythonTool) -> None:
+    assert await run(tool, "x = 1") is None
+
+
+async def test_input_data_holds_all_args(tool: PythonTool) -> None:
+    assert await run(tool, "result = sorted(input_data.items())", args={"b": 2, "a": 1}) == [
+        ["a", 1], ["b", 2]]
+
+
+async def test_main_gets_matching_args(tool: PythonTool) -> None:
+    code = "def main(a, input_data, c=5):\n    return [a, c, sorted(input_data)]"
+    assert await run(tool, code, args={"a": 1, "b": 2}) == [1, 5, ["a", "b"]]
+
+
+async def test_main_kwargs_takes_all_args(tool: PythonTool) -> None:
+    code = "def main(a, **kwargs):\n    return {'a': a, 'rest': kwargs}"
+    assert await run(tool, code, args={"a": 1, "b": 2}) == {"a": 1, "rest": {"b": 2}}
+
+
+async def test_main_missing_arg_is_named(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match=r"main\(\) needs b.*args: a"):
+        await run(tool, "def main(a, b):\n    return a", args={"a": 1})
+
+
+async def test_async_main(tool: PythonTool) -> None:
+    code = "import asyncio\nasync def main(n):\n    await asyncio.sleep(0.01)\n    return n + 1"
+    assert await run(tool, code, args={"n": 1}) == 2
+
+
+async def test_main_from_an_arg_is_not_called(tool: PythonTool) -> None:
+    assert await run(tool, "result = main", args={"main": "not a function"}) == "not a function"
+
+
+async def test_top_level_return(tool: PythonTool) -> None:
+    code = "total = sum(values)\nif total > 3:\n    return {'total': total}\nreturn None"
+    assert await run(tool, code, args={"values": [1, 2, 3]}) == {"total": 6}
+
+
+async def test_libs_are_imported_under_their_alias(tool: PythonTool) -> None:
+    code = "result = [j.dumps({'a': 1}), osp.join('a', 'b')]"
+    assert await run(tool, code, libs={"j": "json", "osp": "os.path"}) == ['{"a": 1}', "a/b"]
+
+
+async def test_unknown_lib_fails(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="ModuleNotFoundError: No module named 'no_such_lib'"):
+        await run(tool, "result = 1", libs={"x": "no_such_lib"})
+
+
+async def test_code_b64_wins_over_code(tool: PythonTool) -> None:
+    encoded = base64.b64encode(b"result = 'from b64'").decode()
+    assert await run(tool, "result = 'plain'", code_b64=encoded) == "from b64"
+
+
+async def test_each_call_gets_fresh_globals(tool: PythonTool) -> None:
+    for _ in range(4):  # more calls than workers: every worker sees the first call's name
+        await run(tool, "leaked = 1")
+    assert await run(tool, "result = 'leaked' in globals()") is False
+
+
+async def test_status_error_fails_the_step(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="^quota exceeded$") as info:
+        await run(tool, "result = {'status': 'error', 'error': 'quota exceeded'}")
+    assert info.value.error_type == "python"
+    assert info.value.details["result"]["status"] == "error"
+    with pytest.raises(ToolError, match="^bad input$"):
+        await run(tool, "return {'status': 'error', 'message': 'bad input'}")
+
+
+async def test_invalid_spec(tool: PythonTool) -> None:
+    ctx = make_ctx()
+    with pytest.raises(ToolError, match="`code`"):
+        await tool.run(ctx, {"args": {}})
+    with pytest.raises(ToolError, match="libs"):
+        await tool.run(ctx, {"code": "", "libs": ["json"]})
+    with pytest.raises(ToolError, match="code_b64"):
+        await tool.run(ctx, {"code_b64": "%%%"})
+    with pytest.raises(ToolError, match="args cannot be passed"):
+        await tool.run(ctx, {"code": "", "args": {"x": object()}})
+
+
+# --- results are JSON-like -----------------------------------------------------------------
+
+async def test_result_is_converted_to_json_like_values(tool: PythonTool) -> None:
+    code = """
+import datetime, decimal, uuid, dataclasses
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+class Vector:  # stands in for numpy arrays and scalars
+    def tolist(self):
+        return [1, 2]
+
+class Opaque:
+    def __str__(self):
+        return "opaque!"
+
+result = {
+    "when": datetime.datetime(2024, 5, 1, 12, 30),
+    "day": datetime.date(2024, 5, 1),
+    "price": decimal.Decimal("12.50"),
+    "tags": {"b"},
+    "id": uuid.UUID(int=1),
+    "point": Point(1, 2),
+    "pair": (1, 2),
+    "vector": Vector(),
+    "opaque": Opaque(),
+    7: "int key",
+    "big": 2 ** 70,
+}
+"""
+    assert await run(tool, code) == {
+        "when": "2024-05-01T12:30:00", "day": "2024-05-01", "price": 12.5, "tags": ["b"],
+        "id": "00000000-0000-0000-0000-000000000001", "point": {"x": 1, "y": 2},
+        "pair": [1, 2], "vector": [1, 2], "opaque": "opaque!", "7": "int key", "big": 2 ** 70,
+    }
+
+
+async def test_unconvertible_result_fails_clearly(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="the result cannot be converted to JSON"):
+        await run(tool, "result = []\nresult.append(result)")
+
+
+# --- printed output ------------------------------------------------------------------------
+
+async def test_output_is_recorded() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        ctx = make_ctx()
+        await run(tool, "import sys\nprint('hello')\nprint('oops', file=sys.stderr)", ctx)
+        assert ctx.events == [{"kind": "output", "stdout": "hello\n", "stderr": "oops\n"}]
+        quiet = make_ctx()
+        await run(tool, "result = 1", quiet)
+        assert quiet.events == []
+    finally:
+        await tool.aclose()
+
+
+async def test_output_is_truncated_at_64_kib(tool: PythonTool) -> None:
+    ctx = make_ctx()
+    await run(tool, "for _ in range(3000):\n    print('é' * 99)", ctx)
+    stdout = ctx.events[0]["stdout"]
+    kept, note = stdout.rsplit("\n[output truncated", 1)
+    assert len(kept.encode()) <= MAX_OUTPUT
+    assert len(kept.encode()) > MAX_OUTPUT - 4
+    assert "300000 characters written" in note
+
+
+async def test_output_is_recorded_when_the_code_fails(tool: PythonTool) -> None:
+    ctx = make_ctx()
+    with pytest.raises(ToolError):
+        await run(tool, "print('before')\n1 / 0", ctx)
+    assert ctx.events[0]["stdout"] == "before\n"
+
+
+# --- errors --------------------------------------------------------------------------------
+
+async def test_exception_has_type_message_and_traceback(tool: PythonTool) -> None:
+    code = "def helper(x):\n    return x['missing']\n\n\nresult = helper({})\n"
+    with pytest.raises(ToolError) as info:
+        await run(tool, code)
+    error = info.value
+    assert str(error) == "KeyError: 'missing'"
+    assert error.error_type == "python"
+    assert error.details["exception"] == "KeyError"
+    traceback = error.details["traceback"]
+    assert traceback.startswith("Traceback (most recent call last):\n")
+    assert 'File "<step code>", line 5, in <module>\n    result = helper({})' in traceback
+    assert 'File "<step code>", line 2, in helper\n    return x[\'missing\']' in traceback
+    assert "python_worker" not in traceback
+
+
+async def test_traceback_lines_inside_top_level_return_code(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="ValueError: late") as info:
+        await run(tool, "x = 1\n\nif x:\n    raise ValueError('late')\nreturn x")
+    assert 'File "<step code>", line 4, in __step__' in info.value.details["traceback"]
+
+
+async def test_traceback_lines_inside_main(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="ZeroDivisionError") as info:
+        await run(tool, "def main():\n    return 1 / 0")
+    assert 'File "<step code>", line 2, in main' in info.value.details["traceback"]
+
+
+async def test_syntax_error_names_the_line(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match=r"SyntaxError: .*line 2") as info:
+        await run(tool, "x = 1\ny = (\n")
+    assert info.value.details["exception"] == "SyntaxError"
+
+
+async def test_sys_exit_fails_the_step_but_not_the_worker(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="SystemExit: 4"):
+        await run(tool, "import sys\nsys.exit(4)")
+    assert await run(tool, "result = 'still fine'") == "still fine"
+
+
+# --- the worker processes ------------------------------------------------------------------
+
+async def test_timeout_kills_a_busy_worker_and_the_pool_recovers() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        first = await run(tool, "import os\nresult = os.getpid()")
+        started = time.monotonic()
+        with pytest.raises(ToolTimeout, match="timeout of 0.5 s") as info:
+            await run(tool, "while True:\n    pass", make_ctx(timeout=0.5))
+        assert info.value.error_type == "timeout"
+        assert time.monotonic() - started < 2.0
+        assert not psutil.pid_exists(first)  # killed and reaped
+        second = await run(tool, "import os\nresult = os.getpid()")
+        assert second != first
+    finally:
+        await tool.aclose()
+
+
+async def test_timeout_also_kills_processes_the_code_started() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        code = ("import subprocess, sys\n"
+                "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                "print(child.pid, flush=True)\nchild.wait()")
+        with pytest.raises(ToolTimeout):
+            await run(tool, code, make_ctx(timeout=1.0))
+        await asyncio.sleep(0.2)
+        assert not worker_pids()
+        assert not any("time.sleep(60)" in " ".join(p.cmdline())
+                       for p in psutil.process_iter() if p.status() != psutil.STATUS_ZOMBIE)
+    finally:
+        await tool.aclose()
+
+
+async def test_worker_exit_is_a_clear_error_and_the_pool_recovers(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="worker process died with exit code 3") as info:
+        await run(tool, "import os\nos._exit(3)")
+    assert info.value.details["exit_code"] == 3
+    assert await run(tool, "result = 'recovered'") == "recovered"
+
+
+async def test_worker_crash_names_the_signal(tool: PythonTool) -> None:
+    with pytest.raises(ToolError, match="died with signal SIGSEGV"):
+        await run(tool, "import ctypes\nctypes.string_at(0)")
+    assert await run(tool, "result = 'recovered'") == "recovered"
+
+
+async def test_idle_worker_killed_from_outside_is_replaced() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        pid = await run(tool, "import os\nresult = os.getpid()")
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.1)
+        assert await run(tool, "import os\nresult = os.getpid()") != pid
+    finally:
+        await tool.aclose()
+
+
+async def test_cancellation_kills_the_worker() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        pid = await run(tool, "import os\nresult = os.getpid()")
+        ctx = make_ctx(timeout=None)
+        asyncio.get_running_loop().call_later(0.2, ctx.cancelled.set)
+        started = time.monotonic()
+        with pytest.raises(ToolError, match="cancelled") as info:
+            await run(tool, "import time\ntime.sleep(30)", ctx)
+        assert info.value.error_type == "cancelled"
+        assert time.monotonic() - started < 1.0
+        assert not psutil.pid_exists(pid)
+        with pytest.raises(ToolError, match="cancelled"):  # already cancelled: nothing runs
+            await run(tool, "result = 1", ctx)
+        assert await run(tool, "result = 'next'") == "next"
+    finally:
+        await tool.aclose()
+
+
+async def test_cancelled_caller_kills_the_worker() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        pid = await run(tool, "import os\nresult = os.getpid()")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(run(tool, "import time\ntime.sleep(30)"), 0.2)
+        await asyncio.sleep(0.2)
+        assert not psutil.pid_exists(pid)
+        assert await run(tool, "result = 'next'") == "next"
+    finally:
+        await tool.aclose()
+
+
+async def test_heartbeat_while_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(python_pool, "HEARTBEAT_EVERY", 0.1)
+    beats = 0
+
+    async def in_progress() -> None:
+        nonlocal beats
+        beats += 1
+
+    tool = PythonTool(workers=1)
+    try:
+        ctx = make_ctx()
+        ctx.in_progress = in_progress
+        await run(tool, "import time\ntime.sleep(0.5)", ctx)
+        assert 2 <= beats <= 6
+    finally:
+        await tool.aclose()
+
+
+async def test_failing_heartbeat_does_not_stop_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(python_pool, "HEARTBEAT_EVERY", 0.05)
+
+    async def in_progress() -> None:
+        raise ConnectionError("nats is away")
+
+    tool = PythonTool(workers=1)
+    try:
+        ctx = make_ctx()
+        ctx.in_progress = in_progress
+        assert await run(tool, "import time\ntime.sleep(0.3)\nresult = 'done'", ctx) == "done"
+    finally:
+        await tool.aclose()
+
+
+async def test_calls_run_in_parallel_up_to_the_worker_count() -> None:
+    n = 4
+    tool = PythonTool(workers=n)
+    try:
+        await asyncio.gather(*(run(tool, "import time\ntime.sleep(0.05)") for _ in range(n)))
+        started = time.monotonic()
+        pids = await asyncio.gather(
+            *(run(tool, "import os, time\ntime.sleep(0.3)\nresult = os.getpid()")
+              for _ in range(n)))
+        assert time.monotonic() - started < 0.6  # serially it would take 1.2 s
+        assert len(set(pids)) == n
+    finally:
+        await tool.aclose()
+
+
+async def test_extra_calls_wait_in_fifo_order() -> None:
+    tool = PythonTool(workers=1)
+    try:
+        finished: list[int] = []
+
+        async def call(i: int) -> None:
+            await run(tool, "import time\ntime.sleep(0.05)")
+            finished.append(i)
+
+        calls = []
+        for i in range(4):
+            calls.append(asyncio.create_task(call(i)))
+            await asyncio.sleep(0)  # each call queues before the next starts
+        started = time.monotonic()
+        await asyncio.gather(*calls)
+        assert finished == [0, 1, 2, 3]
+        assert time.monotonic() - started >= 0.2
+        assert len(worker_pids()) == 1
+    finally:
+        await tool.aclose()
+
+
+async def test_event_loop_stays_responsive_during_cpu_bound_code(tool: PythonTool) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        await run(tool, "import time\nend = time.time() + 0.5\nwhile time.time() < end:\n    pass")
+    finally:
+        task.cancel()
+    assert ticks >= 20
+
+
+async def test_aclose_leaves_no_worker_processes() -> None:
+    before = worker_pids()
+    tool = PythonTool(workers=3)
+    await asyncio.gather(*(run(tool, "import time\ntime.sleep(0.1)") for _ in range(3)))
+    started = worker_pids() - before
+    assert len(started) == 3
+    await tool.aclose()
+    assert not any(psutil.pid_exists(pid) for pid in started)
+    assert worker_pids() == before
+    with pytest.raises(ToolError, match="closed"):
+        await run(tool, "result = 1")
+
+
+async def test_aclose_during_a_call_fails_that_call() -> None:
+    tool = PythonTool(workers=1)
+    call = asyncio.create_task(run(tool, "import time\ntime.sleep(30)"))
+    await asyncio.sleep(0.3)
+    await tool.aclose()
+    with pytest.raises(ToolError, match="closed while the code ran"):
+        await call
+    assert not worker_pids()
+
+
+async def test_workers_default_to_the_cpu_count() -> None:
+    assert PythonTool().pool.size == (os.cpu_count() or 1)
