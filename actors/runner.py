@@ -69,14 +69,22 @@ class Runner(Actor):
         started = Event(type=ev.COMMAND_STARTED, dedup_key=f"started:{cid}", step=command.step,
                         command_id=cid, status="running",
                         payload={"attempt": command.attempt, "kind": command.kind})
-        first_delivery = await self.store.append_runner_event(eid, started, durable=False)
-        outcome = None if first_delivery else await self.store.find_event(eid, outcome_key(cid))
-        if outcome is None:
+        recorded = None
+        if msg.metadata.num_delivered <= 1:
+            # First delivery: no outcome can exist yet, so recording the start need not hold
+            # up the tool.
+            record = asyncio.create_task(
+                self.store.append_runner_event(eid, started, durable=False))
             outcome = await self._run(msg, command)
-            if not await self.store.append_runner_event(eid, outcome):
-                # Another delivery of this command recorded its outcome first: that one counts.
+            await record
+        else:
+            if not await self.store.append_runner_event(eid, started, durable=False):
                 recorded = await self.store.find_event(eid, outcome_key(cid))
-                outcome = recorded or outcome
+            # Redelivered after its outcome was recorded: report that one, run nothing.
+            outcome = recorded or await self._run(msg, command)
+        if recorded is None and not await self.store.append_runner_event(eid, outcome):
+            # Another delivery of this command recorded its outcome first: that one counts.
+            outcome = await self.store.find_event(eid, outcome_key(cid)) or outcome
         await self._report(command, outcome)
         await msg.ack()
 
