@@ -9,7 +9,11 @@ every write and publish is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import heapq
+import time
+from collections.abc import Awaitable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -22,6 +26,7 @@ from noetl.bus import (
     START_STREAM,
     START_SUBJECT,
     Bus,
+    cancel_subject,
     cmd_subject,
     encode_json,
     events_subject,
@@ -29,15 +34,18 @@ from noetl.bus import (
     partition_of,
 )
 from noetl.config import Settings
-from noetl.engine import Decision, Engine, Event, ExecutionState, fold, replay
+from noetl.engine import Decision, Engine, Event, ExecutionState, replay
 from noetl.engine import events as ev
+from noetl.engine.decide import refuse_start
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
+    CancelExecution,
     CommandCompleted,
     CommandFailed,
     CommandIssued,
     ExecMessage,
     StartExecution,
+    Timer,
     Wake,
     decode_exec,
     decode_start,
@@ -59,6 +67,8 @@ class ExecutionActor:
         self.mailbox: asyncio.Queue[tuple[Msg, ExecMessage]] = asyncio.Queue()
         self.state: ExecutionState | None = None
         self.engine: Engine | None = None
+        # Why the playbook of a start request could not be loaded (the start is refused).
+        self.refusal: str | None = None
         self.reply_to = exec_subject(partition_of(execution_id, host.settings.partitions))
 
     async def run(self) -> None:
@@ -89,15 +99,19 @@ class ExecutionActor:
         """Decide, commit, publish, ack. Returns True when the execution has ended."""
         decision: Decision | None = None
         for _ in range(_MAX_CONFLICTS):
-            if self.state is None or self.engine is None:
+            if self.state is None or (self.engine is None and self.refusal is None):
                 loaded = await self._load(message)
                 if not loaded:
                     await self.host.bus.dead_letter(
                         msg, f"execution {self.execution_id} has no events and "
                              f"{type(message).__name__} cannot start it")
                     return False
-            assert self.state is not None and self.engine is not None
-            decision = self.engine.decide(self.state, message)
+            assert self.state is not None
+            if self.engine is None:
+                assert isinstance(message, StartExecution) and self.refusal is not None
+                decision = refuse_start(self.state, message, self.refusal)
+            else:
+                decision = self.engine.decide(self.state, message)
             if not decision.events:
                 break
             try:
@@ -110,15 +124,13 @@ class ExecutionActor:
                 self.state = None
         else:
             raise VersionConflict(f"execution {self.execution_id}: too many conflicts")
-        assert decision is not None and self.state is not None and self.engine is not None
-        commands = decision.commands
-        if decision.duplicate and self.state.running:
-            # A redelivered message: its commands may not have been published before the
-            # crash that caused the redelivery; dedup drops the ones that were.
-            commands = self.engine.pending_commands(self.state)
-        await self.host.publish_commands(commands, self.reply_to)
-        if decision.events:
-            await self.host.announce(self.execution_id, decision.events)
+        assert decision is not None and self.state is not None
+        if decision.duplicate and self.state.running and self.engine is not None:
+            # A redelivered message: what it caused may not have been published before the
+            # crash that caused the redelivery; dedup drops what was.
+            decision.commands = self.engine.pending_commands(self.state)
+            decision.children = self.engine.pending_children(self.state)
+        await self.host.carry_out(self.execution_id, decision, self.reply_to)
         await msg.ack()
         return not self.state.running
 
@@ -136,34 +148,9 @@ class ExecutionActor:
         except (CatalogError, PlaybookError) as exc:
             if not isinstance(message, StartExecution):
                 raise
-            self.engine = _Unstartable(path, version or 0, str(exc))  # type: ignore[assignment]
+            self.refusal = str(exc)
         self.state = state
         return True
-
-
-class _Unstartable:
-    """Stands in for the engine of a start request whose playbook cannot be loaded, so the
-    failure is recorded as an execution (visible to `status`) instead of vanishing."""
-
-    def __init__(self, path: str, version: int, reason: str) -> None:
-        self.path, self.version, self.reason = path, version, reason
-
-    def decide(self, state: ExecutionState, message: ExecMessage) -> Decision:
-        if state.status != "new":
-            return Decision(duplicate=True)
-        events = [
-            Event(type=ev.EXECUTION_STARTED, dedup_key="execution.started", status="running",
-                  payload={"path": self.path, "version": self.version, "workload": {}}),
-            Event(type=ev.EXECUTION_FAILED, dedup_key="execution.ended", status="failed",
-                  error={"type": "catalog", "message": self.reason}),
-        ]
-        for i, event in enumerate(events, start=state.seq + 1):
-            event.version = i
-            fold(state, event)
-        return Decision(events=events)
-
-    def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:
-        return []
 
 
 def _projection(state: ExecutionState, decision: Decision) -> Projection | None:
@@ -195,6 +182,7 @@ class CoordinatorHost(Actor):
         self._latest: dict[str, int] = {}
         self._start_stream_created = ""
         self._reconciler: asyncio.Task[None] | None = None
+        self.timers = TimerWheel(self)
 
     async def start(self) -> None:
         """Subscribe to the partitions and the start subject; start the reconciler."""
@@ -206,12 +194,15 @@ class CoordinatorHost(Actor):
                                    self._on_exec, max_in_flight=1024)
         await self.bus.consume(START_STREAM, START_SUBJECT, "router", self._on_start,
                                max_in_flight=256)
+        await self.timers.load()
+        self.timers.start()
         self._reconciler = asyncio.create_task(self._reconcile_forever())
 
     async def stop(self) -> None:
         """Stop the reconciler and wait for every actor's mailbox to drain."""
         if self._reconciler is not None:
             self._reconciler.cancel()
+        self.timers.stop()
         for actor in list(self.actors.values()):
             while not actor.mailbox.empty():
                 await asyncio.sleep(0.01)
@@ -272,6 +263,36 @@ class CoordinatorHost(Actor):
         engine = self._engines[key] = Engine(playbook, version=version)
         return engine
 
+    async def carry_out(self, execution_id: int, decision: Decision, reply_to: str) -> None:
+        """Publish what a committed decision caused: commands, child starts, the parent's
+        notice, cancellations and timers; then tell live watchers."""
+        now = time.time()
+        sends: list[Awaitable[None]] = []
+        for child in decision.children:
+            child.at = child.at or now
+            sends.append(self.bus.publish(self.mailbox_of(child.execution_id), encode(child),
+                                          child.dedup_id))
+        if decision.parent_notice is not None:
+            notice = decision.parent_notice
+            sends.append(self.bus.publish(self.mailbox_of(notice.execution_id), encode(notice),
+                                          notice.dedup_id))
+        for child_id in decision.cancel_children:
+            cancel = CancelExecution(execution_id=child_id, dedup_id=f"cancel:{child_id}",
+                                     at=now, reason=f"parent execution {execution_id} ended")
+            sends.append(self.bus.publish(self.mailbox_of(child_id), encode(cancel),
+                                          cancel.dedup_id))
+        await asyncio.gather(self.publish_commands(decision.commands, reply_to), *sends)
+        if decision.stop_running:
+            await self.bus.announce(cancel_subject(execution_id), b"")
+        for timer in decision.timers:
+            self.timers.schedule(execution_id, timer.name, timer.due_at)
+        if decision.events:
+            await self.announce(execution_id, decision.events)
+
+    def mailbox_of(self, execution_id: int) -> str:
+        """The subject of the partition that coordinates `execution_id`."""
+        return exec_subject(partition_of(execution_id, self.settings.partitions))
+
     async def publish_commands(self, commands: list[CommandIssued], reply_to: str) -> None:
         """Send commands to their runner pools (concurrently; each waits for its ack)."""
         if not commands:
@@ -298,6 +319,7 @@ class CoordinatorHost(Actor):
             await asyncio.sleep(self.settings.reconcile_every)
             try:
                 await self.reconcile()
+                await self.timers.load()
             except Exception:
                 self.log.exception("reconciler sweep failed")
 
@@ -343,9 +365,75 @@ class CoordinatorHost(Actor):
                     execution_id=execution_id, dedup_id=f"{command_id}:outcome",
                     command_id=command_id, step=pending.step, error=outcome.error or {})
             await self.bus.publish(reply_to, encode(message), message.dedup_id)
-        if not state.pending:
+        if not state.pending and not state.timers:
             wake = Wake(execution_id=execution_id, dedup_id=f"wake:{execution_id}:{state.seq}")
             await self.bus.publish(reply_to, encode(wake), wake.dedup_id)
         await self.publish_commands(lost, reply_to)
+        for child in engine.pending_children(state):
+            await self.bus.publish(self.mailbox_of(child.execution_id), encode(child),
+                                   child.dedup_id)
         self.log.info("reconciled execution %s", execution_id)
 
+
+
+class TimerWheel:
+    """Fires durable timers: each due timer becomes a Timer message to its execution.
+
+    Timers live in the event table (`timer.scheduled` without `timer.fired`); this wheel is
+    only a cache of them, reloaded at start and on every reconciler sweep, so a restart
+    neither loses a timer nor fires one twice (the engine ignores a second Timer).
+    """
+
+    def __init__(self, host: CoordinatorHost) -> None:
+        self.host = host
+        self._heap: list[tuple[float, int, str]] = []
+        self._known: set[tuple[int, str]] = set()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def schedule(self, execution_id: int, name: str, due_at: float) -> None:
+        """Fire `name` for `execution_id` at `due_at` (epoch seconds), once."""
+        if (execution_id, name) in self._known:
+            return
+        self._known.add((execution_id, name))
+        heapq.heappush(self._heap, (due_at, execution_id, name))
+        self._changed.set()
+
+    async def load(self) -> None:
+        """Pick up the pending timers of this host's partitions from the store."""
+        mine = set(self.host.partitions)
+        for execution_id, name, due_at in await self.host.store.pending_timers():
+            if partition_of(execution_id, self.host.settings.partitions) in mine:
+                self.schedule(execution_id, name, due_at)
+
+    def start(self) -> None:
+        """Begin firing."""
+        self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        """Stop firing (pending timers stay in the store)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            self._changed.clear()
+            if not self._heap:
+                await self._changed.wait()
+                continue
+            due_at, execution_id, name = self._heap[0]
+            delay = due_at - time.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), delay)
+                continue
+            heapq.heappop(self._heap)
+            self._known.discard((execution_id, name))
+            timer = Timer(execution_id=execution_id, dedup_id=f"timer:{execution_id}:{name}",
+                          at=time.time(), name=name)
+            try:
+                await self.host.bus.publish(self.host.mailbox_of(execution_id), encode(timer),
+                                            timer.dedup_id)
+            except Exception:
+                self.host.log.exception("could not fire timer %s of %s", name, execution_id)
+                self.schedule(execution_id, name, time.time() + 1.0)

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from actors.base import Actor
 from noetl import render
-from noetl.bus import CMD_STREAM, Bus, cmd_subject
+from noetl.bus import CMD_STREAM, Bus, cancel_subject, cmd_subject
 from noetl.config import Settings
 from noetl.engine import Event
 from noetl.engine import events as ev
-from noetl.errors import MessageError, RenderError, ToolError
+from noetl.errors import MessageError, RenderError, ToolError, ToolTimeout
 from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
 from noetl.store import Store, outcome_key
 from plugins.base import ToolContext, ToolPlugin
 from plugins.registry import load_plugins
+
+# Deliveries of one command before the runner stops retrying its own failures.
+MAX_DELIVERIES = 5
 
 
 class Runner(Actor):
@@ -38,11 +43,14 @@ class Runner(Actor):
                  plugins: dict[str, ToolPlugin] | None = None) -> None:
         super().__init__(bus, store, settings)
         self.plugins = load_plugins() if plugins is None else plugins
+        # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
+        self._running: dict[int, set[ToolContext]] = {}
 
     async def start(self) -> None:
         """Join the pool's work queue."""
         await super().start()
         pool = self.settings.runner_pool
+        await self.bus.serve(cancel_subject("*"), self._on_cancel, queue="")
         await self.bus.consume(CMD_STREAM, cmd_subject(pool), f"runner-{pool}",
                                self._on_command,
                                max_in_flight=self.settings.runner_concurrency)
@@ -55,13 +63,42 @@ class Runner(Actor):
             if close is not None:
                 await close()
 
+    async def _on_cancel(self, msg: Msg) -> None:
+        execution_id = int(msg.subject.rsplit(".", 1)[1])
+        for ctx in self._running.get(execution_id, ()):
+            ctx.cancelled.set()
+
     async def _on_command(self, msg: Msg) -> None:
         try:
             command = decode_command(msg.data)
         except MessageError as exc:
             await self.bus.dead_letter(msg, str(exc))
             return
-        self.spawn(self.execute(msg, command))
+        self.spawn(self._execute_or_give_up(msg, command))
+
+    async def _execute_or_give_up(self, msg: Msg, command: CommandIssued) -> None:
+        """`execute`, and if that itself breaks (store or bus down), let JetStream deliver
+        the command again later; after MAX_DELIVERIES, fail the step instead of looping."""
+        try:
+            await self.execute(msg, command)
+        except Exception as exc:
+            self.log.exception("command %s: delivery %d failed", command.command_id,
+                               msg.metadata.num_delivered)
+            if msg.metadata.num_delivered < MAX_DELIVERIES:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=min(30.0, 2.0 ** msg.metadata.num_delivered))
+                return
+            error = {"step": command.step, "kind": command.kind, "type": "delivery",
+                     "message": f"gave up after {MAX_DELIVERIES} deliveries: "
+                                f"{type(exc).__name__}: {exc}"}
+            failure = Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
+                            step=command.step, command_id=command.command_id,
+                            status="failed", error=error)
+            with contextlib.suppress(Exception):
+                await self.store.append_runner_event(command.execution_id, failure)
+            with contextlib.suppress(Exception):
+                await self._report(command, failure)
+            await msg.term()
 
     async def execute(self, msg: Msg, command: CommandIssued) -> None:
         """Run one command to a recorded, published outcome, then ack it."""
@@ -92,17 +129,14 @@ class Runner(Actor):
         ctx = ToolContext(execution_id=command.execution_id, command_id=command.command_id,
                           step=command.step, timeout=command.timeout)
         ctx.in_progress = msg.in_progress
+        self._running.setdefault(command.execution_id, set()).add(ctx)
         beat = asyncio.create_task(self._keep_alive(msg))
+        payload: dict[str, Any] = {}
         try:
-            plugin = self.plugins.get(command.kind)
-            if plugin is None:
-                raise ToolError(f"no plugin is installed for tool kind `{command.kind}`",
-                                error_type="unknown_kind")
-            spec = self._render(command, plugin)
-            result = await plugin.run(ctx, spec)
+            result = await self._guarded(ctx, self._call(ctx, command, payload))
             return Event(type=ev.COMMAND_COMPLETED, dedup_key=outcome_key(command.command_id),
                          step=command.step, command_id=command.command_id, status="completed",
-                         payload={"result": result, "facts": ctx.events})
+                         payload={"result": result, **payload, "facts": ctx.events})
         except (ToolError, RenderError) as exc:
             error = _error_of(exc)
         except Exception as exc:  # a plugin bug fails the step, never the runner
@@ -111,21 +145,72 @@ class Runner(Actor):
                      "traceback": traceback.format_exc(limit=20)}
         finally:
             beat.cancel()
+            running = self._running.get(command.execution_id)
+            if running is not None:
+                running.discard(ctx)
+                if not running:
+                    del self._running[command.execution_id]
         error = {"step": command.step, "kind": command.kind, **error}
         return Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
                      step=command.step, command_id=command.command_id, status="failed",
                      payload={"facts": ctx.events}, error=error)
 
-    def _render(self, command: CommandIssued, plugin: ToolPlugin) -> dict[str, Any]:
-        """Render args, then the tool block with the args bound; raw fields stay as written."""
+    async def _call(self, ctx: ToolContext, command: CommandIssued,
+                    payload: dict[str, Any]) -> Any:
+        """The tool call, then the sink that goes with it; sink facts land in `payload`."""
+        context = self._context(command)
+        if command.kind == "sink":
+            result = context.get("result")
+            payload["sink"] = await self._sink(ctx, command.tool, result, context)
+            return None
+        plugin = self.plugins.get(command.kind)
+        if plugin is None:
+            raise ToolError(f"no plugin is installed for tool kind `{command.kind}`",
+                            error_type="unknown_kind")
+        spec = self._render(command, plugin, context)
+        result = await plugin.run(ctx, spec)
+        if command.sink is not None:
+            payload["sink"] = await self._sink(ctx, command.sink, result, context)
+        return result
+
+    async def _guarded(self, ctx: ToolContext, call: Coroutine[Any, Any, Any]) -> Any:
+        """Run `call` within the step's timeout, stopping it if the execution ends."""
+        task = asyncio.ensure_future(call)
+        stop = asyncio.ensure_future(ctx.cancelled.wait())
+        # Plugins enforce the timeout themselves (the python tool kills its worker); this
+        # bound, a little later, catches plugins that do not.
+        limit = None if ctx.timeout is None else ctx.timeout + 1.0
+        try:
+            done, _ = await asyncio.wait({task, stop}, timeout=limit,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        if stop in done:
+            raise ToolError("the execution ended; the command was stopped",
+                            error_type="cancelled")
+        raise ToolTimeout(f"step `{ctx.step}` ran past its timeout of {ctx.timeout} s")
+
+    def _context(self, command: CommandIssued) -> dict[str, Any]:
         data = command.context
+        return render.build_context(
+            workload=data.get("workload", {}), variables=data.get("vars", {}),
+            steps=data.get("steps", {}), execution_id=str(command.execution_id),
+            extra=data.get("locals"))
+
+    def _render(self, command: CommandIssued, plugin: ToolPlugin,
+                context: dict[str, Any]) -> dict[str, Any]:
+        """Render args, then the tool block with the args bound; raw fields stay as written.
+        A pagination page's `overrides` (rendered by the engine) apply last."""
         where = f"step `{command.step}`"
-        base = dict(workload=data.get("workload", {}), variables=data.get("vars", {}),
-                    steps=data.get("steps", {}), execution_id=str(command.execution_id))
-        args = render.render(command.args, render.build_context(**base), where=f"{where} args")
+        args = render.render(command.args, context, where=f"{where} args")
         assert isinstance(args, dict)
         args.update(command.edge_args)
-        context = render.build_context(**base, args=args)
+        context = {**context, **args, "args": args}
         raw_fields: frozenset[str] = getattr(plugin, "raw_fields", frozenset())
         spec = {
             key: value if key in raw_fields
@@ -133,7 +218,23 @@ class Runner(Actor):
             for key, value in command.tool.items()
         }
         spec["args"] = args
-        return spec
+        return _deep_merge(spec, command.overrides) if command.overrides else spec
+
+    async def _sink(self, ctx: ToolContext, block: dict[str, Any], result: Any,
+                    context: dict[str, Any]) -> dict[str, Any]:
+        """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
+        from plugins.sinks import get_sink, rows_of
+
+        where = f"step `{ctx.step}` sink"
+        scope = {**context, "result": result}
+        tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
+        assert isinstance(tool, dict)
+        data = block.get("args", block.get("data"))
+        value = result if data is None else render.render(data, scope, where=f"{where}.args")
+        sink = get_sink(str(tool.get("kind", "")))
+        outcome = await sink.write(ctx, tool, rows_of(value))
+        ctx.record("sink", kind=tool.get("kind"), rows=outcome.get("rows", 0))
+        return outcome
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream a long tool call is still alive, well before ack_wait runs out."""
@@ -147,14 +248,26 @@ class Runner(Actor):
         message: CommandCompleted | CommandFailed
         dedup = f"{command.command_id}:outcome"
         if outcome.type == ev.COMMAND_COMPLETED:
+            payload = outcome.payload or {}
+            meta = {"sink": payload["sink"]} if "sink" in payload else {}
             message = CommandCompleted(execution_id=command.execution_id, dedup_id=dedup,
-                                       command_id=command.command_id, step=command.step,
-                                       result=(outcome.payload or {}).get("result"))
+                                       at=time.time(), command_id=command.command_id,
+                                       step=command.step, result=payload.get("result"),
+                                       meta=meta)
         else:
             message = CommandFailed(execution_id=command.execution_id, dedup_id=dedup,
-                                    command_id=command.command_id, step=command.step,
-                                    error=outcome.error or {})
+                                    at=time.time(), command_id=command.command_id,
+                                    step=command.step, error=outcome.error or {})
         await self.bus.publish(command.reply_to, encode(message), dedup)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        current = merged.get(key)
+        merged[key] = (_deep_merge(current, value)
+                       if isinstance(value, dict) and isinstance(current, dict) else value)
+    return merged
 
 
 def _error_of(exc: ToolError | RenderError) -> dict[str, Any]:

@@ -57,6 +57,11 @@ def events_subject(execution_id: int) -> str:
     return f"noetl.events.{execution_id}"
 
 
+def cancel_subject(execution_id: int) -> str:
+    """Core subject telling runners to stop the commands of an execution that ended."""
+    return f"noetl.cancel.{execution_id}"
+
+
 def partition_of(execution_id: int, partitions: int) -> int:
     """Which partition owns an execution: a stable hash, independent of the id's layout."""
     digest = hashlib.blake2b(execution_id.to_bytes(8, "big", signed=True), digest_size=8)

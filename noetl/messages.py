@@ -22,6 +22,9 @@ class Message(msgspec.Struct, tag_field="t", kw_only=True, omit_defaults=True):
     execution_id: int
     dedup_id: str
     schema: int = SCHEMA
+    # Sender's wall clock (epoch seconds): the engine's only source of time, so replaying a
+    # decision never depends on when it is replayed.
+    at: float = 0.0
 
 
 class StartExecution(Message, tag="start"):
@@ -32,6 +35,7 @@ class StartExecution(Message, tag="start"):
     workload: dict[str, Any] = {}
     parent_execution_id: int | None = None
     parent_command_id: str | None = None
+    return_step: str | None = None
     timeout: float | None = None
 
 
@@ -55,6 +59,12 @@ class CommandIssued(Message, tag="command"):
     reply_to: str = ""
     path: str = ""
     version: int = 0
+    # Loop item / page number, and for pagination what this page changes in the tool block.
+    index: int | None = None
+    overrides: dict[str, Any] = {}
+    # A sink the runner writes right after the tool succeeds (steps without a loop, and
+    # `per_item` / `per_page` sinks); a command of kind `sink` writes `context.result`.
+    sink: dict[str, Any] | None = None
 
 
 class CommandCompleted(Message, tag="completed"):

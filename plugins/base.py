@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
-@dataclass
+@dataclass(eq=False)
 class ToolContext:
     """What a plugin may use while it runs one command.
 

@@ -26,6 +26,8 @@ class PythonTool:
     """Tool kind `python`; `workers` bounds the concurrent calls (0: one per CPU)."""
 
     kind = "python"
+    # Code is Python, not a template: `{{` in an f-string must reach the interpreter intact.
+    raw_fields = frozenset({"code", "code_b64"})
 
     def __init__(self, workers: int = 0) -> None:
         self.pool = WorkerPool(workers or os.cpu_count() or 1)
@@ -69,8 +71,8 @@ def _request(spec: dict[str, Any]) -> bytes:
         raise ToolError("python tool: `libs` must map aliases to module names, "
                         "like {pd: pandas}", error_type="python")
     args = spec.get("args") or {}
-    if not isinstance(args, dict):
-        raise ToolError(f"python tool: `args` must be a mapping, not {type(args).__name__}",
+    if not isinstance(args, dict) or not all(isinstance(name, str) for name in args):
+        raise ToolError("python tool: `args` must map variable names to values",
                         error_type="python")
     try:
         return msgspec.msgpack.encode(Request(code=_code(spec), args=args, libs=libs))

@@ -29,8 +29,8 @@ EXIT_GRACE = 2.0  # seconds a worker that closed its socket gets to exit before 
 # Runs in the worker: take the parent's import path (as multiprocessing's spawn does), then
 # serve. `-P` keeps the current directory from shadowing modules before the path is set.
 _BOOTSTRAP = (
-    "import sys; sys.path[:] = sys.argv[3:]; "
-    f"from {python_worker.__name__} import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+    "import sys; fd, parent, *sys.path[:] = sys.argv[1:]; sys.argv[:] = ['']; "
+    f"from {python_worker.__name__} import serve; serve(int(fd), int(parent))"
 )
 
 
@@ -135,6 +135,7 @@ class WorkerPool:
 
         Raises ToolTimeout after `timeout` seconds and ToolError (`cancelled`) once `cancelled`
         is set, killing the worker in both cases; ToolError if the worker dies meanwhile.
+        `heartbeat` is awaited every HEARTBEAT_EVERY seconds of a call and must not raise.
         """
         async with self._slots:
             if self._closed:
@@ -174,21 +175,25 @@ class WorkerPool:
     async def _start(self) -> _Worker:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-P", "-c", _BOOTSTRAP, str(theirs.fileno()), str(os.getpid()),
-                   *sys.path]
-        try:
-            # A new session: a terminal's Ctrl-C does not reach the workers (the pool stops
-            # them), and killing the group also ends processes the code started.
-            proc = await asyncio.create_subprocess_exec(
-                *command, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True)
-        except OSError as exc:
-            ours.close()
-            raise ToolError(f"could not start a python worker process: {exc}",
-                            error_type="python") from exc
-        finally:
-            theirs.close()
-        _, channel = await loop.create_unix_connection(_Channel, sock=ours)
+        with theirs:  # the worker's end: once started, the worker holds its own copy
+            # The channel comes first, so nothing awaits between starting the process and
+            # registering it: a caller cancelled in between cannot leave a worker behind.
+            transport, channel = await loop.create_unix_connection(_Channel, sock=ours)
+            command = [sys.executable, "-P", "-c", _BOOTSTRAP, str(theirs.fileno()),
+                       str(os.getpid()), *sys.path]
+            try:
+                # A new session: a terminal's Ctrl-C does not reach the workers (the pool
+                # stops them), and killing the group also ends processes the code started.
+                proc = await asyncio.create_subprocess_exec(
+                    *command, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True)
+            except OSError as exc:
+                transport.close()
+                raise ToolError(f"could not start a python worker process: {exc}",
+                                error_type="python") from exc
+            except BaseException:  # cancelled: asyncio has already killed the process
+                transport.close()
+                raise
         worker = _Worker(proc, channel)
         self._workers.add(worker)
         worker.exited.add_done_callback(lambda _: self._workers.discard(worker))
@@ -215,20 +220,24 @@ async def _wait(reply: asyncio.Future[bytes], timeout: float | None, cancelled: 
     if cancelled.is_set():
         raise _cancelled()
     loop = asyncio.get_running_loop()
-    # Timers fail `reply` itself, so the call awaits one future. A task watching `cancelled`
-    # costs a third of a round trip, so it starts only for calls that outlast WATCH_AFTER.
-    watchers: list[asyncio.Task[None]] = []
-    timers = [loop.call_later(WATCH_AFTER, lambda: watchers.append(
-        loop.create_task(_watch(reply, cancelled, heartbeat))))]
-    if timeout is not None:
-        timers.append(loop.call_later(timeout, _expire, reply, timeout))
+    start = loop.time()
+    # Timers and the watcher fail `reply` itself, so the call awaits a single future. Most
+    # calls end within WATCH_AFTER and cost one timer; only longer ones get the deadline
+    # timer and the task watching `cancelled` (a task costs a third of a round trip).
+    later: list[asyncio.TimerHandle | asyncio.Task[None]] = []
+
+    def watch() -> None:
+        if timeout is not None:
+            later.append(loop.call_at(start + timeout, _expire, reply, timeout))
+        later.append(loop.create_task(_watch(reply, cancelled, heartbeat)))
+
+    first = loop.call_later(WATCH_AFTER if timeout is None else min(WATCH_AFTER, timeout), watch)
     try:
         return await reply
     finally:
-        for timer in timers:
-            timer.cancel()
-        for watcher in watchers:
-            watcher.cancel()
+        first.cancel()
+        for pending in later:
+            pending.cancel()
 
 
 def _expire(reply: asyncio.Future[bytes], timeout: float) -> None:

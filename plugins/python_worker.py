@@ -10,6 +10,7 @@ the standard library and msgspec, so that a worker starts fast.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib
 import inspect
@@ -76,6 +77,7 @@ def serve(fd: int, parent: int) -> None:
 def run(request: Request) -> Reply:
     """Run one request's code with stdout and stderr captured; never raises."""
     stdout, stderr = _Capture(), _Capture()
+    cwd = os.getcwd()
     sys.stdout, sys.stderr = stdout, stderr
     try:
         reply = Reply(ok=True, result=_execute(request))
@@ -84,6 +86,8 @@ def run(request: Request) -> Reply:
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         sys.modules.pop(_MODULE, None)
+        with contextlib.suppress(OSError):  # gone, if the code deleted it
+            os.chdir(cwd)  # relative paths in the next call mean what they meant here
     reply.stdout, reply.stderr = stdout.text(), stderr.text()
     return reply
 
@@ -197,7 +201,7 @@ def _jsonable(value: Any) -> Any:
 class _Capture(io.TextIOBase):
     """A stand-in for stdout/stderr that keeps the first MAX_OUTPUT bytes written to it."""
 
-    encoding = "utf-8"
+    encoding = "utf-8"  # libraries read it to decide what they may print
 
     def __init__(self) -> None:
         self._parts: list[str] = []

@@ -14,6 +14,13 @@ STEP_STARTED: Final = "step.started"
 STEP_COMPLETED: Final = "step.completed"
 STEP_FAILED: Final = "step.failed"
 STEP_SKIPPED: Final = "step.skipped"
+# One loop item or pagination page ended (an addition to the design's list: a loop of n
+# items needs a decision per item, and this keeps each one O(1) to write and to fold).
+STEP_ITEM: Final = "step.item"
+# Durable timers (retry backoff, execution timeout): scheduled and fired as decisions, so a
+# restart neither loses a pending timer nor fires it twice.
+TIMER_SCHEDULED: Final = "timer.scheduled"
+TIMER_FIRED: Final = "timer.fired"
 COMMAND_ISSUED: Final = "command.issued"
 COMMAND_STARTED: Final = "command.started"
 COMMAND_COMPLETED: Final = "command.completed"

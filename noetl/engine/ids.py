@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
 
-def command_id(execution_id: int, step: str, activation: int, attempt: int) -> str:
-    """The id of one tool call: stable across replays, unique within the mesh."""
-    return f"{execution_id}:{step}:{activation}:{attempt}"
+def command_id(execution_id: int, step: str, activation: int, attempt: int,
+               index: int | None = None, phase: str = "tool") -> str:
+    """The id of one tool call: stable across replays, unique within the mesh.
+
+    `index` is the loop item or page; `phase` tells a sink run apart from the tool call.
+    """
+    where = str(activation) if index is None else f"{activation}.{index}"
+    suffix = "" if phase == "tool" else f":{phase}"
+    return f"{execution_id}:{step}:{where}:{attempt}{suffix}"
+
+
+def child_execution_id(command_id: str) -> int:
+    """The id of the child execution a `playbook` command starts: derived from the command,
+    so a redelivered command starts the same child."""
+    digest = hashlib.blake2b(command_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def new_execution_id() -> int:

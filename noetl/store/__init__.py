@@ -202,6 +202,24 @@ class Store:
             for r in rows
         ]
 
+    async def pending_timers(self) -> list[tuple[int, str, float]]:
+        """(execution_id, name, due_at) of timers scheduled and not fired, in running
+        executions."""
+        rows = await self.pool.fetch(
+            """
+            SELECT t.execution_id, t.payload->>'name' AS name,
+                   (t.payload->>'due_at')::float8 AS due_at
+            FROM noetl.execution x
+            JOIN noetl.event t ON t.execution_id = x.execution_id
+                              AND t.event_type = 'timer.scheduled'
+            WHERE x.status = 'running'
+              AND NOT EXISTS (SELECT 1 FROM noetl.event f
+                              WHERE f.execution_id = t.execution_id
+                                AND f.dedup_key = 'timer.fired:' || (t.payload->>'name'))
+            """
+        )
+        return [(int(r["execution_id"]), str(r["name"]), float(r["due_at"])) for r in rows]
+
     async def stale_executions(self, older_than_ms: int) -> list[int]:
         """Running executions whose newest event is older than `older_than_ms`."""
         rows = await self.pool.fetch(
