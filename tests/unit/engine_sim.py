@@ -7,17 +7,22 @@ from collections.abc import Callable
 from typing import Any
 
 from noetl import dsl
-from noetl.engine import Engine, Event, ExecutionState, replay
+from noetl.engine import Decision, Engine, Event, ExecutionState, replay
+from noetl.engine.state import TimerState
 from noetl.messages import (
+    ChildCompleted,
     CommandCompleted,
     CommandFailed,
     CommandIssued,
     ExecMessage,
     StartExecution,
+    Timer,
 )
 
 # A tool stand-in: given the command, return ("ok", result) or ("error", error dict).
 Tool = Callable[[CommandIssued], tuple[str, Any]]
+# A child stand-in: given the child's start message, return (status, result or error).
+Child = Callable[[StartExecution], tuple[str, Any]]
 
 EXECUTION_ID = 4242
 
@@ -28,65 +33,90 @@ def engine_of(text: str) -> Engine:
 
 
 class Sim:
-    """Runs an execution to its end, delivering outcomes in a chosen order."""
+    """Runs an execution to its end, delivering outcomes in a chosen order.
 
-    def __init__(
-        self,
-        engine: Engine,
-        tool: Tool,
-        *,
-        seed: int | None = None,
-        workload: dict[str, Any] | None = None,
-    ) -> None:
+    A fake clock advances by one second per message; timers fire when they are due.
+    """
+
+    def __init__(self, engine: Engine, tool: Tool, *, seed: int | None = None,
+                 workload: dict[str, Any] | None = None, child: Child | None = None,
+                 timeout: float | None = None) -> None:
         self.engine = engine
         self.tool = tool
+        self.child = child
         self.state = ExecutionState(execution_id=EXECUTION_ID)
         self.events: list[Event] = []
         self.inbox: list[CommandIssued] = []
+        self.children: list[StartExecution] = []
+        self.timers: list[TimerState] = []
         self.rng = random.Random(seed)
         self.seed = seed
         self.workload = workload or {}
+        self.timeout = timeout
         self.issued: list[CommandIssued] = []
+        self.decisions: list[Decision] = []
+        self.clock = 1000.0
+        self.max_in_flight = 0
 
     def send(self, message: ExecMessage) -> list[Event]:
+        self.clock += 1.0
+        message.at = self.clock
         decision = self.engine.decide(self.state, message)
+        self.decisions.append(decision)
         self.events.extend(decision.events)
         self.inbox.extend(decision.commands)
         self.issued.extend(decision.commands)
+        self.children.extend(decision.children)
+        self.timers.extend(decision.timers)
+        self.max_in_flight = max(self.max_in_flight, len(self.inbox) + len(self.children))
         return decision.events
 
     def start(self) -> None:
-        self.send(
-            StartExecution(
-                execution_id=EXECUTION_ID, dedup_id="start", path="p", workload=self.workload
-            )
-        )
+        self.send(StartExecution(execution_id=EXECUTION_ID, dedup_id="start", path="p",
+                                 workload=self.workload, timeout=self.timeout))
 
     def outcome(self, command: CommandIssued) -> ExecMessage:
         kind, value = self.tool(command)
         if kind == "ok":
-            return CommandCompleted(
-                execution_id=EXECUTION_ID,
-                dedup_id=command.command_id,
-                command_id=command.command_id,
-                step=command.step,
-                result=value,
-            )
-        return CommandFailed(
-            execution_id=EXECUTION_ID,
-            dedup_id=command.command_id,
-            command_id=command.command_id,
-            step=command.step,
-            error=value,
-        )
+            return CommandCompleted(execution_id=EXECUTION_ID, dedup_id=command.command_id,
+                                    command_id=command.command_id, step=command.step,
+                                    result=value)
+        return CommandFailed(execution_id=EXECUTION_ID, dedup_id=command.command_id,
+                             command_id=command.command_id, step=command.step, error=value)
 
-    def run(self, max_messages: int = 10_000) -> ExecutionState:
+    def child_outcome(self, start: StartExecution) -> ExecMessage:
+        assert self.child is not None and start.parent_command_id is not None
+        status, value = self.child(start)
+        return ChildCompleted(
+            execution_id=EXECUTION_ID, dedup_id=f"child:{start.execution_id}",
+            command_id=start.parent_command_id, child_execution_id=start.execution_id,
+            status=status, result=value if status == "completed" else None,
+            error=None if status == "completed" else value)
+
+    def step_once(self) -> bool:
+        """Deliver one outcome, child end or due timer; False when nothing is left."""
+        choices: list[Callable[[], ExecMessage]] = []
+        for i in range(len(self.inbox)):
+            choices.append(lambda i=i: self.outcome(self.inbox.pop(i)))
+        for i in range(len(self.children)):
+            choices.append(lambda i=i: self.child_outcome(self.children.pop(i)))
+        if not choices and self.timers:
+            timer = min(self.timers, key=lambda t: t.due_at)
+            self.timers.remove(timer)
+            self.clock = max(self.clock, timer.due_at)
+            self.send(Timer(execution_id=EXECUTION_ID, dedup_id=timer.name, name=timer.name))
+            return True
+        if not choices:
+            return False
+        index = 0 if self.seed is None else self.rng.randrange(len(choices))
+        self.send(choices[index]())
+        return True
+
+    def run(self, max_messages: int = 100_000) -> ExecutionState:
         self.start()
         for _ in range(max_messages):
-            if not self.inbox:
+            if not self.state.running or not self.step_once():
                 break
-            index = 0 if self.seed is None else self.rng.randrange(len(self.inbox))
-            self.send(self.outcome(self.inbox.pop(index)))
         return self.state
 
     def steps_started(self) -> list[str]:

@@ -1,0 +1,509 @@
+"""The pure engine for loops, pagination, retries, timeouts, sub-playbooks, sinks, cancel."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from noetl.messages import CancelExecution, CommandIssued, StartExecution
+from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
+
+
+def playbook(body: str, workload: str = "{}", metadata: str = "{name: t}") -> str:
+    return (
+        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {metadata}\n"
+        f"workload: {workload}\nworkflow:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+    )
+
+
+def square(command: CommandIssued) -> tuple[str, Any]:
+    locals_ = command.context.get("locals", {})
+    if "n" in locals_:
+        return "ok", {"n": locals_["n"], "square": locals_["n"] ** 2,
+                      "index": locals_["loop"]["index"]}
+    return "ok", {"step": command.step}
+
+
+def assert_replays(sim: Sim) -> None:
+    assert msgspec.to_builtins(sim.replayed()) == msgspec.to_builtins(sim.state)
+
+
+# -- loops ------------------------------------------------------------------------------
+
+
+def test_loop_async_fixture_keeps_input_order_and_bounds_concurrency() -> None:
+    engine = engine_of((FIXTURES / "loop_async" / "loop_async.yaml").read_text())
+    for seed in range(5):
+        sim = Sim(engine, square, seed=seed)
+        state = sim.run()
+        assert state.status == "completed"
+        results = state.steps["start"].result
+        assert [r["n"] for r in results] == list(range(1, 11))
+        assert state.variables["total"] == 385
+        assert sim.max_in_flight <= 4
+        assert_replays(sim)
+
+
+def test_sequential_loop_runs_one_item_at_a_time_in_order() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: "{{ workload.xs }}", iterator: n}
+          tool: {kind: python, code: x}
+    """, workload="{xs: [3, 1, 2]}"))
+    sim = Sim(engine, square, seed=7)
+    state = sim.run()
+    assert sim.max_in_flight == 1
+    assert [c.context["locals"]["n"] for c in sim.issued] == [3, 1, 2]
+    assert [r["square"] for r in state.result] == [9, 1, 4]
+
+
+def test_loop_context_exposes_index_first_last_length() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: [a, b, c], iterator: letter, mode: async}
+          tool: {kind: python, code: x}
+    """))
+    sim = Sim(engine, lambda c: ("ok", c.context["locals"]["loop"]))
+    state = sim.run()
+    assert state.result == [
+        {"index": 0, "first": True, "last": False, "length": 3},
+        {"index": 1, "first": False, "last": False, "length": 3},
+        {"index": 2, "first": False, "last": True, "length": 3},
+    ]
+
+
+def test_empty_loop_completes_with_an_empty_list_and_routes_on() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: "{{ [] }}", iterator: n}
+          tool: {kind: python, code: x}
+          vars: {count: "{{ result | length }}"}
+          next: [after]
+        - step: after
+          tool: {kind: python, code: x}
+    """))
+    sim = Sim(engine, square)
+    state = sim.run()
+    assert state.status == "completed"
+    assert state.steps["start"].result == []
+    assert state.variables == {"count": 0}
+    assert sim.steps_started() == ["start", "after"]
+
+
+def test_loop_over_a_non_list_fails_the_step_naming_field_and_value() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: "{{ workload.x }}", iterator: n}
+          tool: {kind: python, code: x}
+    """, workload="{x: 5}"))
+    state = Sim(engine, square).run()
+    assert state.status == "failed"
+    assert state.error is not None
+    message = state.error["message"]
+    assert "start" in message and "loop.in" in message and "int 5" in message
+
+
+def test_failed_item_fails_the_step_after_running_ones_finish() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: "{{ range(10) | list }}", iterator: n, mode: async, max_concurrency: 3}
+          tool: {kind: python, code: x}
+    """))
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        n = command.context["locals"]["n"]
+        return ("error", {"message": f"bad {n}"}) if n == 1 else ("ok", n)
+
+    sim = Sim(engine, tool)  # deterministic order: item 0, 1 (fails), then the in-flight 2
+    state = sim.run()
+    assert state.status == "failed"
+    assert state.error is not None and state.error["type"] == "loop"
+    assert "1 of 10 items failed" in state.error["message"]
+    issued = [c.context["locals"]["n"] for c in sim.issued]
+    assert issued == [0, 1, 2, 3]  # 3 was issued when 0 finished; nothing after the failure
+    assert_replays(sim)
+
+
+def test_continue_on_error_keeps_failed_items_as_errors() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n, mode: async, continue_on_error: true}
+          tool: {kind: python, code: x}
+    """))
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        n = command.context["locals"]["n"]
+        return ("error", {"message": "two"}) if n == 2 else ("ok", n)
+
+    state = Sim(engine, tool, seed=1).run()
+    assert state.status == "completed"
+    assert state.result[0] == 1 and state.result[2] == 3
+    assert state.result[1]["error"]["message"] == "two"
+
+
+def test_iterator_tool_is_the_same_as_a_loop() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool:
+            kind: iterator
+            collection: "{{ [1, 2, 3] }}"
+            element: n
+            mode: async
+            task: {kind: python, code: x}
+    """))
+    sim = Sim(engine, square, seed=3)
+    state = sim.run()
+    assert [r["square"] for r in state.result] == [1, 4, 9]
+    assert all(c.kind == "python" for c in sim.issued)
+
+
+def test_ten_thousand_items_stay_bounded_and_linear() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: "{{ range(10000) | list }}", iterator: n, mode: async}
+          tool: {kind: python, code: x}
+    """))
+    sim = Sim(engine, lambda c: ("ok", 1))
+    state = sim.run()
+    assert state.status == "completed"
+    assert len(state.result) == 10000
+    assert sim.max_in_flight <= 16
+    # One item event and one command event per item, plus a constant.
+    assert len(sim.events) <= 2 * 10000 + 10
+    # No decision grows with the items done: each writes a handful of events.
+    assert max(len(d.events) for d in sim.decisions[1:]) <= 5
+
+
+def test_loop_sink_runs_once_after_all_items() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: [1, 2], iterator: n}
+          tool: {kind: python, code: x}
+          sink: {tool: {kind: event_log}}
+    """))
+    sim = Sim(engine, lambda c: ("ok", {"rows": 2}) if c.kind == "sink" else ("ok", 7))
+    state = sim.run()
+    assert state.status == "completed"
+    sinks = [c for c in sim.issued if c.kind == "sink"]
+    assert len(sinks) == 1
+    assert sinks[0].context["locals"]["result"] == [7, 7]
+    assert all(c.sink is None for c in sim.issued)
+
+
+def test_step_sink_travels_with_the_command() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          sink: {tool: {kind: event_log}, args: {a: "{{ result }}"}}
+    """))
+    sim = Sim(engine, lambda c: ("ok", 1))
+    sim.run()
+    assert sim.issued[0].sink == {"tool": {"kind": "event_log"}, "args": {"a": "{{ result }}"}}
+
+
+# -- pagination -------------------------------------------------------------------------
+
+
+PAGED = """
+    - step: start
+      tool: {kind: http, url: "http://api/items", params: {page: 1}}
+      loop:
+        pagination:
+          continue_while: "{{ response.data.paging.hasMore }}"
+          next_page: {params: {page: "{{ (response.data.paging.page | int) + 1 }}"}}
+          merge_path: data.data
+          max_iterations: MAX
+"""
+
+
+def pages(total: int) -> Any:
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        page = command.overrides.get("params", {}).get("page", 1)
+        return "ok", {"status_code": 200,
+                      "data": {"data": [page * 10 + i for i in range(2)],
+                               "paging": {"page": page, "hasMore": page < total}}}
+    return tool
+
+
+def test_pagination_merges_pages_until_continue_while_is_false() -> None:
+    engine = engine_of(playbook(PAGED.replace("MAX", "50")))
+    sim = Sim(engine, pages(4))
+    state = sim.run()
+    assert state.status == "completed"
+    assert state.result == [10, 11, 20, 21, 30, 31, 40, 41]
+    assert [c.index for c in sim.issued] == [0, 1, 2, 3]
+    assert sim.issued[3].overrides == {"params": {"page": 4}}
+    assert_replays(sim)
+
+
+def test_pagination_stops_at_max_iterations_and_says_so() -> None:
+    engine = engine_of(playbook(PAGED.replace("MAX", "2")))
+    sim = Sim(engine, pages(10))
+    state = sim.run()
+    assert state.status == "completed"
+    assert len(sim.issued) == 2
+    capped = [e for e in sim.events if e.type == "step.item" and (e.payload or {}).get("capped")]
+    assert len(capped) == 1
+    completed = next(e for e in sim.events if e.type == "step.completed")
+    assert completed.payload is not None and completed.payload["pages"] == 2
+
+
+def test_missing_merge_path_fails_naming_step_field_and_value() -> None:
+    engine = engine_of(playbook(PAGED.replace("MAX", "5").replace("data.data", "data.rows")))
+    state = Sim(engine, pages(3)).run()
+    assert state.status == "failed"
+    assert state.error is not None
+    assert "merge_path" in state.error["message"] and "data.rows" in state.error["message"]
+
+
+def test_continue_while_that_raises_fails_the_step() -> None:
+    engine = engine_of(playbook(PAGED.replace("MAX", "5").replace(
+        "response.data.paging.hasMore", "response.data.nope.deeper")))
+    state = Sim(engine, pages(3)).run()
+    assert state.status == "failed"
+    assert state.error is not None and "continue_while" in state.error["message"]
+
+
+# -- retries and timeouts ---------------------------------------------------------------
+
+
+def test_retry_until_success_with_backoff_timers() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          retry: {max_attempts: 4, delay: 2, backoff: 3}
+    """))
+    attempts: list[int] = []
+
+    def flaky(command: CommandIssued) -> tuple[str, Any]:
+        attempts.append(command.attempt)
+        return ("ok", "fine") if command.attempt == 3 else ("error", {"message": "flaky"})
+
+    sim = Sim(engine, flaky)
+    state = sim.run()
+    assert state.status == "completed" and state.result == "fine"
+    assert attempts == [1, 2, 3]
+    scheduled = [e for e in sim.events if e.type == "timer.scheduled"]
+    assert len(scheduled) == 2
+    delays = []
+    for event in scheduled:
+        assert event.payload is not None
+        delays.append(event.payload["due_at"])
+    assert [c.command_id.rsplit(":", 1)[1] for c in sim.issued] == ["1", "2", "3"]
+    assert_replays(sim)
+
+
+def test_retry_gives_up_after_max_attempts() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          retry: {max_attempts: 2, delay: 0}
+    """))
+    sim = Sim(engine, lambda c: ("error", {"message": "always"}))
+    state = sim.run()
+    assert state.status == "failed"
+    assert len(sim.issued) == 2
+
+
+def test_retry_when_false_does_not_retry() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: http, url: x}
+          retry: {max_attempts: 5, delay: 0, when: "{{ error.status_code in [429, 503] }}"}
+    """))
+    sim = Sim(engine, lambda c: ("error", {"message": "nope", "status_code": 404}))
+    assert sim.run().status == "failed"
+    assert len(sim.issued) == 1
+
+
+def test_retry_after_sets_the_delay() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: http, url: x}
+          retry: {max_attempts: 2, delay: 1}
+    """))
+    sim = Sim(engine, lambda c: ("error", {"message": "busy", "retry_after": 30})
+              if c.attempt == 1 else ("ok", 1))
+    sim.run()
+    timer = next(e for e in sim.events if e.type == "timer.scheduled")
+    failure_time = sim.decisions[1].timers[0].due_at - 30
+    assert timer.payload is not None and timer.payload["due_at"] == failure_time + 30
+
+
+def test_duplicate_timer_fires_once() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          retry: {max_attempts: 2, delay: 5}
+    """))
+    sim = Sim(engine, lambda c: ("error", {"message": "x"}) if c.attempt == 1 else ("ok", 1))
+    sim.start()
+    sim.send(sim.outcome(sim.inbox.pop()))
+    name = sim.timers[0].name
+    from noetl.messages import Timer
+
+    first = sim.send(Timer(execution_id=EXECUTION_ID, dedup_id=name, name=name))
+    second = engine.decide(sim.state, Timer(execution_id=EXECUTION_ID, dedup_id=name,
+                                            name=name))
+    assert first and not second.events and second.duplicate
+    assert len(sim.inbox) == 1
+
+
+def test_execution_timeout_fails_and_stops_running_work() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+    """, metadata="{name: t, timeout: 30}"))
+    sim = Sim(engine, square)
+    sim.start()
+    assert [t.name for t in sim.timers] == ["execution.timeout"]
+    assert sim.timers[0].due_at == sim.clock + 30
+    sim.inbox.clear()  # the command hangs
+    sim.step_once()  # nothing else to do: the timer fires
+    assert sim.state.status == "failed"
+    assert sim.state.error is not None and sim.state.error["type"] == "timeout"
+    assert sim.decisions[-1].stop_running
+
+
+# -- sub-playbooks ----------------------------------------------------------------------
+
+
+def test_composition_parent_starts_one_child_per_user() -> None:
+    engine = engine_of(
+        (FIXTURES / "composition_parent" / "composition_parent.yaml").read_text())
+
+    def child(start: StartExecution) -> tuple[str, Any]:
+        user = start.workload["user"]
+        return "completed", {"name": user["name"], "score": user["age"] * 2}
+
+    sim = Sim(engine, square, child=child, seed=2)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.result == {"step": "end"}
+    assert state.steps["start"].result == [{"name": "ada", "score": 72},
+                                           {"name": "bob", "score": 50}]
+    starts = [e for e in sim.events if e.type == "command.issued" and e.step == "start"]
+    assert len(starts) == 2
+    assert_replays(sim)
+
+
+def test_child_start_message_is_deterministic_and_linked() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: playbook, path: lib/x, version: 3, return_step: score,
+                 args: {n: "{{ workload.n }}"}}
+    """, workload="{n: 4}"))
+    sim = Sim(engine, square, child=lambda s: ("completed", 1))
+    sim.start()
+    (start,) = sim.children
+    assert start.path == "lib/x" and start.version == 3 and start.return_step == "score"
+    assert start.workload == {"n": 4}
+    assert start.parent_execution_id == EXECUTION_ID
+    assert start.parent_command_id == f"{EXECUTION_ID}:start:1:1"
+    again = Sim(engine, square, child=lambda s: ("completed", 1))
+    again.start()
+    assert again.children[0].execution_id == start.execution_id
+
+
+def test_child_failure_fails_the_step_with_the_child_error_and_id() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: playbook, path: lib/x}
+    """))
+    sim = Sim(engine, square, child=lambda s: ("failed", {"message": "kaput"}))
+    state = sim.run()
+    assert state.status == "failed"
+    assert state.error is not None
+    assert state.error["type"] == "child" and "kaput" in state.error["message"]
+    assert state.error["child_execution_id"]
+
+
+def test_return_step_the_child_lacks_fails_the_child_at_once() -> None:
+    child_engine = engine_of(
+        (FIXTURES / "composition_child" / "composition_child.yaml").read_text())
+    sim = Sim(child_engine, square)
+    sim.send(StartExecution(execution_id=EXECUTION_ID, dedup_id="s", path="x",
+                            parent_execution_id=1, parent_command_id="1:start:1:1",
+                            return_step="nope"))
+    assert sim.state.status == "failed"
+    assert sim.state.error is not None and "return_step `nope`" in sim.state.error["message"]
+    notice = sim.decisions[-1].parent_notice
+    assert notice is not None and notice.status == "failed" and notice.execution_id == 1
+
+
+def test_child_reports_its_return_step_result() -> None:
+    child_engine = engine_of(
+        (FIXTURES / "hello_world" / "hello_world.yaml").read_text())
+    sim = Sim(child_engine, lambda c: ("ok", {"data": {"greeting": "g"}, "step": c.step}))
+    sim.send(StartExecution(execution_id=EXECUTION_ID, dedup_id="s", path="x",
+                            parent_execution_id=1, parent_command_id="1:a:1:1",
+                            return_step="start"))
+    while sim.inbox:
+        sim.step_once()
+    notice = sim.decisions[-1].parent_notice
+    assert notice is not None and notice.status == "completed"
+    assert notice.result == {"data": {"greeting": "g"}, "step": "start"}
+
+
+# -- cancellation -----------------------------------------------------------------------
+
+
+def test_cancel_ends_the_execution_and_stops_work_and_children() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          next: [a, b]
+        - step: a
+          tool: {kind: python, code: x}
+        - step: b
+          tool: {kind: playbook, path: lib/x}
+    """))
+    sim = Sim(engine, square)
+    sim.start()
+    assert len(sim.inbox) == 1 and len(sim.children) == 1
+    sim.send(CancelExecution(execution_id=EXECUTION_ID, dedup_id="c", reason="stop it"))
+    decision = sim.decisions[-1]
+    assert sim.state.status == "cancelled"
+    assert decision.stop_running
+    assert decision.cancel_children == [sim.children[0].execution_id]
+    late = sim.send(sim.outcome(sim.inbox.pop()))
+    assert late == []
+
+
+# -- properties -------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=0, max_size=25), st.integers(1, 6),
+       st.booleans(), st.integers(0, 1000))
+def test_random_loops_terminate_and_replay(failures: list[bool], concurrency: int,
+                                           tolerate: bool, seed: int) -> None:
+    items = list(range(len(failures)))
+    engine = engine_of(playbook(f"""
+        - step: start
+          loop: {{in: {items}, iterator: n, mode: async, max_concurrency: {concurrency},
+                  continue_on_error: {str(tolerate).lower()}}}
+          tool: {{kind: python, code: x}}
+          retry: {{max_attempts: 2, delay: 1}}
+    """))
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        n = command.context["locals"]["n"]
+        return ("error", {"message": "f"}) if failures[n] else ("ok", n)
+
+    sim = Sim(engine, tool, seed=seed)
+    state = sim.run()
+    assert state.status in ("completed", "failed")
+    assert sim.max_in_flight <= concurrency
+    if not any(failures) or tolerate:
+        assert state.status == "completed"
+        assert len(state.result) == len(items)
+    else:
+        assert state.status == "failed"
+    assert_replays(sim)
