@@ -239,9 +239,9 @@ class CoordinatorHost(Actor):
         except MessageError as exc:
             await self.bus.dead_letter(msg, str(exc))
             return
-        partition = partition_of(message.execution_id, self.settings.partitions)
-        await self.bus.publish(exec_subject(partition), encode(message),
-                               f"start:{message.execution_id}")
+        message.at = message.at or time.time()
+        await self.bus.publish(self.mailbox_of(message.execution_id), encode(message),
+                               message.dedup_id)
         await msg.ack()
 
     # -- shared services for the actors -------------------------------------------------

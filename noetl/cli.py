@@ -354,6 +354,31 @@ def _execution_id(value: str) -> int:
 
 @main.command()
 @click.argument("execution_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until the execution has ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print the execution document.")
+@click.pass_context
+def cancel(ctx: click.Context, execution_id: str, reason: str, wait: bool,
+           as_json: bool) -> None:
+    """Cancel an execution: no new commands, running ones stopped, children cancelled."""
+    eid = _execution_id(execution_id)
+
+    async def body(client: Client) -> int:
+        await client.cancel(eid, reason)
+        if not wait:
+            err.print(f"cancellation of {eid} requested")
+            return 0
+        async with _hosted(client, ["coordinator"]):
+            doc = await client.wait(eid, timeout=60)
+        _show_document(doc, as_json)
+        return 0 if doc["status"] in ("cancelled", "completed", "failed") else 1
+
+    _run(_with_client(_settings(ctx), body))
+
+
+@main.command()
+@click.argument("execution_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, execution_id: str, as_json: bool) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -107,6 +108,10 @@ def _info(item: CredentialInfo) -> dict[str, Any]:
             "updated_at": item.updated_at.isoformat()}
 
 
+def _when(value: datetime) -> str:
+    return value.isoformat(sep=" ", timespec="seconds")
+
+
 @click.group()
 def credential() -> None:
     """Manage credentials: stored encrypted, used by tools through `auth: NAME`.
@@ -148,16 +153,17 @@ def get_credential(name: str, as_json: bool) -> None:
     async def body(store: CredentialStore) -> int:
         found = await store.get(name)
         shown = redact(found.data)
-        created, updated = found.created_at.isoformat(), found.updated_at.isoformat()
         if as_json:
             _print_json({"name": found.name, "type": found.type, "data": shown,
-                         "created_at": created, "updated_at": updated})
+                         "created_at": found.created_at.isoformat(),
+                         "updated_at": found.updated_at.isoformat()})
             return 0
         table = Table("field", "value", title=f"{found.name} ({found.type})")
         for field, value in shown.items():
             table.add_row(field, value if isinstance(value, str) else json.dumps(value))
         _out.print(table)
-        _out.print(f"created {created}, updated {updated}", markup=False)
+        _out.print(f"created {_when(found.created_at)}, updated {_when(found.updated_at)}",
+                   markup=False)
         return 0
 
     _run(body)
@@ -169,15 +175,16 @@ def list_credentials(as_json: bool) -> None:
     """List credentials (names and types, never data)."""
 
     async def body(store: CredentialStore) -> int:
-        items = [_info(item) for item in await store.list()]
+        items = await store.list()
         if as_json:
-            _print_json(items)
+            _print_json([_info(item) for item in items])
         elif not items:
             _say("no credentials; create one with `noetl-runtime credential set`")
         else:
-            table = Table("name", "type", "created_at", "updated_at")
+            table = Table("name", "type", "created", "updated")
             for item in items:
-                table.add_row(item["name"], item["type"], item["created_at"], item["updated_at"])
+                table.add_row(item.name, item.type, _when(item.created_at),
+                              _when(item.updated_at))
             _out.print(table)
         return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from noetl.config import Settings
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.engine.ids import new_execution_id
 from noetl.errors import PlaybookError
-from noetl.messages import CatalogReply, RegisterPlaybook, StartExecution, encode
+from noetl.messages import (
+    CancelExecution,
+    CatalogReply,
+    RegisterPlaybook,
+    StartExecution,
+    encode,
+)
 from noetl.store import Store
 
 EventCallback = Callable[[dict[str, Any]], None]
@@ -76,10 +83,18 @@ class Client:
         else:
             version, _ = await self.store.get_playbook(path)
         eid = execution_id if execution_id is not None else new_execution_id()
-        message = StartExecution(execution_id=eid, dedup_id=f"start:{eid}", path=path,
-                                 version=version, workload=workload or {}, timeout=timeout)
+        message = StartExecution(execution_id=eid, dedup_id=f"start:{eid}", at=time.time(),
+                                 path=path, version=version, workload=workload or {},
+                                 timeout=timeout)
         await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
         return eid
+
+    async def cancel(self, execution_id: int, reason: str = "cancelled by user") -> None:
+        """Ask the execution's coordinator to cancel it (through `noetl.start`)."""
+        await self.store.get_execution(execution_id)
+        message = CancelExecution(execution_id=execution_id, dedup_id=f"cancel:{execution_id}",
+                                  at=time.time(), reason=reason)
+        await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
 
     async def wait(self, execution_id: int, *, on_event: EventCallback | None = None,
                    timeout: float | None = None, poll: float = 1.0) -> dict[str, Any]:

@@ -168,11 +168,14 @@ def decode_command(data: bytes) -> CommandIssued:
         raise MessageError(f"not a valid command: {exc}") from exc
 
 
-def decode_start(data: bytes, *, default_id: int, msg_id: str | None) -> StartExecution:
-    """Decode a start request published by anyone to `noetl.start`, as JSON or msgpack.
+def decode_start(data: bytes, *, default_id: int,
+                 msg_id: str | None) -> StartExecution | CancelExecution:
+    """Decode a request published by anyone to `noetl.start`, as JSON or msgpack.
 
-    External systems may omit `execution_id` and `dedup_id`: the caller supplies a
-    deterministic `default_id`, so a redelivered request starts the same execution.
+    A start is `{"path": ..., "version"?: ..., "workload"?: {...}}`; a cancellation is
+    `{"t": "cancel", "execution_id": ..., "reason"?: ...}`. External systems may omit
+    `execution_id` and `dedup_id` of a start: the caller supplies a deterministic
+    `default_id`, so a redelivered request starts the same execution.
     """
     raw: Any
     try:
@@ -184,11 +187,20 @@ def decode_start(data: bytes, *, default_id: int, msg_id: str | None) -> StartEx
         raise MessageError(f"start request is neither JSON nor msgpack: {exc}") from exc
     if not isinstance(raw, dict):
         raise MessageError("start request must be an object with at least `path`")
-    raw.setdefault("t", "start")
-    raw.setdefault("execution_id", default_id)
-    raw.setdefault("dedup_id", msg_id or f"start:{raw['execution_id']}")
+    kind = raw.setdefault("t", "start")
+    if kind == "cancel":
+        if not isinstance(raw.get("execution_id"), int | str):
+            raise MessageError("a cancel request needs `execution_id`")
+        raw["execution_id"] = int(raw["execution_id"])
+        raw.setdefault("dedup_id", msg_id or f"cancel:{raw['execution_id']}")
+        target: type[StartExecution | CancelExecution] = CancelExecution
+    elif kind == "start":
+        raw.setdefault("execution_id", default_id)
+        raw.setdefault("dedup_id", msg_id or f"start:{raw['execution_id']}")
+        target = StartExecution
+    else:
+        raise MessageError(f"`noetl.start` takes start or cancel requests, not `{kind}`")
     try:
-        message = msgspec.convert(raw, StartExecution)
-    except msgspec.ValidationError as exc:
-        raise MessageError(f"invalid start request: {exc}") from exc
-    return message
+        return msgspec.convert(raw, target)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise MessageError(f"invalid {kind} request: {exc}") from exc

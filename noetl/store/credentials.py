@@ -67,8 +67,8 @@ class _Type:
     fields: Mapping[str, str]  # field -> kind: "string", "port", "headers", "object"
     # At least one of these groups must be complete ("" means: no field needed).
     forms: tuple[tuple[str, ...], ...]
-    # A field that excludes all the others (postgres `dsn`).
-    alone: str | None = None
+    # A field and the fields it excludes (postgres `dsn` and the parts of one).
+    alone: tuple[str, tuple[str, ...]] | None = None
     # Common misspellings and names other tools use, -> the field meant.
     aliases: Mapping[str, str] = field(default_factory=dict)
 
@@ -80,7 +80,8 @@ _HTTP_FIELDS: Final = {"token": "string", "username": "string", "password": "str
 
 KNOWN_TYPES: Final[Mapping[str, _Type]] = {
     "postgres": _Type(
-        _PG_FIELDS, (("dsn",), ("host", "user", "database")), alone="dsn",
+        _PG_FIELDS, (("dsn",), ("host", "user", "database")),
+        alone=("dsn", ("host", "port", "user", "password", "database")),
         aliases={"username": "user", "dbname": "database", "db": "database",
                  "pass": "password", "pwd": "password", "hostname": "host"},
     ),
@@ -171,12 +172,10 @@ def validate_credential(type_: str, data: Any) -> tuple[str, dict[str, Any]]:
         except ValueError as exc:
             problems.append(f"`{key}` {exc}")
     present = {k for k, v in data.items() if v not in (None, "")}
-    if spec.alone is not None and spec.alone in present:
-        others = sorted((present & spec.fields.keys()) - {spec.alone})
+    if spec.alone is not None and spec.alone[0] in present:
+        others = [f for f in spec.alone[1] if f in present]
         if others:
-            problems.append(
-                f"give either `{spec.alone}` or {_listing(others)}, not both"
-            )
+            problems.append(f"give either `{spec.alone[0]}` or {_listing(others)}, not both")
     if not any(set(form) <= present for form in spec.forms):
         needs = " or ".join(_listing(form) for form in spec.forms)
         problems.append(f"needs {needs}")

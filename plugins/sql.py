@@ -1,0 +1,654 @@
+"""What the SQL tools and table sinks share: statements, JSON-safe values, credentials, threads.
+
+- `split_statements` cuts a script at its top-level `;`, respecting quotes, dollar-quoting
+  and comments, and tells each statement's leading keyword and placeholders.
+- `json_safe` turns driver values into JSON values (see its docstring for each type).
+- `resolve_auth` reads `auth` / `connection_string`; `postgres_params` / `snowflake_params`
+  turn a credential into connection arguments, adding every secret to `ctx.secrets`.
+- `until_done` / `in_thread` bound a call by the step's timeout and its cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import decimal
+import ipaddress
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from noetl.errors import ToolError, ToolTimeout
+from plugins.base import ToolContext
+from plugins.sources import load_code
+
+T = TypeVar("T")
+
+#: Extra seconds a call may run past the step's timeout before it is abandoned: the
+#: server-side statement timeout fires first and gives the better error.
+TIMEOUT_GRACE = 2.0
+
+# Keywords whose statements return rows even where the driver cannot tell (DuckDB, Snowflake).
+ROW_KEYWORDS = frozenset({
+    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "PRAGMA",
+    "SUMMARIZE", "FROM", "CALL", "PIVOT", "UNPIVOT", "LIST", "LS",
+})
+# Statements that manage the transaction themselves: a script holding one is not wrapped.
+TRANSACTION_KEYWORDS = frozenset({
+    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+})
+
+
+# -- statements -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a script, with what a driver needs to know before running it."""
+
+    text: str
+    keyword: str  # the first word, upper-cased ("" when there is none)
+    qmarks: int = 0  # `?` placeholders
+    numbered: int = 0  # the highest `$n` placeholder
+    named: frozenset[str] = frozenset()  # `$name` placeholders (DuckDB)
+
+
+_TAG = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
+_NUMBERED = re.compile(r"\$(\d+)")
+_NAMED = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+def _ident_char(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$"
+
+
+def split_statements(sql: str, *, backslash_escapes: bool = False) -> list[Statement]:
+    """The statements of `sql`, cut at every `;` outside quotes, dollar-quotes and comments.
+
+    Statements holding nothing but whitespace and comments are dropped. `backslash_escapes`
+    makes `\\` escape inside every '...' string (Snowflake); otherwise only in E'...'
+    strings (PostgreSQL). An unterminated quote or comment runs to the end of the text, so
+    the database reports it.
+    """
+    statements: list[Statement] = []
+    n = len(sql)
+    start = 0
+    i = 0
+    code = False  # has the current statement any code (not only comments)?
+    keyword = ""
+    qmarks = numbered = 0
+    named: set[str] = set()
+
+    def close(end: int) -> None:
+        nonlocal code, keyword, qmarks, numbered, named
+        text = sql[start:end].strip()
+        if code:
+            statements.append(Statement(text, keyword, qmarks, numbered, frozenset(named)))
+        code, keyword, qmarks, numbered, named = False, "", 0, 0, set()
+
+    while i < n:
+        ch = sql[i]
+        nxt = sql[i + 1] if i + 1 < n else ""
+        if ch == "-" and nxt == "-":
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+            continue
+        if ch == "/" and nxt == "*":
+            i = _skip_block_comment(sql, i)
+            continue
+        if ch.isspace():
+            i += 1
+            continue
+        if ch == ";":
+            close(i)
+            i += 1
+            start = i
+            continue
+        if not code or (not keyword and ch.isalpha()):
+            # The keyword is the first word, past any opening parentheses.
+            code = True
+            match = _WORD.match(sql, i)
+            keyword = match.group(0).upper() if match else ""
+            if ch == "(":
+                i += 1
+                continue
+        prev = sql[i - 1] if i > 0 else ""
+        if ch == "'":
+            escapes = backslash_escapes or (
+                prev in "eE" and (i < 2 or not _ident_char(sql[i - 2])))
+            i = _skip_quoted(sql, i, "'", escapes)
+        elif ch == '"':
+            i = _skip_quoted(sql, i, '"', False)
+        elif ch == "$" and not _ident_char(prev):
+            tag = _TAG.match(sql, i)
+            if tag:
+                end = sql.find(tag.group(0), tag.end())
+                i = n if end < 0 else end + len(tag.group(0))
+                continue
+            number = _NUMBERED.match(sql, i)
+            name = _NAMED.match(sql, i)
+            if number:
+                numbered = max(numbered, int(number.group(1)))
+                i = number.end()
+            elif name:
+                named.add(name.group(1))
+                i = name.end()
+            else:
+                i += 1
+        elif ch == "?":
+            qmarks += 1
+            i += 1
+        elif _ident_char(ch):
+            # Skip a whole word, so a `$` or quote inside an identifier is not taken as one.
+            j = i + 1
+            while j < n and _ident_char(sql[j]):
+                j += 1
+            i = j
+        else:
+            i += 1
+    close(n)
+    return statements
+
+
+def _skip_quoted(sql: str, i: int, quote: str, escapes: bool) -> int:
+    """The index just past the string or quoted identifier opening at `i`."""
+    j = i + 1
+    n = len(sql)
+    while j < n:
+        ch = sql[j]
+        if escapes and ch == "\\":
+            j += 2
+        elif ch == quote:
+            if j + 1 < n and sql[j + 1] == quote:  # a doubled quote stands for itself
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    return n
+
+
+def _skip_block_comment(sql: str, i: int) -> int:
+    """The index just past the /* ... */ comment opening at `i` (they nest, as in PostgreSQL)."""
+    depth = 0
+    j = i
+    n = len(sql)
+    while j < n:
+        if sql.startswith("/*", j):
+            depth += 1
+            j += 2
+        elif sql.startswith("*/", j):
+            depth -= 1
+            j += 2
+            if depth == 0:
+                return j
+        else:
+            j += 1
+    return n
+
+
+def statement_params(stmt: Statement, params: list[Any] | dict[str, Any], position: int,
+                     tool: str) -> tuple[list[Any] | dict[str, Any], int]:
+    """The params `stmt` takes, and the position of the next unused `?` param.
+
+    `$n` refers to `params[n-1]` in every statement; each `?` takes the next param in
+    order across the script; `$name` (DuckDB) takes the whole mapping.
+    """
+    if stmt.named:
+        if not isinstance(params, dict):
+            raise ToolError(f"{tool} tool: the query uses named parameters "
+                            f"(${sorted(stmt.named)[0]}), so `params` must be a mapping",
+                            error_type=tool)
+        return {k: v for k, v in params.items() if k in stmt.named}, position
+    if isinstance(params, dict):
+        if stmt.qmarks or stmt.numbered:
+            raise ToolError(f"{tool} tool: the query uses positional parameters, so `params` "
+                            "must be a list", error_type=tool)
+        return [], position
+    if stmt.numbered:
+        if stmt.numbered > len(params):
+            raise ToolError(f"{tool} tool: the query uses ${stmt.numbered} but only "
+                            f"{len(params)} params were given", error_type=tool)
+        return params[:stmt.numbered], position
+    if stmt.qmarks:
+        end = position + stmt.qmarks
+        if end > len(params):
+            raise ToolError(f"{tool} tool: the query has {end} `?` placeholders but only "
+                            f"{len(params)} params were given", error_type=tool)
+        return params[position:end], end
+    return [], position
+
+
+async def sql_text(ctx: ToolContext, spec: Mapping[str, Any], tool: str) -> str:
+    """The SQL of a call: `script` > `query_b64` / `command_b64` > `query` / `command`."""
+    text = await load_code(dict(spec), ctx, code_keys=("query", "command"),
+                           b64_keys=("query_b64", "command_b64"))
+    if text is None or not text.strip():
+        raise ToolError(f"{tool} tool: `query` (or `command`, `query_b64`, `script`) is "
+                        "required", error_type=tool)
+    return text
+
+
+def params_of(spec: Mapping[str, Any], tool: str) -> list[Any] | dict[str, Any]:
+    """The `params` of a call: a list (positional) or a mapping (named); none is []."""
+    params = spec.get("params")
+    if params is None:
+        return []
+    if isinstance(params, tuple):
+        return list(params)
+    if not isinstance(params, list | dict):
+        raise ToolError(f"{tool} tool: `params` must be a list (or a mapping of names), not "
+                        f"{type(params).__name__}", error_type=tool)
+    return params
+
+
+def command_result(rowcount: int, status: str) -> dict[str, Any]:
+    """The result of a script whose statements return no rows."""
+    return {"rowcount": rowcount, "status": status}
+
+
+# -- JSON-safe values -----------------------------------------------------------------------
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as JSON data, the form every SQL tool returns rows in.
+
+    Decimal: an int when integral, else a float (NaN/Infinity too), so numbers stay numbers
+    for templates and Python steps; date, datetime, time: ISO 8601 text; timedelta
+    (intervals): seconds as a float; UUID and IP addresses: text; bytes: base64 text;
+    tuples and sets: lists; mappings: dicts with text keys; a PostgreSQL range:
+    `{lower, upper, lower_inc, upper_inc, empty}`; anything else unknown: its `str()`.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, decimal.Decimal):
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        return float(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if isinstance(value, asyncpg.Range):
+        return {"lower": json_safe(value.lower), "upper": json_safe(value.upper),
+                "lower_inc": value.lower_inc, "upper_inc": value.upper_inc,
+                "empty": value.isempty}
+    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address
+                  | ipaddress.IPv4Network | ipaddress.IPv6Network
+                  | ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return str(value)
+    if isinstance(value, asyncpg.BitString):
+        return value.as_string()
+    return str(value)
+
+
+# -- identifiers ----------------------------------------------------------------------------
+
+
+def parse_table_name(name: Any, fold: Callable[[str], str], tool: str) -> tuple[str, ...]:
+    """The parts of `schema.table` (or `db.schema.table`), each as the database names it.
+
+    A "quoted" part is taken as written; a bare part is folded as the database folds
+    unquoted names (`fold`: str.lower for PostgreSQL, str.upper for Snowflake).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ToolError(f"{tool} sink: `table` (like schema.table) is required",
+                        error_type=tool)
+    parts: list[str] = []
+    text = name.strip()
+    i = 0
+    while True:
+        if text.startswith('"', i):
+            end = _skip_quoted(text, i, '"', False)
+            if end > len(text) or not text[end - 1:end] == '"' or end - i < 3:
+                raise ToolError(f"{tool} sink: bad table name {name!r}", error_type=tool)
+            parts.append(text[i + 1:end - 1].replace('""', '"'))
+            i = end
+        else:
+            end = text.find(".", i)
+            end = len(text) if end < 0 else end
+            bare = text[i:end].strip()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", bare):
+                raise ToolError(f"{tool} sink: bad table name {name!r} (quote parts that are "
+                                'not plain names, like public."My Table")', error_type=tool)
+            parts.append(fold(bare))
+            i = end
+        if i >= len(text):
+            break
+        if text[i] != ".":
+            raise ToolError(f"{tool} sink: bad table name {name!r}", error_type=tool)
+        i += 1
+    if len(parts) > 3:
+        raise ToolError(f"{tool} sink: bad table name {name!r}", error_type=tool)
+    return tuple(parts)
+
+
+def quote_ident(name: str) -> str:
+    """`name` as a double-quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_name(parts: tuple[str, ...]) -> str:
+    """A qualified name, each part quoted."""
+    return ".".join(quote_ident(part) for part in parts)
+
+
+def match_columns(keys: list[str], columns: list[str], table: str,
+                  tool: str) -> dict[str, str]:
+    """Each row key's column: the same name, else the one column equal to it ignoring case."""
+    exact = set(columns)
+    folded: dict[str, list[str]] = {}
+    for column in columns:
+        folded.setdefault(column.lower(), []).append(column)
+    mapping: dict[str, str] = {}
+    unknown: list[str] = []
+    for key in keys:
+        if key in exact:
+            mapping[key] = key
+        elif len(folded.get(key.lower(), [])) == 1:
+            mapping[key] = folded[key.lower()][0]
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ToolError(f"{tool} sink: table {table} has no column "
+                        f"{', '.join(map(repr, unknown))} (its columns: {', '.join(columns)})",
+                        error_type=tool, table=table)
+    return mapping
+
+
+def row_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The union of the rows' keys, in the order they first appear."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            keys.setdefault(key, None)
+    return list(keys)
+
+
+def key_columns(spec: Mapping[str, Any], mode: str, columns: list[str], tool: str) -> list[str]:
+    """The `key` columns of an upsert (each one of the written columns)."""
+    key = spec.get("key")
+    if isinstance(key, str):
+        key = [key]
+    if mode != "upsert":
+        return list(key or [])
+    if not key or not isinstance(key, list) or not all(isinstance(k, str) for k in key):
+        raise ToolError(f"{tool} sink: mode upsert needs `key`, the list of columns that "
+                        "identify a row", error_type=tool)
+    missing = [k for k in key if k not in columns]
+    if missing:
+        raise ToolError(f"{tool} sink: key column {', '.join(map(repr, missing))} is in no row",
+                        error_type=tool)
+    return key
+
+
+def dedupe_last(rows: list[tuple[Any, ...]], key_index: list[int]) -> list[tuple[Any, ...]]:
+    """`rows` with one row per key, the last one given (an upsert cannot touch a row twice)."""
+    latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        latest[tuple(_hashable(row[i]) for i in key_index)] = row
+    return list(latest.values())
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+SINK_MODES = ("insert", "upsert", "replace")
+
+
+def sink_mode(spec: Mapping[str, Any], tool: str) -> str:
+    """The sink's `mode`: insert (default), upsert or replace."""
+    mode = spec.get("mode") or "insert"
+    if mode not in SINK_MODES:
+        raise ToolError(f"{tool} sink: `mode` must be one of {', '.join(SINK_MODES)}, not "
+                        f"{mode!r}", error_type=tool)
+    return str(mode)
+
+
+# -- credentials ----------------------------------------------------------------------------
+
+
+async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
+                       tool: str) -> tuple[str, dict[str, Any]]:
+    """`(label, data)` of the connection a call names: `auth` or `connection_string`.
+
+    `auth` is a credential name (a step's `credentials` alias first), `{type, credential}`,
+    or the connection fields themselves. `connection_string` becomes `{"dsn": ...}`.
+    """
+    auth = spec.get("auth")
+    if auth is None:
+        dsn = spec.get("connection_string")
+        if dsn is None:
+            raise ToolError(f"{tool}: `auth` (a credential) or `connection_string` is required",
+                            error_type=tool)
+        if not isinstance(dsn, str):
+            raise ToolError(f"{tool}: `connection_string` must be text", error_type=tool)
+        return "connection_string", {"dsn": dsn}
+    name = auth
+    if isinstance(auth, Mapping):
+        name = auth.get("credential", auth.get("key"))
+        if name is None:
+            return "auth", dict(auth)
+    if not isinstance(name, str):
+        raise ToolError(f"{tool}: `auth` must be a credential name or {{type, credential}}",
+                        error_type=tool)
+    name = ctx.bindings.get(name, name)
+    data = await ctx.credential(name)
+    if not isinstance(data, Mapping):
+        raise ToolError(f"{tool}: credential {name!r} is not a mapping", error_type=tool)
+    return name, dict(data)
+
+
+def add_secret(ctx: ToolContext, label: str, field: str, value: Any) -> None:
+    """Tell the runner to mask `value` (a secret used by this call)."""
+    if value is not None and str(value):
+        ctx.secrets[f"{label}.{field}"] = str(value)
+
+
+def scrub(ctx: ToolContext, text: str) -> str:
+    """`text` with every secret of this call masked (drivers may echo connection details)."""
+    for secret in sorted(ctx.secrets.values(), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def mask_dsn(dsn: str) -> str:
+    """`dsn` with its password replaced by `***` (for naming a server in a message)."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<connection string>"
+
+
+def postgres_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
+                    tool: str) -> dict[str, Any]:
+    """asyncpg's connection arguments for a postgres credential (`dsn` or fields).
+
+    Registers the password (and the DSN holding it) as secrets of this call.
+    """
+    dsn = data.get("dsn") or data.get("connection_string") or data.get("url")
+    if dsn is not None:
+        if not isinstance(dsn, str) or not dsn.startswith(("postgres://", "postgresql://")):
+            raise ToolError(f"{tool}: credential {label!r} holds a `dsn` that is not a "
+                            "postgresql:// URI", error_type=tool)
+        add_secret(ctx, label, "dsn", dsn)
+        with contextlib.suppress(ValueError):
+            password = urlsplit(dsn).password
+            add_secret(ctx, label, "password", password and unquote(password))
+        return {"dsn": dsn}
+    params: dict[str, Any] = {}
+    for field, aliases in (("host", ("host", "hostname")), ("port", ("port",)),
+                           ("user", ("user", "username")), ("password", ("password",)),
+                           ("database", ("database", "dbname", "db"))):
+        for alias in aliases:
+            if data.get(alias) is not None:
+                params[field] = data[alias]
+                break
+    if "host" not in params:
+        raise ToolError(f"{tool}: credential {label!r} needs `dsn` or `host` (with port, user, "
+                        "password, database)", error_type=tool)
+    if "port" in params:
+        try:
+            params["port"] = int(params["port"])
+        except (TypeError, ValueError) as exc:
+            raise ToolError(f"{tool}: credential {label!r} has a bad `port`",
+                            error_type=tool) from exc
+    sslmode = data.get("sslmode") or data.get("ssl")
+    if sslmode is not None:
+        params["ssl"] = sslmode
+    add_secret(ctx, label, "password", params.get("password"))
+    return params
+
+
+def describe_postgres(params: Mapping[str, Any]) -> str:
+    """`user@host:port/database` of connection arguments: no password, for messages."""
+    if "dsn" in params:
+        try:
+            parts = urlsplit(params["dsn"])
+            user = f"{parts.username}@" if parts.username else ""
+            port = f":{parts.port}" if parts.port else ""
+            return f"{user}{parts.hostname or 'localhost'}{port}{parts.path or ''}"
+        except ValueError:
+            return "<connection string>"
+    user = f"{params['user']}@" if params.get("user") else ""
+    port = f":{params['port']}" if params.get("port") else ""
+    database = f"/{params['database']}" if params.get("database") else ""
+    return f"{user}{params['host']}{port}{database}"
+
+
+#: Credential fields passed to snowflake.connector.connect as they are.
+_SNOWFLAKE_FIELDS = ("account", "user", "password", "warehouse", "database", "schema", "role",
+                     "host", "port", "protocol", "region", "authenticator", "token",
+                     "login_timeout", "network_timeout", "session_parameters", "passcode")
+_SNOWFLAKE_SECRETS = ("password", "token", "passcode", "private_key",
+                      "private_key_passphrase")
+
+
+def snowflake_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
+                     tool: str) -> dict[str, Any]:
+    """snowflake.connector.connect's arguments for a snowflake credential.
+
+    `private_key` may be PEM text (with `private_key_passphrase` when encrypted); it is
+    loaded into a key object, the form every connector version takes.
+    """
+    params = {field: data[field] for field in _SNOWFLAKE_FIELDS if data.get(field) is not None}
+    if "username" in data and "user" not in params:
+        params["user"] = data["username"]
+    for field in _SNOWFLAKE_SECRETS:
+        add_secret(ctx, label, field, data.get(field))
+    key = data.get("private_key")
+    if key is not None:
+        params["private_key"] = _load_private_key(key, data.get("private_key_passphrase"),
+                                                  label, tool)
+    if "account" not in params or "user" not in params:
+        raise ToolError(f"{tool}: credential {label!r} needs `account` and `user` (with "
+                        "`password` or `private_key`)", error_type=tool)
+    return params
+
+
+def _load_private_key(key: Any, passphrase: Any, label: str, tool: str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    if not isinstance(key, str | bytes):
+        raise ToolError(f"{tool}: credential {label!r}: `private_key` must be PEM text",
+                        error_type=tool)
+    pem = key.encode() if isinstance(key, str) else key
+    secret = passphrase.encode() if isinstance(passphrase, str) else passphrase
+    try:
+        return serialization.load_pem_private_key(pem, password=secret)
+    except (ValueError, TypeError) as exc:
+        # The library's message names no key material, only what is wrong with it.
+        raise ToolError(f"{tool}: credential {label!r}: unusable `private_key`: {exc}",
+                        error_type=tool) from exc
+
+
+# -- time bounds ----------------------------------------------------------------------------
+
+
+def timeout_ms(ctx: ToolContext) -> int | None:
+    """The step's timeout in whole milliseconds (at least 1), or None when unbounded."""
+    if ctx.timeout is None or ctx.timeout <= 0:
+        return None
+    return max(1, math.ceil(ctx.timeout * 1000))
+
+
+async def until_done(ctx: ToolContext, work: Awaitable[T], tool: str) -> T:
+    """`work`'s result; ToolError when the execution is cancelled, ToolTimeout past the
+    step's timeout (plus a grace: the server's own timeout should answer first)."""
+    task = asyncio.ensure_future(work)
+    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
+    limit = None if ctx.timeout is None else ctx.timeout + TIMEOUT_GRACE
+    try:
+        await asyncio.wait({task, cancelled}, timeout=limit,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+        if not task.done():
+            task.cancel()
+            # Let the driver cancel the query and release its connection first.
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        if ctx.cancelled.is_set():
+            raise ToolError(f"{tool} tool: cancelled", error_type="cancelled")
+        raise ToolTimeout(f"{tool} tool: no answer within the step's timeout of "
+                          f"{ctx.timeout:g}s")
+    return task.result()
+
+
+async def in_thread(ctx: ToolContext, fn: Callable[[], T], tool: str,
+                    interrupt: Callable[[], None] | None = None) -> T:
+    """`fn()` run in a worker thread, bounded by the step's timeout and cancellation.
+
+    On either, `interrupt` (called from the event loop) is asked to stop the work, and the
+    thread gets a short grace to unwind before the call fails.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
+    try:
+        await asyncio.wait({task, cancelled}, timeout=ctx.timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+    if task.done():
+        return task.result()
+    if interrupt is not None:
+        with contextlib.suppress(Exception):
+            interrupt()
+    # The thread cannot be killed: wait a little for it to notice, then leave it be.
+    await asyncio.wait({task}, timeout=TIMEOUT_GRACE)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the interrupted call's own error says nothing new
+    if ctx.cancelled.is_set():
+        raise ToolError(f"{tool} tool: cancelled", error_type="cancelled")
+    raise ToolTimeout(f"{tool} tool: still running after the step's timeout of "
+                      f"{ctx.timeout:g}s; interrupted")
