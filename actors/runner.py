@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -22,11 +22,21 @@ from actors.base import Actor
 from noetl import render
 from noetl.bus import CMD_STREAM, Bus, cancel_subject, cmd_subject
 from noetl.config import Settings
+from noetl.crypto import load_key
 from noetl.engine import Event
 from noetl.engine import events as ev
-from noetl.errors import MessageError, RenderError, ToolError, ToolTimeout
+from noetl.errors import (
+    ConfigError,
+    MessageError,
+    RenderError,
+    StoreError,
+    ToolError,
+    ToolTimeout,
+)
 from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
+from noetl.secrets import Masker, resolve_secrets, secret_names_in, secret_values
 from noetl.store import Store, outcome_key
+from noetl.store.credentials import CredentialStore, parse_bindings
 from plugins.base import ToolContext, ToolPlugin
 from plugins.registry import load_plugins
 
@@ -45,9 +55,12 @@ class Runner(Actor):
         self.plugins = load_plugins() if plugins is None else plugins
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
         self._running: dict[int, set[ToolContext]] = {}
+        self.credentials: CredentialStore | None = None
 
     async def start(self) -> None:
         """Join the pool's work queue."""
+        key = await asyncio.to_thread(load_key, self.settings)
+        self.credentials = CredentialStore(self.store.pool, key)
         await super().start()
         pool = self.settings.runner_pool
         await self.bus.serve(cancel_subject("*"), self._on_cancel, queue="")
@@ -126,17 +139,22 @@ class Runner(Actor):
         await msg.ack()
 
     async def _run(self, msg: Msg, command: CommandIssued) -> Event:
+        masker = Masker()
         ctx = ToolContext(execution_id=command.execution_id, command_id=command.command_id,
-                          step=command.step, timeout=command.timeout)
+                          step=command.step, timeout=command.timeout,
+                          credentials=self._credential_reader(masker),
+                          bindings=parse_bindings(command.credentials))
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)
         beat = asyncio.create_task(self._keep_alive(msg))
         payload: dict[str, Any] = {}
         try:
-            result = await self._guarded(ctx, self._call(ctx, command, payload))
+            result = await self._guarded(ctx, self._call(ctx, command, payload, masker))
+            masker.update(ctx.secrets.values())
             return Event(type=ev.COMMAND_COMPLETED, dedup_key=outcome_key(command.command_id),
                          step=command.step, command_id=command.command_id, status="completed",
-                         payload={"result": result, **payload, "facts": ctx.events})
+                         payload=masker.mask({"result": result, **payload,
+                                              "facts": ctx.events}))
         except (ToolError, RenderError) as exc:
             error = _error_of(exc)
         except Exception as exc:  # a plugin bug fails the step, never the runner
@@ -150,15 +168,37 @@ class Runner(Actor):
                 running.discard(ctx)
                 if not running:
                     del self._running[command.execution_id]
+        masker.update(ctx.secrets.values())
         error = {"step": command.step, "kind": command.kind, **error}
         return Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
                      step=command.step, command_id=command.command_id, status="failed",
-                     payload={"facts": ctx.events}, error=error)
+                     payload=masker.mask({"facts": ctx.events}), error=masker.mask(error))
+
+    def _credential_reader(self, masker: Masker) -> Callable[[str], Awaitable[Mapping[str, Any]]]:
+        """What `ctx.credential(name)` calls: decrypts, and remembers the secret values so
+        they are masked in everything this command records."""
+        async def read(name: str) -> Mapping[str, Any]:
+            if self.credentials is None:
+                raise ToolError("no credential store is configured", error_type="credential")
+            try:
+                credential = await self.credentials.get(name)
+            except (StoreError, ConfigError) as exc:
+                raise ToolError(str(exc), error_type="credential") from exc
+            masker.update(secret_values(credential.data))
+            return credential.data
+
+        return read
 
     async def _call(self, ctx: ToolContext, command: CommandIssued,
-                    payload: dict[str, Any]) -> Any:
+                    payload: dict[str, Any], masker: Masker) -> Any:
         """The tool call, then the sink that goes with it; sink facts land in `payload`."""
         context = self._context(command)
+        names = (secret_names_in(command.tool) | secret_names_in(command.args)
+                 | secret_names_in(command.sink))
+        if names:
+            ctx.secrets.update(await resolve_secrets(names, self.credentials))
+            masker.update(ctx.secrets.values())
+            context["secret"] = dict(ctx.secrets)
         if command.kind == "sink":
             result = context.get("result")
             payload["sink"] = await self._sink(ctx, command.tool, result, context)
@@ -233,7 +273,7 @@ class Runner(Actor):
         value = result if data is None else render.render(data, scope, where=f"{where}.args")
         sink = get_sink(str(tool.get("kind", "")))
         outcome = await sink.write(ctx, tool, rows_of(value))
-        ctx.record("sink", kind=tool.get("kind"), rows=outcome.get("rows", 0))
+        ctx.record("sink", sink=str(tool.get("kind")), rows=outcome.get("rows", 0))
         return outcome
 
     async def _keep_alive(self, msg: Msg) -> None:

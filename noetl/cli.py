@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from noetl import dsl, local
+from noetl.cli_credentials import credential
 from noetl.client import Client
 from noetl.config import ROLES, Settings
 from noetl.errors import ConfigError, NoetlError, PlaybookError
@@ -502,3 +503,6 @@ def db_validate(ctx: click.Context) -> None:
         return 1 if problems else 0
 
     _run(body())
+
+
+main.add_command(credential)

@@ -65,6 +65,8 @@ class CommandIssued(Message, tag="command"):
     # A sink the runner writes right after the tool succeeds (steps without a loop, and
     # `per_item` / `per_page` sinks); a command of kind `sink` writes `context.result`.
     sink: dict[str, Any] | None = None
+    # The step's `credentials:` bindings (alias -> credential), resolved by the runner.
+    credentials: dict[str, Any] = {}
 
 
 class CommandCompleted(Message, tag="completed"):

@@ -158,6 +158,7 @@ class Engine:
             index=pending.index,
             overrides=pending.overrides,
             sink=sink,
+            credentials=step.credentials,
         )
 
     def child_message(self, state: ExecutionState, command_id: str) -> StartExecution:

@@ -1,0 +1,83 @@
+"""Secrets used by a run never reach the event table, the projection or the CLI output."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from actors.mesh import Mesh
+from noetl.client import Client
+from noetl.crypto import load_key
+from noetl.store.credentials import CredentialStore
+
+TOKEN = "tok-9f8e7d6c5b4a"
+ENV_SECRET = "env-secret-31415926"
+PASSWORD = "pg-pass-27182818"
+
+
+async def leaks(client: Client, *values: str) -> list[str]:
+    """Which of `values` appear anywhere in the event table or the execution rows."""
+    found = []
+    for value in values:
+        hits = await client.store.pool.fetchval(
+            "SELECT (SELECT count(*) FROM noetl.event e WHERE e::text LIKE '%' || $1 || '%')"
+            " + (SELECT count(*) FROM noetl.execution x WHERE x::text LIKE '%' || $1 || '%')",
+            value,
+        )
+        if hits:
+            found.append(value)
+    return found
+
+
+async def test_secret_values_are_masked_everywhere(client: Client, mesh: Mesh, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOETL_SECRET_FROM_ENV", ENV_SECRET)
+    creds = CredentialStore(client.store.pool, load_key(client.settings))
+    await creds.set("api_token", "secret", {"value": TOKEN})
+    await creds.set("warehouse", "postgres", {"host": "127.0.0.1", "port": 1, "user": "u",
+                                              "password": PASSWORD, "database": "d"})
+    path = tmp_path / "uses_secrets.yaml"
+    path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: uses_secrets}\n"
+                    "workflow:\n" + textwrap.indent(textwrap.dedent("""
+        - step: start
+          tool:
+            kind: python
+            args: {token: "{{ secret.api_token }}", other: "{{ secret.from_env }}"}
+            code: |
+              print("token is", token, "and", other)
+              result = {"echo": token, "other": other, "length": len(token)}
+          next: [fail]
+        - step: fail
+          tool:
+            kind: python
+            args: {token: "{{ secret.api_token }}"}
+            code: |
+              raise ValueError("bad token " + token)
+          next:
+            - when: "{{ error is defined }}"
+              then: [{step: done, args: {why: "{{ error.message }}"}}]
+        - step: done
+          tool: {kind: python, args: {why: null}, code: "result = why"}
+    """), "  "))
+    reply = await client.register(path)
+    eid = await client.start(reply.path, version=reply.version)
+    doc = await client.wait(eid, timeout=60)
+    assert doc["status"] == "completed", doc
+    assert doc["steps"]["start"] == {"echo": "***", "other": "***", "length": len(TOKEN)}
+    assert "***" in doc["result"] and TOKEN not in doc["result"]
+    assert await leaks(client, TOKEN, ENV_SECRET, PASSWORD) == []
+
+
+async def test_undefined_secret_fails_the_step_clearly(client: Client, mesh: Mesh,
+                                                       tmp_path: Path) -> None:
+    path = tmp_path / "missing_secret.yaml"
+    path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: missing}\n"
+                    "workflow:\n  - step: start\n    tool: {kind: python, "
+                    "args: {t: '{{ secret.nope }}'}, code: 'result = t'}\n")
+    reply = await client.register(path)
+    doc = await client.wait(await client.start(reply.path), timeout=60)
+    assert doc["status"] == "failed"
+    assert "secret `nope` is not defined" in doc["error"]["message"]
+    assert "NOETL_SECRET_NOPE" in doc["error"]["message"]
