@@ -157,7 +157,8 @@ def _projection(state: ExecutionState, decision: Decision) -> Projection | None:
     if not decision.projection_changed:
         return None
     return Projection(path=state.path, version=state.version, status=state.status,
-                      workload=state.workload, result=state.result, error=state.error)
+                      workload=state.workload, result=state.result, error=state.error,
+                      restarted_from=state.restarted_from)
 
 
 async def _nak(msg: Msg, exc: BaseException) -> None:

@@ -355,6 +355,41 @@ def _execution_id(value: str) -> int:
 
 @main.command()
 @click.argument("execution_id")
+@click.option("--from", "from_step", help="Step to run again (default: the one that failed).")
+@click.option("--workload", help="Workload keys to change, as JSON or @file.json.")
+@click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new execution's document.")
+@click.option("--timeout", type=float, help="Seconds to wait.")
+@click.pass_context
+def restart(ctx: click.Context, execution_id: str, from_step: str | None,
+            workload: str | None, assignments: tuple[str, ...], wait: bool, as_json: bool,
+            timeout: float | None) -> None:
+    """Run an execution again from a step, reusing every result recorded before it."""
+    eid = _execution_id(execution_id)
+    data = _parse_workload(workload, assignments)
+
+    async def body(client: Client) -> int:
+        async with _hosted(client, ROLES if wait else ()):
+            new_id = await client.restart(eid, from_step=from_step, workload=data)
+            if not wait:
+                if as_json:
+                    _print_json({"execution_id": str(new_id), "restarted_from": str(eid)})
+                else:
+                    out.print(f"execution {new_id} restarts {eid}")
+                return 0
+            if not as_json:
+                err.print(f"execution [bold]{new_id}[/] restarts {eid}")
+            doc = await client.wait(new_id, on_event=None if as_json else _Progress(),
+                                    timeout=timeout)
+        _show_document(doc, as_json)
+        return 0 if doc["status"] == "completed" else 1
+
+    _run(_with_client(_settings(ctx), body, relaxed=True))
+
+
+@main.command()
+@click.argument("execution_id")
 @click.option("--reason", default="cancelled by user", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the execution has ended.")

@@ -19,7 +19,8 @@ from noetl.bus import CATALOG_REGISTER, START_SUBJECT, Bus, events_subject
 from noetl.config import Settings
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.engine.ids import new_execution_id
-from noetl.errors import PlaybookError
+from noetl.engine.restart import default_restart_step, restart_snapshot
+from noetl.errors import NoetlError, PlaybookError
 from noetl.messages import (
     CancelExecution,
     CatalogReply,
@@ -86,6 +87,25 @@ class Client:
         message = StartExecution(execution_id=eid, dedup_id=f"start:{eid}", at=time.time(),
                                  path=path, version=version, workload=workload or {},
                                  timeout=timeout)
+        await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
+        return eid
+
+    async def restart(self, execution_id: int, *, from_step: str | None = None,
+                      workload: dict[str, Any] | None = None) -> int:
+        """Start a new execution of the same pinned playbook version that keeps what the old
+        one decided before `from_step` (default: the step that failed) and runs from there."""
+        row = await self.store.get_execution(execution_id)
+        events = await self.store.load_decisions(execution_id)
+        step = from_step or default_restart_step(events)
+        if step is None:
+            raise NoetlError(f"execution {execution_id} has no failed step: name one with "
+                             "--from")
+        snapshot = restart_snapshot(execution_id, events, step)
+        eid = new_execution_id()
+        message = StartExecution(
+            execution_id=eid, dedup_id=f"start:{eid}", at=time.time(), path=row["path"],
+            version=row["version"], workload={**(row["workload"] or {}), **(workload or {})},
+            restarted_from=execution_id, restore=snapshot)
         await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
         return eid
 

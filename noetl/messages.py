@@ -37,6 +37,9 @@ class StartExecution(Message, tag="start"):
     parent_command_id: str | None = None
     return_step: str | None = None
     timeout: float | None = None
+    # Restart: the execution this one restarts, and the state it starts from.
+    restarted_from: int | None = None
+    restore: dict[str, Any] | None = None
 
 
 class CommandIssued(Message, tag="command"):

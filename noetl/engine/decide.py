@@ -346,7 +346,10 @@ class _Run:
                 "parent_execution_id": message.parent_execution_id,
                 "parent_command_id": message.parent_command_id,
                 "return_step": message.return_step,
-                "routes": [] if failure else [{"step": START, "args": {}}],
+                **({"restarted_from": message.restarted_from, "restore": message.restore}
+                   if message.restore is not None else {}),
+                "routes": [] if failure or message.restore is not None
+                else [{"step": START, "args": {}}],
             },
         ))
         if failure is not None:

@@ -86,6 +86,7 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     parent_execution_id: int | None = None
     parent_command_id: str | None = None
     return_step: str | None = None
+    restarted_from: int | None = None
     # Version of the last decision event folded in; the next decision writes seq + 1...
     seq: int = 0
     steps: dict[str, StepState] = {}
@@ -140,7 +141,20 @@ def _execution_started(state: ExecutionState, event: Event, payload: dict[str, A
     state.parent_execution_id = payload.get("parent_execution_id")
     state.parent_command_id = payload.get("parent_command_id")
     state.return_step = payload.get("return_step")
+    state.restarted_from = payload.get("restarted_from")
+    if payload.get("restore"):
+        _restore(state, payload["restore"])
     _add_routes(state, payload)
+
+
+def _restore(state: ExecutionState, snapshot: dict[str, Any]) -> None:
+    """Load what a restarted execution keeps from the one it restarts (see restart.py)."""
+    for name, data in snapshot.get("steps", {}).items():
+        state.steps[name] = msgspec.convert(data, StepState)
+    state.variables.update(snapshot.get("vars") or {})
+    for name, arrivals in (snapshot.get("waiting") or {}).items():
+        state.waiting.setdefault(name, []).extend(arrivals)
+    state.last_step = snapshot.get("last_step")
 
 
 def _execution_ended(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:

@@ -160,7 +160,8 @@ class Store:
         row = await self.get_execution(execution_id)
         events = await self.pool.fetch(
             "SELECT event_type, step, payload, error FROM noetl.event "
-            "WHERE execution_id = $1 AND event_type IN ('step.completed', 'step.failed') "
+            "WHERE execution_id = $1 "
+            "AND event_type IN ('execution.started', 'step.completed', 'step.failed') "
             "ORDER BY version",
             execution_id,
         )
@@ -168,7 +169,14 @@ class Store:
         variables: dict[str, Any] = {}
         for e in events:
             payload = e["payload"] or {}
-            if e["event_type"] == "step.completed":
+            if e["event_type"] == "execution.started":
+                # A restarted execution starts with the results it kept.
+                restored = payload.get("restore") or {}
+                for name, step in (restored.get("steps") or {}).items():
+                    steps[name] = (step.get("result") if step.get("status") == "completed"
+                                   else {"error": step.get("error")})
+                variables.update(restored.get("vars") or {})
+            elif e["event_type"] == "step.completed":
                 steps[e["step"]] = payload.get("result")
                 variables.update(payload.get("vars") or {})
             else:
@@ -184,6 +192,8 @@ class Store:
             "error": row["error"],
             "parent_execution_id": (None if row["parent_execution_id"] is None
                                     else str(row["parent_execution_id"])),
+            "restarted_from": (None if row["restarted_from"] is None
+                               else str(row["restarted_from"])),
             "started_at": row["started_at"].isoformat(),
             "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
         }

@@ -31,8 +31,8 @@ _DECISION_WITH_PROJECTION = f"""
 WITH ins AS ({_INSERT_EVENTS} RETURNING 1),
 proj AS (
   INSERT INTO noetl.execution (execution_id, path, version, status, workload, result, error,
-                               parent_execution_id, ended_at)
-  VALUES ($1, $11, $12, $13, $14::jsonb, $15::jsonb, $16::jsonb, $2,
+                               parent_execution_id, restarted_from, ended_at)
+  VALUES ($1, $11, $12, $13, $14::jsonb, $15::jsonb, $16::jsonb, $2, $17,
           CASE WHEN $13 IN ('completed', 'failed', 'cancelled') THEN now() END)
   ON CONFLICT (execution_id) DO UPDATE
      SET status = excluded.status, result = excluded.result, error = excluded.error,
@@ -64,6 +64,7 @@ class Projection(msgspec.Struct, kw_only=True):
     workload: dict[str, Any] | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    restarted_from: int | None = None
 
 
 def outcome_key(command_id: str) -> str:
@@ -101,6 +102,7 @@ async def append_decision(
                 # jsonb parameters go through the connection's JSON codec, not _text.
                 projection.path, projection.version, projection.status,
                 projection.workload, projection.result, projection.error,
+                projection.restarted_from,
             )
     except asyncpg.UniqueViolationError as exc:
         raise VersionConflict(

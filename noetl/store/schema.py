@@ -70,6 +70,13 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         );
         """,
     ),
+    (
+        2,
+        "executions restarted from another one",
+        """
+        ALTER TABLE noetl.execution ADD COLUMN restarted_from bigint NULL;
+        """,
+    ),
 ]
 
 # What `db validate` expects to find: table -> columns.
@@ -77,7 +84,7 @@ EXPECTED_COLUMNS: Final[dict[str, set[str]]] = {
     "event": {"event_id", "execution_id", "version", "event_type", "step", "command_id",
               "dedup_key", "parent_execution_id", "status", "payload", "error", "created_at"},
     "execution": {"execution_id", "path", "version", "status", "workload", "result", "error",
-                  "parent_execution_id", "started_at", "ended_at"},
+                  "parent_execution_id", "started_at", "ended_at", "restarted_from"},
     "catalog": {"path", "version", "content", "created_at"},
     "credential": {"name", "type", "data", "created_at", "updated_at"},
 }

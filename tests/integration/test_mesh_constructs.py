@@ -155,3 +155,37 @@ async def test_cancel_stops_a_running_execution(client: Client, mesh: Mesh,
 async def _exists(client: Client, eid: int) -> bool:
     return bool(await client.store.pool.fetchval(
         "SELECT count(*) FROM noetl.execution WHERE execution_id = $1", eid))
+
+
+async def test_restart_from_the_failed_step(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    ran = tmp_path / "start_runs"
+    flag = tmp_path / "fixed"
+    doc = await run(client, write(tmp_path, "fragile", f"""
+        - step: start
+          tool:
+            kind: python
+            code: |
+              from pathlib import Path
+              p = Path({str(ran)!r})
+              p.write_text(p.read_text() + "x" if p.exists() else "x")
+              result = {{"value": 21}}
+          next: [double]
+        - step: double
+          tool:
+            kind: python
+            args: {{value: "{{{{ start.value }}}}"}}
+            code: |
+              from pathlib import Path
+              if not Path({str(flag)!r}).exists():
+                  raise RuntimeError("not fixed yet")
+              result = value * 2
+    """))
+    assert doc["status"] == "failed"
+    flag.write_text("yes")
+    new_id = await client.restart(int(doc["execution_id"]))
+    again = await client.wait(new_id, timeout=60)
+    assert again["status"] == "completed", again
+    assert again["result"] == 42
+    assert again["restarted_from"] == doc["execution_id"]
+    assert again["steps"]["start"] == {"value": 21}
+    assert ran.read_text() == "x"  # start did not run again

@@ -507,3 +507,57 @@ def test_random_loops_terminate_and_replay(failures: list[bool], concurrency: in
     else:
         assert state.status == "failed"
     assert_replays(sim)
+
+
+# -- restart from a step ----------------------------------------------------------------
+
+
+def test_restart_reuses_everything_before_the_failed_step() -> None:
+    from noetl.engine.restart import default_restart_step, restart_snapshot
+
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          vars: {seen: "{{ result.step }}"}
+          next: [{step: b, args: {from_start: "{{ result.step }}"}}]
+        - step: b
+          tool: {kind: python, code: x}
+          next: [end]
+        - step: end
+          tool: {kind: python, code: x}
+    """))
+    broken = Sim(engine, lambda c: ("error", {"message": "b broke"}) if c.step == "b"
+                 else square(c))
+    assert broken.run().status == "failed"
+    assert default_restart_step(broken.events) == "b"
+    snapshot = restart_snapshot(EXECUTION_ID, broken.events, "b")
+    fixed = Sim(engine, square)
+    fixed.send(StartExecution(execution_id=EXECUTION_ID + 1, dedup_id="r", path="p",
+                              restarted_from=EXECUTION_ID, restore=snapshot))
+    while fixed.state.running and fixed.step_once():
+        pass
+    assert fixed.state.status == "completed"
+    assert fixed.steps_started() == ["b", "end"]
+    assert fixed.issued[0].edge_args == {"from_start": "start"}
+    assert fixed.state.variables == {"seen": "start"}
+    assert fixed.state.restarted_from == EXECUTION_ID
+    assert_replays(fixed)
+
+
+def test_restart_from_a_step_that_never_ran_is_refused() -> None:
+    import pytest
+
+    from noetl.engine.restart import restart_snapshot
+    from noetl.errors import NoetlError
+
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          next: [b]
+        - step: b
+          tool: {kind: python, code: x}
+    """))
+    sim = Sim(engine, lambda c: ("error", {"message": "x"}))
+    sim.run()
+    with pytest.raises(NoetlError, match="step `b` did not run"):
+        restart_snapshot(EXECUTION_ID, sim.events, "b")
