@@ -57,9 +57,12 @@ def events_subject(execution_id: int) -> str:
     return f"noetl.events.{execution_id}"
 
 
+CANCEL_PREFIX: Final = "noetl.cancel"
+
+
 def cancel_subject(execution_id: int) -> str:
     """Core subject telling runners to stop the commands of an execution that ended."""
-    return f"noetl.cancel.{execution_id}"
+    return f"{CANCEL_PREFIX}.{execution_id}"
 
 
 def partition_of(execution_id: int, partitions: int) -> int:

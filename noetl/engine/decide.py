@@ -19,7 +19,7 @@ from noetl.engine import events as ev
 from noetl.engine.events import Event
 from noetl.engine.ids import child_execution_id
 from noetl.engine.ids import command_id as make_command_id
-from noetl.engine.iteration import backoff_delay, extract
+from noetl.engine.iteration import backoff_delay, extract, merge
 from noetl.engine.state import ExecutionState, PendingCommand, TimerState, fold
 from noetl.errors import RenderError
 from noetl.messages import (
@@ -124,7 +124,10 @@ class Engine:
         tool, args, timeout = self.resolve_tool(step)
         locals_ = self._locals(state, step, pending)
         sink = None
-        if pending.phase == "sink":
+        if pending.phase == "sink" and pending.rule is not None:
+            tool, args = dict(step.case[pending.rule].then.sink or {}), {}
+            locals_ = {"result": pending.data}
+        elif pending.phase == "sink":
             tool, args = dict(step.sink or {}), {}
             locals_ = {"result": self._loop_result(state, step)}
         elif step.sink is not None and (self.loop_of(step) is None
@@ -366,14 +369,19 @@ class _Run:
         if pending is None:
             return
         rows = int((meta.get("sink") or {}).get("rows", 0))
-        if pending.phase == "sink":
-            step = self.engine.step(pending.step)
+        step = self.engine.step(pending.step)
+        if pending.phase == "sink" and pending.rule is not None:
+            rule = step.case[pending.rule]
+            self._complete_step(step, command_id, pending.data, sink={"rows": rows},
+                                routes=self._edges(rule.then.next, self._case_context(
+                                    pending, pending.data, None, "call.done")))
+        elif pending.phase == "sink":
             self._complete_step(step, command_id, self.engine._loop_result(self.state, step),
                                 sink={"rows": rows})
-        elif pending.index is not None:
+        elif pending.index is not None and self.engine.loop_of(step) is not None:
             self._item_done(command_id, pending, result=result, rows=rows)
-        else:
-            self._complete_step(self.engine.step(pending.step), command_id, result,
+        elif not (step.case and self._case(step, command_id, pending, result, None)):
+            self._complete_step(step, command_id, result,
                                 sink={"rows": rows} if "sink" in meta else None)
 
     def failed(self, command_id: str, error: Mapping[str, Any]) -> None:
@@ -383,9 +391,12 @@ class _Run:
         error = {"type": "error", "message": "the tool failed", **error}
         if self._retry(command_id, pending, error):
             return
-        if pending.index is not None and pending.phase == "tool":
+        step = self.engine.step(pending.step)
+        if (pending.index is not None and pending.phase == "tool"
+                and self.engine.loop_of(step) is not None):
             self._item_done(command_id, pending, error=error)
-        else:
+        elif not (step.case and pending.phase == "tool"
+                  and self._case(step, command_id, pending, None, error)):
             self._fail_step(pending.step, command_id, error)
 
     def child(self, message: ChildCompleted) -> None:
@@ -526,7 +537,8 @@ class _Run:
 
     def _issue(self, name: str, activation: int, attempt: int, args: dict[str, Any], *,
                index: int | None = None, phase: str = "tool",
-               overrides: dict[str, Any] | None = None) -> None:
+               overrides: dict[str, Any] | None = None,
+               data: dict[str, Any] | None = None) -> None:
         step = self.engine.step(name)
         cid = make_command_id(self.state.execution_id, name, activation, attempt, index, phase)
         tool, _, _ = self.engine.resolve_tool(step)
@@ -538,6 +550,8 @@ class _Run:
             payload["phase"] = phase
         if overrides:
             payload["overrides"] = overrides
+        if data is not None:
+            payload["data"] = data
         is_child = phase == "tool" and tool.get("kind") == "playbook"
         if is_child:
             payload["child"] = child_execution_id(cid)
@@ -660,11 +674,20 @@ class _Run:
         self._complete_step(step, None, result, **extra)
 
     def _complete_step(self, step: Step, command_id: str | None, result: Any,
-                       sink: dict[str, Any] | None = None, **facts: Any) -> None:
+                       sink: dict[str, Any] | None = None,
+                       routes: list[dict[str, Any]] | None = None,
+                       updates: dict[str, Any] | None = None, **facts: Any) -> None:
+        """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
+        fired, else `step.exit` rules, else `next`)."""
         activation = self.state.step_state(step.step).activation
         try:
-            variables = self._vars(step, result)
-            routes = self._routes(step, result=result, error=None, variables=variables)
+            variables = {**self._vars(step, result), **(updates or {})}
+            if routes is None and step.case:
+                fired = self._exit_rules(step, result, variables)
+                if fired is not None:
+                    routes, variables = fired
+            if routes is None:
+                routes = self._routes(step, result=result, error=None, variables=variables)
         except RenderError as exc:
             self._fail_step(step.step, command_id, {"type": "render", "message": str(exc)})
             return
@@ -682,22 +705,29 @@ class _Run:
         ))
         self.advance()
 
-    def _fail_step(self, name: str, command_id: str | None, error: dict[str, Any]) -> None:
+    def _fail_step(self, name: str, command_id: str | None, error: dict[str, Any], *,
+                   handled: list[dict[str, Any]] | None = None,
+                   updates: dict[str, Any] | None = None) -> None:
+        """End a step that failed. `handled` are the routes of a `case` rule that matched
+        the error (possibly none: the branch then ends without failing the execution)."""
         step = self.engine.step(name)
         activation = self.state.step_state(name).activation
         error = {"step": name, **error}
-        routes = self._routes(step, result=render.MISSING, error=error,
-                              variables=self.state.variables)
+        routes = handled if handled is not None else self._routes(
+            step, result=render.MISSING, error=error, variables=self.state.variables)
+        payload: dict[str, Any] = {"routes": routes}
+        if updates:
+            payload["vars"] = updates
         self.emit(Event(
             type=ev.STEP_FAILED,
             dedup_key=f"step.failed:{name}:{activation}",
             step=name,
             command_id=command_id,
             status="failed",
-            payload={"routes": routes},
+            payload=payload,
             error=error,
         ))
-        if not routes:
+        if not routes and handled is None:
             self._end_execution("failed", error=error)
             return
         self.advance()
@@ -727,6 +757,108 @@ class _Run:
         self.emit(Event(type=kind, dedup_key="execution.ended", status=status,
                         payload={"result": result} if status == "completed" else None,
                         error=error))
+
+    # -- case (the event-driven form of NoETL v2) --------------------------------------
+
+    def _case_context(self, pending: PendingCommand, result: Any,
+                      error: dict[str, Any] | None, event: str,
+                      variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"event": {"name": event}}
+        if error is None:
+            extra["result"] = extra["response"] = result
+        else:
+            extra["error"] = error
+        return self.engine._context(self.state, args=pending.args, extra=extra,
+                                    variables=variables)
+
+    def _first_rule(self, step: Step, context: Mapping[str, Any]) -> int | None:
+        for i, rule in enumerate(step.case):
+            try:
+                hit = render.truthy(render.evaluate(rule.when, context,
+                                                    where=f"step `{step.step}` case[{i}].when"))
+            except RenderError:
+                hit = False  # as with `next` on failure: a rule that cannot be evaluated
+            if hit:
+                return i
+        return None
+
+    def _rule_updates(self, step: Step, index: int, context: Mapping[str, Any],
+                      result: Any) -> dict[str, Any]:
+        then = step.case[index].then
+        where = f"step `{step.step}` case[{index}].then"
+        updates = render.render(then.set, context, where=f"{where}.set")
+        assert isinstance(updates, dict)
+        if then.collect is not None and then.collect.into:
+            into = then.collect.into
+            part = extract(result, then.collect.path)
+            previous = updates.get(into, self.state.variables.get(into))
+            updates[into] = merge(previous, part, then.collect.strategy)
+        return updates
+
+    def _case(self, step: Step, command_id: str, pending: PendingCommand, result: Any,
+              error: dict[str, Any] | None) -> bool:
+        """Apply the first rule matching the call's end (`call.done` / `call.error`);
+        False when none matches."""
+        event = "call.done" if error is None else "call.error"
+        context = self._case_context(pending, result, error, event)
+        index = self._first_rule(step, context)
+        if index is None:
+            return False
+        then = step.case[index].then
+        try:
+            updates = self._rule_updates(step, index, context, result)
+            context = self._case_context(pending, result, error, event,
+                                         {**self.state.variables, **updates})
+            if then.retry:
+                overrides = render.render(then.retry, context,
+                                          where=f"step `{step.step}` case[{index}].then.retry")
+                assert isinstance(overrides, dict)
+            routes = self._edges(then.next, context)
+        except (RenderError, KeyError) as exc:
+            message = str(exc) if isinstance(exc, RenderError) else (
+                f"step `{step.step}` case[{index}].then.collect.path: missing `{exc.args[0]}`")
+            self._fail_step(step.step, command_id, {"type": "case", "message": message})
+            return True
+        if then.retry:
+            call = pending.index or 0
+            self.emit(Event(type=ev.STEP_ITEM, dedup_key=f"step.item:{command_id}",
+                            step=step.step, command_id=command_id,
+                            payload={"index": call, "vars": updates, "rule": index},
+                            error=error))
+            self._issue(step.step, pending.activation, 1, pending.args, index=call + 1,
+                        overrides=_deep_merge(pending.overrides, overrides))
+            return True
+        if error is not None:
+            self._fail_step(step.step, command_id, error, handled=routes, updates=updates)
+            return True
+        if then.sink is not None:
+            self.emit(Event(type=ev.STEP_ITEM, dedup_key=f"step.item:{command_id}",
+                            step=step.step, command_id=command_id,
+                            payload={"index": pending.index or 0, "vars": updates,
+                                     "rule": index}))
+            self._issue(step.step, pending.activation, 1, {}, phase="sink",
+                        data={"rule": index, "result": result})
+            return True
+        self._complete_step(step, command_id, result, routes=routes, updates=updates)
+        return True
+
+    def _exit_rules(self, step: Step, result: Any, variables: dict[str, Any],
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """Routes of the first matching `step.exit` rule, and the vars with its `set`."""
+        pending = PendingCommand(step=step.step, activation=0, attempt=1,
+                                 args=self.state.step_state(step.step).args)
+        context = self._case_context(pending, result, None, "step.exit",
+                                     {**self.state.variables, **variables})
+        index = self._first_rule(step, context)
+        if index is None:
+            return None
+        updates = self._rule_updates(step, index, context, result)
+        return self._edges(step.case[index].then.next, context), {**variables, **updates}
+
+    def _edges(self, edges: list[Edge], context: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{"step": e.step, "args": render.render(e.args, context,
+                                                       where=f"-> {e.step} args")}
+                for e in edges]
 
     # -- routing -----------------------------------------------------------------------
 
@@ -812,7 +944,9 @@ class _Run:
             elif isinstance(entry, Else) and not matched and not failed:
                 matched = True
                 fired.extend(entry.then)
-        if (not failed and not step.next and not step.case and self.engine.playbook.has_end
+        # As the graph has it: a step with no routing of its own goes on to `end`.
+        routes_somewhere = step.next or any(rule.then.next for rule in step.case)
+        if (not failed and not routes_somewhere and self.engine.playbook.has_end
                 and step.step != END):
             fired.append(Edge(step=END))
         return [

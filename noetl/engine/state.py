@@ -63,6 +63,8 @@ class PendingCommand(msgspec.Struct, kw_only=True):
     phase: str = "tool"  # "tool", or "sink" for a sink run after all items
     child: int | None = None  # the execution a `playbook` command started
     overrides: dict[str, Any] = {}  # pagination: what the next page changes
+    rule: int | None = None  # a `case` rule's sink: which rule, and the call's result
+    data: Any = None
 
 
 class TimerState(msgspec.Struct, kw_only=True):
@@ -194,6 +196,8 @@ def _command_issued(state: ExecutionState, event: Event, payload: dict[str, Any]
         phase=phase,
         child=payload.get("child"),
         overrides=payload.get("overrides") or {},
+        rule=(payload.get("data") or {}).get("rule"),
+        data=(payload.get("data") or {}).get("result"),
     )
     loop = state.step_state(event.step).loop
     if loop is not None and index is not None and phase == "tool" and payload["attempt"] == 1:
@@ -205,8 +209,10 @@ def _step_item(state: ExecutionState, event: Event, payload: dict[str, Any]) -> 
     assert event.step is not None
     if event.command_id is not None:
         state.pending.pop(event.command_id, None)
+    state.variables.update(payload.get("vars") or {})
     loop = state.step_state(event.step).loop
-    assert loop is not None
+    if loop is None:
+        return  # a `case` rule ended one call of the step and made another
     index = payload["index"]
     loop.done += 1
     loop.rows += payload.get("rows", 0)
@@ -230,11 +236,11 @@ def _step_ended(state: ExecutionState, event: Event, payload: dict[str, Any]) ->
     step = state.step_state(event.step)
     if event.command_id is not None:
         state.pending.pop(event.command_id, None)
+    state.variables.update(payload.get("vars") or {})
     if event.type == ev.STEP_COMPLETED:
         step.status = "completed"
         step.result = payload.get("result")
         step.ran_tool = bool(payload.get("tool"))
-        state.variables.update(payload.get("vars") or {})
         if step.ran_tool:
             state.last_step = event.step
     else:

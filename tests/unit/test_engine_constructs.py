@@ -561,3 +561,138 @@ def test_restart_from_a_step_that_never_ran_is_refused() -> None:
     sim.run()
     with pytest.raises(NoetlError, match="step `b` did not run"):
         restart_snapshot(EXECUTION_ID, sim.events, "b")
+
+
+# -- case -------------------------------------------------------------------------------
+
+
+CASE = """
+    - step: start
+      tool: {kind: python, code: x}
+      case:
+        - when: "{{ event.name == 'call.done' and response.is_hot }}"
+          then:
+            set: [{name: temp, value: "{{ response.temp }}"}]
+            next: [{step: hot, args: {t: "{{ response.temp }}"}}]
+        - when: "{{ event.name == 'call.error' }}"
+          then:
+            next: [recover]
+        - when: "{{ event.name == 'step.exit' and result.temp < 0 }}"
+          then:
+            set: {frozen: true}
+            next: [frozen]
+      next: [mild]
+    - step: hot
+      tool: {kind: python, code: x}
+    - step: recover
+      tool: {kind: python, code: x}
+    - step: frozen
+      tool: {kind: python, code: x}
+    - step: mild
+      tool: {kind: python, code: x}
+"""
+
+
+def weather(result: dict[str, Any] | None) -> Any:
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.step != "start":
+            return "ok", {"step": command.step, "edge": command.edge_args}
+        return ("ok", result) if result is not None else ("error", {"message": "down"})
+    return tool
+
+
+def test_case_call_done_rule_sets_and_routes() -> None:
+    sim = Sim(engine_of(playbook(CASE)), weather({"is_hot": True, "temp": 31}))
+    state = sim.run()
+    assert state.status == "completed"
+    assert sim.steps_started() == ["start", "hot"]
+    assert state.variables == {"temp": 31}
+    assert state.result == {"step": "hot", "edge": {"t": 31}}
+
+
+def test_case_step_exit_rule_after_no_call_rule() -> None:
+    sim = Sim(engine_of(playbook(CASE)), weather({"is_hot": False, "temp": -5}))
+    state = sim.run()
+    assert sim.steps_started() == ["start", "frozen"]
+    assert state.variables == {"frozen": True}
+
+
+def test_case_falls_back_to_next_when_no_rule_fires() -> None:
+    sim = Sim(engine_of(playbook(CASE)), weather({"is_hot": False, "temp": 12}))
+    sim.run()
+    assert sim.steps_started() == ["start", "mild"]
+
+
+def test_case_call_error_rule_handles_the_failure() -> None:
+    sim = Sim(engine_of(playbook(CASE)), weather(None))
+    state = sim.run()
+    assert state.status == "completed"
+    assert state.steps["start"].status == "failed"
+    assert sim.steps_started() == ["start", "recover"]
+
+
+def test_case_without_error_rule_fails_the_execution() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then: {next: [b]}
+        - step: b
+          tool: {kind: python, code: x}
+    """))
+    assert Sim(engine, weather(None)).run().status == "failed"
+
+
+def test_case_retry_with_new_params_and_collect() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: http, url: "http://api/items", params: {page: 1}}
+          case:
+            - when: "{{ event.name == 'call.done' and response.data.more }}"
+              then:
+                collect: {strategy: append, path: data.items, into: pages}
+                retry: {params: {page: "{{ response.data.page + 1 }}"}}
+            - when: "{{ event.name == 'call.done' }}"
+              then:
+                collect: {strategy: append, path: data.items, into: pages}
+                next: [done]
+        - step: done
+          tool: {kind: python, code: x}
+    """))
+
+    def api(command: CommandIssued) -> tuple[str, Any]:
+        if command.step == "done":
+            return "ok", "done"
+        page = command.overrides.get("params", {}).get("page", 1)
+        return "ok", {"data": {"page": page, "more": page < 3, "items": [page, page * 10]}}
+
+    sim = Sim(engine, api)
+    state = sim.run()
+    assert state.status == "completed"
+    assert state.variables["pages"] == [1, 10, 2, 20, 3, 30]
+    assert [c.overrides for c in sim.issued if c.step == "start"] == [
+        {}, {"params": {"page": 2}}, {"params": {"page": 3}}]
+    assert_replays(sim)
+
+
+def test_case_sink_runs_before_the_rule_routes() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then:
+                sink: {tool: {kind: event_log}}
+                next: [b]
+        - step: b
+          tool: {kind: python, code: x}
+    """))
+    sim = Sim(engine, lambda c: ("ok", {"rows": 1}) if c.kind == "sink" else ("ok", {"v": 1}))
+    state = sim.run()
+    assert state.status == "completed"
+    kinds = [c.kind for c in sim.issued]
+    assert kinds == ["python", "sink", "python"]
+    sink = sim.issued[1]
+    assert sink.context["locals"]["result"] == {"v": 1}
+    assert state.steps["start"].result == {"v": 1}
