@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from actors.base import Actor
-from noetl import dsl
+from noetl import blobs, dsl
 from noetl.bus import (
     CMD_STREAM,
     EXEC_STREAM,
@@ -56,6 +56,8 @@ from plugins.registry import known_kinds
 
 # How many times a decision is retried after losing a race with another coordinator.
 _MAX_CONFLICTS = 8
+# How many large values a coordinator host keeps in memory.
+_VALUE_CACHE = 64
 
 
 class ExecutionActor:
@@ -111,7 +113,8 @@ class ExecutionActor:
                 assert isinstance(message, StartExecution) and self.refusal is not None
                 decision = refuse_start(self.state, message, self.refusal)
             else:
-                decision = self.engine.decide(self.state, message)
+                values = await self.host.values_for(self.state, message)
+                decision = self.engine.decide(self.state, message, values)
             if not decision.events:
                 break
             try:
@@ -184,6 +187,8 @@ class CoordinatorHost(Actor):
         self._start_stream_created = ""
         self._reconciler: asyncio.Task[None] | None = None
         self.timers = TimerWheel(self)
+        # Recently used large values by digest (content-addressed, so never stale).
+        self._values: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Subscribe to the partitions and the start subject; start the reconciler."""
@@ -290,6 +295,21 @@ class CoordinatorHost(Actor):
         if decision.events:
             await self.announce(execution_id, decision.events)
 
+    async def values_for(self, state: ExecutionState, message: ExecMessage) -> dict[str, Any]:
+        """The stored large values that the state's results or the message refer to."""
+        digests = set(blobs.refs_in(getattr(message, "result", None)))
+        for step in state.steps.values():
+            if step.status == "completed":
+                digests.update(blobs.refs_in(step.result))
+        if not digests:
+            return {}
+        missing = [d for d in digests if d not in self._values]
+        if missing:
+            self._values.update(await self.store.get_blobs(missing))
+            while len(self._values) > _VALUE_CACHE:
+                self._values.pop(next(iter(self._values)))
+        return {d: self._values[d] for d in digests if d in self._values}
+
     def mailbox_of(self, execution_id: int) -> str:
         """The subject of the partition that coordinates `execution_id`."""
         return exec_subject(partition_of(execution_id, self.settings.partitions))
@@ -299,11 +319,17 @@ class CoordinatorHost(Actor):
         if not commands:
             return
         pool = cmd_subject(self.settings.runner_pool)
+        payloads = []
         for command in commands:
             command.reply_to = reply_to
-        await asyncio.gather(*(
-            self.bus.publish(pool, encode(c), c.command_id) for c in commands
-        ))
+            data = encode(command)
+            if len(data) > self.settings.large_result_bytes:
+                # Too big for a message (a loop's results going to its sink, say): the
+                # context travels as a stored value and the runner fetches it.
+                command.context = await self.store.put_blob(blobs.encode(command.context))
+                data = encode(command)
+            payloads.append((command.command_id, data))
+        await asyncio.gather(*(self.bus.publish(pool, data, cid) for cid, data in payloads))
 
     async def announce(self, execution_id: int, events: list[Event]) -> None:
         """Tell live watchers what was just committed (best effort, core NATS)."""

@@ -19,8 +19,8 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from actors.base import Actor
-from noetl import render
-from noetl.bus import CMD_STREAM, Bus, cancel_subject, cmd_subject
+from noetl import blobs, render
+from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject
 from noetl.config import Settings
 from noetl.crypto import load_key
 from noetl.engine import Event
@@ -63,7 +63,7 @@ class Runner(Actor):
         self.credentials = CredentialStore(self.store.pool, key)
         await super().start()
         pool = self.settings.runner_pool
-        await self.bus.serve(cancel_subject("*"), self._on_cancel, queue="")
+        await self.bus.serve(f"{CANCEL_PREFIX}.*", self._on_cancel, queue="")
         await self.bus.consume(CMD_STREAM, cmd_subject(pool), f"runner-{pool}",
                                self._on_command,
                                max_in_flight=self.settings.runner_concurrency)
@@ -151,10 +151,11 @@ class Runner(Actor):
         try:
             result = await self._guarded(ctx, self._call(ctx, command, payload, masker))
             masker.update(ctx.secrets.values())
+            result = await self._stored_if_large(masker.mask(result))
             return Event(type=ev.COMMAND_COMPLETED, dedup_key=outcome_key(command.command_id),
                          step=command.step, command_id=command.command_id, status="completed",
-                         payload=masker.mask({"result": result, **payload,
-                                              "facts": ctx.events}))
+                         payload=masker.mask({**payload, "facts": ctx.events})
+                         | {"result": result})
         except (ToolError, RenderError) as exc:
             error = _error_of(exc)
         except Exception as exc:  # a plugin bug fails the step, never the runner
@@ -189,10 +190,19 @@ class Runner(Actor):
 
         return read
 
+    async def _stored_if_large(self, result: Any) -> Any:
+        """A result over the size limit is stored once and replaced by its reference."""
+        data = blobs.encode(result)
+        if len(data) <= self.settings.large_result_bytes:
+            return result
+        return await self.store.put_blob(data)
+
     async def _call(self, ctx: ToolContext, command: CommandIssued,
                     payload: dict[str, Any], masker: Masker) -> Any:
         """The tool call, then the sink that goes with it; sink facts land in `payload`."""
-        context = self._context(command)
+        if blobs.is_ref(command.context):
+            command.context = await self.store.resolve(command.context)
+        context = await self._context(command)
         names = (secret_names_in(command.tool) | secret_names_in(command.args)
                  | secret_names_in(command.sink))
         if names:
@@ -235,12 +245,16 @@ class Runner(Actor):
                             error_type="cancelled")
         raise ToolTimeout(f"step `{ctx.step}` ran past its timeout of {ctx.timeout} s")
 
-    def _context(self, command: CommandIssued) -> dict[str, Any]:
+    async def _context(self, command: CommandIssued) -> dict[str, Any]:
+        """The template context of a command, large values fetched."""
         data = command.context
+        steps = {name: await self.store.resolve(value)
+                 for name, value in data.get("steps", {}).items()}
+        locals_ = {name: await self.store.resolve(value)
+                   for name, value in (data.get("locals") or {}).items()}
         return render.build_context(
             workload=data.get("workload", {}), variables=data.get("vars", {}),
-            steps=data.get("steps", {}), execution_id=str(command.execution_id),
-            extra=data.get("locals"))
+            steps=steps, execution_id=str(command.execution_id), extra=locals_)
 
     def _render(self, command: CommandIssued, plugin: ToolPlugin,
                 context: dict[str, Any]) -> dict[str, Any]:

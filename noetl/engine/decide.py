@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from noetl import render
+from noetl import blobs, render
 from noetl.dsl import Edge, Else, Graph, Loop, Playbook, Retry, Step, When
 from noetl.engine import events as ev
 from noetl.engine.events import Event
@@ -83,12 +83,15 @@ class Engine:
         self._order = {s.step: i for i, s in enumerate(playbook.workflow)}
         self._steps: dict[str, Step] = {s.step: s for s in playbook.workflow}
 
-    def decide(self, state: ExecutionState, message: ExecMessage) -> Decision:
+    def decide(self, state: ExecutionState, message: ExecMessage,
+               values: Mapping[str, Any] | None = None) -> Decision:
         """Decide the next events and messages; `state` is advanced by folding the events.
 
+        `values` are the stored large values (by digest) that results in the state or the
+        message refer to; content-addressed, so they keep the decision deterministic.
         If the caller cannot commit the events, it must discard `state` and replay.
         """
-        run = _Run(self, state, message.at)
+        run = _Run(self, state, message.at, values or {})
         if isinstance(message, StartExecution):
             run.start(message)
         elif isinstance(message, CommandCompleted):
@@ -255,11 +258,15 @@ class Engine:
 
     def _context(self, state: ExecutionState, *, args: Mapping[str, Any] | None = None,
                  extra: Mapping[str, Any] | None = None,
-                 variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 variables: Mapping[str, Any] | None = None,
+                 values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        results = state.results()
+        if values:
+            results = {name: blobs.resolve(value, values) for name, value in results.items()}
         return render.build_context(
             workload=state.workload,
             variables=state.variables if variables is None else variables,
-            steps=state.results(),
+            steps=results,
             execution_id=str(state.execution_id),
             args=args,
             extra=extra,
@@ -289,10 +296,12 @@ class Engine:
 class _Run:
     """One decision in the making: emits events, folding each into the state at once."""
 
-    def __init__(self, engine: Engine, state: ExecutionState, now: float) -> None:
+    def __init__(self, engine: Engine, state: ExecutionState, now: float,
+                 values: Mapping[str, Any]) -> None:
         self.engine = engine
         self.state = state
         self.now = now
+        self.values = values
         self.events: list[Event] = []
         self.commands: list[CommandIssued] = []
         self.children: list[StartExecution] = []
@@ -313,6 +322,14 @@ class _Run:
             if state.parent_execution_id is not None and state.parent_command_id is not None:
                 decision.parent_notice = parent_notice(state, self.now)
         return decision
+
+    def context(self, **kwargs: Any) -> dict[str, Any]:
+        """The template context of this execution, large values resolved."""
+        return self.engine._context(self.state, values=self.values, **kwargs)
+
+    def value(self, result: Any) -> Any:
+        """A result as templates see it: large values resolved (events keep the reference)."""
+        return blobs.resolve(result, self.values) if self.values else result
 
     def emit(self, event: Event) -> None:
         self.state.seq += 1
@@ -468,7 +485,7 @@ class _Run:
         if policy is None or pending.attempt >= policy.max_attempts or pending.child:
             return False
         if policy.when:
-            context = self.engine._context(self.state, args=pending.args,
+            context = self.context(args=pending.args,
                                            extra={"error": error})
             try:
                 wanted = render.truthy(render.evaluate(policy.when, context,
@@ -511,7 +528,7 @@ class _Run:
             payload["paginate"] = {"strategy": step.loop.pagination.merge_strategy}
         elif spec is not None:
             try:
-                items = render.render(spec.items, self.engine._context(self.state,
+                items = render.render(spec.items, self.context(
                                                                        args=edge_args),
                                       where=f"step `{name}` loop.in")
             except RenderError as exc:
@@ -610,6 +627,7 @@ class _Run:
         loop = self.state.step_state(step.step).loop
         assert loop is not None
         payload: dict[str, Any] = {"index": index}
+        response = self.value(response)
         where = f"step `{step.step}` loop.pagination"
         next_overrides: dict[str, Any] | None = None
         if error is None:
@@ -617,7 +635,7 @@ class _Run:
             try:
                 if not per_page:
                     payload["part"] = extract(response, page.merge_path)
-                context = self.engine._context(self.state, args=pending.args,
+                context = self.context(args=pending.args,
                                                extra={"response": response})
                 more = render.truthy(render.evaluate(page.continue_while, context,
                                                      where=f"{where}.continue_while"))
@@ -680,14 +698,15 @@ class _Run:
         """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
         fired, else `step.exit` rules, else `next`)."""
         activation = self.state.step_state(step.step).activation
+        shown = self.value(result)
         try:
-            variables = {**self._vars(step, result), **(updates or {})}
+            variables = {**self._vars(step, shown), **(updates or {})}
             if routes is None and step.case:
-                fired = self._exit_rules(step, result, variables)
+                fired = self._exit_rules(step, shown, variables)
                 if fired is not None:
                     routes, variables = fired
             if routes is None:
-                routes = self._routes(step, result=result, error=None, variables=variables)
+                routes = self._routes(step, result=shown, error=None, variables=variables)
         except RenderError as exc:
             self._fail_step(step.step, command_id, {"type": "render", "message": str(exc)})
             return
@@ -768,7 +787,7 @@ class _Run:
             extra["result"] = extra["response"] = result
         else:
             extra["error"] = error
-        return self.engine._context(self.state, args=pending.args, extra=extra,
+        return self.context(args=pending.args, extra=extra,
                                     variables=variables)
 
     def _first_rule(self, step: Step, context: Mapping[str, Any]) -> int | None:
@@ -800,6 +819,7 @@ class _Run:
         """Apply the first rule matching the call's end (`call.done` / `call.error`);
         False when none matches."""
         event = "call.done" if error is None else "call.error"
+        result = self.value(result)
         context = self._case_context(pending, result, error, event)
         index = self._first_rule(step, context)
         if index is None:
@@ -920,7 +940,7 @@ class _Run:
             extra["result"] = result
         if error is not None:
             extra["error"] = error
-        context = self.engine._context(self.state, args=args, extra=extra,
+        context = self.context(args=args, extra=extra,
                                        variables=variables)
         where = f"step `{step.step}` next"
         fired: list[Edge] = []
@@ -959,7 +979,7 @@ class _Run:
               args: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if not step.vars:
             return {}
-        context = self.engine._context(self.state, args=args, extra={"result": result})
+        context = self.context(args=args, extra={"result": result})
         rendered = render.render(step.vars, context, where=f"step `{step.step}` vars")
         assert isinstance(rendered, dict)
         return rendered

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from noetl import blobs
 from noetl.engine.events import Event
 from noetl.errors import CatalogError, ExecutionNotFound, StoreError
 from noetl.store import events as event_sql
@@ -97,6 +99,38 @@ class Store:
         await self.get_execution(execution_id)
         return await event_sql.list_events(self.pool, execution_id)
 
+    # -- large values ------------------------------------------------------------------
+
+    async def put_blob(self, data: bytes) -> dict[str, Any]:
+        """Store JSON `data` once (by content hash) and return its reference."""
+        ref, digest = blobs.make_ref(data)
+        await self.pool.execute(
+            "INSERT INTO noetl.blob (digest, data, size) VALUES ($1, $2::text::jsonb, $3) "
+            "ON CONFLICT (digest) DO NOTHING",
+            digest, data.decode(), len(data),
+        )
+        return ref
+
+    async def get_blobs(self, digests: Iterable[str]) -> dict[str, Any]:
+        """The values of stored blobs, by digest."""
+        wanted = sorted(set(digests))
+        if not wanted:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT digest, data FROM noetl.blob WHERE digest = ANY($1::text[])", wanted)
+        found = {r["digest"]: r["data"] for r in rows}
+        missing = set(wanted) - set(found)
+        if missing:
+            raise StoreError(f"stored values are missing: {sorted(missing)}")
+        return found
+
+    async def resolve(self, value: Any) -> Any:
+        """`value` with its blob references replaced by the stored values."""
+        digests = list(blobs.refs_in(value))
+        if not digests:
+            return value
+        return blobs.resolve(value, await self.get_blobs(digests))
+
     # -- catalog -----------------------------------------------------------------------
 
     async def register_playbook(self, path: str, content: str) -> tuple[int, bool]:
@@ -186,8 +220,8 @@ class Store:
             "path": row["path"],
             "version": row["version"],
             "status": row["status"],
-            "result": row["result"],
-            "steps": steps,
+            "result": await self.resolve(row["result"]),
+            "steps": {name: await self.resolve(value) for name, value in steps.items()},
             "vars": variables,
             "error": row["error"],
             "parent_execution_id": (None if row["parent_execution_id"] is None

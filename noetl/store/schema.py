@@ -77,6 +77,18 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         ALTER TABLE noetl.execution ADD COLUMN restarted_from bigint NULL;
         """,
     ),
+    (
+        3,
+        "large values stored once by content hash",
+        """
+        CREATE TABLE noetl.blob (
+            digest text PRIMARY KEY,
+            data jsonb NOT NULL,
+            size int NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
 
 # What `db validate` expects to find: table -> columns.
@@ -87,6 +99,7 @@ EXPECTED_COLUMNS: Final[dict[str, set[str]]] = {
                   "parent_execution_id", "started_at", "ended_at", "restarted_from"},
     "catalog": {"path", "version", "content", "created_at"},
     "credential": {"name", "type", "data", "created_at", "updated_at"},
+    "blob": {"digest", "data", "size", "created_at"},
 }
 
 # Any constant works: it only has to be the same in every process that migrates.

@@ -189,3 +189,25 @@ async def test_restart_from_the_failed_step(client: Client, mesh: Mesh, tmp_path
     assert again["restarted_from"] == doc["execution_id"]
     assert again["steps"]["start"] == {"value": 21}
     assert ran.read_text() == "x"  # start did not run again
+
+
+async def test_large_results_are_stored_once_and_referenced(client: Client, mesh: Mesh,
+                                                            tmp_path: Path) -> None:
+    doc = await run(client, write(tmp_path, "big", """
+        - step: start
+          tool: {kind: python, code: "result = {'blob': 'x' * 3_000_000, 'n': 1}"}
+          next: [measure]
+        - step: measure
+          tool:
+            kind: python
+            args: {big: "{{ start }}"}
+            code: "result = {'length': len(big['blob']), 'n': big['n']}"
+    """))
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == {"length": 3_000_000, "n": 1}
+    assert len(doc["steps"]["start"]["blob"]) == 3_000_000  # resolved for the reader
+    assert await client.store.pool.fetchval("SELECT count(*) FROM noetl.blob") == 1
+    largest = await client.store.pool.fetchval(
+        "SELECT max(length(payload::text)) FROM noetl.event WHERE execution_id = $1",
+        int(doc["execution_id"]))
+    assert largest < 10_000  # events hold references, not the value
