@@ -10,6 +10,7 @@ import pytest
 from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.config import Settings
+from tests.support.http_api import HttpApi, start_http_api
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
 
@@ -38,3 +39,13 @@ async def mesh(client: Client) -> AsyncIterator[Mesh]:
 def fixture(name: str) -> Path:
     """The path of a fixture playbook by name."""
     return FIXTURES / name / f"{name}.yaml"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[HttpApi]:
+    """The local test HTTP API (paging, errors, auth, scripts) on a free port."""
+    served = await start_http_api()
+    try:
+        yield served
+    finally:
+        await served.stop()
