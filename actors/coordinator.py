@@ -56,6 +56,8 @@ from plugins.registry import known_kinds
 
 # How many times a decision is retried after losing a race with another coordinator.
 _MAX_CONFLICTS = 8
+# Most messages of one execution decided and committed together.
+_MAX_BATCH = 256
 # How many large values a coordinator host keeps in memory.
 _VALUE_CACHE = 64
 
@@ -74,68 +76,90 @@ class ExecutionActor:
         self.reply_to = exec_subject(partition_of(execution_id, host.settings.partitions))
 
     async def run(self) -> None:
-        """Process the mailbox until idle for `idle_evict` seconds, then leave the cache."""
+        """Process the mailbox until idle for `idle_evict` seconds, then leave the cache.
+
+        Messages that queued up while a decision was being committed are decided together
+        and committed in one statement: a busy execution (a wide loop) pays one round trip
+        per batch, not per message, and the order of decisions is the mailbox order.
+        """
         while True:
             try:
-                msg, message = await asyncio.wait_for(self.mailbox.get(),
-                                                      self.host.settings.idle_evict)
+                first = await asyncio.wait_for(self.mailbox.get(),
+                                               self.host.settings.idle_evict)
             except TimeoutError:
                 if self.mailbox.empty():
                     self.host.evict(self)
                     return
                 continue
+            batch = [first]
+            while len(batch) < _MAX_BATCH and not self.mailbox.empty():
+                batch.append(self.mailbox.get_nowait())
             try:
-                terminal = await self.handle(msg, message)
+                terminal = await self.handle(batch)
             except Exception as exc:
-                # The message stays unacked and comes back after ack_wait; the cached state
-                # may be ahead of the store, so it is rebuilt from the events next time.
+                # The messages stay unacked and come back; the cached state may be ahead of
+                # the store, so it is rebuilt from the events next time.
                 self.host.log.exception("execution %s: handling failed", self.execution_id)
                 self.state = None
-                await _nak(msg, exc)
+                for msg, _ in batch:
+                    await _nak(msg, exc)
                 continue
             if terminal and self.mailbox.empty():
                 self.host.evict(self)
                 return
 
-    async def handle(self, msg: Msg, message: ExecMessage) -> bool:
-        """Decide, commit, publish, ack. Returns True when the execution has ended."""
-        decision: Decision | None = None
+    async def handle(self, batch: list[tuple[Msg, ExecMessage]]) -> bool:
+        """Decide each message, commit all the events at once, carry out what they caused,
+        ack. Returns True when the execution has ended."""
         for _ in range(_MAX_CONFLICTS):
-            if self.state is None or (self.engine is None and self.refusal is None):
-                loaded = await self._load(message)
-                if not loaded:
-                    await self.host.bus.dead_letter(
-                        msg, f"execution {self.execution_id} has no events and "
-                             f"{type(message).__name__} cannot start it")
-                    return False
-            assert self.state is not None
-            if self.engine is None:
-                assert isinstance(message, StartExecution) and self.refusal is not None
-                decision = refuse_start(self.state, message, self.refusal)
-            else:
-                values = await self.host.values_for(self.state, message)
-                decision = self.engine.decide(self.state, message, values)
-            if not decision.events:
-                break
             try:
-                await self.host.store.append_decision(
-                    self.execution_id, self.state.parent_execution_id, decision.events,
-                    _projection(self.state, decision),
-                )
+                combined, unusable = await self._decide_all(batch)
                 break
             except VersionConflict:
                 self.state = None
         else:
             raise VersionConflict(f"execution {self.execution_id}: too many conflicts")
-        assert decision is not None and self.state is not None
-        if decision.duplicate and self.state.running and self.engine is not None:
+        for msg in unusable:
+            await self.host.bus.dead_letter(
+                msg, f"execution {self.execution_id} has no events and only a start "
+                     "message can begin one")
+        assert self.state is not None
+        if combined.duplicate and self.state.running and self.engine is not None:
             # A redelivered message: what it caused may not have been published before the
             # crash that caused the redelivery; dedup drops what was.
-            decision.commands = self.engine.pending_commands(self.state)
-            decision.children = self.engine.pending_children(self.state)
-        await self.host.carry_out(self.execution_id, decision, self.reply_to)
-        await msg.ack()
+            combined.commands = self.engine.pending_commands(self.state)
+            combined.children = self.engine.pending_children(self.state)
+        await self.host.carry_out(self.execution_id, combined, self.reply_to)
+        unusable_ids = {id(m) for m in unusable}
+        for msg, _ in batch:
+            if id(msg) not in unusable_ids:
+                await msg.ack()
         return not self.state.running
+
+    async def _decide_all(self, batch: list[tuple[Msg, ExecMessage]],
+                          ) -> tuple[Decision, list[Msg]]:
+        decisions: list[Decision] = []
+        unusable: list[Msg] = []
+        for msg, message in batch:
+            stale = self.state is None or (self.engine is None and self.refusal is None)
+            if stale and not await self._load(message):
+                unusable.append(msg)
+                continue
+            assert self.state is not None
+            if self.engine is None:
+                assert isinstance(message, StartExecution) and self.refusal is not None
+                decisions.append(refuse_start(self.state, message, self.refusal))
+            else:
+                values = await self.host.values_for(self.state, message)
+                decisions.append(self.engine.decide(self.state, message, values))
+        combined = _combine(decisions)
+        if combined.events:
+            assert self.state is not None
+            await self.host.store.append_decision(
+                self.execution_id, self.state.parent_execution_id, combined.events,
+                _projection(self.state, combined),
+            )
+        return combined, unusable
 
     async def _load(self, message: ExecMessage) -> bool:
         events = await self.host.store.load_decisions(self.execution_id)
@@ -154,6 +178,25 @@ class ExecutionActor:
             self.refusal = str(exc)
         self.state = state
         return True
+
+
+def _combine(decisions: list[Decision]) -> Decision:
+    """One decision doing what a batch of consecutive decisions did."""
+    if len(decisions) == 1:
+        return decisions[0]
+    combined = Decision(duplicate=bool(decisions) and all(d.duplicate for d in decisions))
+    for d in decisions:
+        combined.events.extend(d.events)
+        combined.commands.extend(d.commands)
+        combined.children.extend(d.children)
+        combined.timers.extend(d.timers)
+        combined.cancel_children.extend(d.cancel_children)
+        combined.stop_running = combined.stop_running or d.stop_running
+        combined.parent_notice = d.parent_notice or combined.parent_notice
+    if combined.stop_running or combined.parent_notice is not None:
+        # The execution ended within the batch: what earlier decisions issued is moot.
+        combined.commands, combined.children = [], []
+    return combined
 
 
 def _projection(state: ExecutionState, decision: Decision) -> Projection | None:

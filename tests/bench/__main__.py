@@ -8,13 +8,18 @@ divided by 20 (median of 5 runs) on an in-process mesh.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
 import nats
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +31,8 @@ from noetl.config import Settings
 CHAIN = 20
 RUNS = 5
 FLOOR_SAMPLES = 500
+LOOP_ITEMS = 10_000
+CLI = str(Path(sys.executable).parent / "noetl-runtime")
 
 console = Console()
 
@@ -105,6 +112,61 @@ async def chain_cost(settings: Settings, directory: Path) -> tuple[float, list[f
         await client.close()
 
 
+def loop_playbook(directory: Path) -> Path:
+    """An async loop of LOOP_ITEMS trivial python steps."""
+    path = directory / "bench_loop.yaml"
+    path.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: bench_loop}\nworkflow:\n"
+        "  - step: start\n"
+        f"    loop: {{in: \"{{{{ range({LOOP_ITEMS}) | list }}}}\", iterator: n, mode: async}}\n"
+        "    tool: {kind: python, args: {n: '{{ n }}'}, code: 'result = n'}\n"
+    )
+    return path
+
+
+def role(settings: Settings, *roles: str) -> subprocess.Popen[bytes]:
+    """`noetl-runtime up` with only `roles`, in its own process."""
+    env = {**os.environ, "NOETL_NATS_URL": str(settings.nats_url),
+           "NOETL_PG_DSN": str(settings.pg_dsn), "NOETL_HOME": str(settings.home)}
+    args = [CLI, "up", *(a for r in roles for a in ("--role", r))]
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def loop_cost(settings: Settings, directory: Path) -> tuple[float, float, float]:
+    """Wall seconds of the loop, and the coordinator process's RSS (MiB) before and at its
+    peak, with the coordinator and the runner each in a process of their own."""
+    coordinator = role(settings, "catalog", "coordinator")
+    runner = role(settings, "runner")
+    client = await Client.connect(settings)
+    try:
+        reply = None
+        while reply is None:
+            try:
+                reply = await client.register(loop_playbook(directory))
+            except Exception:
+                await asyncio.sleep(0.2)
+        watched = psutil.Process(coordinator.pid)
+        baseline = watched.memory_info().rss
+        peak = baseline
+        began = time.perf_counter()
+        eid = await client.start(reply.path, version=reply.version)
+        waiting = asyncio.ensure_future(client.wait(eid, timeout=1800))
+        while not waiting.done():
+            peak = max(peak, watched.memory_info().rss)
+            await asyncio.sleep(0.05)
+        doc = waiting.result()
+        took = time.perf_counter() - began
+        assert doc["status"] == "completed", doc["error"]
+        assert len(doc["steps"]["start"]) == LOOP_ITEMS
+        return took, baseline / 2**20, peak / 2**20
+    finally:
+        await client.close()
+        for proc in (coordinator, runner):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="noetl-bench-") as tmp:
         home = Path(tmp)
@@ -114,6 +176,7 @@ async def main() -> None:
             pg = await pg_floor(services.pg_dsn)
             pub = await nats_floor(services.nats_url)
             per_step, totals = await chain_cost(settings, home)
+            loop_wall, rss_before, rss_peak = await loop_cost(settings, home)
         finally:
             local.stop_local(home)
     table = Table("measure", "milliseconds", "ratio to floor sum")
@@ -125,6 +188,10 @@ async def main() -> None:
         f"{per_step * 1000:.3f}",
         f"{per_step / floor:.1f}x",
     )
+    table.add_row(f"{LOOP_ITEMS}-item async loop, wall", f"{loop_wall * 1000:.0f}",
+                  f"{loop_wall / LOOP_ITEMS * 1000:.3f} ms/item")
+    table.add_row("  coordinator RSS before / peak (MiB)", f"{rss_before:.0f} / {rss_peak:.0f}",
+                  "")
     console.print(table)
     console.print(f"chain totals (s): {', '.join(f'{t:.3f}' for t in totals)}")
 
