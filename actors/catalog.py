@@ -31,8 +31,8 @@ class CatalogActor(Actor):
                                      known_kinds=known_kinds())
         except PlaybookError as exc:
             return CatalogReply(ok=False, problems=exc.problems)
-        version, created = await self.store.register_playbook(playbook.catalog_path,
-                                                              request.content)
+        version, created = await self.store.register_playbook(
+            playbook.catalog_path, request.content, request.files)
         return CatalogReply(ok=True, path=playbook.catalog_path, version=version,
                             created=created)
 

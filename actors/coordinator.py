@@ -309,7 +309,8 @@ class CoordinatorHost(Actor):
             version, content = await self.store.get_playbook(path, version)
         playbook = dsl.load_text(content, filename=f"{path}@{version}",
                                  known_kinds=known_kinds())
-        engine = self._engines[key] = Engine(playbook, version=version)
+        files = await self.store.get_files(path, version)
+        engine = self._engines[key] = Engine(playbook, version=version, files=files)
         return engine
 
     async def carry_out(self, execution_id: int, decision: Decision, reply_to: str) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -56,6 +57,8 @@ class Runner(Actor):
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
         self._running: dict[int, set[ToolContext]] = {}
         self.credentials: CredentialStore | None = None
+        root = settings.script_root
+        self._script_root = None if root is None else Path(root).expanduser()
 
     async def start(self) -> None:
         """Join the pool's work queue."""
@@ -143,7 +146,9 @@ class Runner(Actor):
         ctx = ToolContext(execution_id=command.execution_id, command_id=command.command_id,
                           step=command.step, timeout=command.timeout,
                           credentials=self._credential_reader(masker),
-                          bindings=parse_bindings(command.credentials))
+                          bindings=parse_bindings(command.credentials),
+                          files=command.files, script_root=self._script_root,
+                          allow_absolute_scripts=self.settings.allow_absolute_scripts)
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)
         beat = asyncio.create_task(self._keep_alive(msg))

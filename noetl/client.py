@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from noetl import local
+from noetl import dsl, local
 from noetl.bus import CATALOG_REGISTER, START_SUBJECT, Bus, events_subject
 from noetl.config import Settings
 from noetl.engine.events import TERMINAL_STATUSES
@@ -29,8 +29,27 @@ from noetl.messages import (
     encode,
 )
 from noetl.store import Store
+from plugins.registry import known_kinds
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+
+def read_playbook(path: Path) -> tuple[str, dict[str, str]]:
+    """A playbook file's text and the script files it names relative to itself."""
+    content = path.read_text(encoding="utf-8")
+    try:
+        playbook = dsl.load_text(content, filename=str(path), known_kinds=known_kinds())
+    except PlaybookError:
+        return content, {}  # the catalog reports the problems
+    files = {}
+    for uri in sorted(dsl.script_files(playbook)):
+        script = path.parent / uri
+        try:
+            files[uri] = script.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PlaybookError([f"{path}: script `{uri}` cannot be read: "
+                                 f"{exc.strerror or exc}"]) from exc
+    return content, files
 
 
 class Client:
@@ -67,8 +86,8 @@ class Client:
 
     async def register(self, path: Path) -> CatalogReply:
         """Register a playbook file through the catalog actor."""
-        content = await asyncio.to_thread(path.read_text, encoding="utf-8")
-        request = RegisterPlaybook(content=content, filename=str(path))
+        content, files = await asyncio.to_thread(read_playbook, path)
+        request = RegisterPlaybook(content=content, filename=str(path), files=files)
         data = await self.bus.request(CATALOG_REGISTER, encode(request), timeout=30)
         reply = msgspec.msgpack.decode(data, type=CatalogReply)
         if not reply.ok:

@@ -36,6 +36,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Seconds between reconciler sweeps for executions with lost or stalled work.
     reconcile_every: float = 15.0
     python_workers: int = 0
+    # Where a runner reads relative `file` scripts that did not travel with their playbook.
+    script_root: str | None = None
+    allow_absolute_scripts: bool = False
     large_result_bytes: int = 256 * 1024
 
     @property

@@ -70,6 +70,8 @@ class CommandIssued(Message, tag="command"):
     sink: dict[str, Any] | None = None
     # The step's `credentials:` bindings (alias -> credential), resolved by the runner.
     credentials: dict[str, Any] = {}
+    # The script file(s) this tool names that travelled with the playbook.
+    files: dict[str, str] = {}
 
 
 class CommandCompleted(Message, tag="completed"):
@@ -127,6 +129,8 @@ class RegisterPlaybook(msgspec.Struct, kw_only=True):
 
     content: str
     filename: str = "<playbook>"
+    # Script files the playbook names by relative path, read next to it at registration.
+    files: dict[str, str] = {}
 
 
 class GetPlaybook(msgspec.Struct, kw_only=True):

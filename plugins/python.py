@@ -7,8 +7,6 @@ the value of `result`, what `main(...)` returns, or what a top-level `return` re
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from typing import Any
 
@@ -18,6 +16,7 @@ from noetl.errors import ToolError
 from plugins.base import ToolContext
 from plugins.python_pool import WorkerPool
 from plugins.python_worker import Reply, Request
+from plugins.sources import load_code
 
 _reply_decoder = msgspec.json.Decoder(Reply)
 
@@ -34,7 +33,11 @@ class PythonTool:
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
         """Run the code of one call in a worker process and return its result."""
-        request = _request(spec)
+        code = await load_code(spec, ctx)
+        if code is None:
+            raise ToolError("python tool: `code`, `code_b64` or `script` is required",
+                            error_type="python")
+        request = _request(spec, code)
 
         async def heartbeat() -> None:
             try:
@@ -63,7 +66,7 @@ class PythonTool:
         await self.pool.aclose()
 
 
-def _request(spec: dict[str, Any]) -> bytes:
+def _request(spec: dict[str, Any], code: str) -> bytes:
     """The encoded request for the worker, or ToolError naming what is wrong with `spec`."""
     libs = spec.get("libs") or {}
     if not isinstance(libs, dict) or not all(
@@ -75,21 +78,7 @@ def _request(spec: dict[str, Any]) -> bytes:
         raise ToolError("python tool: `args` must map variable names to values",
                         error_type="python")
     try:
-        return msgspec.msgpack.encode(Request(code=_code(spec), args=args, libs=libs))
+        return msgspec.msgpack.encode(Request(code=code, args=args, libs=libs))
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise ToolError(f"python tool: the args cannot be passed to the code: {exc}",
                         error_type="python") from exc
-
-
-def _code(spec: dict[str, Any]) -> str:
-    if spec.get("code_b64") is not None:  # `code_b64` wins over `code` (DSL: script loading)
-        try:
-            return base64.b64decode(spec["code_b64"], validate=True).decode("utf-8")
-        except (binascii.Error, ValueError, TypeError) as exc:
-            raise ToolError(f"python tool: `code_b64` is not base64 of UTF-8 text: {exc}",
-                            error_type="python") from exc
-    code = spec.get("code")
-    if not isinstance(code, str):
-        raise ToolError("python tool: `code` (a string) or `code_b64` is required",
-                        error_type="python")
-    return code

@@ -25,6 +25,7 @@ from noetl.dsl.models import (
     When,
     WorkbookTask,
 )
+from noetl.dsl.scripts import script_file, script_files
 from noetl.dsl.validate import BUILTIN_KINDS, Problem, Report, check_file, check_text
 from noetl.errors import PlaybookError
 
@@ -51,6 +52,8 @@ __all__ = [
     "check_text",
     "load_file",
     "load_text",
+    "script_file",
+    "script_files",
 ]
 
 

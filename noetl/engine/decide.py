@@ -8,13 +8,14 @@ redo its work without doing anything twice.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from noetl import blobs, render
-from noetl.dsl import Edge, Else, Graph, Loop, Playbook, Retry, Step, When
+from noetl.dsl import Edge, Else, Graph, Loop, Playbook, Retry, Step, When, script_file
 from noetl.engine import events as ev
 from noetl.engine.events import Event
 from noetl.engine.ids import child_execution_id
@@ -75,8 +76,11 @@ class LoopSpec(msgspec.Struct, frozen=True):
 class Engine:
     """The meaning of one pinned playbook version: decides for any of its executions."""
 
-    def __init__(self, playbook: Playbook, *, version: int) -> None:
+    def __init__(self, playbook: Playbook, *, version: int,
+                 files: Mapping[str, str] | None = None) -> None:
         self.playbook = playbook
+        # Script files registered with the playbook, by normalised relative path.
+        self.files = {posixpath.normpath(k): v for k, v in (files or {}).items()}
         self.version = version
         self.path = playbook.catalog_path
         self.graph = Graph.of(playbook)
@@ -165,7 +169,16 @@ class Engine:
             overrides=pending.overrides,
             sink=sink,
             credentials=step.credentials,
+            files=self._files_of(tool),
         )
+
+    def _files_of(self, tool: Mapping[str, Any]) -> dict[str, str]:
+        """The registered file a tool's `script` names, keyed as the tool names it."""
+        uri = script_file(tool)
+        if uri is None:
+            return {}
+        text = self.files.get(posixpath.normpath(uri))
+        return {} if text is None else {uri: text}
 
     def child_message(self, state: ExecutionState, command_id: str) -> StartExecution:
         """Rebuild the start message of a pending child execution."""

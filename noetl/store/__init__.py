@@ -133,22 +133,26 @@ class Store:
 
     # -- catalog -----------------------------------------------------------------------
 
-    async def register_playbook(self, path: str, content: str) -> tuple[int, bool]:
-        """Store `content` as the next version of `path`; an unchanged content keeps its
-        version. Returns (version, created)."""
+    async def register_playbook(self, path: str, content: str,
+                                files: dict[str, str] | None = None) -> tuple[int, bool]:
+        """Store `content` (and the script `files` it ships) as the next version of `path`;
+        an unchanged playbook keeps its version. Returns (version, created)."""
+        files = files or {}
         async with self.pool.acquire() as conn, conn.transaction():
             # Serialises registrations of one path so versions stay gapless and monotonic.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", path)
             latest = await conn.fetchrow(
-                "SELECT version, content FROM noetl.catalog WHERE path = $1 "
+                "SELECT version, content, files FROM noetl.catalog WHERE path = $1 "
                 "ORDER BY version DESC LIMIT 1", path,
             )
-            if latest is not None and latest["content"] == content:
+            if (latest is not None and latest["content"] == content
+                    and latest["files"] == files):
                 return int(latest["version"]), False
             version = 1 if latest is None else int(latest["version"]) + 1
             await conn.execute(
-                "INSERT INTO noetl.catalog (path, version, content) VALUES ($1, $2, $3)",
-                path, version, content,
+                "INSERT INTO noetl.catalog (path, version, content, files) "
+                "VALUES ($1, $2, $3, $4)",
+                path, version, content, files,
             )
             return version, True
 
@@ -168,6 +172,12 @@ class Store:
             at = "" if version is None else f" version {version}"
             raise CatalogError(f"no playbook registered at `{path}`{at}")
         return int(row["version"]), str(row["content"])
+
+    async def get_files(self, path: str, version: int) -> dict[str, str]:
+        """The script files registered with a playbook version."""
+        files = await self.pool.fetchval(
+            "SELECT files FROM noetl.catalog WHERE path = $1 AND version = $2", path, version)
+        return dict(files or {})
 
     async def list_playbooks(self) -> list[dict[str, Any]]:
         """Every registered path with its latest version."""

@@ -81,12 +81,19 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         3,
         "large values stored once by content hash",
         """
-        CREATE TABLE noetl.blob (
+        CREATE TABLE IF NOT EXISTS noetl.blob (
             digest text PRIMARY KEY,
             data jsonb NOT NULL,
             size int NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now()
         );
+        """,
+    ),
+    (
+        4,
+        "script files that travel with a registered playbook",
+        """
+        ALTER TABLE noetl.catalog ADD COLUMN files jsonb NOT NULL DEFAULT '{}'::jsonb;
         """,
     ),
 ]
@@ -97,7 +104,7 @@ EXPECTED_COLUMNS: Final[dict[str, set[str]]] = {
               "dedup_key", "parent_execution_id", "status", "payload", "error", "created_at"},
     "execution": {"execution_id", "path", "version", "status", "workload", "result", "error",
                   "parent_execution_id", "started_at", "ended_at", "restarted_from"},
-    "catalog": {"path", "version", "content", "created_at"},
+    "catalog": {"path", "version", "content", "created_at", "files"},
     "credential": {"name", "type", "data", "created_at", "updated_at"},
     "blob": {"digest", "data", "size", "created_at"},
 }
