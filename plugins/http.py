@@ -8,6 +8,7 @@ response past `max_response_bytes` fails the step without ever being held whole.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import time
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 from multidict import CIMultiDict
@@ -68,18 +70,16 @@ class HttpTool:
                 if code >= 400 and code not in request.allow_status:
                     raw = await _read_at_most(resp, _ERROR_BODY_BYTES)
                     raise _status_error(ctx, method, final_url, resp, _text(raw, resp))
-                raw = await _read_capped(resp, request.max_bytes, method, final_url)
+                raw = await _read_capped(resp, request.max_bytes, method, _scrub(ctx, final_url))
                 headers = _headers(resp)
                 data = _parse(raw, resp)
-        except ToolError:
-            raise
         except TimeoutError as exc:
-            raise ToolTimeout(f"HTTP {method} {url} timed out after {request.timeout:g}s") \
-                from exc
+            raise ToolTimeout(_scrub(
+                ctx, f"HTTP {method} {url} timed out after {request.timeout:g}s")) from exc
         except aiohttp.ClientError as exc:
-            cause = _scrub(ctx, f"{type(exc).__name__}: {exc}")
-            raise ToolError(f"HTTP {method} {url} failed: {cause}", error_type="http",
-                            url=url) from exc
+            message = f"HTTP {method} {url} failed: {type(exc).__name__}: {exc}"
+            raise ToolError(_scrub(ctx, message), error_type="http",
+                            url=_scrub(ctx, url)) from exc
         return {"id": ctx.command_id, "status": "success", "status_code": code,
                 "headers": headers, "data": data, "elapsed": time.monotonic() - started,
                 "url": final_url}
@@ -162,7 +162,7 @@ async def auth_headers(ctx: ToolContext, auth: Any) -> dict[str, str]:
     if kind == "basic":
         username = _secret(data, "username", label, kind)
         password = _secret(data, "password", label, kind)
-        encoded = aiohttp.BasicAuth(username, password).encode()
+        encoded = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
         ctx.secrets[f"{label}.password"] = password
         ctx.secrets[f"{label}.authorization"] = encoded
         return {"Authorization": encoded}
@@ -326,8 +326,8 @@ def _status_error(ctx: ToolContext, method: str, url: str, resp: aiohttp.ClientR
     retry_after = _retry_after(resp.headers.get("Retry-After"))
     if resp.status in (429, 503) and retry_after is not None:
         details["retry_after"] = retry_after
-    return ToolError(f"HTTP {resp.status} from {method} {url}: {excerpt}", error_type="http",
-                     **details)
+    return ToolError(_scrub(ctx, f"HTTP {resp.status} from {method} {url}: {excerpt}"),
+                     error_type="http", **details)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -347,10 +347,14 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _scrub(ctx: ToolContext, text: str) -> str:
-    """`text` with every secret of this call masked (servers may echo credentials back)."""
+    """`text` with every secret of this call masked, also as it appears quoted in a URL.
+
+    Servers may echo credentials back, and a URL may carry one in its query.
+    """
     for secret in ctx.secrets.values():
         if secret:
-            text = text.replace(secret, "***")
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, "***")
     return text
 
 

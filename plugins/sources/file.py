@@ -23,8 +23,8 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
         if not ctx.allow_absolute_scripts:
             raise ToolError(
                 f"script {uri}: absolute script paths are not allowed on this runner; ship the "
-                "script with the playbook and give its path relative to the playbook, or "
-                "enable absolute scripts in the runner's settings", error_type="script")
+                "script with the playbook and give its path relative to the playbook, or start "
+                "the runner with NOETL_ALLOW_ABSOLUTE_SCRIPTS=true", error_type="script")
         return await _read(Path(path), uri)
     relative = posixpath.normpath(path)
     if relative == "." or relative == ".." or relative.startswith("../"):

@@ -3,9 +3,10 @@
 Both run in this process, in threads, on 127.0.0.1 on free ports. The session fixtures
 `moto_server` and `gcs_emulator` start one of each; the per-test fixtures `aws_env` and
 `gcs_env` point the AWS / gcloud-aio clients at them through the environment (fake keys,
-`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`) and empty them after the test. Register the
-four in a conftest (`from tests.support.cloud import aws_env, gcs_env, gcs_emulator,
-moto_server`), or import them into a test module.
+`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`) and empty them before / after the test. The
+functions are `<name>_fixture` (so importing them shadows no argument): register them in a
+conftest with `from tests.support.cloud import aws_env_fixture, gcs_emulator_fixture,
+gcs_env_fixture, moto_server_fixture`.
 """
 
 from __future__ import annotations
@@ -106,21 +107,30 @@ async def put_s3_object(bucket: str, key: str, body: bytes | str) -> None:
                                 Body=body.encode() if isinstance(body, str) else body)
 
 
+async def create_gcs_bucket(emulator: GcsEmulator, bucket: str) -> None:
+    """Create the bucket `bucket` in the emulator (nothing happens if it exists)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{emulator.host}/storage/v1/b", params={"project": GCS_TEST_PROJECT},
+                     json={"name": bucket}) as resp,
+    ):
+        if resp.status not in (200, 409):  # 409: the bucket exists already
+            raise RuntimeError(f"creating bucket {bucket}: HTTP {resp.status}")
+
+
 async def put_gcs_object(emulator: GcsEmulator, bucket: str, name: str,
                          body: bytes | str) -> None:
-    """Store `body` at gs://bucket/name in the emulator (creating the bucket)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.host}/storage/v1/b",
-                                params={"project": GCS_TEST_PROJECT},
-                                json={"name": bucket}) as resp:
-            if resp.status not in (200, 409):  # 409: the bucket exists already
-                raise RuntimeError(f"creating bucket {bucket}: HTTP {resp.status}")
-        async with Storage(session=session, api_root=emulator.host) as storage:
-            await storage.upload(bucket, name, body)
+    """Store `body` at gs://bucket/name in the emulator (creating the bucket).
+
+    The emulator cannot store an empty object: use `create_gcs_bucket` for just a bucket.
+    """
+    await create_gcs_bucket(emulator, bucket)
+    async with Storage(api_root=emulator.host) as storage:
+        await storage.upload(bucket, name, body)
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
+@pytest.fixture(scope="session", name="moto_server")
+def moto_server_fixture() -> Iterator[MotoServer]:
     """One moto server for the test session."""
     server = start_moto_server()
     try:
@@ -129,8 +139,9 @@ def moto_server() -> Iterator[MotoServer]:
         server.stop()
 
 
-@pytest.fixture
-def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+@pytest.fixture(name="aws_env")
+def aws_env_fixture(moto_server: MotoServer,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
     """AWS clients of this test talk to the (emptied) moto server with fake keys."""
     for name in _AWS_UNSET:
         monkeypatch.delenv(name, raising=False)
@@ -143,8 +154,8 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield moto_server
 
 
-@pytest.fixture(scope="session")
-def gcs_emulator() -> Iterator[GcsEmulator]:
+@pytest.fixture(scope="session", name="gcs_emulator")
+def gcs_emulator_fixture() -> Iterator[GcsEmulator]:
     """One GCS emulator for the test session."""
     emulator = start_gcs_emulator()
     try:
@@ -153,8 +164,9 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
         emulator.stop()
 
 
-@pytest.fixture
-def gcs_env(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsEmulator]:
+@pytest.fixture(name="gcs_env")
+def gcs_env_fixture(gcs_emulator: GcsEmulator,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsEmulator]:
     """gcloud-aio clients of this test talk to the GCS emulator, emptied after the test."""
     for name, value in gcs_emulator.env().items():
         monkeypatch.setenv(name, value)

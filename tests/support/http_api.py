@@ -2,7 +2,8 @@
 
 Served by aiohttp on 127.0.0.1 on a port the OS picks. Use it as an async context manager
 (`async with serve_http_api() as api: ...`) or with `start_http_api()` / `api.stop()`;
-`api.url` is its base URL. Endpoints:
+`api.url` is its base URL (https, with a fresh self-signed certificate, under `tls=True`).
+Endpoints:
 
 - `GET /json` → `{"message": "hello", "numbers": [1, 2, 3]}`; `GET /text` → plain text.
 - `GET|POST /items?page=N&size=M` → `{"data": [...], "paging": {"page", "size", "total",
@@ -25,13 +26,22 @@ Every request is appended to `api.requests` as `(method, path_qs, headers)`.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BasicAuth, web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ITEM_COUNT = 35
 TOKEN = "test-token-123"
@@ -219,7 +229,32 @@ def make_app() -> web.Application:
     return app
 
 
-async def start_http_api(scripts: dict[str, str] | None = None) -> HttpApi:
+def self_signed_context() -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # load_cert_chain reads files only; they are gone once loaded.
+    with tempfile.TemporaryDirectory(prefix="noetl-tls-") as directory:
+        cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start_http_api(scripts: dict[str, str] | None = None, *,
+                         tls: bool = False) -> HttpApi:
     """Start the test API on 127.0.0.1 on a free port; stop it with `await api.stop()`."""
     app = make_app()
     # Handlers stop when their client goes away, so a timed-out /slow call ends at once.
@@ -229,17 +264,18 @@ async def start_http_api(scripts: dict[str, str] | None = None) -> HttpApi:
     app[_API_KEY] = api
     await runner.setup()
     # Port 0: the OS picks a free port at bind time, so no other process can take it first.
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self_signed_context() if tls else None)
     await site.start()
     host, port = runner.addresses[0][:2]
-    api.url = f"http://{host}:{port}"
+    api.url = f"{'https' if tls else 'http'}://{host}:{port}"
     return api
 
 
 @asynccontextmanager
-async def serve_http_api(scripts: dict[str, str] | None = None) -> AsyncIterator[HttpApi]:
+async def serve_http_api(scripts: dict[str, str] | None = None, *,
+                         tls: bool = False) -> AsyncIterator[HttpApi]:
     """The test API, running for the duration of the `async with` block."""
-    api = await start_http_api(scripts)
+    api = await start_http_api(scripts, tls=tls)
     try:
         yield api
     finally:
