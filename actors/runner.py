@@ -40,6 +40,7 @@ from noetl.store import Store, outcome_key
 from noetl.store.credentials import CredentialStore, parse_bindings
 from plugins.base import ToolContext, ToolPlugin
 from plugins.registry import load_plugins
+from plugins.sinks import close_sinks, get_sink, rows_of
 
 # Deliveries of one command before the runner stops retrying its own failures.
 MAX_DELIVERIES = 5
@@ -74,6 +75,7 @@ class Runner(Actor):
     async def stop(self) -> None:
         """Finish the commands in hand, then release the plugins' resources."""
         await super().stop()
+        await close_sinks()
         for plugin in self.plugins.values():
             close = getattr(plugin, "aclose", None)
             if close is not None:
@@ -282,8 +284,6 @@ class Runner(Actor):
     async def _sink(self, ctx: ToolContext, block: dict[str, Any], result: Any,
                     context: dict[str, Any]) -> dict[str, Any]:
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
-        from plugins.sinks import get_sink, rows_of
-
         where = f"step `{ctx.step}` sink"
         scope = {**context, "result": result}
         tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")

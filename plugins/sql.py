@@ -33,8 +33,9 @@ from plugins.sources import load_code
 T = TypeVar("T")
 
 #: Extra seconds a call may run past the step's timeout before it is abandoned: the
-#: server-side statement timeout fires first and gives the better error.
-TIMEOUT_GRACE = 2.0
+#: server-side statement timeout fires first and gives the better error, and the runner's
+#: own bound (1 s past the timeout) comes after.
+TIMEOUT_GRACE = 0.5
 
 # Keywords whose statements return rows even where the driver cannot tell (DuckDB, Snowflake).
 ROW_KEYWORDS = frozenset({
@@ -45,6 +46,11 @@ ROW_KEYWORDS = frozenset({
 TRANSACTION_KEYWORDS = frozenset({
     "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
 })
+
+
+def kind_of(who: str) -> str:
+    """The error type for a message prefix: "postgres sink" -> "postgres"."""
+    return who.split()[0]
 
 
 # -- statements -----------------------------------------------------------------------------
@@ -197,7 +203,7 @@ def _skip_block_comment(sql: str, i: int) -> int:
 
 
 def statement_params(stmt: Statement, params: list[Any] | dict[str, Any], position: int,
-                     tool: str) -> tuple[list[Any] | dict[str, Any], int]:
+                     who: str) -> tuple[list[Any] | dict[str, Any], int]:
     """The params `stmt` takes, and the position of the next unused `?` param.
 
     `$n` refers to `params[n-1]` in every statement; each `?` takes the next param in
@@ -205,40 +211,40 @@ def statement_params(stmt: Statement, params: list[Any] | dict[str, Any], positi
     """
     if stmt.named:
         if not isinstance(params, dict):
-            raise ToolError(f"{tool} tool: the query uses named parameters "
+            raise ToolError(f"{who}: the query uses named parameters "
                             f"(${sorted(stmt.named)[0]}), so `params` must be a mapping",
-                            error_type=tool)
+                            error_type=kind_of(who))
         return {k: v for k, v in params.items() if k in stmt.named}, position
     if isinstance(params, dict):
         if stmt.qmarks or stmt.numbered:
-            raise ToolError(f"{tool} tool: the query uses positional parameters, so `params` "
-                            "must be a list", error_type=tool)
+            raise ToolError(f"{who}: the query uses positional parameters, so `params` "
+                            "must be a list", error_type=kind_of(who))
         return [], position
     if stmt.numbered:
         if stmt.numbered > len(params):
-            raise ToolError(f"{tool} tool: the query uses ${stmt.numbered} but only "
-                            f"{len(params)} params were given", error_type=tool)
+            raise ToolError(f"{who}: the query uses ${stmt.numbered} but only "
+                            f"{len(params)} params were given", error_type=kind_of(who))
         return params[:stmt.numbered], position
     if stmt.qmarks:
         end = position + stmt.qmarks
         if end > len(params):
-            raise ToolError(f"{tool} tool: the query has {end} `?` placeholders but only "
-                            f"{len(params)} params were given", error_type=tool)
+            raise ToolError(f"{who}: the query has {end} `?` placeholders but only "
+                            f"{len(params)} params were given", error_type=kind_of(who))
         return params[position:end], end
     return [], position
 
 
-async def sql_text(ctx: ToolContext, spec: Mapping[str, Any], tool: str) -> str:
+async def sql_text(ctx: ToolContext, spec: Mapping[str, Any], who: str) -> str:
     """The SQL of a call: `script` > `query_b64` / `command_b64` > `query` / `command`."""
     text = await load_code(dict(spec), ctx, code_keys=("query", "command"),
                            b64_keys=("query_b64", "command_b64"))
     if text is None or not text.strip():
-        raise ToolError(f"{tool} tool: `query` (or `command`, `query_b64`, `script`) is "
-                        "required", error_type=tool)
+        raise ToolError(f"{who}: `query` (or `command`, `query_b64`, `script`) is "
+                        "required", error_type=kind_of(who))
     return text
 
 
-def params_of(spec: Mapping[str, Any], tool: str) -> list[Any] | dict[str, Any]:
+def params_of(spec: Mapping[str, Any], who: str) -> list[Any] | dict[str, Any]:
     """The `params` of a call: a list (positional) or a mapping (named); none is []."""
     params = spec.get("params")
     if params is None:
@@ -246,8 +252,8 @@ def params_of(spec: Mapping[str, Any], tool: str) -> list[Any] | dict[str, Any]:
     if isinstance(params, tuple):
         return list(params)
     if not isinstance(params, list | dict):
-        raise ToolError(f"{tool} tool: `params` must be a list (or a mapping of names), not "
-                        f"{type(params).__name__}", error_type=tool)
+        raise ToolError(f"{who}: `params` must be a list (or a mapping of names), not "
+                        f"{type(params).__name__}", error_type=kind_of(who))
     return params
 
 
@@ -302,15 +308,15 @@ def json_safe(value: Any) -> Any:
 # -- identifiers ----------------------------------------------------------------------------
 
 
-def parse_table_name(name: Any, fold: Callable[[str], str], tool: str) -> tuple[str, ...]:
+def parse_table_name(name: Any, fold: Callable[[str], str], who: str) -> tuple[str, ...]:
     """The parts of `schema.table` (or `db.schema.table`), each as the database names it.
 
     A "quoted" part is taken as written; a bare part is folded as the database folds
     unquoted names (`fold`: str.lower for PostgreSQL, str.upper for Snowflake).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ToolError(f"{tool} sink: `table` (like schema.table) is required",
-                        error_type=tool)
+        raise ToolError(f"{who}: `table` (like schema.table) is required",
+                        error_type=kind_of(who))
     parts: list[str] = []
     text = name.strip()
     i = 0
@@ -318,7 +324,7 @@ def parse_table_name(name: Any, fold: Callable[[str], str], tool: str) -> tuple[
         if text.startswith('"', i):
             end = _skip_quoted(text, i, '"', False)
             if end > len(text) or not text[end - 1:end] == '"' or end - i < 3:
-                raise ToolError(f"{tool} sink: bad table name {name!r}", error_type=tool)
+                raise ToolError(f"{who}: bad table name {name!r}", error_type=kind_of(who))
             parts.append(text[i + 1:end - 1].replace('""', '"'))
             i = end
         else:
@@ -326,17 +332,17 @@ def parse_table_name(name: Any, fold: Callable[[str], str], tool: str) -> tuple[
             end = len(text) if end < 0 else end
             bare = text[i:end].strip()
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", bare):
-                raise ToolError(f"{tool} sink: bad table name {name!r} (quote parts that are "
-                                'not plain names, like public."My Table")', error_type=tool)
+                raise ToolError(f"{who}: bad table name {name!r} (quote parts that are "
+                                'not plain names, like public."My Table")', error_type=kind_of(who))
             parts.append(fold(bare))
             i = end
         if i >= len(text):
             break
         if text[i] != ".":
-            raise ToolError(f"{tool} sink: bad table name {name!r}", error_type=tool)
+            raise ToolError(f"{who}: bad table name {name!r}", error_type=kind_of(who))
         i += 1
     if len(parts) > 3:
-        raise ToolError(f"{tool} sink: bad table name {name!r}", error_type=tool)
+        raise ToolError(f"{who}: bad table name {name!r}", error_type=kind_of(who))
     return tuple(parts)
 
 
@@ -351,7 +357,7 @@ def quote_name(parts: tuple[str, ...]) -> str:
 
 
 def match_columns(keys: list[str], columns: list[str], table: str,
-                  tool: str) -> dict[str, str]:
+                  who: str) -> dict[str, str]:
     """Each row key's column: the same name, else the one column equal to it ignoring case."""
     exact = set(columns)
     folded: dict[str, list[str]] = {}
@@ -367,10 +373,26 @@ def match_columns(keys: list[str], columns: list[str], table: str,
         else:
             unknown.append(key)
     if unknown:
-        raise ToolError(f"{tool} sink: table {table} has no column "
+        raise ToolError(f"{who}: table {table} has no column "
                         f"{', '.join(map(repr, unknown))} (its columns: {', '.join(columns)})",
-                        error_type=tool, table=table)
+                        error_type=kind_of(who), table=table)
     return mapping
+
+
+def column_sources(keys: list[str], mapping: Mapping[str, str]) -> dict[str, list[str]]:
+    """Each written column with the row keys that fill it (keys differing only in case)."""
+    columns: dict[str, list[str]] = {}
+    for key in keys:
+        columns.setdefault(mapping[key], []).append(key)
+    return columns
+
+
+def value_of(row: Mapping[str, Any], keys: list[str]) -> Any:
+    """The row's value under the first of `keys` it has, else None."""
+    for key in keys:
+        if key in row:
+            return row[key]
+    return None
 
 
 def row_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -382,7 +404,7 @@ def row_keys(rows: list[dict[str, Any]]) -> list[str]:
     return list(keys)
 
 
-def key_columns(spec: Mapping[str, Any], mode: str, columns: list[str], tool: str) -> list[str]:
+def key_columns(spec: Mapping[str, Any], mode: str, columns: list[str], who: str) -> list[str]:
     """The `key` columns of an upsert (each one of the written columns)."""
     key = spec.get("key")
     if isinstance(key, str):
@@ -390,12 +412,12 @@ def key_columns(spec: Mapping[str, Any], mode: str, columns: list[str], tool: st
     if mode != "upsert":
         return list(key or [])
     if not key or not isinstance(key, list) or not all(isinstance(k, str) for k in key):
-        raise ToolError(f"{tool} sink: mode upsert needs `key`, the list of columns that "
-                        "identify a row", error_type=tool)
+        raise ToolError(f"{who}: mode upsert needs `key`, the list of columns that "
+                        "identify a row", error_type=kind_of(who))
     missing = [k for k in key if k not in columns]
     if missing:
-        raise ToolError(f"{tool} sink: key column {', '.join(map(repr, missing))} is in no row",
-                        error_type=tool)
+        raise ToolError(f"{who}: key column {', '.join(map(repr, missing))} is in no row",
+                        error_type=kind_of(who))
     return key
 
 
@@ -418,12 +440,12 @@ def _hashable(value: Any) -> Any:
 SINK_MODES = ("insert", "upsert", "replace")
 
 
-def sink_mode(spec: Mapping[str, Any], tool: str) -> str:
+def sink_mode(spec: Mapping[str, Any], who: str) -> str:
     """The sink's `mode`: insert (default), upsert or replace."""
     mode = spec.get("mode") or "insert"
     if mode not in SINK_MODES:
-        raise ToolError(f"{tool} sink: `mode` must be one of {', '.join(SINK_MODES)}, not "
-                        f"{mode!r}", error_type=tool)
+        raise ToolError(f"{who}: `mode` must be one of {', '.join(SINK_MODES)}, not "
+                        f"{mode!r}", error_type=kind_of(who))
     return str(mode)
 
 
@@ -431,7 +453,7 @@ def sink_mode(spec: Mapping[str, Any], tool: str) -> str:
 
 
 async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
-                       tool: str) -> tuple[str, dict[str, Any]]:
+                       who: str) -> tuple[str, dict[str, Any]]:
     """`(label, data)` of the connection a call names: `auth` or `connection_string`.
 
     `auth` is a credential name (a step's `credentials` alias first), `{type, credential}`,
@@ -441,10 +463,10 @@ async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
     if auth is None:
         dsn = spec.get("connection_string")
         if dsn is None:
-            raise ToolError(f"{tool}: `auth` (a credential) or `connection_string` is required",
-                            error_type=tool)
+            raise ToolError(f"{who}: `auth` (a credential) or `connection_string` is required",
+                            error_type=kind_of(who))
         if not isinstance(dsn, str):
-            raise ToolError(f"{tool}: `connection_string` must be text", error_type=tool)
+            raise ToolError(f"{who}: `connection_string` must be text", error_type=kind_of(who))
         return "connection_string", {"dsn": dsn}
     name = auth
     if isinstance(auth, Mapping):
@@ -452,12 +474,12 @@ async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
         if name is None:
             return "auth", dict(auth)
     if not isinstance(name, str):
-        raise ToolError(f"{tool}: `auth` must be a credential name or {{type, credential}}",
-                        error_type=tool)
+        raise ToolError(f"{who}: `auth` must be a credential name or {{type, credential}}",
+                        error_type=kind_of(who))
     name = ctx.bindings.get(name, name)
     data = await ctx.credential(name)
     if not isinstance(data, Mapping):
-        raise ToolError(f"{tool}: credential {name!r} is not a mapping", error_type=tool)
+        raise ToolError(f"{who}: credential {name!r} is not a mapping", error_type=kind_of(who))
     return name, dict(data)
 
 
@@ -491,7 +513,7 @@ def mask_dsn(dsn: str) -> str:
 
 
 def postgres_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
-                    tool: str) -> dict[str, Any]:
+                    who: str) -> dict[str, Any]:
     """asyncpg's connection arguments for a postgres credential (`dsn` or fields).
 
     Registers the password (and the DSN holding it) as secrets of this call.
@@ -499,8 +521,8 @@ def postgres_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
     dsn = data.get("dsn") or data.get("connection_string") or data.get("url")
     if dsn is not None:
         if not isinstance(dsn, str) or not dsn.startswith(("postgres://", "postgresql://")):
-            raise ToolError(f"{tool}: credential {label!r} holds a `dsn` that is not a "
-                            "postgresql:// URI", error_type=tool)
+            raise ToolError(f"{who}: credential {label!r} holds a `dsn` that is not a "
+                            "postgresql:// URI", error_type=kind_of(who))
         add_secret(ctx, label, "dsn", dsn)
         with contextlib.suppress(ValueError):
             password = urlsplit(dsn).password
@@ -515,14 +537,14 @@ def postgres_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
                 params[field] = data[alias]
                 break
     if "host" not in params:
-        raise ToolError(f"{tool}: credential {label!r} needs `dsn` or `host` (with port, user, "
-                        "password, database)", error_type=tool)
+        raise ToolError(f"{who}: credential {label!r} needs `dsn` or `host` (with port, user, "
+                        "password, database)", error_type=kind_of(who))
     if "port" in params:
         try:
             params["port"] = int(params["port"])
         except (TypeError, ValueError) as exc:
-            raise ToolError(f"{tool}: credential {label!r} has a bad `port`",
-                            error_type=tool) from exc
+            raise ToolError(f"{who}: credential {label!r} has a bad `port`",
+                            error_type=kind_of(who)) from exc
     sslmode = data.get("sslmode") or data.get("ssl")
     if sslmode is not None:
         params["ssl"] = sslmode
@@ -555,7 +577,7 @@ _SNOWFLAKE_SECRETS = ("password", "token", "passcode", "private_key",
 
 
 def snowflake_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
-                     tool: str) -> dict[str, Any]:
+                     who: str) -> dict[str, Any]:
     """snowflake.connector.connect's arguments for a snowflake credential.
 
     `private_key` may be PEM text (with `private_key_passphrase` when encrypted); it is
@@ -569,27 +591,27 @@ def snowflake_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
     key = data.get("private_key")
     if key is not None:
         params["private_key"] = _load_private_key(key, data.get("private_key_passphrase"),
-                                                  label, tool)
+                                                  label, who)
     if "account" not in params or "user" not in params:
-        raise ToolError(f"{tool}: credential {label!r} needs `account` and `user` (with "
-                        "`password` or `private_key`)", error_type=tool)
+        raise ToolError(f"{who}: credential {label!r} needs `account` and `user` (with "
+                        "`password` or `private_key`)", error_type=kind_of(who))
     return params
 
 
-def _load_private_key(key: Any, passphrase: Any, label: str, tool: str) -> Any:
+def _load_private_key(key: Any, passphrase: Any, label: str, who: str) -> Any:
     from cryptography.hazmat.primitives import serialization
 
     if not isinstance(key, str | bytes):
-        raise ToolError(f"{tool}: credential {label!r}: `private_key` must be PEM text",
-                        error_type=tool)
+        raise ToolError(f"{who}: credential {label!r}: `private_key` must be PEM text",
+                        error_type=kind_of(who))
     pem = key.encode() if isinstance(key, str) else key
     secret = passphrase.encode() if isinstance(passphrase, str) else passphrase
     try:
         return serialization.load_pem_private_key(pem, password=secret)
     except (ValueError, TypeError) as exc:
         # The library's message names no key material, only what is wrong with it.
-        raise ToolError(f"{tool}: credential {label!r}: unusable `private_key`: {exc}",
-                        error_type=tool) from exc
+        raise ToolError(f"{who}: credential {label!r}: unusable `private_key`: {exc}",
+                        error_type=kind_of(who)) from exc
 
 
 # -- time bounds ----------------------------------------------------------------------------
@@ -602,7 +624,7 @@ def timeout_ms(ctx: ToolContext) -> int | None:
     return max(1, math.ceil(ctx.timeout * 1000))
 
 
-async def until_done(ctx: ToolContext, work: Awaitable[T], tool: str) -> T:
+async def until_done(ctx: ToolContext, work: Awaitable[T], who: str) -> T:
     """`work`'s result; ToolError when the execution is cancelled, ToolTimeout past the
     step's timeout (plus a grace: the server's own timeout should answer first)."""
     task = asyncio.ensure_future(work)
@@ -619,13 +641,12 @@ async def until_done(ctx: ToolContext, work: Awaitable[T], tool: str) -> T:
             await asyncio.gather(task, return_exceptions=True)
     if task.cancelled():
         if ctx.cancelled.is_set():
-            raise ToolError(f"{tool} tool: cancelled", error_type="cancelled")
-        raise ToolTimeout(f"{tool} tool: no answer within the step's timeout of "
-                          f"{ctx.timeout:g}s")
+            raise ToolError(f"{who}: cancelled", error_type="cancelled")
+        raise ToolTimeout(f"{who}: no answer within the step's timeout of {ctx.timeout:g}s")
     return task.result()
 
 
-async def in_thread(ctx: ToolContext, fn: Callable[[], T], tool: str,
+async def in_thread(ctx: ToolContext, fn: Callable[[], T], who: str,
                     interrupt: Callable[[], None] | None = None) -> T:
     """`fn()` run in a worker thread, bounded by the step's timeout and cancellation.
 
@@ -649,6 +670,7 @@ async def in_thread(ctx: ToolContext, fn: Callable[[], T], tool: str,
     if task.done() and not task.cancelled():
         task.exception()  # retrieved: the interrupted call's own error says nothing new
     if ctx.cancelled.is_set():
-        raise ToolError(f"{tool} tool: cancelled", error_type="cancelled")
-    raise ToolTimeout(f"{tool} tool: still running after the step's timeout of "
-                      f"{ctx.timeout:g}s; interrupted")
+        raise ToolError(f"{who}: cancelled", error_type="cancelled")
+    done = "interrupted" if interrupt is not None else "left to finish on its own"
+    raise ToolTimeout(f"{who}: still running after the step's timeout of {ctx.timeout:g}s; "
+                      f"{done}")

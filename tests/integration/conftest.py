@@ -10,6 +10,12 @@ import pytest
 from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.config import Settings
+from tests.support.cloud import (  # noqa: F401  (fixtures: moto_server, aws_env, gcs_*)
+    aws_env_fixture,
+    gcs_emulator_fixture,
+    gcs_env_fixture,
+    moto_server_fixture,
+)
 from tests.support.http_api import HttpApi, start_http_api
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"

@@ -14,16 +14,7 @@ import pytest_asyncio
 from noetl.errors import ToolError, ToolTimeout
 from plugins.base import ToolContext
 from plugins.sources import load_code, source_type
-from tests.support.cloud import (  # noqa: F401  (fixtures, until a conftest registers them)
-    GcsEmulator,
-    MotoServer,
-    aws_env_fixture,
-    gcs_emulator_fixture,
-    gcs_env_fixture,
-    moto_server_fixture,
-    put_gcs_object,
-    put_s3_object,
-)
+from tests.support.cloud import GcsEmulator, MotoServer, put_gcs_object, put_s3_object
 from tests.support.http_api import HttpApi, serve_http_api
 
 CODE = "result = {'answer': 42}\n"
