@@ -17,6 +17,7 @@ from tests.fault.harness import (
     start_mesh,
     wait_until,
 )
+from tests.support.http_api import ITEM_COUNT, start_http_api
 
 
 def write(tmp_path: Path, name: str, body: str) -> Path:
@@ -104,3 +105,43 @@ async def test_pending_retry_survives_sigkill_and_fires_once(settings: Settings,
     finally:
         kill_hard(mesh)
         await client.close()
+
+
+async def test_pagination_resumes_at_its_page_after_sigkill(settings: Settings,
+                                                            tmp_path: Path) -> None:
+    api = await start_http_api()
+    client = await Client.connect(settings)
+    log = tmp_path / "mesh.log"
+    mesh = start_mesh(settings, log)
+    try:
+        reply = await register_when_up(client, write(tmp_path, "slow_pages", f"""
+            - step: start
+              tool: {{kind: http, url: "{api.url}/items",
+                     params: {{page: 1, size: 5, delay: 0.3}}}}
+              loop:
+                pagination:
+                  continue_while: "{{{{ response.data.paging.hasMore }}}}"
+                  next_page: {{params: {{page: "{{{{ response.data.paging.page + 1 }}}}"}}}}
+                  merge_path: data.data
+        """))
+        eid = await client.start(reply.path, version=reply.version)
+
+        async def some_pages_done() -> bool:
+            rows = await events_of(client, eid)
+            return sum(r["event_type"] == "step.item" for r in rows) >= 3
+
+        await wait_until(some_pages_done)
+        kill_hard(mesh)
+        mesh = start_mesh(settings, log)
+        doc = await client.wait(eid, timeout=90)
+        assert doc["status"] == "completed", (doc, log.read_text()[-3000:])
+        assert [item["id"] for item in doc["result"]] == list(range(ITEM_COUNT))
+        rows = await events_of(client, eid)
+        pages = Counter(r["payload"]["index"] for r in rows if r["event_type"] == "step.item")
+        assert pages == Counter(range(7))  # 35 items, 5 a page: each page recorded once
+        first_page = [q for _, q, _ in api.requests if "page=1&" in q]
+        assert len(first_page) == 1  # resumed where it was, not at page one
+    finally:
+        kill_hard(mesh)
+        await client.close()
+        await api.stop()

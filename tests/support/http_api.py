@@ -6,7 +6,7 @@ Served by aiohttp on 127.0.0.1 on a port the OS picks. Use it as an async contex
 Endpoints:
 
 - `GET /json` → `{"message": "hello", "numbers": [1, 2, 3]}`; `GET /text` → plain text.
-- `GET|POST /items?page=N&size=M` → `{"data": [...], "paging": {"page", "size", "total",
+- `GET|POST /items?page=N&size=M&delay=S` → `{"data": [...], "paging": {"page", "size", "total",
   "hasMore"}}` over `ITEM_COUNT` items (page from 1; POST may send page/size as JSON).
 - `GET /cursor?cursor=C&size=M` → `{"data": [...], "next_cursor": C2 or null}`.
 - `ANY /status/{code}?retry_after=V&body=TEXT` → that status (and Retry-After header).
@@ -89,6 +89,8 @@ async def _text(_: web.Request) -> web.Response:
 
 async def _paged(request: web.Request) -> web.Response:
     page, size = _int(request, "page", 1), _int(request, "size", 10)
+    # `delay=S` makes every page slow, so a test can kill the mesh in the middle of a series.
+    await asyncio.sleep(float(request.query.get("delay", 0)))
     if request.method == "POST" and request.can_read_body:
         body = await request.json()
         page, size = int(body.get("page", page)), int(body.get("size", size))
