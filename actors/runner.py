@@ -178,6 +178,10 @@ class Runner(Actor):
                     del self._running[command.execution_id]
         masker.update(ctx.secrets.values())
         error = {"step": command.step, "kind": command.kind, **error}
+        message = str(error.get("message", ""))
+        if not message.startswith("step `"):
+            # Users read the message alone (CLI, logs): it names the step and the tool.
+            error["message"] = f"step `{command.step}` ({command.kind}): {message}"
         return Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
                      step=command.step, command_id=command.command_id, status="failed",
                      payload=masker.mask({"facts": ctx.events}), error=masker.mask(error))
