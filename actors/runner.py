@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,12 @@ from noetl.errors import (
     RenderError,
     StoreError,
     ToolError,
-    ToolTimeout,
 )
 from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
 from noetl.secrets import Masker, resolve_secrets, secret_names_in, secret_values
 from noetl.store import Store, outcome_key
 from noetl.store.credentials import CredentialStore, parse_bindings
-from plugins.base import ToolContext, ToolPlugin
+from plugins.base import ToolContext, ToolPlugin, until_done
 from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of
 
@@ -156,7 +155,10 @@ class Runner(Actor):
         beat = asyncio.create_task(self._keep_alive(msg))
         payload: dict[str, Any] = {}
         try:
-            result = await self._guarded(ctx, self._call(ctx, command, payload, masker))
+            # Plugins enforce the timeout themselves (the python tool kills its worker); this
+            # bound, a little later, catches plugins that do not.
+            result = await until_done(ctx, self._call(ctx, command, payload, masker),
+                                      f"step `{ctx.step}`", grace=1.0)
             masker.update(ctx.secrets.values())
             result = await self._stored_if_large(masker.mask(result))
             return Event(type=ev.COMMAND_COMPLETED, dedup_key=outcome_key(command.command_id),
@@ -233,28 +235,6 @@ class Runner(Actor):
         if command.sink is not None:
             payload["sink"] = await self._sink(ctx, command.sink, result, context)
         return result
-
-    async def _guarded(self, ctx: ToolContext, call: Coroutine[Any, Any, Any]) -> Any:
-        """Run `call` within the step's timeout, stopping it if the execution ends."""
-        task = asyncio.ensure_future(call)
-        stop = asyncio.ensure_future(ctx.cancelled.wait())
-        # Plugins enforce the timeout themselves (the python tool kills its worker); this
-        # bound, a little later, catches plugins that do not.
-        limit = None if ctx.timeout is None else ctx.timeout + 1.0
-        try:
-            done, _ = await asyncio.wait({task, stop}, timeout=limit,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        if stop in done:
-            raise ToolError("the execution ended; the command was stopped",
-                            error_type="cancelled")
-        raise ToolTimeout(f"step `{ctx.step}` ran past its timeout of {ctx.timeout} s")
 
     async def _context(self, command: CommandIssued) -> dict[str, Any]:
         """The template context of a command, large values fetched."""

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(eq=False)
@@ -53,6 +53,35 @@ class ToolContext:
     def record(self, kind: str, **data: Any) -> None:
         """Attach a fact (printed output, loaded script hash, ...) to the command's events."""
         self.events.append({"kind": kind, **data})
+
+
+T = TypeVar("T")
+
+
+async def until_done(ctx: ToolContext, work: Awaitable[T], who: str, *,
+                     grace: float | None = 0.5) -> T:
+    """`work`'s result; ToolError (type `cancelled`) as soon as the execution is cancelled,
+    ToolTimeout past the step's timeout plus `grace` (so a server's or a worker's own
+    timeout, which says more, answers first). `grace=None`: no time bound here."""
+    from noetl.errors import ToolError, ToolTimeout
+
+    task = asyncio.ensure_future(work)
+    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
+    limit = None if ctx.timeout is None or grace is None else ctx.timeout + grace
+    try:
+        await asyncio.wait({task, cancelled}, timeout=limit,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+        if not task.done():
+            task.cancel()
+            # Let the work release what it holds (a connection, a worker) before going on.
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        if ctx.cancelled.is_set():
+            raise ToolError(f"{who}: cancelled", error_type="cancelled")
+        raise ToolTimeout(f"{who}: no answer within the step's timeout of {ctx.timeout:g}s")
+    return task.result()
 
 
 @runtime_checkable

@@ -7,12 +7,11 @@ response past `max_response_bytes` fails the step without ever being held whole.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.utils
 import json
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins.base import ToolContext
+from plugins.base import ToolContext, until_done
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -52,7 +51,8 @@ class HttpTool:
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> dict[str, Any]:
         """Send the request described by `spec` and return its result."""
         request = await _build_request(ctx, spec)
-        return await _until_cancelled(ctx, self._send(ctx, request))
+        return await until_done(ctx, self._send(ctx, request),
+                                f"step {ctx.step}: HTTP request", grace=None)
 
     async def _send(self, ctx: ToolContext, request: _Request) -> dict[str, Any]:
         method, url = request.method, request.url
@@ -356,20 +356,3 @@ def _scrub(ctx: ToolContext, text: str) -> str:
             for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
                 text = text.replace(form, "***")
     return text
-
-
-async def _until_cancelled(ctx: ToolContext, work: Awaitable[T]) -> T:
-    """`work`'s result, or ToolError as soon as the execution is cancelled."""
-    task = asyncio.ensure_future(work)
-    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
-    try:
-        await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        cancelled.cancel()
-        if not task.done():
-            task.cancel()
-            # Let the request release its connection before going on.
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise ToolError(f"step {ctx.step}: HTTP request cancelled", error_type="cancelled")
-    return task.result()

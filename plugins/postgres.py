@@ -27,7 +27,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins.base import ToolContext
+from plugins.base import ToolContext, until_done
 from plugins.sql import (
     TRANSACTION_KEYWORDS,
     command_result,
@@ -40,7 +40,6 @@ from plugins.sql import (
     split_statements,
     sql_text,
     timeout_ms,
-    until_done,
 )
 
 #: A pool unused for this long is closed (checked whenever the instance is used).

@@ -5,7 +5,7 @@
 - `json_safe` turns driver values into JSON values (see its docstring for each type).
 - `resolve_auth` reads `auth` / `connection_string`; `postgres_params` / `snowflake_params`
   turn a credential into connection arguments, adding every secret to `ctx.secrets`.
-- `until_done` / `in_thread` bound a call by the step's timeout and its cancellation.
+- `in_thread` bounds a blocking call by the step's timeout and its cancellation (`until_done`, in plugins.base, does it for coroutines).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import ipaddress
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -622,28 +622,6 @@ def timeout_ms(ctx: ToolContext) -> int | None:
     if ctx.timeout is None or ctx.timeout <= 0:
         return None
     return max(1, math.ceil(ctx.timeout * 1000))
-
-
-async def until_done(ctx: ToolContext, work: Awaitable[T], who: str) -> T:
-    """`work`'s result; ToolError when the execution is cancelled, ToolTimeout past the
-    step's timeout (plus a grace: the server's own timeout should answer first)."""
-    task = asyncio.ensure_future(work)
-    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
-    limit = None if ctx.timeout is None else ctx.timeout + TIMEOUT_GRACE
-    try:
-        await asyncio.wait({task, cancelled}, timeout=limit,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        cancelled.cancel()
-        if not task.done():
-            task.cancel()
-            # Let the driver cancel the query and release its connection first.
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        if ctx.cancelled.is_set():
-            raise ToolError(f"{who}: cancelled", error_type="cancelled")
-        raise ToolTimeout(f"{who}: no answer within the step's timeout of {ctx.timeout:g}s")
-    return task.result()
 
 
 async def in_thread(ctx: ToolContext, fn: Callable[[], T], who: str,

@@ -20,7 +20,7 @@ import asyncpg
 import msgspec
 
 from noetl.errors import ToolError
-from plugins.base import ToolContext
+from plugins.base import ToolContext, until_done
 from plugins.postgres import (
     DEFAULT_POOL_SIZE,
     IDLE_SECONDS,
@@ -45,7 +45,6 @@ from plugins.sql import (
     scrub,
     sink_mode,
     timeout_ms,
-    until_done,
     value_of,
 )
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from noetl.errors import ToolError, ToolTimeout
 from plugins import sql
-from plugins.base import ToolContext
+from plugins.base import ToolContext, until_done
 from plugins.postgres import coerce_params, coercer
 from plugins.sinks import SINK_CLASSES, Sink, get_sink, rows_of
 from plugins.sinks.file import encode_rows, format_of
@@ -52,7 +52,6 @@ from plugins.sql import (
     sql_text,
     statement_params,
     timeout_ms,
-    until_done,
 )
 
 
@@ -403,11 +402,10 @@ def test_timeout_ms() -> None:
     assert timeout_ms(make_ctx(timeout=0.0001)) == 1
 
 
-async def test_until_done_times_out_and_cancels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "TIMEOUT_GRACE", 0.01)
+async def test_until_done_times_out_and_cancels() -> None:
     ctx = make_ctx(timeout=0.01)
     with pytest.raises(ToolTimeout, match="postgres tool: no answer within"):
-        await until_done(ctx, asyncio.sleep(10), "postgres tool")
+        await until_done(ctx, asyncio.sleep(10), "postgres tool", grace=0.01)
     ctx = make_ctx(timeout=None)
     asyncio.get_running_loop().call_later(0.05, ctx.cancelled.set)
     with pytest.raises(ToolError, match="postgres tool: cancelled") as err:
