@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,14 @@ async def mesh(client: Client) -> AsyncIterator[Mesh]:
         yield m
     finally:
         await m.stop()
+
+
+async def run(client: Client, path: Path, workload: dict[str, Any] | None = None,
+              timeout: float = 90) -> dict[str, Any]:
+    """Register a playbook file, run it, and return the execution document."""
+    reply = await client.register(path)
+    eid = await client.start(reply.path, version=reply.version, workload=workload)
+    return await client.wait(eid, timeout=timeout)
 
 
 def fixture(name: str) -> Path:

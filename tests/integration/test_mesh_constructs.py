@@ -6,11 +6,10 @@ import asyncio
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import fixture
+from tests.integration.conftest import fixture, run
 
 
 def write(tmp_path: Path, name: str, body: str, metadata: str = "") -> Path:
@@ -21,12 +20,6 @@ def write(tmp_path: Path, name: str, body: str, metadata: str = "") -> Path:
     )
     return path
 
-
-async def run(client: Client, path: Path, workload: dict[str, Any] | None = None,
-              timeout: float = 60) -> dict[str, Any]:
-    reply = await client.register(path)
-    eid = await client.start(reply.path, version=reply.version, workload=workload)
-    return await client.wait(eid, timeout=timeout)
 
 
 async def event_types(client: Client, execution_id: str) -> Counter[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
@@ -12,17 +11,13 @@ from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.crypto import load_key
 from noetl.store.credentials import CredentialStore
-from tests.integration.conftest import fixture
+from tests.integration.conftest import fixture, run
 from tests.support.services import free_port
 
 
 async def credentials(client: Client) -> CredentialStore:
     return CredentialStore(client.store.pool, load_key(client.settings))
 
-
-async def run(client: Client, path: Path) -> dict[str, Any]:
-    reply = await client.register(path)
-    return await client.wait(await client.start(reply.path, version=reply.version), timeout=90)
 
 
 def one_step(tmp_path: Path, name: str, tool: str) -> Path:

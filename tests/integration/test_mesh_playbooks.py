@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import fixture
-
-
-async def run_file(
-    client: Client,
-    path: Path,
-    workload: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    reply = await client.register(path)
-    eid = await client.start(reply.path, version=reply.version, workload=workload)
-    return await client.wait(eid, timeout=60)
+from tests.integration.conftest import fixture, run
 
 
 async def step_completions(client: Client, execution_id: str) -> Counter[str]:
@@ -27,7 +16,7 @@ async def step_completions(client: Client, execution_id: str) -> Counter[str]:
 
 
 async def test_hello_world(client: Client, mesh: Mesh) -> None:
-    doc = await run_file(client, fixture("hello_world"))
+    doc = await run(client, fixture("hello_world"))
     assert doc["status"] == "completed", doc
     assert doc["result"] == {"final": "Hello World!", "length": 12}
     assert doc["vars"] == {"greeting": "Hello World!"}
@@ -37,12 +26,12 @@ async def test_hello_world(client: Client, mesh: Mesh) -> None:
 
 
 async def test_hello_world_with_workload_override(client: Client, mesh: Mesh) -> None:
-    doc = await run_file(client, fixture("hello_world"), {"message": "Bonjour"})
+    doc = await run(client, fixture("hello_world"), {"message": "Bonjour"})
     assert doc["result"] == {"final": "Bonjour!", "length": 8}
 
 
 async def test_control_flow_workbook_hot(client: Client, mesh: Mesh) -> None:
-    doc = await run_file(client, fixture("control_flow_workbook"))
+    doc = await run(client, fixture("control_flow_workbook"))
     assert doc["status"] == "completed", doc
     assert doc["result"] == {"ran": ["A", "B"]}
     counts = await step_completions(client, doc["execution_id"])
@@ -50,12 +39,12 @@ async def test_control_flow_workbook_hot(client: Client, mesh: Mesh) -> None:
 
 
 async def test_control_flow_workbook_cold(client: Client, mesh: Mesh) -> None:
-    doc = await run_file(client, fixture("control_flow_workbook"), {"temperature_c": 3})
+    doc = await run(client, fixture("control_flow_workbook"), {"temperature_c": 3})
     assert doc["result"] == {"ran": ["C"]}
 
 
 async def test_error_routing(client: Client, mesh: Mesh) -> None:
-    doc = await run_file(client, fixture("error_routing"))
+    doc = await run(client, fixture("error_routing"))
     assert doc["status"] == "completed", doc
     assert doc["result"]["recovered"] is True
     assert "boom" in doc["result"]["reason"]
@@ -76,9 +65,9 @@ async def test_failing_step_fails_execution_and_runner_carries_on(
         "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: fails}\nworkflow:\n"
         "  - step: start\n    tool: {kind: python, code: 'result = 1 / 0'}\n"
     )
-    doc = await run_file(client, broken)
+    doc = await run(client, broken)
     assert doc["status"] == "failed"
     assert doc["error"]["step"] == "start"
     assert "ZeroDivisionError" in doc["error"]["message"]
-    again = await run_file(client, fixture("hello_world"))
+    again = await run(client, fixture("hello_world"))
     assert again["status"] == "completed"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any
 
 from actors.mesh import Mesh
 from noetl.client import Client
+from tests.integration.conftest import run
 from tests.support.http_api import HttpApi
 
 
@@ -23,10 +23,6 @@ def playbook(directory: Path, name: str, tool: str) -> Path:
         """))
     return path
 
-
-async def run(client: Client, path: Path) -> dict[str, Any]:
-    reply = await client.register(path)
-    return await client.wait(await client.start(reply.path, version=reply.version), timeout=60)
 
 
 async def test_relative_file_script_travels_with_the_playbook(client: Client, mesh: Mesh,

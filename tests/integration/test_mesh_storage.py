@@ -18,6 +18,7 @@ from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.crypto import load_key
 from noetl.store.credentials import CredentialStore
+from tests.integration.conftest import run
 from tests.support.cloud import GcsEmulator, MotoServer, put_gcs_object, put_s3_object
 
 ROWS = "[{id: 1, name: ada}, {id: 2, name: bob}, {id: 3, name: cy}]"
@@ -30,10 +31,6 @@ def playbook(tmp_path: Path, name: str, steps: str) -> Path:
                     + textwrap.indent(textwrap.dedent(steps), "  "))
     return path
 
-
-async def run(client: Client, path: Path) -> dict[str, Any]:
-    reply = await client.register(path)
-    return await client.wait(await client.start(reply.path, version=reply.version), timeout=90)
 
 
 @pytest.fixture
