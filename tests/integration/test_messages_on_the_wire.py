@@ -7,8 +7,9 @@ import asyncio
 import msgspec
 
 from actors.mesh import Mesh
-from noetl.bus import DEAD_STREAM, START_SUBJECT
+from noetl.bus import CATALOG_GET, DEAD_STREAM, START_SUBJECT
 from noetl.client import Client
+from noetl.messages import CatalogReply, GetPlaybook, encode
 from tests.integration.conftest import fixture
 
 
@@ -68,3 +69,14 @@ async def test_malformed_messages_are_dead_lettered(client: Client, mesh: Mesh) 
     reply = await client.register(fixture("hello_world"))
     eid = await client.start(reply.path)
     assert (await client.wait(eid, timeout=30))["status"] == "completed"
+
+
+async def test_catalog_answers_lookups_by_path_and_version(client: Client, mesh: Mesh) -> None:
+    first = await client.register(fixture("hello_world"))
+    data = await client.bus.request(CATALOG_GET, encode(GetPlaybook(path=first.path)))
+    latest = msgspec.msgpack.decode(data, type=CatalogReply)
+    assert latest.ok and latest.version == first.version
+    assert latest.content == fixture("hello_world").read_text()
+    data = await client.bus.request(CATALOG_GET, encode(GetPlaybook(path=first.path, version=9)))
+    missing = msgspec.msgpack.decode(data, type=CatalogReply)
+    assert not missing.ok and "version 9" in missing.problems[0]
