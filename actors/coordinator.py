@@ -68,12 +68,24 @@ class ExecutionActor:
     def __init__(self, host: CoordinatorHost, execution_id: int) -> None:
         self.host = host
         self.execution_id = execution_id
-        self.mailbox: asyncio.Queue[tuple[Msg, ExecMessage]] = asyncio.Queue()
+        # None is a wake-up sent by `close`.
+        self.mailbox: asyncio.Queue[tuple[Msg, ExecMessage] | None] = asyncio.Queue()
+        self.task: asyncio.Task[Any] | None = None
+        self.busy = False
+        self.closing = False
         self.state: ExecutionState | None = None
         self.engine: Engine | None = None
         # Why the playbook of a start request could not be loaded (the start is refused).
         self.refusal: str | None = None
         self.reply_to = exec_subject(partition_of(execution_id, host.settings.partitions))
+
+    async def close(self) -> None:
+        """Let the messages in the mailbox be handled, then end the actor."""
+        self.closing = True
+        if self.mailbox.empty() and not self.busy:
+            self.mailbox.put_nowait(None)  # wakes an idle `run` so that it returns
+        while self.task is not None and not self.task.done():
+            await asyncio.sleep(0.01)
 
     async def run(self) -> None:
         """Process the mailbox until idle for `idle_evict` seconds, then leave the cache.
@@ -91,9 +103,14 @@ class ExecutionActor:
                     self.host.evict(self)
                     return
                 continue
+            if first is None:
+                return
             batch = [first]
             while len(batch) < _MAX_BATCH and not self.mailbox.empty():
-                batch.append(self.mailbox.get_nowait())
+                queued = self.mailbox.get_nowait()
+                if queued is not None:
+                    batch.append(queued)
+            self.busy = True
             try:
                 terminal = await self.handle(batch)
             except Exception as exc:
@@ -104,6 +121,10 @@ class ExecutionActor:
                 for msg, _ in batch:
                     await _nak(msg, exc)
                 continue
+            finally:
+                self.busy = False
+            if self.closing and self.mailbox.empty():
+                return
             if terminal and self.mailbox.empty():
                 self.host.evict(self)
                 return
@@ -253,8 +274,7 @@ class CoordinatorHost(Actor):
             self._reconciler.cancel()
         self.timers.stop()
         for actor in list(self.actors.values()):
-            while not actor.mailbox.empty():
-                await asyncio.sleep(0.01)
+            await actor.close()
         await super().stop()
 
     # -- mailboxes ---------------------------------------------------------------------
@@ -269,7 +289,7 @@ class CoordinatorHost(Actor):
         if actor is None:
             actor = self.actors[message.execution_id] = ExecutionActor(self,
                                                                        message.execution_id)
-            self.spawn(actor.run())
+            actor.task = self.spawn(actor.run())
         actor.mailbox.put_nowait((msg, message))
 
     def evict(self, actor: ExecutionActor) -> None:
@@ -403,8 +423,9 @@ class CoordinatorHost(Actor):
         for execution_id in await self.store.stale_executions(stale_ms):
             if partition_of(execution_id, self.settings.partitions) not in mine:
                 continue
-            if execution_id in self.actors:
-                continue
+            actor = self.actors.get(execution_id)
+            if actor is not None and not actor.mailbox.empty():
+                continue  # it is making progress right now
             await self._reconcile_one(execution_id)
             nudged += 1
         return nudged
