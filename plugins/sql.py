@@ -5,7 +5,8 @@
 - `json_safe` turns driver values into JSON values (see its docstring for each type).
 - `resolve_auth` reads `auth` / `connection_string`; `postgres_params` / `snowflake_params`
   turn a credential into connection arguments, adding every secret to `ctx.secrets`.
-- `in_thread` bounds a blocking call by the step's timeout and its cancellation (`until_done`, in plugins.base, does it for coroutines).
+- `in_thread` bounds a blocking call by the step's timeout and its cancellation
+  (`plugins.base.until_done` does it for coroutines).
 """
 
 from __future__ import annotations

@@ -51,6 +51,14 @@ async def run(client: Client, path: Path, workload: dict[str, Any] | None = None
     return await client.wait(eid, timeout=timeout)
 
 
+def one_step(directory: Path, name: str, tool: str) -> Path:
+    """Write a playbook whose only step runs `tool` (a YAML flow mapping)."""
+    path = directory / f"{name}.yaml"
+    path.write_text(f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\n"
+                    f"workflow:\n  - step: start\n    tool: {tool}\n")
+    return path
+
+
 def fixture(name: str) -> Path:
     """The path of a fixture playbook by name."""
     return FIXTURES / name / f"{name}.yaml"

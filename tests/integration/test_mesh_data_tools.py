@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import asyncpg
@@ -11,7 +10,7 @@ from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.crypto import load_key
 from noetl.store.credentials import CredentialStore
-from tests.integration.conftest import fixture, run
+from tests.integration.conftest import fixture, one_step, run
 from tests.support.services import free_port
 
 
@@ -19,18 +18,6 @@ async def credentials(client: Client) -> CredentialStore:
     return CredentialStore(client.store.pool, load_key(client.settings))
 
 
-
-def one_step(tmp_path: Path, name: str, tool: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        apiVersion: noetl.io/v2
-        kind: Playbook
-        metadata: {{name: {name}}}
-        workflow:
-          - step: start
-            tool: {tool}
-        """))
-    return path
 
 
 async def test_postgres_roundtrip_fixture(client: Client, mesh: Mesh, pg_dsn: str) -> None:

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import run
+from tests.integration.conftest import one_step, run
 from tests.support.http_api import HttpApi
 
 
-def playbook(directory: Path, name: str, tool: str) -> Path:
-    path = directory / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        apiVersion: noetl.io/v2
-        kind: Playbook
-        metadata: {{name: {name}}}
-        workflow:
-          - step: start
-            tool: {tool}
-        """))
-    return path
-
-
-
-async def test_relative_file_script_travels_with_the_playbook(client: Client, mesh: Mesh,
+async def test_relative_file_script_travels_with_the_one_step(client: Client, mesh: Mesh,
                                                               tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
     script = tmp_path / "lib" / "transform.py"
     script.write_text("def main(n):\n    return {'tripled': n * 3}\n")
-    path = playbook(tmp_path, "scripted",
+    path = one_step(tmp_path, "scripted",
                     "{kind: python, args: {n: 4}, script: {uri: ./lib/transform.py}}")
     doc = await run(client, path)
     assert doc["status"] == "completed", doc
@@ -49,7 +34,7 @@ async def test_changed_script_is_a_new_version(client: Client, mesh: Mesh,
                                                tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("result = 1\n")
-    path = playbook(tmp_path, "versions", "{kind: python, script: {uri: s.py}}")
+    path = one_step(tmp_path, "versions", "{kind: python, script: {uri: s.py}}")
     first = await client.register(path)
     script.write_text("result = 2\n")
     second = await client.register(path)
@@ -62,7 +47,7 @@ async def test_absolute_script_is_refused_by_default(client: Client, mesh: Mesh,
                                                      tmp_path: Path) -> None:
     script = tmp_path / "abs.py"
     script.write_text("result = 1\n")
-    doc = await run(client, playbook(tmp_path, "absolute",
+    doc = await run(client, one_step(tmp_path, "absolute",
                                      f"{{kind: python, script: {{uri: {script}}}}}"))
     assert doc["status"] == "failed"
     assert "absolute script paths are not allowed" in doc["error"]["message"]
@@ -71,10 +56,10 @@ async def test_absolute_script_is_refused_by_default(client: Client, mesh: Mesh,
 async def test_http_script_and_its_404(client: Client, mesh: Mesh, api: HttpApi,
                                        tmp_path: Path) -> None:
     api.scripts["hello.py"] = "result = {'from': 'http'}\n"
-    ok = await run(client, playbook(
+    ok = await run(client, one_step(
         tmp_path, "remote", f"{{kind: python, script: {{uri: '{api.url}/scripts/hello.py'}}}}"))
     assert ok["result"] == {"from": "http"}
-    missing = await run(client, playbook(
+    missing = await run(client, one_step(
         tmp_path, "remote_missing",
         f"{{kind: python, script: {{uri: '{api.url}/scripts/nope.py'}}}}"))
     assert missing["status"] == "failed"
