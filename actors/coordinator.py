@@ -119,7 +119,7 @@ class ExecutionActor:
                 self.host.log.exception("execution %s: handling failed", self.execution_id)
                 self.state = None
                 for msg, _ in batch:
-                    await _nak(msg, exc)
+                    await self._retry_later(msg, exc)
                 continue
             finally:
                 self.busy = False
@@ -156,6 +156,17 @@ class ExecutionActor:
             if id(msg) not in unusable_ids:
                 await msg.ack()
         return not self.state.running
+
+    async def _retry_later(self, msg: Msg, exc: BaseException) -> None:
+        """Have JetStream deliver the message again; a message that keeps failing is
+        dead-lettered with the reason instead of looping forever."""
+        with contextlib.suppress(Exception):  # the connection may be gone: ack_wait covers it
+            limit = self.host.settings.max_deliveries
+            if msg.metadata.num_delivered >= limit:
+                await self.host.bus.dead_letter(
+                    msg, f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}")
+            else:
+                await msg.nak(delay=min(30.0, 2.0 ** msg.metadata.num_delivered))
 
     async def _decide_all(self, batch: list[tuple[Msg, ExecMessage]],
                           ) -> tuple[Decision, list[Msg]]:
@@ -228,11 +239,6 @@ def _projection(state: ExecutionState, decision: Decision) -> Projection | None:
                       restarted_from=state.restarted_from)
 
 
-async def _nak(msg: Msg, exc: BaseException) -> None:
-    try:
-        await msg.nak(delay=1.0)
-    except Exception:  # the connection may be gone; redelivery after ack_wait covers it
-        return
 
 
 class CoordinatorHost(Actor):

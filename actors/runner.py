@@ -41,9 +41,6 @@ from plugins.base import ToolContext, ToolPlugin, until_done
 from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of
 
-# Deliveries of one command before the runner stops retrying its own failures.
-MAX_DELIVERIES = 5
-
 
 class Runner(Actor):
     """Runs the commands of one pool with at most `runner_concurrency` at a time."""
@@ -95,18 +92,19 @@ class Runner(Actor):
 
     async def _execute_or_give_up(self, msg: Msg, command: CommandIssued) -> None:
         """`execute`, and if that itself breaks (store or bus down), let JetStream deliver
-        the command again later; after MAX_DELIVERIES, fail the step instead of looping."""
+        the command again later; after `max_deliveries`, fail the step instead of looping."""
         try:
             await self.execute(msg, command)
         except Exception as exc:
             self.log.exception("command %s: delivery %d failed", command.command_id,
                                msg.metadata.num_delivered)
-            if msg.metadata.num_delivered < MAX_DELIVERIES:
+            limit = self.settings.max_deliveries
+            if msg.metadata.num_delivered < limit:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(30.0, 2.0 ** msg.metadata.num_delivered))
                 return
             error = {"step": command.step, "kind": command.kind, "type": "delivery",
-                     "message": f"gave up after {MAX_DELIVERIES} deliveries: "
+                     "message": f"gave up after {limit} deliveries: "
                                 f"{type(exc).__name__}: {exc}"}
             failure = Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
                             step=command.step, command_id=command.command_id,

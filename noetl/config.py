@@ -29,6 +29,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Seconds JetStream waits for an ack before redelivering; runners report progress
     # well within it, so only a dead process lets it expire.
     ack_wait: float = 30.0
+    # Deliveries of a message whose handling keeps failing (store down, a bug) before it is
+    # dead-lettered (coordinator) or its step failed (runner), instead of looping forever.
+    max_deliveries: int = 5
     # Seconds during which JetStream drops a republished message with the same id.
     dedup_window: float = 120.0
     # Seconds an execution actor may sit idle before the coordinator host drops it.

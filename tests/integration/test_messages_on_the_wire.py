@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import pytest
 
 from actors.mesh import Mesh
 from noetl.bus import CATALOG_GET, DEAD_STREAM, START_SUBJECT
 from noetl.client import Client
+from noetl.config import Settings
+from noetl.engine import Engine
 from noetl.messages import CatalogReply, GetPlaybook, encode
 from tests.integration.conftest import fixture
 
@@ -80,3 +83,29 @@ async def test_catalog_answers_lookups_by_path_and_version(client: Client, mesh:
     data = await client.bus.request(CATALOG_GET, encode(GetPlaybook(path=first.path, version=9)))
     missing = msgspec.msgpack.decode(data, type=CatalogReply)
     assert not missing.ok and "version 9" in missing.problems[0]
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("engine bug")
+
+    settings = msgspec.structs.replace(settings, max_deliveries=2)
+    client = await Client.connect(settings)
+    mesh = Mesh(client.bus, client.store, client.settings)
+    await mesh.start()
+    try:
+        await client.register(fixture("hello_world"))
+        monkeypatch.setattr(Engine, "decide", broken)
+        await client.start("examples/hello_world")
+        async with asyncio.timeout(30):
+            while (await client.bus.js.stream_info(DEAD_STREAM)).state.messages < 1:
+                await asyncio.sleep(0.1)
+        stored = await client.bus.js.get_msg(DEAD_STREAM, 1)
+        assert stored.headers is not None
+        assert "gave up after 2 deliveries" in stored.headers["Noetl-Reason"]
+        assert "engine bug" in stored.headers["Noetl-Reason"]
+    finally:
+        await mesh.stop()
+        await client.close()
