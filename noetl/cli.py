@@ -173,26 +173,39 @@ def _load_or_exit(file: str) -> dsl.Playbook:
 
 @main.command()
 @click.option("--role", "roles", multiple=True,
-              type=click.Choice(["catalog", "coordinator", "runner", "all"]),
-              help="Roles to run (repeatable; default all).")
+              type=click.Choice([*ROLES, "api", "all"]),
+              help="Roles to run (repeatable; default all, the REST API included).")
+@click.option("--api-port", type=int, envvar="NOETL_API_PORT",
+              help="Port of the REST API (default 8082; 0 picks a free one).")
 @click.pass_context
-def up(ctx: click.Context, roles: tuple[str, ...]) -> None:
-    """Start the mesh and run until SIGTERM/SIGINT, then drain and exit."""
+def up(ctx: click.Context, roles: tuple[str, ...], api_port: int | None) -> None:
+    """Start the mesh (and the REST API) and run until SIGTERM/SIGINT, then drain."""
     from actors.mesh import Mesh
+    from noetl.api import ApiServer
 
-    chosen = ROLES if not roles or "all" in roles else roles
+    chosen = (*ROLES, "api") if not roles or "all" in roles else roles
     settings = _settings(ctx)
 
     async def body(client: Client) -> int:
-        mesh = Mesh(client.bus, client.store, client.settings, chosen)
+        mesh = Mesh(client.bus, client.store, client.settings,
+                    [r for r in chosen if r != "api"])
         await mesh.start()
+        api = None
+        if "api" in chosen:
+            port = client.settings.api_port if api_port is None else api_port
+            api = ApiServer(client, port=port, token=client.settings.api_token)
+            await api.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        _say(f"noetl: mesh up ({', '.join(mesh.roles)}); Ctrl-C stops it")
+        serving = f"; REST API on port {api.port}" if api is not None else ""
+        _say(f"noetl: mesh up ({', '.join(mesh.roles) or 'no actors'}){serving}; "
+             "Ctrl-C stops it")
         await stop.wait()
         _say("noetl: draining")
+        if api is not None:
+            await api.stop()
         await mesh.stop()
         return 0
 

@@ -127,7 +127,8 @@ def loop_playbook(directory: Path) -> Path:
 def role(settings: Settings, *roles: str) -> subprocess.Popen[bytes]:
     """`noetl-runtime up` with only `roles`, in its own process."""
     env = {**os.environ, "NOETL_NATS_URL": str(settings.nats_url),
-           "NOETL_PG_DSN": str(settings.pg_dsn), "NOETL_HOME": str(settings.home)}
+           "NOETL_PG_DSN": str(settings.pg_dsn), "NOETL_HOME": str(settings.home),
+           "NOETL_API_PORT": "0"}
     args = [CLI, "up", *(a for r in roles for a in ("--role", r))]
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -20,8 +20,9 @@ from noetl.messages import CatalogReply
 CLI = str(Path(sys.executable).parent / "noetl-runtime")
 
 
-def start_mesh(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """`noetl-runtime up` against the test's servers, with short redelivery times."""
+def start_mesh(settings: Settings, log: Path, **env_extra: str) -> subprocess.Popen[bytes]:
+    """`noetl-runtime up` against the test's servers, with short redelivery times;
+    `env_extra` adds or overrides environment variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
     env.update(
         NOETL_NATS_URL=str(settings.nats_url),
@@ -29,7 +30,9 @@ def start_mesh(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         NOETL_HOME=str(settings.home),
         NOETL_ACK_WAIT="2",
         NOETL_RECONCILE_EVERY="1",
+        NOETL_API_PORT="0",  # the REST API on a free port, never a fixed one
     )
+    env.update(env_extra)
     # Its own session, so the kill takes the whole process group with it (python workers
     # also die with their runner).
     return subprocess.Popen([CLI, "up"], env=env, stdout=log.open("ab"),

@@ -1,0 +1,54 @@
+"""Serving the REST API on a TCP port, started and stopped from a running event loop."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from noetl.api.app import make_app
+from noetl.client import Client
+from noetl.errors import ConfigError
+
+__all__ = ["ApiServer"]
+
+log = logging.getLogger("noetl.api")
+
+# Requests still running at stop get this long to finish; open event streams end at once.
+_SHUTDOWN_SECONDS = 5.0
+
+
+class ApiServer:
+    """The API gateway listening on `host`:`port` (`port=0` picks a free port)."""
+
+    def __init__(self, client: Client, *, host: str = "0.0.0.0", port: int = 8082,
+                 token: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self._app = make_app(client, token=token)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen; afterwards `port` is the bound port. Raises ConfigError when the address
+        cannot be bound."""
+        if self._runner is not None:
+            raise RuntimeError("the API server is already started")
+        runner = web.AppRunner(self._app, shutdown_timeout=_SHUTDOWN_SECONDS)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"the API cannot listen on {self.host}:{self.port}: "
+                              f"{exc.strerror or exc}") from exc
+        self._runner = runner
+        # With port 0 the system chose it; a host with several addresses binds each to a
+        # port of its own, and the first is reported.
+        self.port = int(runner.addresses[0][1])
+        log.info("API listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening, end open streams and wait briefly for running requests."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
