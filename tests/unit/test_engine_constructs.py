@@ -10,7 +10,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noetl.messages import CancelExecution, CommandIssued, StartExecution
+from noetl.messages import CancelExecution, CommandCompleted, CommandIssued, StartExecution
 from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
@@ -696,3 +696,42 @@ def test_case_sink_runs_before_the_rule_routes() -> None:
     sink = sim.issued[1]
     assert sink.context["locals"]["result"] == {"v": 1}
     assert state.steps["start"].result == {"v": 1}
+
+
+def test_per_item_sink_travels_with_each_item_and_rows_add_up() -> None:
+    engine = engine_of(playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n, mode: async}
+          tool: {kind: python, code: x}
+          sink: {per_item: true, tool: {kind: event_log}}
+    """))
+    sim = Sim(engine, lambda c: ("ok", 1))
+    sim.start()
+    while sim.inbox:
+        command = sim.inbox.pop(0)
+        assert command.sink == {"per_item": True, "tool": {"kind": "event_log"}}
+        sim.send(CommandCompleted(execution_id=EXECUTION_ID, dedup_id=command.command_id,
+                                  command_id=command.command_id, step=command.step,
+                                  result=1, meta={"sink": {"rows": 1}}))
+    assert sim.state.status == "completed"
+    assert all(c.kind != "sink" for c in sim.issued)
+    completed = next(e for e in sim.events if e.type == "step.completed")
+    assert completed.payload is not None and completed.payload["sink"] == {"rows": 3}
+
+
+def test_retries_apply_to_each_page() -> None:
+    engine = engine_of(playbook(PAGED.replace("MAX", "10").replace(
+        "    - step: start\n", "    - step: start\n      retry: {max_attempts: 2, delay: 1}\n")))
+    flaky = pages(3)
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.index == 1 and command.attempt == 1:
+            return "error", {"message": "503", "status_code": 503}
+        return flaky(command)
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.result == [10, 11, 20, 21, 30, 31]
+    assert [(c.index, c.attempt) for c in sim.issued] == [(0, 1), (1, 1), (1, 2), (2, 1)]
+    assert sim.issued[2].overrides == {"params": {"page": 2}}
