@@ -172,11 +172,14 @@ class ExecutionActor:
                           ) -> tuple[Decision, list[Msg]]:
         decisions: list[Decision] = []
         unusable: list[Msg] = []
+        fresh = False
         for msg, message in batch:
             stale = self.state is None or (self.engine is None and self.refusal is None)
-            if stale and not await self._load(message):
-                unusable.append(msg)
-                continue
+            if stale:
+                fresh = True
+                if not await self._load(message):
+                    unusable.append(msg)
+                    continue
             assert self.state is not None
             if self.engine is None:
                 assert isinstance(message, StartExecution) and self.refusal is not None
@@ -184,6 +187,11 @@ class ExecutionActor:
             else:
                 values = await self.host.values_for(self.state, message)
                 decisions.append(self.engine.decide(self.state, message, values))
+        if not fresh and any(d.duplicate for d in decisions):
+            # "Already done" judged on a cached state may only mean that another host
+            # decided since: check against the store before dropping the message.
+            self.state = None
+            raise VersionConflict(f"execution {self.execution_id}: cached state may be stale")
         combined = _combine(decisions)
         if combined.events:
             assert self.state is not None
