@@ -86,18 +86,15 @@ async def until_done(ctx: ToolContext, work: Awaitable[T], who: str, *,
 
 @runtime_checkable
 class ToolPlugin(Protocol):
-    """A tool kind. `spec` is the step's rendered tool block, its `args` merged in."""
+    """A tool kind. `spec` is the step's rendered tool block, its `args` merged in.
+
+    Optional: `raw_fields` (a frozenset of tool fields the runner must not render, like the
+    python tool's `code`) and `async aclose()`, called when the runner shuts down to release
+    pools, sessions or processes.
+    """
 
     kind: str
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
         """Run one call of the tool and return its result (JSON-like data)."""
-        ...
-
-
-class ClosablePlugin(Protocol):
-    """A plugin holding resources (pools, sessions, processes) released at runner shutdown."""
-
-    async def aclose(self) -> None:
-        """Release everything the plugin holds."""
         ...

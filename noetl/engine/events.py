@@ -13,7 +13,6 @@ EXECUTION_CANCELLED: Final = "execution.cancelled"
 STEP_STARTED: Final = "step.started"
 STEP_COMPLETED: Final = "step.completed"
 STEP_FAILED: Final = "step.failed"
-STEP_SKIPPED: Final = "step.skipped"
 # One loop item or pagination page ended (an addition to the design's list: a loop of n
 # items needs a decision per item, and this keeps each one O(1) to write and to fold).
 STEP_ITEM: Final = "step.item"
