@@ -166,9 +166,13 @@ class Runner(Actor):
         except (ToolError, RenderError) as exc:
             error = _error_of(exc)
         except Exception as exc:  # a plugin bug fails the step, never the runner
-            self.log.exception("command %s: plugin crashed", command.command_id)
+            trace = traceback.format_exc(limit=20)
+            masker.update(ctx.secrets.values())
+            # Logged masked: a traceback can quote the values a plugin was handling.
+            self.log.error("command %s: plugin crashed\n%s", command.command_id,
+                           masker.mask_text(trace))
             error = {"type": "internal", "message": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc(limit=20)}
+                     "traceback": trace}
         finally:
             beat.cancel()
             running = self._running.get(command.execution_id)

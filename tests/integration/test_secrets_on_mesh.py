@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from actors.catalog import CatalogActor
+from actors.coordinator import CoordinatorHost
 from actors.mesh import Mesh
+from actors.runner import Runner
 from noetl.client import Client
 from noetl.crypto import load_key
 from noetl.store.credentials import CredentialStore
@@ -81,3 +85,41 @@ async def test_undefined_secret_fails_the_step_clearly(client: Client, mesh: Mes
     assert doc["status"] == "failed"
     assert "secret `nope` is not defined" in doc["error"]["message"]
     assert "NOETL_SECRET_NOPE" in doc["error"]["message"]
+
+
+class _Leaky:
+    """A buggy plugin whose crash message quotes the secret it was given."""
+
+    kind = "python"
+
+    async def run(self, ctx: object, spec: dict[str, object]) -> object:
+        args = spec["args"]
+        assert isinstance(args, dict)
+        raise RuntimeError(f"unexpected token {args['token']}")
+
+
+async def test_a_crashing_plugin_does_not_leak_secrets(client: Client, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    creds = CredentialStore(client.store.pool, load_key(client.settings))
+    await creds.set("api_token", "secret", {"value": TOKEN})
+    actors = [CatalogActor(client.bus, client.store, client.settings),
+              CoordinatorHost(client.bus, client.store, client.settings),
+              Runner(client.bus, client.store, client.settings, plugins={"python": _Leaky()})]
+    for actor in actors:
+        await actor.start()
+    try:
+        path = tmp_path / "leaky.yaml"
+        path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: leaky}\n"
+                        "workflow:\n  - step: start\n    tool: {kind: python, code: x, "
+                        "args: {token: '{{ secret.api_token }}'}}\n")
+        reply = await client.register(path)
+        with caplog.at_level(logging.ERROR, logger="noetl.runner"):
+            doc = await client.wait(await client.start(reply.path), timeout=60)
+        assert doc["status"] == "failed"
+        assert "unexpected token ***" in doc["error"]["message"]
+        assert "plugin crashed" in caplog.text and TOKEN not in caplog.text
+        assert await leaks(client, TOKEN) == []
+    finally:
+        await client.bus.stop_consuming()
+        for actor in actors:
+            await actor.stop()
