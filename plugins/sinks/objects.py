@@ -59,8 +59,9 @@ class S3Sink:
     async def write(self, ctx: ToolContext, spec: dict[str, Any],
                     rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Put `rows` as the object `spec["uri"]`; `{"rows": n, "uri", "format", "bytes"}`."""
-        import aioboto3  # slow to import: only steps that use it pay
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from plugins.sources.s3 import session_of  # aioboto3 is slow to import: only here
 
         who = "s3 sink"
         uri = spec.get("uri")
@@ -72,12 +73,7 @@ class S3Sink:
             for field in ("aws_secret_access_key", "aws_session_token"):
                 add_secret(ctx, name, field, credential.get(field))
         data = await _encode(rows, fmt, f"s3://{bucket}/{key}", who)
-        session = aioboto3.Session(
-            aws_access_key_id=credential.get("aws_access_key_id"),
-            aws_secret_access_key=credential.get("aws_secret_access_key"),
-            aws_session_token=credential.get("aws_session_token"),
-            region_name=spec.get("region") or credential.get("region"),
-        )
+        session = session_of(credential, spec.get("region"))
         where = f"s3://{bucket}/{key}"
         try:
             async with session.client(

@@ -34,12 +34,7 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
         for secret in ("aws_secret_access_key", "aws_session_token"):
             if credential.get(secret):
                 ctx.secrets[f"{name}.{secret}"] = str(credential[secret])
-    session = aioboto3.Session(
-        aws_access_key_id=credential.get("aws_access_key_id"),
-        aws_secret_access_key=credential.get("aws_secret_access_key"),
-        aws_session_token=credential.get("aws_session_token"),
-        region_name=source.get("region") or credential.get("region"),
-    )
+    session = session_of(credential, source.get("region"))
     where = f"s3://{bucket}/{key}"
     try:
         async with session.client(
@@ -63,3 +58,14 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
         # No credentials, an unreachable endpoint, a bad region, ...
         raise ToolError(f"script {where}: {exc}", error_type="script", bucket=bucket,
                         key=key) from exc
+
+
+def session_of(credential: Mapping[str, Any], region: str | None) -> aioboto3.Session:
+    """An aioboto3 session for an `aws` credential; without one, the environment's own
+    configuration (keys, profile, `AWS_ENDPOINT_URL`) applies."""
+    return aioboto3.Session(
+        aws_access_key_id=credential.get("aws_access_key_id"),
+        aws_secret_access_key=credential.get("aws_secret_access_key"),
+        aws_session_token=credential.get("aws_session_token"),
+        region_name=region or credential.get("region"),
+    )
