@@ -111,7 +111,6 @@ class Timer(Message, tag="timer"):
     """A durable timer came due (timeouts, retry backoff)."""
 
     name: str
-    step: str | None = None
 
 
 class Wake(Message, tag="wake"):
