@@ -27,14 +27,15 @@ class CatalogActor(Actor):
     async def register(self, request: RegisterPlaybook) -> CatalogReply:
         """Validate `request.content` and store it as the next version of its path."""
         try:
-            playbook = dsl.load_text(request.content, filename=request.filename,
-                                     known_kinds=known_kinds())
+            playbook = dsl.load_text(
+                request.content, filename=request.filename, known_kinds=known_kinds()
+            )
         except PlaybookError as exc:
             return CatalogReply(ok=False, problems=exc.problems)
         version, created = await self.store.register_playbook(
-            playbook.catalog_path, request.content, request.files)
-        return CatalogReply(ok=True, path=playbook.catalog_path, version=version,
-                            created=created)
+            playbook.catalog_path, request.content, request.files
+        )
+        return CatalogReply(ok=True, path=playbook.catalog_path, version=version, created=created)
 
     async def get(self, request: GetPlaybook) -> CatalogReply:
         """The content registered at `request.path` / `request.version`."""

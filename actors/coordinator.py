@@ -96,8 +96,7 @@ class ExecutionActor:
         """
         while True:
             try:
-                first = await asyncio.wait_for(self.mailbox.get(),
-                                               self.host.settings.idle_evict)
+                first = await asyncio.wait_for(self.mailbox.get(), self.host.settings.idle_evict)
             except TimeoutError:
                 if self.mailbox.empty():
                     self.host.evict(self)
@@ -142,8 +141,10 @@ class ExecutionActor:
             raise VersionConflict(f"execution {self.execution_id}: too many conflicts")
         for msg in unusable:
             await self.host.bus.dead_letter(
-                msg, f"execution {self.execution_id} has no events and only a start "
-                     "message can begin one")
+                msg,
+                f"execution {self.execution_id} has no events and only a start "
+                "message can begin one",
+            )
         assert self.state is not None
         if combined.duplicate and self.state.running and self.engine is not None:
             # A redelivered message: what it caused may not have been published before the
@@ -164,12 +165,15 @@ class ExecutionActor:
             limit = self.host.settings.max_deliveries
             if msg.metadata.num_delivered >= limit:
                 await self.host.bus.dead_letter(
-                    msg, f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}")
+                    msg, f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}"
+                )
             else:
-                await msg.nak(delay=min(30.0, 2.0 ** msg.metadata.num_delivered))
+                await msg.nak(delay=min(30.0, 2.0**msg.metadata.num_delivered))
 
-    async def _decide_all(self, batch: list[tuple[Msg, ExecMessage]],
-                          ) -> tuple[Decision, list[Msg]]:
+    async def _decide_all(
+        self,
+        batch: list[tuple[Msg, ExecMessage]],
+    ) -> tuple[Decision, list[Msg]]:
         decisions: list[Decision] = []
         unusable: list[Msg] = []
         fresh = False
@@ -196,7 +200,9 @@ class ExecutionActor:
         if combined.events:
             assert self.state is not None
             await self.host.store.append_decision(
-                self.execution_id, self.state.parent_execution_id, combined.events,
+                self.execution_id,
+                self.state.parent_execution_id,
+                combined.events,
                 _projection(self.state, combined),
             )
         return combined, unusable
@@ -242,11 +248,15 @@ def _combine(decisions: list[Decision]) -> Decision:
 def _projection(state: ExecutionState, decision: Decision) -> Projection | None:
     if not decision.projection_changed:
         return None
-    return Projection(path=state.path, version=state.version, status=state.status,
-                      workload=state.workload, result=state.result, error=state.error,
-                      restarted_from=state.restarted_from)
-
-
+    return Projection(
+        path=state.path,
+        version=state.version,
+        status=state.status,
+        workload=state.workload,
+        result=state.result,
+        error=state.error,
+        restarted_from=state.restarted_from,
+    )
 
 
 class CoordinatorHost(Actor):
@@ -254,11 +264,11 @@ class CoordinatorHost(Actor):
 
     role = "coordinator"
 
-    def __init__(self, bus: Bus, store: Store, settings: Settings,
-                 partitions: list[int] | None = None) -> None:
+    def __init__(
+        self, bus: Bus, store: Store, settings: Settings, partitions: list[int] | None = None
+    ) -> None:
         super().__init__(bus, store, settings)
-        self.partitions = (list(range(settings.partitions)) if partitions is None
-                           else partitions)
+        self.partitions = list(range(settings.partitions)) if partitions is None else partitions
         self.actors: dict[int, ExecutionActor] = {}
         self._engines: dict[tuple[str, int], Engine] = {}
         self._latest: dict[str, int] = {}
@@ -274,10 +284,12 @@ class CoordinatorHost(Actor):
         info = await self.bus.js.stream_info(START_STREAM)
         self._start_stream_created = str(info.created or "")
         for p in self.partitions:
-            await self.bus.consume(EXEC_STREAM, exec_subject(p), f"coordinator-{p}",
-                                   self._on_exec, max_in_flight=1024)
-        await self.bus.consume(START_STREAM, START_SUBJECT, "router", self._on_start,
-                               max_in_flight=256)
+            await self.bus.consume(
+                EXEC_STREAM, exec_subject(p), f"coordinator-{p}", self._on_exec, max_in_flight=1024
+            )
+        await self.bus.consume(
+            START_STREAM, START_SUBJECT, "router", self._on_start, max_in_flight=256
+        )
         await self.timers.load()
         self.timers.start()
         self._reconciler = asyncio.create_task(self._reconcile_forever())
@@ -301,8 +313,7 @@ class CoordinatorHost(Actor):
             return
         actor = self.actors.get(message.execution_id)
         if actor is None:
-            actor = self.actors[message.execution_id] = ExecutionActor(self,
-                                                                       message.execution_id)
+            actor = self.actors[message.execution_id] = ExecutionActor(self, message.execution_id)
             actor.task = self.spawn(actor.run())
         actor.mailbox.put_nowait((msg, message))
 
@@ -315,16 +326,18 @@ class CoordinatorHost(Actor):
         headers = msg.headers or {}
         msg_id = headers.get("Nats-Msg-Id")
         seed = msg_id or f"{self._start_stream_created}:{msg.metadata.sequence.stream}"
-        default_id = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(),
-                                    "big") >> 1
+        default_id = (
+            int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(), "big") >> 1
+        )
         try:
             message = decode_start(msg.data, default_id=default_id, msg_id=msg_id)
         except MessageError as exc:
             await self.bus.dead_letter(msg, str(exc))
             return
         message.at = message.at or time.time()
-        await self.bus.publish(self.mailbox_of(message.execution_id), encode(message),
-                               message.dedup_id)
+        await self.bus.publish(
+            self.mailbox_of(message.execution_id), encode(message), message.dedup_id
+        )
         await msg.ack()
 
     # -- shared services for the actors -------------------------------------------------
@@ -341,8 +354,7 @@ class CoordinatorHost(Actor):
             if key in self._engines:
                 return self._engines[key]
             version, content = await self.store.get_playbook(path, version)
-        playbook = dsl.load_text(content, filename=f"{path}@{version}",
-                                 known_kinds=known_kinds())
+        playbook = dsl.load_text(content, filename=f"{path}@{version}", known_kinds=known_kinds())
         files = await self.store.get_files(path, version)
         engine = self._engines[key] = Engine(playbook, version=version, files=files)
         return engine
@@ -354,17 +366,26 @@ class CoordinatorHost(Actor):
         sends: list[Awaitable[None]] = []
         for child in decision.children:
             child.at = child.at or now
-            sends.append(self.bus.publish(self.mailbox_of(child.execution_id), encode(child),
-                                          child.dedup_id))
+            sends.append(
+                self.bus.publish(self.mailbox_of(child.execution_id), encode(child), child.dedup_id)
+            )
         if decision.parent_notice is not None:
             notice = decision.parent_notice
-            sends.append(self.bus.publish(self.mailbox_of(notice.execution_id), encode(notice),
-                                          notice.dedup_id))
+            sends.append(
+                self.bus.publish(
+                    self.mailbox_of(notice.execution_id), encode(notice), notice.dedup_id
+                )
+            )
         for child_id in decision.cancel_children:
-            cancel = CancelExecution(execution_id=child_id, dedup_id=f"cancel:{child_id}",
-                                     at=now, reason=f"parent execution {execution_id} ended")
-            sends.append(self.bus.publish(self.mailbox_of(child_id), encode(cancel),
-                                          cancel.dedup_id))
+            cancel = CancelExecution(
+                execution_id=child_id,
+                dedup_id=f"cancel:{child_id}",
+                at=now,
+                reason=f"parent execution {execution_id} ended",
+            )
+            sends.append(
+                self.bus.publish(self.mailbox_of(child_id), encode(cancel), cancel.dedup_id)
+            )
         await asyncio.gather(self.publish_commands(decision.commands, reply_to), *sends)
         if decision.stop_running:
             await self.bus.announce(cancel_subject(execution_id), b"")
@@ -413,7 +434,8 @@ class CoordinatorHost(Actor):
         """Tell live watchers what was just committed (best effort, core NATS)."""
         brief: list[dict[str, Any]] = [
             {"type": e.type, "step": e.step, "status": e.status, "error": e.error}
-            for e in events if e.type != ev.COMMAND_ISSUED
+            for e in events
+            if e.type != ev.COMMAND_ISSUED
         ]
         await self.bus.announce(events_subject(execution_id), encode_json(brief))
 
@@ -463,23 +485,30 @@ class CoordinatorHost(Actor):
             message: ExecMessage
             if outcome.type == ev.COMMAND_COMPLETED:
                 message = CommandCompleted(
-                    execution_id=execution_id, dedup_id=f"{command_id}:outcome",
-                    command_id=command_id, step=pending.step,
-                    result=(outcome.payload or {}).get("result"))
+                    execution_id=execution_id,
+                    dedup_id=f"{command_id}:outcome",
+                    command_id=command_id,
+                    step=pending.step,
+                    result=(outcome.payload or {}).get("result"),
+                )
             else:
                 message = CommandFailed(
-                    execution_id=execution_id, dedup_id=f"{command_id}:outcome",
-                    command_id=command_id, step=pending.step, error=outcome.error or {})
+                    execution_id=execution_id,
+                    dedup_id=f"{command_id}:outcome",
+                    command_id=command_id,
+                    step=pending.step,
+                    error=outcome.error or {},
+                )
             await self.bus.publish(reply_to, encode(message), message.dedup_id)
         if not state.pending and not state.timers:
             wake = Wake(execution_id=execution_id, dedup_id=f"wake:{execution_id}:{state.seq}")
             await self.bus.publish(reply_to, encode(wake), wake.dedup_id)
         await self.publish_commands(lost, reply_to)
         for child in engine.pending_children(state):
-            await self.bus.publish(self.mailbox_of(child.execution_id), encode(child),
-                                   child.dedup_id)
+            await self.bus.publish(
+                self.mailbox_of(child.execution_id), encode(child), child.dedup_id
+            )
         self.log.info("reconciled execution %s", execution_id)
-
 
 
 class TimerWheel:
@@ -535,11 +564,16 @@ class TimerWheel:
                 continue
             heapq.heappop(self._heap)
             self._known.discard((execution_id, name))
-            timer = Timer(execution_id=execution_id, dedup_id=f"timer:{execution_id}:{name}",
-                          at=time.time(), name=name)
+            timer = Timer(
+                execution_id=execution_id,
+                dedup_id=f"timer:{execution_id}:{name}",
+                at=time.time(),
+                name=name,
+            )
             try:
-                await self.host.bus.publish(self.host.mailbox_of(execution_id), encode(timer),
-                                            timer.dedup_id)
+                await self.host.bus.publish(
+                    self.host.mailbox_of(execution_id), encode(timer), timer.dedup_id
+                )
             except Exception:
                 self.host.log.exception("could not fire timer %s of %s", name, execution_id)
                 self.schedule(execution_id, name, time.time() + 1.0)

@@ -22,8 +22,9 @@ log = logging.getLogger("noetl.mesh")
 class Mesh:
     """Starts the actors of `roles` on a shared bus connection and store pool."""
 
-    def __init__(self, bus: Bus, store: Store, settings: Settings,
-                 roles: Iterable[str] = ROLES) -> None:
+    def __init__(
+        self, bus: Bus, store: Store, settings: Settings, roles: Iterable[str] = ROLES
+    ) -> None:
         self.bus = bus
         self.store = store
         self.settings = settings
@@ -52,9 +53,9 @@ class Mesh:
         self.actors.clear()
 
 
-async def missing_roles(bus: Bus, roles: Iterable[str] = ROLES,
-                        timeout: float = 0.5) -> list[str]:
+async def missing_roles(bus: Bus, roles: Iterable[str] = ROLES, timeout: float = 0.5) -> list[str]:
     """The roles no running process answers for (asked over core NATS)."""
+
     async def alive(role: str) -> bool:
         try:
             await bus.nc.request(f"{PING_PREFIX}.{role}", b"", timeout=timeout)

@@ -47,8 +47,13 @@ class Runner(Actor):
 
     role = "runner"
 
-    def __init__(self, bus: Bus, store: Store, settings: Settings,
-                 plugins: dict[str, ToolPlugin] | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        settings: Settings,
+        plugins: dict[str, ToolPlugin] | None = None,
+    ) -> None:
         super().__init__(bus, store, settings)
         self.plugins = load_plugins() if plugins is None else plugins
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
@@ -64,9 +69,13 @@ class Runner(Actor):
         await super().start()
         pool = self.settings.runner_pool
         await self.bus.serve(f"{CANCEL_PREFIX}.*", self._on_cancel, queue="")
-        await self.bus.consume(CMD_STREAM, cmd_subject(pool), f"runner-{pool}",
-                               self._on_command,
-                               max_in_flight=self.settings.runner_concurrency)
+        await self.bus.consume(
+            CMD_STREAM,
+            cmd_subject(pool),
+            f"runner-{pool}",
+            self._on_command,
+            max_in_flight=self.settings.runner_concurrency,
+        )
 
     async def stop(self) -> None:
         """Finish the commands in hand, then release the plugins' resources."""
@@ -96,19 +105,28 @@ class Runner(Actor):
         try:
             await self.execute(msg, command)
         except Exception as exc:
-            self.log.exception("command %s: delivery %d failed", command.command_id,
-                               msg.metadata.num_delivered)
+            self.log.exception(
+                "command %s: delivery %d failed", command.command_id, msg.metadata.num_delivered
+            )
             limit = self.settings.max_deliveries
             if msg.metadata.num_delivered < limit:
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(30.0, 2.0 ** msg.metadata.num_delivered))
+                    await msg.nak(delay=min(30.0, 2.0**msg.metadata.num_delivered))
                 return
-            error = {"step": command.step, "kind": command.kind, "type": "delivery",
-                     "message": f"gave up after {limit} deliveries: "
-                                f"{type(exc).__name__}: {exc}"}
-            failure = Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
-                            step=command.step, command_id=command.command_id,
-                            status="failed", error=error)
+            error = {
+                "step": command.step,
+                "kind": command.kind,
+                "type": "delivery",
+                "message": f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}",
+            }
+            failure = Event(
+                type=ev.COMMAND_FAILED,
+                dedup_key=outcome_key(command.command_id),
+                step=command.step,
+                command_id=command.command_id,
+                status="failed",
+                error=error,
+            )
             with contextlib.suppress(Exception):
                 await self.store.append_runner_event(command.execution_id, failure)
             with contextlib.suppress(Exception):
@@ -118,15 +136,21 @@ class Runner(Actor):
     async def execute(self, msg: Msg, command: CommandIssued) -> None:
         """Run one command to a recorded, published outcome, then ack it."""
         eid, cid = command.execution_id, command.command_id
-        started = Event(type=ev.COMMAND_STARTED, dedup_key=f"started:{cid}", step=command.step,
-                        command_id=cid, status="running",
-                        payload={"attempt": command.attempt, "kind": command.kind})
+        started = Event(
+            type=ev.COMMAND_STARTED,
+            dedup_key=f"started:{cid}",
+            step=command.step,
+            command_id=cid,
+            status="running",
+            payload={"attempt": command.attempt, "kind": command.kind},
+        )
         recorded = None
         if msg.metadata.num_delivered <= 1:
             # First delivery: no outcome can exist yet, so recording the start need not hold
             # up the tool.
             record = asyncio.create_task(
-                self.store.append_runner_event(eid, started, durable=False))
+                self.store.append_runner_event(eid, started, durable=False)
+            )
             outcome = await self._run(msg, command)
             await record
         else:
@@ -142,12 +166,17 @@ class Runner(Actor):
 
     async def _run(self, msg: Msg, command: CommandIssued) -> Event:
         masker = Masker()
-        ctx = ToolContext(execution_id=command.execution_id, command_id=command.command_id,
-                          step=command.step, timeout=command.timeout,
-                          credentials=self._credential_reader(masker),
-                          bindings=parse_bindings(command.credentials),
-                          files=command.files, script_root=self._script_root,
-                          allow_absolute_scripts=self.settings.allow_absolute_scripts)
+        ctx = ToolContext(
+            execution_id=command.execution_id,
+            command_id=command.command_id,
+            step=command.step,
+            timeout=command.timeout,
+            credentials=self._credential_reader(masker),
+            bindings=parse_bindings(command.credentials),
+            files=command.files,
+            script_root=self._script_root,
+            allow_absolute_scripts=self.settings.allow_absolute_scripts,
+        )
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)
         beat = asyncio.create_task(self._keep_alive(msg))
@@ -155,24 +184,33 @@ class Runner(Actor):
         try:
             # Plugins enforce the timeout themselves (the python tool kills its worker); this
             # bound, a little later, catches plugins that do not.
-            result = await until_done(ctx, self._call(ctx, command, payload, masker),
-                                      f"step `{ctx.step}`", grace=1.0)
+            result = await until_done(
+                ctx, self._call(ctx, command, payload, masker), f"step `{ctx.step}`", grace=1.0
+            )
             masker.update(ctx.secrets.values())
             result = await self._stored_if_large(masker.mask(result))
-            return Event(type=ev.COMMAND_COMPLETED, dedup_key=outcome_key(command.command_id),
-                         step=command.step, command_id=command.command_id, status="completed",
-                         payload=masker.mask({**payload, "facts": ctx.events})
-                         | {"result": result})
+            return Event(
+                type=ev.COMMAND_COMPLETED,
+                dedup_key=outcome_key(command.command_id),
+                step=command.step,
+                command_id=command.command_id,
+                status="completed",
+                payload=masker.mask({**payload, "facts": ctx.events}) | {"result": result},
+            )
         except (ToolError, RenderError) as exc:
             error = _error_of(exc)
         except Exception as exc:  # a plugin bug fails the step, never the runner
             trace = traceback.format_exc(limit=20)
             masker.update(ctx.secrets.values())
             # Logged masked: a traceback can quote the values a plugin was handling.
-            self.log.error("command %s: plugin crashed\n%s", command.command_id,
-                           masker.mask_text(trace))
-            error = {"type": "internal", "message": f"{type(exc).__name__}: {exc}",
-                     "traceback": trace}
+            self.log.error(
+                "command %s: plugin crashed\n%s", command.command_id, masker.mask_text(trace)
+            )
+            error = {
+                "type": "internal",
+                "message": f"{type(exc).__name__}: {exc}",
+                "traceback": trace,
+            }
         finally:
             beat.cancel()
             running = self._running.get(command.execution_id)
@@ -186,13 +224,20 @@ class Runner(Actor):
         if not message.startswith("step `"):
             # Users read the message alone (CLI, logs): it names the step and the tool.
             error["message"] = f"step `{command.step}` ({command.kind}): {message}"
-        return Event(type=ev.COMMAND_FAILED, dedup_key=outcome_key(command.command_id),
-                     step=command.step, command_id=command.command_id, status="failed",
-                     payload=masker.mask({"facts": ctx.events}), error=masker.mask(error))
+        return Event(
+            type=ev.COMMAND_FAILED,
+            dedup_key=outcome_key(command.command_id),
+            step=command.step,
+            command_id=command.command_id,
+            status="failed",
+            payload=masker.mask({"facts": ctx.events}),
+            error=masker.mask(error),
+        )
 
     def _credential_reader(self, masker: Masker) -> Callable[[str], Awaitable[Mapping[str, Any]]]:
         """What `ctx.credential(name)` calls: decrypts, and remembers the secret values so
         they are masked in everything this command records."""
+
         async def read(name: str) -> Mapping[str, Any]:
             if self.credentials is None:
                 raise ToolError("no credential store is configured", error_type="credential")
@@ -212,14 +257,18 @@ class Runner(Actor):
             return result
         return await self.store.put_blob(data)
 
-    async def _call(self, ctx: ToolContext, command: CommandIssued,
-                    payload: dict[str, Any], masker: Masker) -> Any:
+    async def _call(
+        self, ctx: ToolContext, command: CommandIssued, payload: dict[str, Any], masker: Masker
+    ) -> Any:
         """The tool call, then the sink that goes with it; sink facts land in `payload`."""
         if blobs.is_ref(command.context):
             command.context = await self.store.resolve(command.context)
         context = await self._context(command)
-        names = (secret_names_in(command.tool) | secret_names_in(command.args)
-                 | secret_names_in(command.sink))
+        names = (
+            secret_names_in(command.tool)
+            | secret_names_in(command.args)
+            | secret_names_in(command.sink)
+        )
         if names:
             ctx.secrets.update(await resolve_secrets(names, self.credentials))
             masker.update(ctx.secrets.values())
@@ -230,8 +279,9 @@ class Runner(Actor):
             return None
         plugin = self.plugins.get(command.kind)
         if plugin is None:
-            raise ToolError(f"no plugin is installed for tool kind `{command.kind}`",
-                            error_type="unknown_kind")
+            raise ToolError(
+                f"no plugin is installed for tool kind `{command.kind}`", error_type="unknown_kind"
+            )
         spec = self._render(command, plugin, context)
         result = await plugin.run(ctx, spec)
         if command.sink is not None:
@@ -241,16 +291,24 @@ class Runner(Actor):
     async def _context(self, command: CommandIssued) -> dict[str, Any]:
         """The template context of a command, large values fetched."""
         data = command.context
-        steps = {name: await self.store.resolve(value)
-                 for name, value in data.get("steps", {}).items()}
-        locals_ = {name: await self.store.resolve(value)
-                   for name, value in (data.get("locals") or {}).items()}
+        steps = {
+            name: await self.store.resolve(value) for name, value in data.get("steps", {}).items()
+        }
+        locals_ = {
+            name: await self.store.resolve(value)
+            for name, value in (data.get("locals") or {}).items()
+        }
         return render.build_context(
-            workload=data.get("workload", {}), variables=data.get("vars", {}),
-            steps=steps, execution_id=str(command.execution_id), extra=locals_)
+            workload=data.get("workload", {}),
+            variables=data.get("vars", {}),
+            steps=steps,
+            execution_id=str(command.execution_id),
+            extra=locals_,
+        )
 
-    def _render(self, command: CommandIssued, plugin: ToolPlugin,
-                context: dict[str, Any]) -> dict[str, Any]:
+    def _render(
+        self, command: CommandIssued, plugin: ToolPlugin, context: dict[str, Any]
+    ) -> dict[str, Any]:
         """Render args, then the tool block with the args bound; raw fields stay as written.
         A pagination page's `overrides` (rendered by the engine) apply last."""
         where = f"step `{command.step}`"
@@ -260,15 +318,17 @@ class Runner(Actor):
         context = {**context, **args, "args": args}
         raw_fields: frozenset[str] = getattr(plugin, "raw_fields", frozenset())
         spec = {
-            key: value if key in raw_fields
+            key: value
+            if key in raw_fields
             else render.render(value, context, where=f"{where} tool.{key}")
             for key, value in command.tool.items()
         }
         spec["args"] = args
         return _deep_merge(spec, command.overrides) if command.overrides else spec
 
-    async def _sink(self, ctx: ToolContext, block: dict[str, Any], result: Any,
-                    context: dict[str, Any]) -> dict[str, Any]:
+    async def _sink(
+        self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
+    ) -> dict[str, Any]:
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
         where = f"step `{ctx.step}` sink"
         scope = {**context, "result": result}
@@ -295,14 +355,24 @@ class Runner(Actor):
         if outcome.type == ev.COMMAND_COMPLETED:
             payload = outcome.payload or {}
             meta = {"sink": payload["sink"]} if "sink" in payload else {}
-            message = CommandCompleted(execution_id=command.execution_id, dedup_id=dedup,
-                                       at=time.time(), command_id=command.command_id,
-                                       step=command.step, result=payload.get("result"),
-                                       meta=meta)
+            message = CommandCompleted(
+                execution_id=command.execution_id,
+                dedup_id=dedup,
+                at=time.time(),
+                command_id=command.command_id,
+                step=command.step,
+                result=payload.get("result"),
+                meta=meta,
+            )
         else:
-            message = CommandFailed(execution_id=command.execution_id, dedup_id=dedup,
-                                    at=time.time(), command_id=command.command_id,
-                                    step=command.step, error=outcome.error or {})
+            message = CommandFailed(
+                execution_id=command.execution_id,
+                dedup_id=dedup,
+                at=time.time(),
+                command_id=command.command_id,
+                step=command.step,
+                error=outcome.error or {},
+            )
         await self.bus.publish(command.reply_to, encode(message), dedup)
 
 
@@ -310,8 +380,11 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
         current = merged.get(key)
-        merged[key] = (_deep_merge(current, value)
-                       if isinstance(value, dict) and isinstance(current, dict) else value)
+        merged[key] = (
+            _deep_merge(current, value)
+            if isinstance(value, dict) and isinstance(current, dict)
+            else value
+        )
     return merged
 
 

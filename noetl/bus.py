@@ -77,8 +77,9 @@ Handler = Callable[[Msg], Awaitable[None]]
 class Bus:
     """A connection to NATS with the runtime's streams declared."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, ack_wait: float,
-                 dedup_window: float) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, *, ack_wait: float, dedup_window: float
+    ) -> None:
         self.nc = nc
         self.js = js
         self.ack_wait = ack_wait
@@ -86,12 +87,18 @@ class Bus:
         self._subs: list[Subscription] = []
 
     @classmethod
-    async def connect(cls, url: str, *, name: str = "noetl", ack_wait: float = 30.0,
-                      dedup_window: float = 120.0) -> Bus:
+    async def connect(
+        cls, url: str, *, name: str = "noetl", ack_wait: float = 30.0, dedup_window: float = 120.0
+    ) -> Bus:
         """Connect and make sure the streams exist."""
         try:
-            nc = await nats.connect(url, name=name, max_reconnect_attempts=-1,
-                                    reconnect_time_wait=0.5, connect_timeout=5)
+            nc = await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+            )
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise ConfigError(f"cannot connect to NATS at {url}: {exc}") from exc
         bus = cls(nc, nc.jetstream(), ack_wait=ack_wait, dedup_window=dedup_window)
@@ -127,8 +134,16 @@ class Bus:
         """Fire-and-forget publish on core NATS (live notifications)."""
         await self.nc.publish(subject, data)
 
-    async def consume(self, stream: str, subject: str, durable: str, handler: Handler, *,
-                      max_in_flight: int, max_deliver: int = -1) -> None:
+    async def consume(
+        self,
+        stream: str,
+        subject: str,
+        durable: str,
+        handler: Handler,
+        *,
+        max_in_flight: int,
+        max_deliver: int = -1,
+    ) -> None:
         """Deliver messages of `subject` to `handler` through a durable push consumer.
 
         Processes sharing `durable` share the work (queue group). Messages are pushed as
@@ -145,8 +160,14 @@ class Bus:
             filter_subject=subject,
         )
         sub = await self.js.subscribe(
-            subject, queue=durable, durable=durable, stream=stream, cb=handler,
-            manual_ack=True, config=config, pending_msgs_limit=max(1024, max_in_flight * 4),
+            subject,
+            queue=durable,
+            durable=durable,
+            stream=stream,
+            cb=handler,
+            manual_ack=True,
+            config=config,
+            pending_msgs_limit=max(1024, max_in_flight * 4),
         )
         self._subs.append(sub)
 
@@ -172,8 +193,9 @@ class Bus:
         """Stop receiving new messages (in-flight handlers finish on their own)."""
         subs, self._subs = self._subs, []
         for sub in subs:
-            with contextlib.suppress(nats.errors.ConnectionClosedError,
-                                     nats.errors.BadSubscriptionError):
+            with contextlib.suppress(
+                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
+            ):
                 await sub.unsubscribe()
 
     async def close(self) -> None:

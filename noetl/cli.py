@@ -107,12 +107,15 @@ def _parse_workload(workload: str | None, assignments: tuple[str, ...]) -> dict[
 @click.group()
 @click.option("--nats-url", envvar="NOETL_NATS_URL", help="NATS server (default: embedded).")
 @click.option("--pg-dsn", envvar="NOETL_PG_DSN", help="PostgreSQL DSN (default: embedded).")
-@click.option("--home", envvar="NOETL_HOME", type=click.Path(file_okay=False),
-              help="Local data directory (default ~/.noetl).")
+@click.option(
+    "--home",
+    envvar="NOETL_HOME",
+    type=click.Path(file_okay=False),
+    help="Local data directory (default ~/.noetl).",
+)
 @click.version_option(package_name="noetl-runtime")
 @click.pass_context
-def main(ctx: click.Context, nats_url: str | None, pg_dsn: str | None,
-         home: str | None) -> None:
+def main(ctx: click.Context, nats_url: str | None, pg_dsn: str | None, home: str | None) -> None:
     """noetl-runtime: run NoETL playbooks on an actor mesh over NATS JetStream and PostgreSQL.
 
     With neither NATS nor PostgreSQL configured, embedded servers are started under
@@ -126,8 +129,9 @@ def _settings(ctx: click.Context) -> Settings:
     return state.settings()
 
 
-async def _with_client(settings: Settings, body: Callable[[Client], Awaitable[int]], *,
-                       relaxed: bool = False) -> int:
+async def _with_client(
+    settings: Settings, body: Callable[[Client], Awaitable[int]], *, relaxed: bool = False
+) -> int:
     """Connect, run `body`, close. `relaxed` when this process may host a runner."""
     client = await Client.connect(settings, announce=_say, relaxed=relaxed)
     try:
@@ -172,11 +176,19 @@ def _load_or_exit(file: str) -> dsl.Playbook:
 
 
 @main.command()
-@click.option("--role", "roles", multiple=True,
-              type=click.Choice([*ROLES, "api", "all"]),
-              help="Roles to run (repeatable; default all, the REST API included).")
-@click.option("--api-port", type=int, envvar="NOETL_API_PORT",
-              help="Port of the REST API (default 8082; 0 picks a free one).")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice([*ROLES, "api", "all"]),
+    help="Roles to run (repeatable; default all, the REST API included).",
+)
+@click.option(
+    "--api-port",
+    type=int,
+    envvar="NOETL_API_PORT",
+    help="Port of the REST API (default 8082; 0 picks a free one).",
+)
 @click.pass_context
 def up(ctx: click.Context, roles: tuple[str, ...], api_port: int | None) -> None:
     """Start the mesh (and the REST API) and run until SIGTERM/SIGINT, then drain."""
@@ -187,8 +199,7 @@ def up(ctx: click.Context, roles: tuple[str, ...], api_port: int | None) -> None
     settings = _settings(ctx)
 
     async def body(client: Client) -> int:
-        mesh = Mesh(client.bus, client.store, client.settings,
-                    [r for r in chosen if r != "api"])
+        mesh = Mesh(client.bus, client.store, client.settings, [r for r in chosen if r != "api"])
         await mesh.start()
         api = None
         if "api" in chosen:
@@ -200,8 +211,7 @@ def up(ctx: click.Context, roles: tuple[str, ...], api_port: int | None) -> None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         serving = f"; REST API on port {api.port}" if api is not None else ""
-        _say(f"noetl: mesh up ({', '.join(mesh.roles) or 'no actors'}){serving}; "
-             "Ctrl-C stops it")
+        _say(f"noetl: mesh up ({', '.join(mesh.roles) or 'no actors'}){serving}; Ctrl-C stops it")
         await stop.wait()
         _say("noetl: draining")
         if api is not None:
@@ -252,8 +262,16 @@ async def _hosted(client: Client, roles: Sequence[str]) -> AsyncIterator[None]:
             await mesh.stop()
 
 
-async def _execute(client: Client, path: str, version: int | None, workload: dict[str, Any],
-                   *, wait: bool, as_json: bool, timeout: float | None) -> int:
+async def _execute(
+    client: Client,
+    path: str,
+    version: int | None,
+    workload: dict[str, Any],
+    *,
+    wait: bool,
+    as_json: bool,
+    timeout: float | None,
+) -> int:
     eid = await client.start(path, version=version, workload=workload, timeout=timeout)
     if not wait:
         if as_json:
@@ -264,12 +282,13 @@ async def _execute(client: Client, path: str, version: int | None, workload: dic
     if not as_json:
         err.print(f"execution [bold]{eid}[/] of {path}")
     try:
-        doc = await client.wait(eid, on_event=None if as_json else _Progress(),
-                                timeout=timeout)
+        doc = await client.wait(eid, on_event=None if as_json else _Progress(), timeout=timeout)
     except TimeoutError:
         doc = await client.store.describe(eid)
         doc["error"] = doc.get("error") or {
-            "type": "timeout", "message": f"still {doc['status']} after {timeout}s"}
+            "type": "timeout",
+            "message": f"still {doc['status']} after {timeout}s",
+        }
     _show_document(doc, as_json)
     return 0 if doc["status"] == "completed" else 1
 
@@ -279,8 +298,10 @@ def _show_document(doc: dict[str, Any], as_json: bool) -> None:
         _print_json(doc)
         return
     colour = {"completed": "green", "failed": "red"}.get(doc["status"], "yellow")
-    out.print(f"[{colour}]{doc['status']}[/] {doc['path']} v{doc['version']} "
-              f"(execution {doc['execution_id']})")
+    out.print(
+        f"[{colour}]{doc['status']}[/] {doc['path']} v{doc['version']} "
+        f"(execution {doc['execution_id']})"
+    )
     if doc.get("error"):
         out.print(f"[red]error:[/] {doc['error'].get('message', doc['error'])}", markup=True)
     out.print_json(data=doc.get("result"), default=str)
@@ -293,8 +314,14 @@ def _show_document(doc: dict[str, Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--timeout", type=float, help="Seconds to wait for the execution.")
 @click.pass_context
-def run(ctx: click.Context, file: str, workload: str | None, assignments: tuple[str, ...],
-        as_json: bool, timeout: float | None) -> None:
+def run(
+    ctx: click.Context,
+    file: str,
+    workload: str | None,
+    assignments: tuple[str, ...],
+    as_json: bool,
+    timeout: float | None,
+) -> None:
     """Validate, register and execute a playbook file, showing each step."""
     _load_or_exit(file)
     data = _parse_workload(workload, assignments)
@@ -303,8 +330,9 @@ def run(ctx: click.Context, file: str, workload: str | None, assignments: tuple[
     async def body(client: Client) -> int:
         async with _hosted(client, ROLES):
             reply = await client.register(Path(file))
-            return await _execute(client, reply.path, reply.version, data, wait=True,
-                                  as_json=as_json, timeout=timeout)
+            return await _execute(
+                client, reply.path, reply.version, data, wait=True, as_json=as_json, timeout=timeout
+            )
 
     _run(_with_client(settings, body, relaxed=True))
 
@@ -318,17 +346,26 @@ def run(ctx: click.Context, file: str, workload: str | None, assignments: tuple[
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", type=float, help="Seconds to wait (with --wait).")
 @click.pass_context
-def execute(ctx: click.Context, path: str, version: int | None, workload: str | None,
-            assignments: tuple[str, ...], wait: bool, as_json: bool,
-            timeout: float | None) -> None:
+def execute(
+    ctx: click.Context,
+    path: str,
+    version: int | None,
+    workload: str | None,
+    assignments: tuple[str, ...],
+    wait: bool,
+    as_json: bool,
+    timeout: float | None,
+) -> None:
     """Start an execution of a registered playbook."""
     data = _parse_workload(workload, assignments)
     settings = _settings(ctx)
+
     async def body(client: Client) -> int:
         # Without --wait nothing needs hosting: a later `up` picks the execution up.
         async with _hosted(client, ROLES if wait else ()):
-            return await _execute(client, path, version, data, wait=wait, as_json=as_json,
-                                  timeout=timeout)
+            return await _execute(
+                client, path, version, data, wait=wait, as_json=as_json, timeout=timeout
+            )
 
     _run(_with_client(settings, body, relaxed=True))
 
@@ -346,8 +383,7 @@ def register(ctx: click.Context, file: str, as_json: bool) -> None:
         async with _hosted(client, ["catalog"]):
             reply = await client.register(Path(file))
         if as_json:
-            _print_json({"path": reply.path, "version": reply.version,
-                         "created": reply.created})
+            _print_json({"path": reply.path, "version": reply.version, "created": reply.created})
         else:
             what = "registered" if reply.created else "unchanged"
             out.print(f"{what}: {reply.path} version {reply.version}")
@@ -375,9 +411,16 @@ def _execution_id(value: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the new execution's document.")
 @click.option("--timeout", type=float, help="Seconds to wait.")
 @click.pass_context
-def restart(ctx: click.Context, execution_id: str, from_step: str | None,
-            workload: str | None, assignments: tuple[str, ...], wait: bool, as_json: bool,
-            timeout: float | None) -> None:
+def restart(
+    ctx: click.Context,
+    execution_id: str,
+    from_step: str | None,
+    workload: str | None,
+    assignments: tuple[str, ...],
+    wait: bool,
+    as_json: bool,
+    timeout: float | None,
+) -> None:
     """Run an execution again from a step, reusing every result recorded before it."""
     eid = _execution_id(execution_id)
     data = _parse_workload(workload, assignments)
@@ -393,8 +436,9 @@ def restart(ctx: click.Context, execution_id: str, from_step: str | None,
                 return 0
             if not as_json:
                 err.print(f"execution [bold]{new_id}[/] restarts {eid}")
-            doc = await client.wait(new_id, on_event=None if as_json else _Progress(),
-                                    timeout=timeout)
+            doc = await client.wait(
+                new_id, on_event=None if as_json else _Progress(), timeout=timeout
+            )
         _show_document(doc, as_json)
         return 0 if doc["status"] == "completed" else 1
 
@@ -404,12 +448,12 @@ def restart(ctx: click.Context, execution_id: str, from_step: str | None,
 @main.command()
 @click.argument("execution_id")
 @click.option("--reason", default="cancelled by user", show_default=True)
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until the execution has ended.")
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Wait until the execution has ended."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the execution document.")
 @click.pass_context
-def cancel(ctx: click.Context, execution_id: str, reason: str, wait: bool,
-           as_json: bool) -> None:
+def cancel(ctx: click.Context, execution_id: str, reason: str, wait: bool, as_json: bool) -> None:
     """Cancel an execution: no new commands, running ones stopped, children cancelled."""
     eid = _execution_id(execution_id)
 
@@ -464,8 +508,14 @@ def events(ctx: click.Context, execution_id: str, as_json: bool) -> None:
             return 0
         table = Table("event_id", "type", "step", "status", "command_id", "created_at")
         for r in rows:
-            table.add_row(str(r["event_id"]), r["event_type"], r["step"] or "",
-                          r["status"] or "", r["command_id"] or "", r["created_at"])
+            table.add_row(
+                str(r["event_id"]),
+                r["event_type"],
+                r["step"] or "",
+                r["status"] or "",
+                r["command_id"] or "",
+                r["created_at"],
+            )
         out.print(table)
         return 0
 
@@ -478,6 +528,7 @@ def events(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
     """List recent executions."""
+
     async def body(client: Client) -> int:
         rows = await client.store.list_executions(limit)
         if as_json:
@@ -485,8 +536,14 @@ def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
             return 0
         table = Table("execution_id", "path", "version", "status", "started_at", "ended_at")
         for r in rows:
-            table.add_row(r["execution_id"], r["path"], str(r["version"]), r["status"],
-                          r["started_at"], r["ended_at"] or "")
+            table.add_row(
+                r["execution_id"],
+                r["path"],
+                str(r["version"]),
+                r["status"],
+                r["started_at"],
+                r["ended_at"] or "",
+            )
         out.print(table)
         return 0
 
@@ -514,6 +571,7 @@ def db() -> None:
 @click.pass_context
 def db_init(ctx: click.Context) -> None:
     """Create or upgrade the schema (idempotent)."""
+
     async def body() -> int:
         from noetl.store import Store
 
@@ -534,6 +592,7 @@ def db_init(ctx: click.Context) -> None:
 @click.pass_context
 def db_validate(ctx: click.Context) -> None:
     """Say what is missing or different in the schema (exit 1 if anything)."""
+
     async def body() -> int:
         from noetl.store import Store
 

@@ -104,8 +104,12 @@ def _read_data(value: str) -> Any:
 
 
 def _info(item: CredentialInfo) -> dict[str, Any]:
-    return {"name": item.name, "type": item.type, "created_at": item.created_at.isoformat(),
-            "updated_at": item.updated_at.isoformat()}
+    return {
+        "name": item.name,
+        "type": item.type,
+        "created_at": item.created_at.isoformat(),
+        "updated_at": item.updated_at.isoformat(),
+    }
 
 
 def _when(value: datetime) -> str:
@@ -122,10 +126,17 @@ def credential() -> None:
 
 @credential.command(name="set")
 @click.argument("name")
-@click.option("--type", "type_", required=True,
-              help=f"Credential type: {', '.join(KNOWN_TYPES)}, or any other for free-form data.")
-@click.option("--data", required=True,
-              help="The data as a JSON object, @file.json, or @- to read it from stdin.")
+@click.option(
+    "--type",
+    "type_",
+    required=True,
+    help=f"Credential type: {', '.join(KNOWN_TYPES)}, or any other for free-form data.",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="The data as a JSON object, @file.json, or @- to read it from stdin.",
+)
 def set_credential(name: str, type_: str, data: str) -> None:
     """Create or replace credential NAME."""
     payload = _read_data(data)
@@ -137,8 +148,9 @@ def set_credential(name: str, type_: str, data: str) -> None:
 
     async def body(store: CredentialStore) -> int:
         created = await store.set(name, kind, clean)
-        _out.print(f"{'created' if created else 'updated'} credential `{name}` ({kind})",
-                   markup=False)
+        _out.print(
+            f"{'created' if created else 'updated'} credential `{name}` ({kind})", markup=False
+        )
         return 0
 
     _run(body)
@@ -154,16 +166,23 @@ def get_credential(name: str, as_json: bool) -> None:
         found = await store.get(name)
         shown = redact(found.data)
         if as_json:
-            _print_json({"name": found.name, "type": found.type, "data": shown,
-                         "created_at": found.created_at.isoformat(),
-                         "updated_at": found.updated_at.isoformat()})
+            _print_json(
+                {
+                    "name": found.name,
+                    "type": found.type,
+                    "data": shown,
+                    "created_at": found.created_at.isoformat(),
+                    "updated_at": found.updated_at.isoformat(),
+                }
+            )
             return 0
         table = Table("field", "value", title=f"{found.name} ({found.type})")
         for field, value in shown.items():
             table.add_row(field, value if isinstance(value, str) else json.dumps(value))
         _out.print(table)
-        _out.print(f"created {_when(found.created_at)}, updated {_when(found.updated_at)}",
-                   markup=False)
+        _out.print(
+            f"created {_when(found.created_at)}, updated {_when(found.updated_at)}", markup=False
+        )
         return 0
 
     _run(body)
@@ -183,8 +202,7 @@ def list_credentials(as_json: bool) -> None:
         else:
             table = Table("name", "type", "created", "updated")
             for item in items:
-                table.add_row(item.name, item.type, _when(item.created_at),
-                              _when(item.updated_at))
+                table.add_row(item.name, item.type, _when(item.created_at), _when(item.updated_at))
             _out.print(table)
         return 0
 

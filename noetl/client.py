@@ -47,8 +47,9 @@ def read_playbook(path: Path) -> tuple[str, dict[str, str]]:
         try:
             files[uri] = script.read_text(encoding="utf-8")
         except OSError as exc:
-            raise PlaybookError([f"{path}: script `{uri}` cannot be read: "
-                                 f"{exc.strerror or exc}"]) from exc
+            raise PlaybookError(
+                [f"{path}: script `{uri}` cannot be read: {exc.strerror or exc}"]
+            ) from exc
     return content, files
 
 
@@ -61,18 +62,25 @@ class Client:
         self.store = store
 
     @classmethod
-    async def connect(cls, settings: Settings, *,
-                      announce: Callable[[str], None] | None = None,
-                      relaxed: bool = False) -> Client:
+    async def connect(
+        cls,
+        settings: Settings,
+        *,
+        announce: Callable[[str], None] | None = None,
+        relaxed: bool = False,
+    ) -> Client:
         """Connect (starting embedded servers in local mode) and bring the schema up to date."""
         services = local.resolve(settings, announce=announce)
-        settings = msgspec.structs.replace(settings, nats_url=services.nats_url,
-                                           pg_dsn=services.pg_dsn)
-        bus = await Bus.connect(services.nats_url, ack_wait=settings.ack_wait,
-                                dedup_window=settings.dedup_window)
+        settings = msgspec.structs.replace(
+            settings, nats_url=services.nats_url, pg_dsn=services.pg_dsn
+        )
+        bus = await Bus.connect(
+            services.nats_url, ack_wait=settings.ack_wait, dedup_window=settings.dedup_window
+        )
         try:
-            store = await Store.connect(services.pg_dsn, relaxed=relaxed,
-                                        max_size=max(10, settings.runner_concurrency))
+            store = await Store.connect(
+                services.pg_dsn, relaxed=relaxed, max_size=max(10, settings.runner_concurrency)
+            )
         except BaseException:
             await bus.close()
             raise
@@ -94,49 +102,81 @@ class Client:
             raise PlaybookError(reply.problems)
         return reply
 
-    async def start(self, path: str, *, version: int | None = None,
-                    workload: dict[str, Any] | None = None,
-                    execution_id: int | None = None, timeout: float | None = None) -> int:
+    async def start(
+        self,
+        path: str,
+        *,
+        version: int | None = None,
+        workload: dict[str, Any] | None = None,
+        execution_id: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
         """Publish a start request; return the new execution's id."""
         if version is not None:
             await self.store.get_playbook(path, version)  # fail early and clearly
         else:
             version, _ = await self.store.get_playbook(path)
         eid = execution_id if execution_id is not None else new_execution_id()
-        message = StartExecution(execution_id=eid, dedup_id=f"start:{eid}", at=time.time(),
-                                 path=path, version=version, workload=workload or {},
-                                 timeout=timeout)
+        message = StartExecution(
+            execution_id=eid,
+            dedup_id=f"start:{eid}",
+            at=time.time(),
+            path=path,
+            version=version,
+            workload=workload or {},
+            timeout=timeout,
+        )
         await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
         return eid
 
-    async def restart(self, execution_id: int, *, from_step: str | None = None,
-                      workload: dict[str, Any] | None = None) -> int:
+    async def restart(
+        self,
+        execution_id: int,
+        *,
+        from_step: str | None = None,
+        workload: dict[str, Any] | None = None,
+    ) -> int:
         """Start a new execution of the same pinned playbook version that keeps what the old
         one decided before `from_step` (default: the step that failed) and runs from there."""
         row = await self.store.get_execution(execution_id)
         events = await self.store.load_decisions(execution_id)
         step = from_step or default_restart_step(events)
         if step is None:
-            raise NoetlError(f"execution {execution_id} has no failed step: name one with "
-                             "--from")
+            raise NoetlError(f"execution {execution_id} has no failed step: name one with --from")
         snapshot = restart_snapshot(execution_id, events, step)
         eid = new_execution_id()
         message = StartExecution(
-            execution_id=eid, dedup_id=f"start:{eid}", at=time.time(), path=row["path"],
-            version=row["version"], workload={**(row["workload"] or {}), **(workload or {})},
-            restarted_from=execution_id, restore=snapshot)
+            execution_id=eid,
+            dedup_id=f"start:{eid}",
+            at=time.time(),
+            path=row["path"],
+            version=row["version"],
+            workload={**(row["workload"] or {}), **(workload or {})},
+            restarted_from=execution_id,
+            restore=snapshot,
+        )
         await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
         return eid
 
     async def cancel(self, execution_id: int, reason: str = "cancelled by user") -> None:
         """Ask the execution's coordinator to cancel it (through `noetl.start`)."""
         await self.store.get_execution(execution_id)
-        message = CancelExecution(execution_id=execution_id, dedup_id=f"cancel:{execution_id}",
-                                  at=time.time(), reason=reason)
+        message = CancelExecution(
+            execution_id=execution_id,
+            dedup_id=f"cancel:{execution_id}",
+            at=time.time(),
+            reason=reason,
+        )
         await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
 
-    async def wait(self, execution_id: int, *, on_event: EventCallback | None = None,
-                   timeout: float | None = None, poll: float = 1.0) -> dict[str, Any]:
+    async def wait(
+        self,
+        execution_id: int,
+        *,
+        on_event: EventCallback | None = None,
+        timeout: float | None = None,
+        poll: float = 1.0,
+    ) -> dict[str, Any]:
         """Wait until the execution ends; call `on_event` for each announced event.
 
         Announcements are best effort, so the store is polled too: nothing is ever missed.

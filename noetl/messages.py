@@ -118,7 +118,12 @@ class Wake(Message, tag="wake"):
 
 
 ExecMessage = (
-    StartExecution | CommandCompleted | CommandFailed | ChildCompleted | CancelExecution | Timer
+    StartExecution
+    | CommandCompleted
+    | CommandFailed
+    | ChildCompleted
+    | CancelExecution
+    | Timer
     | Wake
 )
 
@@ -176,8 +181,9 @@ def decode_command(data: bytes) -> CommandIssued:
         raise MessageError(f"not a valid command: {exc}") from exc
 
 
-def decode_start(data: bytes, *, default_id: int,
-                 msg_id: str | None) -> StartExecution | CancelExecution:
+def decode_start(
+    data: bytes, *, default_id: int, msg_id: str | None
+) -> StartExecution | CancelExecution:
     """Decode a request published by anyone to `noetl.start`, as JSON or msgpack.
 
     A start is `{"path": ..., "version"?: ..., "workload"?: {...}}`; a cancellation is

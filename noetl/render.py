@@ -19,8 +19,9 @@ from typing import Any, Final, NamedTuple, NoReturn, cast
 import msgspec
 from jinja2 import Template, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
-from jinja2.runtime import ChainableUndefined, Context, StrictUndefined, Undefined, missing
+from jinja2.runtime import ChainableUndefined, Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import missing
 
 from noetl.errors import RenderError
 
@@ -433,7 +434,8 @@ def _single_expression(tree: nodes.Template) -> nodes.Expr | None:
     if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
         return None
     parts = [
-        part for part in tree.body[0].nodes
+        part
+        for part in tree.body[0].nodes
         if not (isinstance(part, nodes.TemplateData) and not part.data.strip())
     ]
     if len(parts) != 1 or isinstance(parts[0], nodes.TemplateData):
@@ -580,8 +582,7 @@ def _render_string(text: str, context: Mapping[str, Any], where: str) -> Any:
         template, native, lookup = _compile(text)
     except TemplateSyntaxError as exc:
         raise RenderError(
-            f"{_prefix(where)}syntax error at line {exc.lineno} of {_shorten(text)}: "
-            f"{exc.message}"
+            f"{_prefix(where)}syntax error at line {exc.lineno} of {_shorten(text)}: {exc.message}"
         ) from exc
     try:
         # Built directly rather than by Template.new_context, which copies the context (or,
@@ -627,8 +628,7 @@ def _shorten(text: str) -> str:
 def _defined(context: Mapping[str, Any]) -> Iterator[str]:
     """The names a context binds (for a template)."""
     return (
-        name for name, value in context.items()
-        if value is not MISSING and name != _LENIENT_KEY
+        name for name, value in context.items() if value is not MISSING and name != _LENIENT_KEY
     )
 
 

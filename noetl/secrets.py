@@ -61,8 +61,16 @@ PUBLIC_FIELDS: Final = frozenset({
 # Keys under which even a number is a secret, and URL query parameters whose values are.
 _SECRET_KEY: Final = re.compile(r"pass|pwd|token|secret|key|pin|auth|sig|credential", re.I)
 # `{{ secret.NAME }}` prefers these fields when a credential has several secret ones.
-_PREFERRED: Final = ("value", "secret", "token", "password", "api_key", "private_key",
-                     "aws_secret_access_key", "dsn")
+_PREFERRED: Final = (
+    "value",
+    "secret",
+    "token",
+    "password",
+    "api_key",
+    "private_key",
+    "aws_secret_access_key",
+    "dsn",
+)
 _SCHEME_PREFIX: Final = re.compile(r"^(?:bearer|basic|token)\s+(\S+)$", re.I)
 # key/value DSN: password=secret or password='it''s secret' (libpq quoting).
 _KV_PASSWORD: Final = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.|'')*'|\S+)", re.I)
@@ -101,8 +109,13 @@ def _collect_secrets(value: Any, key: str | None, found: set[str]) -> None:
             prefixed = _SCHEME_PREFIX.match(value.strip())
             if prefixed:
                 found.add(prefixed.group(1))
-    elif (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and key is not None and not public and _SECRET_KEY.search(key)):
+    elif (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and key is not None
+        and not public
+        and _SECRET_KEY.search(key)
+    ):
         found.add(str(value))
 
 
@@ -132,9 +145,13 @@ def secret_value(name: str, data: Mapping[str, Any]) -> str:
     """The one value `{{ secret.NAME }}` stands for in credential `name`: its only secret
     field, else the first of value/secret/token/password/api_key/private_key/
     aws_secret_access_key/dsn present. Raises RenderError when it cannot tell."""
-    fields = [k for k, v in data.items()
-              if k.lower() not in PUBLIC_FIELDS and isinstance(v, (str, int, float))
-              and not isinstance(v, bool)]
+    fields = [
+        k
+        for k, v in data.items()
+        if k.lower() not in PUBLIC_FIELDS
+        and isinstance(v, (str, int, float))
+        and not isinstance(v, bool)
+    ]
     if len(fields) != 1:
         fields = [k for k in _PREFERRED if k in data][:1]
     if not fields:
@@ -310,7 +327,7 @@ async def resolve_secrets(
             raise RenderError(
                 f"secret `{name}` is not defined: create a credential with "
                 f"`noetl-runtime credential set {name} --type secret --data "
-                f"'{{\"value\": \"...\"}}'`, or set {variable} in the runner's environment"
+                f'\'{{"value": "..."}}\'`, or set {variable} in the runner\'s environment'
             )
         resolved[name] = value
     return resolved
@@ -353,13 +370,15 @@ def _secret_names_in_template(source: str) -> frozenset[str]:
             f"syntax error at line {exc.lineno} of {source[:300]!r}: {exc.message}"
         ) from exc
     uses = sum(
-        1 for node in tree.find_all(nodes.Name)
-        if node.name == _SECRET_ROOT and node.ctx == "load"
+        1 for node in tree.find_all(nodes.Name) if node.name == _SECRET_ROOT and node.ctx == "load"
     )
     names: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if not (isinstance(node, (nodes.Getattr, nodes.Getitem))
-                and isinstance(node.node, nodes.Name) and node.node.name == _SECRET_ROOT):
+        if not (
+            isinstance(node, (nodes.Getattr, nodes.Getitem))
+            and isinstance(node.node, nodes.Name)
+            and node.node.name == _SECRET_ROOT
+        ):
             continue
         if isinstance(node, nodes.Getattr):
             names.add(node.attr)

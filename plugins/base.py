@@ -58,8 +58,9 @@ class ToolContext:
 T = TypeVar("T")
 
 
-async def until_done(ctx: ToolContext, work: Awaitable[T], who: str, *,
-                     grace: float | None = 0.5) -> T:
+async def until_done(
+    ctx: ToolContext, work: Awaitable[T], who: str, *, grace: float | None = 0.5
+) -> T:
     """`work`'s result; ToolError (type `cancelled`) as soon as the execution is cancelled,
     ToolTimeout past the step's timeout plus `grace` (so a server's or a worker's own
     timeout, which says more, answers first). `grace=None`: no time bound here."""
@@ -69,8 +70,7 @@ async def until_done(ctx: ToolContext, work: Awaitable[T], who: str, *,
     cancelled = asyncio.ensure_future(ctx.cancelled.wait())
     limit = None if ctx.timeout is None or grace is None else ctx.timeout + grace
     try:
-        await asyncio.wait({task, cancelled}, timeout=limit,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, cancelled}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
     finally:
         cancelled.cancel()
         if not task.done():

@@ -62,8 +62,9 @@ class DuckdbTool:
         params = params_of(spec, "duckdb tool")
         database = spec.get("database") or MEMORY
         if not isinstance(database, str):
-            raise ToolError("duckdb tool: `database` must be a file path or :memory:",
-                            error_type="duckdb")
+            raise ToolError(
+                "duckdb tool: `database` must be a file path or :memory:", error_type="duckdb"
+            )
         attachments = await attachments_of(ctx, spec.get("attach"))
         session = Session(database, read_only=bool(spec.get("read_only")))
 
@@ -95,8 +96,11 @@ class Session:
         try:
             conn = duckdb.connect(self.database, read_only=self.read_only)
         except duckdb.Error as exc:
-            raise ToolError(f"duckdb tool: cannot open database {self.database}: {exc}",
-                            error_type="duckdb", database=self.database) from exc
+            raise ToolError(
+                f"duckdb tool: cannot open database {self.database}: {exc}",
+                error_type="duckdb",
+                database=self.database,
+            ) from exc
         with self._lock:
             self.conn, self._open = conn, True
         return self
@@ -123,14 +127,18 @@ class Session:
                 "duckdb tool: `attach` needs DuckDB's postgres extension, which is neither "
                 f"installed for DuckDB {duckdb.__version__} nor installable here: "
                 f"{str(exc).splitlines()[0]}",
-                error_type="duckdb") from exc
+                error_type="duckdb",
+            ) from exc
         for item in attachments:
             try:
-                self.conn.execute(f"ATTACH ? AS {quote_ident(item.name)} (TYPE postgres)",
-                                  [item.conninfo])
+                self.conn.execute(
+                    f"ATTACH ? AS {quote_ident(item.name)} (TYPE postgres)", [item.conninfo]
+                )
             except duckdb.Error as exc:
-                raise ToolError(f"duckdb tool: cannot attach PostgreSQL database "
-                                f"`{item.name}`: {exc}", error_type="duckdb") from exc
+                raise ToolError(
+                    f"duckdb tool: cannot attach PostgreSQL database `{item.name}`: {exc}",
+                    error_type="duckdb",
+                ) from exc
 
 
 async def attachments_of(ctx: ToolContext, attach: Any) -> list[Attachment]:
@@ -138,9 +146,9 @@ async def attachments_of(ctx: ToolContext, attach: Any) -> list[Attachment]:
     if attach is None:
         return []
     if not isinstance(attach, list) or not all(
-            isinstance(item, Mapping) and isinstance(item.get("name"), str) for item in attach):
-        raise ToolError("duckdb tool: `attach` must be a list of {name, auth}",
-                        error_type="duckdb")
+        isinstance(item, Mapping) and isinstance(item.get("name"), str) for item in attach
+    ):
+        raise ToolError("duckdb tool: `attach` must be a list of {name, auth}", error_type="duckdb")
     result = []
     for item in attach:
         label, data = await resolve_auth(ctx, item, "duckdb tool")
@@ -153,8 +161,14 @@ def _conninfo(params: Mapping[str, Any]) -> str:
     """A libpq connection string (what DuckDB's ATTACH takes) for asyncpg's arguments."""
     if "dsn" in params:
         return str(params["dsn"])
-    names = {"host": "host", "port": "port", "user": "user", "password": "password",
-             "database": "dbname", "ssl": "sslmode"}
+    names = {
+        "host": "host",
+        "port": "port",
+        "user": "user",
+        "password": "password",
+        "database": "dbname",
+        "ssl": "sslmode",
+    }
     parts = []
     for key, name in names.items():
         if params.get(key) is not None:
@@ -163,11 +177,13 @@ def _conninfo(params: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def run_statements(conn: duckdb.DuckDBPyConnection, statements: list[Statement],
-                   params: list[Any] | dict[str, Any]) -> Any:
+def run_statements(
+    conn: duckdb.DuckDBPyConnection, statements: list[Statement], params: list[Any] | dict[str, Any]
+) -> Any:
     """Run `statements` on `conn` (in one transaction when several) and shape the result."""
     transactional = len(statements) > 1 and not any(
-        s.keyword in TRANSACTION_KEYWORDS for s in statements)
+        s.keyword in TRANSACTION_KEYWORDS for s in statements
+    )
     if transactional:
         conn.begin()
     rows: list[dict[str, Any]] | None = None
@@ -181,11 +197,15 @@ def run_statements(conn: duckdb.DuckDBPyConnection, statements: list[Statement],
                 fetched = cursor.fetchall()
                 description = cursor.description
             except duckdb.Error as exc:
-                where = f" (statement {index + 1} of {len(statements)})" \
-                    if len(statements) > 1 else ""
-                raise ToolError(f"duckdb tool: {exc}{where}", error_type="duckdb",
-                                statement=index + 1,
-                                exception=type(exc).__name__) from exc
+                where = (
+                    f" (statement {index + 1} of {len(statements)})" if len(statements) > 1 else ""
+                )
+                raise ToolError(
+                    f"duckdb tool: {exc}{where}",
+                    error_type="duckdb",
+                    statement=index + 1,
+                    exception=type(exc).__name__,
+                ) from exc
             if _returns_rows(stmt, description):
                 rows = _dicts(description or [], fetched)
             else:
@@ -218,9 +238,13 @@ def _dicts(description: list[Any], rows: list[tuple[Any, ...]]) -> list[dict[str
     names = [column[0] for column in description]
     # DuckDB hands JSON columns over as their text.
     parse = [str(column[1]) == "JSON" for column in description]
-    return [{name: _value(value, is_json) for name, value, is_json in zip(names, row, parse,
-                                                                         strict=True)}
-            for row in rows]
+    return [
+        {
+            name: _value(value, is_json)
+            for name, value, is_json in zip(names, row, parse, strict=True)
+        }
+        for row in rows
+    ]
 
 
 def _value(value: Any, is_json: bool) -> Any:

@@ -44,22 +44,27 @@ class HttpTool:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # No cookie jar: one runner serves many executions, whose cookies must not mix.
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
-                                                  raise_for_status=False)
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
+            )
         return self._session
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> dict[str, Any]:
         """Send the request described by `spec` and return its result."""
         request = await _build_request(ctx, spec)
-        return await until_done(ctx, self._send(ctx, request),
-                                f"step {ctx.step}: HTTP request", grace=None)
+        return await until_done(
+            ctx, self._send(ctx, request), f"step {ctx.step}: HTTP request", grace=None
+        )
 
     async def _send(self, ctx: ToolContext, request: _Request) -> dict[str, Any]:
         method, url = request.method, request.url
         started = time.monotonic()
         try:
             async with self._client().request(
-                method, url, params=request.params, headers=request.headers,
+                method,
+                url,
+                params=request.params,
+                headers=request.headers,
                 timeout=aiohttp.ClientTimeout(total=request.timeout),
                 allow_redirects=request.follow_redirects,
                 ssl=request.verify_ssl,
@@ -74,15 +79,21 @@ class HttpTool:
                 headers = _headers(resp)
                 data = _parse(raw, resp)
         except TimeoutError as exc:
-            raise ToolTimeout(_scrub(
-                ctx, f"HTTP {method} {url} timed out after {request.timeout:g}s")) from exc
+            raise ToolTimeout(
+                _scrub(ctx, f"HTTP {method} {url} timed out after {request.timeout:g}s")
+            ) from exc
         except aiohttp.ClientError as exc:
             message = f"HTTP {method} {url} failed: {type(exc).__name__}: {exc}"
-            raise ToolError(_scrub(ctx, message), error_type="http",
-                            url=_scrub(ctx, url)) from exc
-        return {"id": ctx.command_id, "status": "success", "status_code": code,
-                "headers": headers, "data": data, "elapsed": time.monotonic() - started,
-                "url": final_url}
+            raise ToolError(_scrub(ctx, message), error_type="http", url=_scrub(ctx, url)) from exc
+        return {
+            "id": ctx.command_id,
+            "status": "success",
+            "status_code": code,
+            "headers": headers,
+            "data": data,
+            "elapsed": time.monotonic() - started,
+            "url": final_url,
+        }
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
@@ -123,12 +134,19 @@ async def _build_request(ctx: ToolContext, spec: Mapping[str, Any]) -> _Request:
     max_bytes = _number(spec.get("max_response_bytes"), "max_response_bytes")
     allow = spec.get("allow_status") or []
     if not isinstance(allow, list) or not all(
-            isinstance(code, int) and not isinstance(code, bool) for code in allow):
+        isinstance(code, int) and not isinstance(code, bool) for code in allow
+    ):
         raise _spec_error("`allow_status` must be a list of status codes, like [404]")
     return _Request(
-        method=method.upper(), url=url, params=_params(spec.get("params")), headers=headers,
-        body=_body(spec), timeout=float(timeout), verify_ssl=_flag(spec, "verify_ssl"),
-        follow_redirects=_flag(spec, "follow_redirects"), allow_status=frozenset(allow),
+        method=method.upper(),
+        url=url,
+        params=_params(spec.get("params")),
+        headers=headers,
+        body=_body(spec),
+        timeout=float(timeout),
+        verify_ssl=_flag(spec, "verify_ssl"),
+        follow_redirects=_flag(spec, "follow_redirects"),
+        allow_status=frozenset(allow),
         max_bytes=int(max_bytes or DEFAULT_MAX_RESPONSE_BYTES),
     )
 
@@ -246,8 +264,9 @@ def _params(value: Any) -> list[tuple[str, str]]:
 
 def _body(spec: Mapping[str, Any]) -> dict[str, Any]:
     """aiohttp's body argument for whichever of json/payload, body, data is given."""
-    given = {key: spec[key] for key in ("json", "payload", "body", "data")
-             if spec.get(key) is not None}
+    given = {
+        key: spec[key] for key in ("json", "payload", "body", "data") if spec.get(key) is not None
+    }
     if len(given) > 1:
         raise _spec_error(f"give only one request body, not {' and '.join(sorted(given))}")
     if not given:
@@ -266,9 +285,12 @@ def _body(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, method: str, url: str) -> bytes:
     """The whole body, or ToolError as soon as it is known to pass `cap` bytes."""
-    too_large = ToolError(f"HTTP response from {method} {url} is larger than "
-                          f"max_response_bytes ({cap} bytes)", error_type="http",
-                          status_code=resp.status, max_response_bytes=cap)
+    too_large = ToolError(
+        f"HTTP response from {method} {url} is larger than max_response_bytes ({cap} bytes)",
+        error_type="http",
+        status_code=resp.status,
+        max_response_bytes=cap,
+    )
     if resp.content_length is not None and resp.content_length > cap:
         raise too_large
     body = await _read_at_most(resp, cap)
@@ -319,15 +341,19 @@ def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     return headers
 
 
-def _status_error(ctx: ToolContext, method: str, url: str, resp: aiohttp.ClientResponse,
-                  body: str) -> ToolError:
+def _status_error(
+    ctx: ToolContext, method: str, url: str, resp: aiohttp.ClientResponse, body: str
+) -> ToolError:
     excerpt = _scrub(ctx, body[:_ERROR_BODY_CHARS])
     details: dict[str, Any] = {"status_code": resp.status, "body": excerpt}
     retry_after = _retry_after(resp.headers.get("Retry-After"))
     if resp.status in (429, 503) and retry_after is not None:
         details["retry_after"] = retry_after
-    return ToolError(_scrub(ctx, f"HTTP {resp.status} from {method} {url}: {excerpt}"),
-                     error_type="http", **details)
+    return ToolError(
+        _scrub(ctx, f"HTTP {resp.status} from {method} {url}: {excerpt}"),
+        error_type="http",
+        **details,
+    )
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -67,11 +67,20 @@ def _json_text(value: Any) -> bytes:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     """json/jsonb as Python values both ways, in binary format so COPY can carry them too."""
-    await conn.set_type_codec("json", schema="pg_catalog", format="binary",
-                              encoder=_json_text, decoder=msgspec.json.decode)
-    await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
-                              encoder=lambda v: b"\x01" + _json_text(v),
-                              decoder=lambda data: msgspec.json.decode(data[1:]))
+    await conn.set_type_codec(
+        "json",
+        schema="pg_catalog",
+        format="binary",
+        encoder=_json_text,
+        decoder=msgspec.json.decode,
+    )
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        format="binary",
+        encoder=lambda v: b"\x01" + _json_text(v),
+        decoder=lambda data: msgspec.json.decode(data[1:]),
+    )
 
 
 @dataclass
@@ -94,8 +103,9 @@ class PgPools:
         return len(self._pools)
 
     @contextlib.asynccontextmanager
-    async def connection(self, params: Mapping[str, Any],
-                         connect_timeout: float) -> AsyncIterator[PgConnection]:
+    async def connection(
+        self, params: Mapping[str, Any], connect_timeout: float
+    ) -> AsyncIterator[PgConnection]:
         """A connection of the pool for `params` (made on first use), returned after use."""
         key = json.dumps(params, sort_keys=True, default=str)
         async with self._lock:
@@ -105,8 +115,13 @@ class PgPools:
                 # min_size=0: making the pool connects nowhere; errors surface on acquire.
                 # `timeout` bounds each connection attempt, not the wait for a free one.
                 pool = await asyncpg.create_pool(
-                    **params, min_size=0, max_size=self.max_size, timeout=connect_timeout,
-                    init=_init_connection, max_inactive_connection_lifetime=self.idle)
+                    **params,
+                    min_size=0,
+                    max_size=self.max_size,
+                    timeout=connect_timeout,
+                    init=_init_connection,
+                    max_inactive_connection_lifetime=self.idle,
+                )
                 entry = self._pools[key] = _Pool(pool)
             entry.users += 1
         for old in idle:
@@ -122,8 +137,11 @@ class PgPools:
     def _take_idle(self) -> list[asyncpg.Pool]:
         """Remove the pools unused for `idle` seconds; the caller closes them."""
         now = time.monotonic()
-        idle = [key for key, entry in self._pools.items()
-                if entry.users == 0 and now - entry.last_used > self.idle]
+        idle = [
+            key
+            for key, entry in self._pools.items()
+            if entry.users == 0 and now - entry.last_used > self.idle
+        ]
         return [self._pools.pop(key).pool for key in idle]
 
     async def aclose(self) -> None:
@@ -160,8 +178,9 @@ class PostgresTool:
             raise ToolError("postgres tool: the query holds no statement", error_type="postgres")
         params = params_of(spec, "postgres tool")
         if isinstance(params, dict):
-            raise ToolError("postgres tool: `params` must be a list (for $1, $2, ...)",
-                            error_type="postgres")
+            raise ToolError(
+                "postgres tool: `params` must be a list (for $1, $2, ...)", error_type="postgres"
+            )
         label, data = await resolve_auth(ctx, spec, "postgres tool")
         connect = postgres_params(ctx, label, data, "postgres tool")
         target = describe_postgres(connect)
@@ -172,12 +191,11 @@ class PostgresTool:
             try:
                 async with self.pools.connection(connect, connect_timeout) as conn:
                     acquired = True
-                    return await _run_statements(ctx, conn, [s.text for s in statements],
-                                                 params, _transactional(statements))
-            except (OSError, TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
-                raise connection_error(ctx, exc, target, "postgres tool",
-                                       lost=acquired) from exc
+                    return await _run_statements(
+                        ctx, conn, [s.text for s in statements], params, _transactional(statements)
+                    )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise connection_error(ctx, exc, target, "postgres tool", lost=acquired) from exc
 
         return await until_done(ctx, work(), "postgres tool")
 
@@ -189,8 +207,7 @@ class PostgresTool:
 def _transactional(statements: list[Any]) -> bool:
     # One statement is atomic already (and may be one that cannot run in a transaction
     # block, like VACUUM); a script that says BEGIN/COMMIT manages its own.
-    return len(statements) > 1 and not any(s.keyword in TRANSACTION_KEYWORDS
-                                           for s in statements)
+    return len(statements) > 1 and not any(s.keyword in TRANSACTION_KEYWORDS for s in statements)
 
 
 def _connect_timeout(ctx: ToolContext, spec: Mapping[str, Any]) -> float:
@@ -199,8 +216,10 @@ def _connect_timeout(ctx: ToolContext, spec: Mapping[str, Any]) -> float:
         try:
             return float(value)
         except (TypeError, ValueError) as exc:
-            raise ToolError("postgres tool: `connect_timeout` must be a number of seconds",
-                            error_type="postgres") from exc
+            raise ToolError(
+                "postgres tool: `connect_timeout` must be a number of seconds",
+                error_type="postgres",
+            ) from exc
     if ctx.timeout:
         return min(ctx.timeout, DEFAULT_CONNECT_TIMEOUT)
     return DEFAULT_CONNECT_TIMEOUT
@@ -215,8 +234,9 @@ class _StatementFailed(Exception):
         self.error = error
 
 
-async def _run_statements(ctx: ToolContext, conn: PgConnection, texts: list[str],
-                          params: list[Any], transactional: bool) -> Any:
+async def _run_statements(
+    ctx: ToolContext, conn: PgConnection, texts: list[str], params: list[Any], transactional: bool
+) -> Any:
     limit = timeout_ms(ctx)
     tx = conn.transaction() if transactional else None
     try:
@@ -240,8 +260,9 @@ async def _run_statements(ctx: ToolContext, conn: PgConnection, texts: list[str]
             except asyncpg.PostgresError as exc:
                 raise _StatementFailed(index, exc) from exc
             if stmt.get_attributes():
-                rows = [{key: json_safe(value) for key, value in record.items()}
-                        for record in records]
+                rows = [
+                    {key: json_safe(value) for key, value in record.items()} for record in records
+                ]
             status = stmt.get_statusmsg() or ""
         if tx is not None:
             try:
@@ -276,8 +297,9 @@ def _tag_count(status: str) -> int:
 # -- errors ---------------------------------------------------------------------------------
 
 
-def statement_error(ctx: ToolContext, exc: asyncpg.PostgresError, index: int, count: int,
-                    limit_ms: int | None) -> ToolError:
+def statement_error(
+    ctx: ToolContext, exc: asyncpg.PostgresError, index: int, count: int, limit_ms: int | None
+) -> ToolError:
     """The ToolError for a statement PostgreSQL refused, naming the statement and cause."""
     where = f" (statement {index + 1} of {count})" if count > 1 else ""
     sqlstate = getattr(exc, "sqlstate", None)
@@ -288,15 +310,17 @@ def statement_error(ctx: ToolContext, exc: asyncpg.PostgresError, index: int, co
         if value:
             details[attr] = scrub(ctx, str(value))
     if sqlstate == QUERY_CANCELED and limit_ms is not None:
-        timeout = ToolTimeout(f"postgres tool: statement timed out after {limit_ms / 1000:g}s"
-                              f"{where}: {message}")
+        timeout = ToolTimeout(
+            f"postgres tool: statement timed out after {limit_ms / 1000:g}s{where}: {message}"
+        )
         timeout.details.update(details)
         return timeout
     return ToolError(f"postgres tool: {message}{where}", error_type="postgres", **details)
 
 
-def connection_error(ctx: ToolContext, exc: BaseException, target: str, who: str, *,
-                     lost: bool = False) -> ToolError:
+def connection_error(
+    ctx: ToolContext, exc: BaseException, target: str, who: str, *, lost: bool = False
+) -> ToolError:
     """The ToolError for a server that could not be reached, refused the login or (`lost`)
     dropped the connection while in use."""
     sqlstate = getattr(exc, "sqlstate", None)
@@ -354,8 +378,11 @@ def _to_bool(value: Any) -> Any:
 def _to_date(value: Any) -> Any:
     if isinstance(value, str):
         text = value.strip()
-        return (dt.datetime.fromisoformat(text).date() if len(text) > 10
-                else dt.date.fromisoformat(text))
+        return (
+            dt.datetime.fromisoformat(text).date()
+            if len(text) > 10
+            else dt.date.fromisoformat(text)
+        )
     if isinstance(value, dt.datetime):
         return value.date()
     return value
@@ -453,13 +480,15 @@ def coercer(pg_type: Any, *, row_value: bool = False) -> Callable[[Any], Any] | 
     return _COERCERS.get(pg_type.name)
 
 
-def coerce_params(types: tuple[Any, ...], params: list[Any], index: int,
-                  count: int) -> list[Any]:
+def coerce_params(types: tuple[Any, ...], params: list[Any], index: int, count: int) -> list[Any]:
     """The params statement `index` takes ($1..$n), each converted to its parameter's type."""
     where = f" (statement {index + 1} of {count})" if count > 1 else ""
     if len(types) > len(params):
-        raise ToolError(f"postgres tool: the query uses ${len(types)} but only {len(params)} "
-                        f"params were given{where}", error_type="postgres")
+        raise ToolError(
+            f"postgres tool: the query uses ${len(types)} but only {len(params)} "
+            f"params were given{where}",
+            error_type="postgres",
+        )
     args = []
     for position, (pg_type, value) in enumerate(zip(types, params, strict=False), start=1):
         convert = coercer(pg_type)
@@ -467,8 +496,10 @@ def coerce_params(types: tuple[Any, ...], params: list[Any], index: int,
             try:
                 value = convert(value)
             except (ValueError, TypeError, decimal.InvalidOperation, binascii.Error) as exc:
-                raise ToolError(f"postgres tool: param ${position} ({type(value).__name__}) "
-                                f"is not a valid {pg_type.name}{where}: {exc}",
-                                error_type="postgres") from exc
+                raise ToolError(
+                    f"postgres tool: param ${position} ({type(value).__name__}) "
+                    f"is not a valid {pg_type.name}{where}: {exc}",
+                    error_type="postgres",
+                ) from exc
         args.append(value)
     return args

@@ -35,8 +35,9 @@ class PythonTool:
         """Run the code of one call in a worker process and return its result."""
         code = await load_code(spec, ctx)
         if code is None:
-            raise ToolError("python tool: `code`, `code_b64` or `script` is required",
-                            error_type="python")
+            raise ToolError(
+                "python tool: `code`, `code_b64` or `script` is required", error_type="python"
+            )
         request = _request(spec, code)
 
         async def heartbeat() -> None:
@@ -45,15 +46,17 @@ class PythonTool:
             except Exception as exc:  # a missed heartbeat must not abandon the running code
                 ctx.logger.warning("step %s: heartbeat failed: %s", ctx.step, exc)
 
-        payload = await self.pool.call(request, timeout=ctx.timeout, cancelled=ctx.cancelled,
-                                       heartbeat=heartbeat)
+        payload = await self.pool.call(
+            request, timeout=ctx.timeout, cancelled=ctx.cancelled, heartbeat=heartbeat
+        )
         reply = _reply_decoder.decode(payload)
         if reply.stdout or reply.stderr:
             ctx.record("output", stdout=reply.stdout, stderr=reply.stderr)
         if not reply.ok:
             message = f"{reply.exception}: {reply.message}" if reply.message else reply.exception
-            raise ToolError(message, error_type="python", exception=reply.exception,
-                            traceback=reply.traceback)
+            raise ToolError(
+                message, error_type="python", exception=reply.exception, traceback=reply.traceback
+            )
         result = reply.result
         if isinstance(result, dict) and result.get("status") == "error":
             # NoETL's convention: code reports a failure by returning it.
@@ -70,15 +73,20 @@ def _request(spec: dict[str, Any], code: str) -> bytes:
     """The encoded request for the worker, or ToolError naming what is wrong with `spec`."""
     libs = spec.get("libs") or {}
     if not isinstance(libs, dict) or not all(
-            isinstance(key, str) and isinstance(value, str) for key, value in libs.items()):
-        raise ToolError("python tool: `libs` must map aliases to module names, "
-                        "like {pd: pandas}", error_type="python")
+        isinstance(key, str) and isinstance(value, str) for key, value in libs.items()
+    ):
+        raise ToolError(
+            "python tool: `libs` must map aliases to module names, like {pd: pandas}",
+            error_type="python",
+        )
     args = spec.get("args") or {}
     if not isinstance(args, dict) or not all(isinstance(name, str) for name in args):
-        raise ToolError("python tool: `args` must map variable names to values",
-                        error_type="python")
+        raise ToolError(
+            "python tool: `args` must map variable names to values", error_type="python"
+        )
     try:
         return msgspec.msgpack.encode(Request(code=code, args=args, libs=libs))
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
-        raise ToolError(f"python tool: the args cannot be passed to the code: {exc}",
-                        error_type="python") from exc
+        raise ToolError(
+            f"python tool: the args cannot be passed to the code: {exc}", error_type="python"
+        ) from exc

@@ -129,8 +129,14 @@ class WorkerPool:
         self._workers: set[_Worker] = set()
         self._closed = False
 
-    async def call(self, payload: bytes, *, timeout: float | None, cancelled: asyncio.Event,
-                   heartbeat: Callable[[], Awaitable[None]]) -> bytes:
+    async def call(
+        self,
+        payload: bytes,
+        *,
+        timeout: float | None,
+        cancelled: asyncio.Event,
+        heartbeat: Callable[[], Awaitable[None]],
+    ) -> bytes:
         """Send `payload` to a free worker and return its reply.
 
         Raises ToolTimeout after `timeout` seconds and ToolError (`cancelled`) once `cancelled`
@@ -179,18 +185,29 @@ class WorkerPool:
             # The channel comes first, so nothing awaits between starting the process and
             # registering it: a caller cancelled in between cannot leave a worker behind.
             transport, channel = await loop.create_unix_connection(_Channel, sock=ours)
-            command = [sys.executable, "-P", "-c", _BOOTSTRAP, str(theirs.fileno()),
-                       str(os.getpid()), *sys.path]
+            command = [
+                sys.executable,
+                "-P",
+                "-c",
+                _BOOTSTRAP,
+                str(theirs.fileno()),
+                str(os.getpid()),
+                *sys.path,
+            ]
             try:
                 # A new session: a terminal's Ctrl-C does not reach the workers (the pool
                 # stops them), and killing the group also ends processes the code started.
                 proc = await asyncio.create_subprocess_exec(
-                    *command, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                    start_new_session=True)
+                    *command,
+                    pass_fds=(theirs.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 transport.close()
-                raise ToolError(f"could not start a python worker process: {exc}",
-                                error_type="python") from exc
+                raise ToolError(
+                    f"could not start a python worker process: {exc}", error_type="python"
+                ) from exc
             except BaseException:  # cancelled: asyncio has already killed the process
                 transport.close()
                 raise
@@ -210,12 +227,19 @@ class WorkerPool:
         if self._closed:
             return ToolError("the python tool was closed while the code ran", error_type="python")
         how = worker.how_it_ended()
-        return ToolError(f"the python worker process died with {how} while running the code",
-                         error_type="python", exit_code=worker.proc.returncode)
+        return ToolError(
+            f"the python worker process died with {how} while running the code",
+            error_type="python",
+            exit_code=worker.proc.returncode,
+        )
 
 
-async def _wait(reply: asyncio.Future[bytes], timeout: float | None, cancelled: asyncio.Event,
-                heartbeat: Callable[[], Awaitable[None]]) -> bytes:
+async def _wait(
+    reply: asyncio.Future[bytes],
+    timeout: float | None,
+    cancelled: asyncio.Event,
+    heartbeat: Callable[[], Awaitable[None]],
+) -> bytes:
     """The reply, unless the timeout passes (ToolTimeout) or `cancelled` is set (ToolError)."""
     if cancelled.is_set():
         raise _cancelled()
@@ -241,12 +265,18 @@ async def _wait(reply: asyncio.Future[bytes], timeout: float | None, cancelled: 
 
 
 def _expire(reply: asyncio.Future[bytes], timeout: float) -> None:
-    _fail(reply, ToolTimeout(f"the python code ran past the step's timeout of {timeout:g} s;"
-                             " its worker process was killed"))
+    _fail(
+        reply,
+        ToolTimeout(
+            f"the python code ran past the step's timeout of {timeout:g} s;"
+            " its worker process was killed"
+        ),
+    )
 
 
-async def _watch(reply: asyncio.Future[bytes], cancelled: asyncio.Event,
-                 heartbeat: Callable[[], Awaitable[None]]) -> None:
+async def _watch(
+    reply: asyncio.Future[bytes], cancelled: asyncio.Event, heartbeat: Callable[[], Awaitable[None]]
+) -> None:
     """Fail `reply` once `cancelled` is set; heartbeat every HEARTBEAT_EVERY s meanwhile."""
     while True:
         with contextlib.suppress(TimeoutError):
@@ -263,5 +293,6 @@ def _fail(reply: asyncio.Future[bytes], error: Exception) -> None:
 
 
 def _cancelled() -> ToolError:
-    return ToolError("the python code was cancelled; its worker process was killed",
-                     error_type="cancelled")
+    return ToolError(
+        "the python code was cancelled; its worker process was killed", error_type="cancelled"
+    )

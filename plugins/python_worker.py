@@ -159,8 +159,9 @@ def _call_main(main: types.FunctionType, args: dict[str, Any]) -> Any:
             missing.append(param.name)
     if missing:
         names = ", ".join(sorted(args)) or "none"
-        raise TypeError(f"main() needs {', '.join(missing)}, which the args do not give "
-                        f"(args: {names})")
+        raise TypeError(
+            f"main() needs {', '.join(missing)}, which the args do not give (args: {names})"
+        )
     if takes_all:
         keywords = {**args, **keywords}
     return main(**keywords)
@@ -184,9 +185,13 @@ def _encode(encoder: msgspec.json.Encoder, reply: Reply) -> bytes:
     try:
         return encoder.encode(reply)
     except Exception as exc:  # a result JSON cannot carry fails the step, not the worker
-        failed = Reply(ok=False, exception=type(exc).__name__,
-                       message=f"the result cannot be converted to JSON: {exc}",
-                       stdout=reply.stdout, stderr=reply.stderr)
+        failed = Reply(
+            ok=False,
+            exception=type(exc).__name__,
+            message=f"the result cannot be converted to JSON: {exc}",
+            stdout=reply.stdout,
+            stderr=reply.stderr,
+        )
         return encoder.encode(failed)
 
 
@@ -235,7 +240,7 @@ class _Capture(io.TextIOBase):
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -52,11 +52,11 @@ class SnowflakeTool:
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
         """Run the call's statements and return its rows or `{rowcount, status}`."""
-        statements = split_statements(await sql_text(ctx, spec, "snowflake tool"),
-                                      backslash_escapes=True)
+        statements = split_statements(
+            await sql_text(ctx, spec, "snowflake tool"), backslash_escapes=True
+        )
         if not statements:
-            raise ToolError("snowflake tool: the query holds no statement",
-                            error_type="snowflake")
+            raise ToolError("snowflake tool: the query holds no statement", error_type="snowflake")
         params = params_of(spec, "snowflake tool")
         label, data = await resolve_auth(ctx, spec, "snowflake tool")
         connect = snowflake_params(ctx, label, data, "snowflake tool")
@@ -77,8 +77,9 @@ def query_timeout(ctx: ToolContext) -> int | None:
 class SnowflakeSession:
     """A connection opened on entry (in the worker thread) and closed on exit."""
 
-    def __init__(self, ctx: ToolContext, params: dict[str, Any],
-                 who: str = "snowflake tool") -> None:
+    def __init__(
+        self, ctx: ToolContext, params: dict[str, Any], who: str = "snowflake tool"
+    ) -> None:
         self.ctx = ctx
         self.params = params
         self.who = who
@@ -92,8 +93,12 @@ class SnowflakeSession:
             self.conn = snowflake.connector.connect(**self.params, paramstyle="qmark")
         except snowflake.connector.Error as exc:
             account = self.params.get("account")
-            raise snowflake_error(self.ctx, exc, f"cannot connect to account {account!r} as "
-                                  f"{self.params.get('user')!r}", self.who) from exc
+            raise snowflake_error(
+                self.ctx,
+                exc,
+                f"cannot connect to account {account!r} as {self.params.get('user')!r}",
+                self.who,
+            ) from exc
         return self.conn
 
     def __exit__(self, *exc: object) -> None:
@@ -104,14 +109,22 @@ class SnowflakeSession:
                 self.ctx.logger.debug("snowflake: closing the connection failed: %s", error)
 
 
-def run_statements(ctx: ToolContext, conn: SnowflakeConnection, statements: list[Statement],
-                   params: list[Any] | dict[str, Any], timeout: int | None) -> Any:
+def run_statements(
+    ctx: ToolContext,
+    conn: SnowflakeConnection,
+    statements: list[Statement],
+    params: list[Any] | dict[str, Any],
+    timeout: int | None,
+) -> Any:
     """Run `statements` (in one transaction when several) and shape the result."""
     if isinstance(params, dict):
-        raise ToolError("snowflake tool: `params` must be a list (for the ? placeholders)",
-                        error_type="snowflake")
+        raise ToolError(
+            "snowflake tool: `params` must be a list (for the ? placeholders)",
+            error_type="snowflake",
+        )
     transactional = len(statements) > 1 and not any(
-        s.keyword in TRANSACTION_KEYWORDS for s in statements)
+        s.keyword in TRANSACTION_KEYWORDS for s in statements
+    )
     cursor = conn.cursor()
     rows: list[dict[str, Any]] | None = None
     last: dict[str, Any] = {}
@@ -123,8 +136,7 @@ def run_statements(ctx: ToolContext, conn: SnowflakeConnection, statements: list
             # Only `?` binds here: `$1` names a column of a staged file in Snowflake.
             qmarks_only = dataclasses.replace(stmt, numbered=0, named=frozenset())
             args, position = statement_params(qmarks_only, params, position, "snowflake tool")
-            where = f" (statement {index + 1} of {len(statements)})" \
-                if len(statements) > 1 else ""
+            where = f" (statement {index + 1} of {len(statements)})" if len(statements) > 1 else ""
             execute(ctx, cursor, stmt.text, args or None, timeout, where, index + 1)
             if stmt.keyword in ROW_KEYWORDS:
                 rows = fetch_dicts(cursor)
@@ -142,9 +154,16 @@ def run_statements(ctx: ToolContext, conn: SnowflakeConnection, statements: list
     return rows if rows is not None else last
 
 
-def execute(ctx: ToolContext, cursor: SnowflakeCursor, sql: str, args: Any,
-            timeout: int | None, where: str = "", statement: int | None = None,
-            who: str = "snowflake tool") -> None:
+def execute(
+    ctx: ToolContext,
+    cursor: SnowflakeCursor,
+    sql: str,
+    args: Any,
+    timeout: int | None,
+    where: str = "",
+    statement: int | None = None,
+    who: str = "snowflake tool",
+) -> None:
     """`cursor.execute`, with the connector's errors as ToolError (ToolTimeout when timed out)."""
     import snowflake.connector
 
@@ -165,8 +184,7 @@ def rollback(cursor: SnowflakeCursor) -> None:
         return
 
 
-def snowflake_error(ctx: ToolContext, exc: Any, what: str, who: str,
-                    where: str = "") -> ToolError:
+def snowflake_error(ctx: ToolContext, exc: Any, what: str, who: str, where: str = "") -> ToolError:
     """The ToolError for a connector error: errno, sqlstate and query id in the details."""
     errno, sqlstate = getattr(exc, "errno", None), getattr(exc, "sqlstate", None)
     cause = getattr(exc, "raw_msg", None) or getattr(exc, "msg", None) or str(exc)
@@ -190,9 +208,10 @@ def fetch_dicts(cursor: SnowflakeCursor) -> list[dict[str, Any]]:
         _parse_json if FIELD_ID_TO_NAME[column.type_code] in _JSON_TYPES else json_safe
         for column in description
     ]
-    return [{name: convert(value) for name, convert, value in zip(names, converters, row,
-                                                                  strict=True)}
-            for row in cursor.fetchall()]
+    return [
+        {name: convert(value) for name, convert, value in zip(names, converters, row, strict=True)}
+        for row in cursor.fetchall()
+    ]
 
 
 def _parse_json(value: Any) -> Any:

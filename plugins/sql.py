@@ -39,14 +39,39 @@ T = TypeVar("T")
 TIMEOUT_GRACE = 0.5
 
 # Keywords whose statements return rows even where the driver cannot tell (DuckDB, Snowflake).
-ROW_KEYWORDS = frozenset({
-    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "PRAGMA",
-    "SUMMARIZE", "FROM", "CALL", "PIVOT", "UNPIVOT", "LIST", "LS",
-})
+ROW_KEYWORDS = frozenset(
+    {
+        "SELECT",
+        "WITH",
+        "VALUES",
+        "TABLE",
+        "SHOW",
+        "DESCRIBE",
+        "DESC",
+        "EXPLAIN",
+        "PRAGMA",
+        "SUMMARIZE",
+        "FROM",
+        "CALL",
+        "PIVOT",
+        "UNPIVOT",
+        "LIST",
+        "LS",
+    }
+)
 # Statements that manage the transaction themselves: a script holding one is not wrapped.
-TRANSACTION_KEYWORDS = frozenset({
-    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
-})
+TRANSACTION_KEYWORDS = frozenset(
+    {
+        "BEGIN",
+        "START",
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "ABORT",
+        "SAVEPOINT",
+        "RELEASE",
+    }
+)
 
 
 def kind_of(who: str) -> str:
@@ -130,8 +155,7 @@ def split_statements(sql: str, *, backslash_escapes: bool = False) -> list[State
                 continue
         prev = sql[i - 1] if i > 0 else ""
         if ch == "'":
-            escapes = backslash_escapes or (
-                prev in "eE" and (i < 2 or not _ident_char(sql[i - 2])))
+            escapes = backslash_escapes or (prev in "eE" and (i < 2 or not _ident_char(sql[i - 2])))
             i = _skip_quoted(sql, i, "'", escapes)
         elif ch == '"':
             i = _skip_quoted(sql, i, '"', False)
@@ -203,8 +227,9 @@ def _skip_block_comment(sql: str, i: int) -> int:
     return n
 
 
-def statement_params(stmt: Statement, params: list[Any] | dict[str, Any], position: int,
-                     who: str) -> tuple[list[Any] | dict[str, Any], int]:
+def statement_params(
+    stmt: Statement, params: list[Any] | dict[str, Any], position: int, who: str
+) -> tuple[list[Any] | dict[str, Any], int]:
     """The params `stmt` takes, and the position of the next unused `?` param.
 
     `$n` refers to `params[n-1]` in every statement; each `?` takes the next param in
@@ -212,36 +237,48 @@ def statement_params(stmt: Statement, params: list[Any] | dict[str, Any], positi
     """
     if stmt.named:
         if not isinstance(params, dict):
-            raise ToolError(f"{who}: the query uses named parameters "
-                            f"(${sorted(stmt.named)[0]}), so `params` must be a mapping",
-                            error_type=kind_of(who))
+            raise ToolError(
+                f"{who}: the query uses named parameters "
+                f"(${sorted(stmt.named)[0]}), so `params` must be a mapping",
+                error_type=kind_of(who),
+            )
         return {k: v for k, v in params.items() if k in stmt.named}, position
     if isinstance(params, dict):
         if stmt.qmarks or stmt.numbered:
-            raise ToolError(f"{who}: the query uses positional parameters, so `params` "
-                            "must be a list", error_type=kind_of(who))
+            raise ToolError(
+                f"{who}: the query uses positional parameters, so `params` must be a list",
+                error_type=kind_of(who),
+            )
         return [], position
     if stmt.numbered:
         if stmt.numbered > len(params):
-            raise ToolError(f"{who}: the query uses ${stmt.numbered} but only "
-                            f"{len(params)} params were given", error_type=kind_of(who))
-        return params[:stmt.numbered], position
+            raise ToolError(
+                f"{who}: the query uses ${stmt.numbered} but only {len(params)} params were given",
+                error_type=kind_of(who),
+            )
+        return params[: stmt.numbered], position
     if stmt.qmarks:
         end = position + stmt.qmarks
         if end > len(params):
-            raise ToolError(f"{who}: the query has {end} `?` placeholders but only "
-                            f"{len(params)} params were given", error_type=kind_of(who))
+            raise ToolError(
+                f"{who}: the query has {end} `?` placeholders but only "
+                f"{len(params)} params were given",
+                error_type=kind_of(who),
+            )
         return params[position:end], end
     return [], position
 
 
 async def sql_text(ctx: ToolContext, spec: Mapping[str, Any], who: str) -> str:
     """The SQL of a call: `script` > `query_b64` / `command_b64` > `query` / `command`."""
-    text = await load_code(dict(spec), ctx, code_keys=("query", "command"),
-                           b64_keys=("query_b64", "command_b64"))
+    text = await load_code(
+        dict(spec), ctx, code_keys=("query", "command"), b64_keys=("query_b64", "command_b64")
+    )
     if text is None or not text.strip():
-        raise ToolError(f"{who}: `query` (or `command`, `query_b64`, `script`) is "
-                        "required", error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: `query` (or `command`, `query_b64`, `script`) is required",
+            error_type=kind_of(who),
+        )
     return text
 
 
@@ -253,8 +290,10 @@ def params_of(spec: Mapping[str, Any], who: str) -> list[Any] | dict[str, Any]:
     if isinstance(params, tuple):
         return list(params)
     if not isinstance(params, list | dict):
-        raise ToolError(f"{who}: `params` must be a list (or a mapping of names), not "
-                        f"{type(params).__name__}", error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: `params` must be a list (or a mapping of names), not {type(params).__name__}",
+            error_type=kind_of(who),
+        )
     return params
 
 
@@ -294,12 +333,23 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [json_safe(v) for v in value]
     if isinstance(value, asyncpg.Range):
-        return {"lower": json_safe(value.lower), "upper": json_safe(value.upper),
-                "lower_inc": value.lower_inc, "upper_inc": value.upper_inc,
-                "empty": value.isempty}
-    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address
-                  | ipaddress.IPv4Network | ipaddress.IPv6Network
-                  | ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return {
+            "lower": json_safe(value.lower),
+            "upper": json_safe(value.upper),
+            "lower_inc": value.lower_inc,
+            "upper_inc": value.upper_inc,
+            "empty": value.isempty,
+        }
+    if isinstance(
+        value,
+        uuid.UUID
+        | ipaddress.IPv4Address
+        | ipaddress.IPv6Address
+        | ipaddress.IPv4Network
+        | ipaddress.IPv6Network
+        | ipaddress.IPv4Interface
+        | ipaddress.IPv6Interface,
+    ):
         return str(value)
     if isinstance(value, asyncpg.BitString):
         return value.as_string()
@@ -316,25 +366,27 @@ def parse_table_name(name: Any, fold: Callable[[str], str], who: str) -> tuple[s
     unquoted names (`fold`: str.lower for PostgreSQL, str.upper for Snowflake).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ToolError(f"{who}: `table` (like schema.table) is required",
-                        error_type=kind_of(who))
+        raise ToolError(f"{who}: `table` (like schema.table) is required", error_type=kind_of(who))
     parts: list[str] = []
     text = name.strip()
     i = 0
     while True:
         if text.startswith('"', i):
             end = _skip_quoted(text, i, '"', False)
-            if end > len(text) or not text[end - 1:end] == '"' or end - i < 3:
+            if end > len(text) or not text[end - 1 : end] == '"' or end - i < 3:
                 raise ToolError(f"{who}: bad table name {name!r}", error_type=kind_of(who))
-            parts.append(text[i + 1:end - 1].replace('""', '"'))
+            parts.append(text[i + 1 : end - 1].replace('""', '"'))
             i = end
         else:
             end = text.find(".", i)
             end = len(text) if end < 0 else end
             bare = text[i:end].strip()
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", bare):
-                raise ToolError(f"{who}: bad table name {name!r} (quote parts that are "
-                                'not plain names, like public."My Table")', error_type=kind_of(who))
+                raise ToolError(
+                    f"{who}: bad table name {name!r} (quote parts that are "
+                    'not plain names, like public."My Table")',
+                    error_type=kind_of(who),
+                )
             parts.append(fold(bare))
             i = end
         if i >= len(text):
@@ -357,8 +409,7 @@ def quote_name(parts: tuple[str, ...]) -> str:
     return ".".join(quote_ident(part) for part in parts)
 
 
-def match_columns(keys: list[str], columns: list[str], table: str,
-                  who: str) -> dict[str, str]:
+def match_columns(keys: list[str], columns: list[str], table: str, who: str) -> dict[str, str]:
     """Each row key's column: the same name, else the one column equal to it ignoring case."""
     exact = set(columns)
     folded: dict[str, list[str]] = {}
@@ -374,9 +425,12 @@ def match_columns(keys: list[str], columns: list[str], table: str,
         else:
             unknown.append(key)
     if unknown:
-        raise ToolError(f"{who}: table {table} has no column "
-                        f"{', '.join(map(repr, unknown))} (its columns: {', '.join(columns)})",
-                        error_type=kind_of(who), table=table)
+        raise ToolError(
+            f"{who}: table {table} has no column "
+            f"{', '.join(map(repr, unknown))} (its columns: {', '.join(columns)})",
+            error_type=kind_of(who),
+            table=table,
+        )
     return mapping
 
 
@@ -413,12 +467,16 @@ def key_columns(spec: Mapping[str, Any], mode: str, columns: list[str], who: str
     if mode != "upsert":
         return list(key or [])
     if not key or not isinstance(key, list) or not all(isinstance(k, str) for k in key):
-        raise ToolError(f"{who}: mode upsert needs `key`, the list of columns that "
-                        "identify a row", error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: mode upsert needs `key`, the list of columns that identify a row",
+            error_type=kind_of(who),
+        )
     missing = [k for k in key if k not in columns]
     if missing:
-        raise ToolError(f"{who}: key column {', '.join(map(repr, missing))} is in no row",
-                        error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: key column {', '.join(map(repr, missing))} is in no row",
+            error_type=kind_of(who),
+        )
     return key
 
 
@@ -445,16 +503,19 @@ def sink_mode(spec: Mapping[str, Any], who: str) -> str:
     """The sink's `mode`: insert (default), upsert or replace."""
     mode = spec.get("mode") or "insert"
     if mode not in SINK_MODES:
-        raise ToolError(f"{who}: `mode` must be one of {', '.join(SINK_MODES)}, not "
-                        f"{mode!r}", error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: `mode` must be one of {', '.join(SINK_MODES)}, not {mode!r}",
+            error_type=kind_of(who),
+        )
     return str(mode)
 
 
 # -- credentials ----------------------------------------------------------------------------
 
 
-async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
-                       who: str) -> tuple[str, dict[str, Any]]:
+async def resolve_auth(
+    ctx: ToolContext, spec: Mapping[str, Any], who: str
+) -> tuple[str, dict[str, Any]]:
     """`(label, data)` of the connection a call names: `auth` or `connection_string`.
 
     `auth` is a credential name (a step's `credentials` alias first), `{type, credential}`,
@@ -464,8 +525,10 @@ async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
     if auth is None:
         dsn = spec.get("connection_string")
         if dsn is None:
-            raise ToolError(f"{who}: `auth` (a credential) or `connection_string` is required",
-                            error_type=kind_of(who))
+            raise ToolError(
+                f"{who}: `auth` (a credential) or `connection_string` is required",
+                error_type=kind_of(who),
+            )
         if not isinstance(dsn, str):
             raise ToolError(f"{who}: `connection_string` must be text", error_type=kind_of(who))
         return "connection_string", {"dsn": dsn}
@@ -475,8 +538,10 @@ async def resolve_auth(ctx: ToolContext, spec: Mapping[str, Any],
         if name is None:
             return "auth", dict(auth)
     if not isinstance(name, str):
-        raise ToolError(f"{who}: `auth` must be a credential name or {{type, credential}}",
-                        error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: `auth` must be a credential name or {{type, credential}}",
+            error_type=kind_of(who),
+        )
     name = ctx.bindings.get(name, name)
     data = await ctx.credential(name)
     if not isinstance(data, Mapping):
@@ -513,8 +578,9 @@ def mask_dsn(dsn: str) -> str:
         return "<connection string>"
 
 
-def postgres_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
-                    who: str) -> dict[str, Any]:
+def postgres_params(
+    ctx: ToolContext, label: str, data: Mapping[str, Any], who: str
+) -> dict[str, Any]:
     """asyncpg's connection arguments for a postgres credential (`dsn` or fields).
 
     Registers the password (and the DSN holding it) as secrets of this call.
@@ -522,30 +588,40 @@ def postgres_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
     dsn = data.get("dsn") or data.get("connection_string") or data.get("url")
     if dsn is not None:
         if not isinstance(dsn, str) or not dsn.startswith(("postgres://", "postgresql://")):
-            raise ToolError(f"{who}: credential {label!r} holds a `dsn` that is not a "
-                            "postgresql:// URI", error_type=kind_of(who))
+            raise ToolError(
+                f"{who}: credential {label!r} holds a `dsn` that is not a postgresql:// URI",
+                error_type=kind_of(who),
+            )
         add_secret(ctx, label, "dsn", dsn)
         with contextlib.suppress(ValueError):
             password = urlsplit(dsn).password
             add_secret(ctx, label, "password", password and unquote(password))
         return {"dsn": dsn}
     params: dict[str, Any] = {}
-    for field, aliases in (("host", ("host", "hostname")), ("port", ("port",)),
-                           ("user", ("user", "username")), ("password", ("password",)),
-                           ("database", ("database", "dbname", "db"))):
+    for field, aliases in (
+        ("host", ("host", "hostname")),
+        ("port", ("port",)),
+        ("user", ("user", "username")),
+        ("password", ("password",)),
+        ("database", ("database", "dbname", "db")),
+    ):
         for alias in aliases:
             if data.get(alias) is not None:
                 params[field] = data[alias]
                 break
     if "host" not in params:
-        raise ToolError(f"{who}: credential {label!r} needs `dsn` or `host` (with port, user, "
-                        "password, database)", error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: credential {label!r} needs `dsn` or `host` (with port, user, "
+            "password, database)",
+            error_type=kind_of(who),
+        )
     if "port" in params:
         try:
             params["port"] = int(params["port"])
         except (TypeError, ValueError) as exc:
-            raise ToolError(f"{who}: credential {label!r} has a bad `port`",
-                            error_type=kind_of(who)) from exc
+            raise ToolError(
+                f"{who}: credential {label!r} has a bad `port`", error_type=kind_of(who)
+            ) from exc
     sslmode = data.get("sslmode") or data.get("ssl")
     if sslmode is not None:
         params["ssl"] = sslmode
@@ -570,15 +646,31 @@ def describe_postgres(params: Mapping[str, Any]) -> str:
 
 
 #: Credential fields passed to snowflake.connector.connect as they are.
-_SNOWFLAKE_FIELDS = ("account", "user", "password", "warehouse", "database", "schema", "role",
-                     "host", "port", "protocol", "region", "authenticator", "token",
-                     "login_timeout", "network_timeout", "session_parameters", "passcode")
-_SNOWFLAKE_SECRETS = ("password", "token", "passcode", "private_key",
-                      "private_key_passphrase")
+_SNOWFLAKE_FIELDS = (
+    "account",
+    "user",
+    "password",
+    "warehouse",
+    "database",
+    "schema",
+    "role",
+    "host",
+    "port",
+    "protocol",
+    "region",
+    "authenticator",
+    "token",
+    "login_timeout",
+    "network_timeout",
+    "session_parameters",
+    "passcode",
+)
+_SNOWFLAKE_SECRETS = ("password", "token", "passcode", "private_key", "private_key_passphrase")
 
 
-def snowflake_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
-                     who: str) -> dict[str, Any]:
+def snowflake_params(
+    ctx: ToolContext, label: str, data: Mapping[str, Any], who: str
+) -> dict[str, Any]:
     """snowflake.connector.connect's arguments for a snowflake credential.
 
     `private_key` may be PEM text (with `private_key_passphrase` when encrypted); it is
@@ -591,11 +683,15 @@ def snowflake_params(ctx: ToolContext, label: str, data: Mapping[str, Any],
         add_secret(ctx, label, field, data.get(field))
     key = data.get("private_key")
     if key is not None:
-        params["private_key"] = _load_private_key(key, data.get("private_key_passphrase"),
-                                                  label, who)
+        params["private_key"] = _load_private_key(
+            key, data.get("private_key_passphrase"), label, who
+        )
     if "account" not in params or "user" not in params:
-        raise ToolError(f"{who}: credential {label!r} needs `account` and `user` (with "
-                        "`password` or `private_key`)", error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: credential {label!r} needs `account` and `user` (with "
+            "`password` or `private_key`)",
+            error_type=kind_of(who),
+        )
     return params
 
 
@@ -603,16 +699,18 @@ def _load_private_key(key: Any, passphrase: Any, label: str, who: str) -> Any:
     from cryptography.hazmat.primitives import serialization
 
     if not isinstance(key, str | bytes):
-        raise ToolError(f"{who}: credential {label!r}: `private_key` must be PEM text",
-                        error_type=kind_of(who))
+        raise ToolError(
+            f"{who}: credential {label!r}: `private_key` must be PEM text", error_type=kind_of(who)
+        )
     pem = key.encode() if isinstance(key, str) else key
     secret = passphrase.encode() if isinstance(passphrase, str) else passphrase
     try:
         return serialization.load_pem_private_key(pem, password=secret)
     except (ValueError, TypeError) as exc:
         # The library's message names no key material, only what is wrong with it.
-        raise ToolError(f"{who}: credential {label!r}: unusable `private_key`: {exc}",
-                        error_type=kind_of(who)) from exc
+        raise ToolError(
+            f"{who}: credential {label!r}: unusable `private_key`: {exc}", error_type=kind_of(who)
+        ) from exc
 
 
 # -- time bounds ----------------------------------------------------------------------------
@@ -625,8 +723,9 @@ def timeout_ms(ctx: ToolContext) -> int | None:
     return max(1, math.ceil(ctx.timeout * 1000))
 
 
-async def in_thread(ctx: ToolContext, fn: Callable[[], T], who: str,
-                    interrupt: Callable[[], None] | None = None) -> T:
+async def in_thread(
+    ctx: ToolContext, fn: Callable[[], T], who: str, interrupt: Callable[[], None] | None = None
+) -> T:
     """`fn()` run in a worker thread, bounded by the step's timeout and cancellation.
 
     On either, `interrupt` (called from the event loop) is asked to stop the work, and the
@@ -635,8 +734,9 @@ async def in_thread(ctx: ToolContext, fn: Callable[[], T], who: str,
     task = asyncio.ensure_future(asyncio.to_thread(fn))
     cancelled = asyncio.ensure_future(ctx.cancelled.wait())
     try:
-        await asyncio.wait({task, cancelled}, timeout=ctx.timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {task, cancelled}, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         cancelled.cancel()
     if task.done():
@@ -651,5 +751,4 @@ async def in_thread(ctx: ToolContext, fn: Callable[[], T], who: str,
     if ctx.cancelled.is_set():
         raise ToolError(f"{who}: cancelled", error_type="cancelled")
     done = "interrupted" if interrupt is not None else "left to finish on its own"
-    raise ToolTimeout(f"{who}: still running after the step's timeout of {ctx.timeout:g}s; "
-                      f"{done}")
+    raise ToolTimeout(f"{who}: still running after the step's timeout of {ctx.timeout:g}s; {done}")

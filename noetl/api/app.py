@@ -51,8 +51,9 @@ POLL_SECONDS: float = 1.0  # how often a stream reads the execution's status fro
 KEEPALIVE_SECONDS: float = 15.0  # idle time before a stream sends a comment line
 APPEAR_SECONDS: float = 10.0  # how long a stream waits for a just-started execution's row
 
-_YAML_TYPES: Final = frozenset({"text/yaml", "application/x-yaml", "application/yaml",
-                                "text/x-yaml", "text/plain"})
+_YAML_TYPES: Final = frozenset(
+    {"text/yaml", "application/x-yaml", "application/yaml", "text/x-yaml", "text/plain"}
+)
 _ID: Final = re.compile(r"[0-9]{1,19}")
 _MAX_ID: Final = 2**63 - 1
 _MAX_LIST: Final = 1000
@@ -70,8 +71,7 @@ T = TypeVar("T")
 class _ApiError(Exception):
     """A refusal with its HTTP status, turned into a JSON body by the error middleware."""
 
-    def __init__(self, status: int, message: str, *,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -131,12 +131,17 @@ async def _body(request: web.Request, kind: type[T], *, optional: bool = False) 
 
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=msgspec.json.encode(data), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=msgspec.json.encode(data),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None,
-           **extra: Any) -> web.Response:
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     return _json({"error": message, **extra}, status=status, headers=headers)
 
 
@@ -147,8 +152,12 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 
 
 def _info(item: CredentialInfo | Credential) -> dict[str, Any]:
-    return {"name": item.name, "type": item.type, "created_at": item.created_at.isoformat(),
-            "updated_at": item.updated_at.isoformat()}
+    return {
+        "name": item.name,
+        "type": item.type,
+        "created_at": item.created_at.isoformat(),
+        "updated_at": item.updated_at.isoformat(),
+    }
 
 
 # -- request parameters ---------------------------------------------------------------------
@@ -185,8 +194,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         # aiohttp's own refusals (no such route, method not allowed, body too large).
-        kept = {k: v for k, v in exc.headers.items()
-                if k.lower() not in ("content-type", "content-length")}
+        kept = {
+            k: v
+            for k, v in exc.headers.items()
+            if k.lower() not in ("content-type", "content-length")
+        }
         return _error(exc.status, exc.reason, headers=kept)
     except PlaybookError as exc:
         return _error(422, "invalid playbook", problems=exc.problems)
@@ -214,10 +226,12 @@ def _auth(token: str) -> Middleware:
         if request.path == "/api" or request.path.startswith("/api/"):
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             # Constant time, so the response time tells nothing about the token.
-            if not (scheme.lower() == "bearer"
-                    and hmac.compare_digest(given.strip().encode(), expected)):
-                raise _ApiError(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            if not (
+                scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+            ):
+                raise _ApiError(
+                    401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
         return await handler(request)
 
     return auth
@@ -285,25 +299,34 @@ class _Gateway:
                 raise _ApiError(400, "the playbook is not valid UTF-8 text") from None
             files = {}
         else:
-            raise _ApiError(415, "send the playbook as YAML (Content-Type: text/yaml) or as "
-                                 "JSON {\"content\": ...} (Content-Type: application/json)")
+            raise _ApiError(
+                415,
+                "send the playbook as YAML (Content-Type: text/yaml) or as "
+                'JSON {"content": ...} (Content-Type: application/json)',
+            )
         if not content.strip():
             raise _ApiError(400, "the playbook is empty")
         request_data = encode(RegisterPlaybook(content=content, files=files))
         try:
-            data = await self.client.bus.request(CATALOG_REGISTER, request_data,
-                                                 timeout=_REGISTER_TIMEOUT)
+            data = await self.client.bus.request(
+                CATALOG_REGISTER, request_data, timeout=_REGISTER_TIMEOUT
+            )
         except nats.errors.NoRespondersError:
-            raise _ApiError(503, "no catalog actor is running (start one with "
-                                 "`noetl-runtime up --role catalog`)") from None
+            raise _ApiError(
+                503,
+                "no catalog actor is running (start one with `noetl-runtime up --role catalog`)",
+            ) from None
         except nats.errors.TimeoutError:
-            raise _ApiError(504, f"the catalog actor did not answer within "
-                                 f"{_REGISTER_TIMEOUT:g} s") from None
+            raise _ApiError(
+                504, f"the catalog actor did not answer within {_REGISTER_TIMEOUT:g} s"
+            ) from None
         reply = msgspec.msgpack.decode(data, type=CatalogReply)
         if not reply.ok:
             raise PlaybookError(reply.problems)
-        return _json({"path": reply.path, "version": reply.version, "created": reply.created},
-                     status=201 if reply.created else 200)
+        return _json(
+            {"path": reply.path, "version": reply.version, "created": reply.created},
+            status=201 if reply.created else 200,
+        )
 
     # -- executions ---------------------------------------------------------------------
 
@@ -315,10 +338,12 @@ class _Gateway:
     async def start_execution(self, request: web.Request) -> web.Response:
         """Start an execution of a registered playbook; it runs asynchronously."""
         body = await _body(request, _StartBody)
-        eid = await self.client.start(body.path, version=body.version, workload=body.workload,
-                                      timeout=body.timeout)
-        return _json({"execution_id": str(eid)}, status=202,
-                     headers={"Location": f"/api/executions/{eid}"})
+        eid = await self.client.start(
+            body.path, version=body.version, workload=body.workload, timeout=body.timeout
+        )
+        return _json(
+            {"execution_id": str(eid)}, status=202, headers={"Location": f"/api/executions/{eid}"}
+        )
 
     async def get_execution(self, request: web.Request) -> web.Response:
         """The execution document: status, result, each step's result, vars."""
@@ -341,10 +366,12 @@ class _Gateway:
         """Start a new execution that keeps what this one decided before a step."""
         eid = _execution_id(request)
         body = await _body(request, _RestartBody, optional=True)
-        new_id = await self.client.restart(eid, from_step=body.from_step,
-                                           workload=body.workload)
-        return _json({"execution_id": str(new_id), "restarted_from": str(eid)}, status=202,
-                     headers={"Location": f"/api/executions/{new_id}"})
+        new_id = await self.client.restart(eid, from_step=body.from_step, workload=body.workload)
+        return _json(
+            {"execution_id": str(new_id), "restarted_from": str(eid)},
+            status=202,
+            headers={"Location": f"/api/executions/{new_id}"},
+        )
 
     async def stream_execution(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each announced event, then `end` with the final document."""
@@ -361,11 +388,13 @@ class _Gateway:
         self._streams.add(closing)
         try:
             status = await self._status_once_known(eid)
-            response = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # proxies such as nginx must not buffer it
-            })
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",  # proxies such as nginx must not buffer it
+                }
+            )
             await response.prepare(request)
             try:
                 await self._pump(request, response, eid, status, batches, closing)
@@ -395,9 +424,15 @@ class _Gateway:
                     raise
             await asyncio.sleep(0.1)
 
-    async def _pump(self, request: web.Request, response: web.StreamResponse, eid: int,
-                    status: str, batches: asyncio.Queue[list[dict[str, Any]]],
-                    closing: asyncio.Event) -> None:
+    async def _pump(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        eid: int,
+        status: str,
+        batches: asyncio.Queue[list[dict[str, Any]]],
+        closing: asyncio.Event,
+    ) -> None:
         loop = asyncio.get_running_loop()
         stored_end = status in TERMINAL_STATUSES
         announced_end = False
@@ -444,8 +479,10 @@ class _Gateway:
         ended = False
         for event in batch:
             await response.write(_sse(event))
-            ended = ended or (str(event.get("type", "")).startswith("execution.")
-                              and event.get("status") in TERMINAL_STATUSES)
+            ended = ended or (
+                str(event.get("type", "")).startswith("execution.")
+                and event.get("status") in TERMINAL_STATUSES
+            )
         return ended
 
     async def close_streams(self, app: web.Application) -> None:
@@ -494,8 +531,9 @@ class _Gateway:
             raise _ApiError(400, str(exc)) from None
         store = await self._store()
         created = await store.set(name, kind, data)
-        return _json({"name": name, "type": kind, "created": created},
-                     status=201 if created else 200)
+        return _json(
+            {"name": name, "type": kind, "created": created}, status=201 if created else 200
+        )
 
     async def delete_credential(self, request: web.Request) -> web.Response:
         """Delete a credential: 204, or 404 when there is none."""

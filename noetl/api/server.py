@@ -21,8 +21,9 @@ _SHUTDOWN_SECONDS = 5.0
 class ApiServer:
     """The API gateway listening on `host`:`port` (`port=0` picks a free port)."""
 
-    def __init__(self, client: Client, *, host: str = "0.0.0.0", port: int = 8082,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, client: Client, *, host: str = "0.0.0.0", port: int = 8082, token: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self._app = make_app(client, token=token)
@@ -39,8 +40,9 @@ class ApiServer:
             await web.TCPSite(runner, self.host, self.port).start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConfigError(f"the API cannot listen on {self.host}:{self.port}: "
-                              f"{exc.strerror or exc}") from exc
+            raise ConfigError(
+                f"the API cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self._runner = runner
         # With port 0 the system chose it; a host with several addresses binds each to a
         # port of its own, and the first is reported.

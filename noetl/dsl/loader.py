@@ -73,8 +73,9 @@ def parse_yaml(text: str) -> Document | SyntaxProblem:
     except YAMLError as exc:
         return _syntax_problem(exc)
     start = (root.lc.line + 1, root.lc.col + 1) if isinstance(root, CommentedMap) else (1, 1)
-    doc = Document(data=None, values={(): start}, keys={}, block_scalars=set(),
-                   lines=text.splitlines())
+    doc = Document(
+        data=None, values={(): start}, keys={}, block_scalars=set(), lines=text.splitlines()
+    )
     doc.data = _plain(root, (), doc)
     return doc
 

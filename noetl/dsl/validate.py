@@ -39,26 +39,56 @@ from noetl.dsl.models import (
 )
 
 API_VERSION = "noetl.io/v2"
-_SQL_FIELDS = frozenset({
-    "kind", "auth", "connection_string", "query", "command", "command_b64", "query_b64",
-    "params", "database", "attach", "script", "args", "timeout",
-})
+_SQL_FIELDS = frozenset(
+    {
+        "kind",
+        "auth",
+        "connection_string",
+        "query",
+        "command",
+        "command_b64",
+        "query_b64",
+        "params",
+        "database",
+        "attach",
+        "script",
+        "args",
+        "timeout",
+    }
+)
 # Fields of the builtin tool kinds; kinds that plugins add are not field-checked.
 TOOL_FIELDS: dict[str, frozenset[str]] = {
-    "python": frozenset({"kind", "code", "code_b64", "script", "libs", "args", "auth",
-                         "timeout"}),
-    "http": frozenset({
-        "kind", "method", "url", "endpoint", "params", "headers", "json", "body", "data",
-        "payload", "timeout", "verify_ssl", "follow_redirects", "allow_status", "auth", "args",
-        "script", "max_response_bytes",
-    }),
+    "python": frozenset({"kind", "code", "code_b64", "script", "libs", "args", "auth", "timeout"}),
+    "http": frozenset(
+        {
+            "kind",
+            "method",
+            "url",
+            "endpoint",
+            "params",
+            "headers",
+            "json",
+            "body",
+            "data",
+            "payload",
+            "timeout",
+            "verify_ssl",
+            "follow_redirects",
+            "allow_status",
+            "auth",
+            "args",
+            "script",
+            "max_response_bytes",
+        }
+    ),
     "postgres": _SQL_FIELDS,
     "duckdb": _SQL_FIELDS,
     "snowflake": _SQL_FIELDS,
     "playbook": frozenset({"kind", "path", "version", "args", "return_step"}),
     "workbook": frozenset({"kind", "name", "args"}),
-    "iterator": frozenset({"kind", "collection", "element", "mode", "max_concurrency", "task",
-                           "continue_on_error"}),
+    "iterator": frozenset(
+        {"kind", "collection", "element", "mode", "max_concurrency", "task", "continue_on_error"}
+    ),
 }
 BUILTIN_KINDS = frozenset(TOOL_FIELDS)
 # A tool of these kinds needs at least one of the listed fields.
@@ -180,8 +210,15 @@ def _suggest(word: object, options: Collection[str]) -> str:
 
 
 def _type_name(value: object) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a number", type(None): "null"}
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -228,10 +265,13 @@ class _Checker:
             return self._report(None)
         if data.get("apiVersion") == "noetl.io/v1":
             # A v1 document differs everywhere: one clear message beats a page of noise.
-            self._error(("apiVersion",), "apiVersion noetl.io/v1 is not supported: this "
-                        f"runtime runs {API_VERSION} playbooks only; migrate the playbook "
-                        f"to {API_VERSION} (steps route with `next`, tools are written "
-                        "`tool: {kind: ...}`)")
+            self._error(
+                ("apiVersion",),
+                "apiVersion noetl.io/v1 is not supported: this "
+                f"runtime runs {API_VERSION} playbooks only; migrate the playbook "
+                f"to {API_VERSION} (steps route with `next`, tools are written "
+                "`tool: {kind: ...}`)",
+            )
             return self._report(None)
         ok, playbook = self._struct(Playbook, data, ())
         self._header(data)
@@ -277,8 +317,9 @@ class _Checker:
             child = (*path, key)
             field = fields.get(key) if isinstance(key, str) else None
             if field is None:
-                self._error(child, f"unknown field `{key}` in {what}{_suggest(key, fields)}",
-                            at_key=True)
+                self._error(
+                    child, f"unknown field `{key}` in {what}{_suggest(key, fields)}", at_key=True
+                )
                 continue
             hook = self.hooks.get((cls, key))
             good, built = hook(raw, child) if hook else self._value(field.type, raw, child, key)
@@ -315,8 +356,9 @@ class _Checker:
         if isinstance(tp, mi.ListType):
             if not isinstance(raw, list):
                 return self._wrong(path, name, "a list", raw)
-            built = [self._value(tp.item_type, item, (*path, i), name)
-                     for i, item in enumerate(raw)]
+            built = [
+                self._value(tp.item_type, item, (*path, i), name) for i, item in enumerate(raw)
+            ]
             return True, [item for good, item in built if good]
         if isinstance(tp, mi.DictType):
             return self._mapping(tp, raw, path, name)
@@ -328,15 +370,17 @@ class _Checker:
             return False, None
         return self._scalar(tp, raw, path, name)
 
-    def _mapping(self, tp: mi.DictType, raw: Any, path: NodePath, name: str
-                 ) -> tuple[bool, Any]:
+    def _mapping(self, tp: mi.DictType, raw: Any, path: NodePath, name: str) -> tuple[bool, Any]:
         if not isinstance(raw, dict):
             return self._wrong(path, name, "a mapping", raw)
         out: dict[Any, Any] = {}
         for key, item in raw.items():
             if not isinstance(key, str):
-                self._error((*path, key), f"keys of `{name}` must be strings, got "
-                            f"{_type_name(key)} `{key}`", at_key=True)
+                self._error(
+                    (*path, key),
+                    f"keys of `{name}` must be strings, got {_type_name(key)} `{key}`",
+                    at_key=True,
+                )
                 continue
             good, built = self._value(tp.value_type, item, (*path, key), key)
             if good:
@@ -347,8 +391,9 @@ class _Checker:
         if isinstance(tp, mi.StrType):
             return (True, raw) if isinstance(raw, str) else self._wrong(path, name, "a string", raw)
         if isinstance(tp, mi.BoolType):
-            return (True, raw) if isinstance(raw, bool) else self._wrong(path, name, "a boolean",
-                                                                          raw)
+            return (
+                (True, raw) if isinstance(raw, bool) else self._wrong(path, name, "a boolean", raw)
+            )
         if isinstance(tp, mi.NoneType):
             return (True, None) if raw is None else self._wrong(path, name, "null", raw)
         assert isinstance(tp, mi.IntType | mi.FloatType), tp
@@ -408,8 +453,9 @@ class _Checker:
                 entries.append(self._edge(raw, where, "`next`"))
                 continue
             if not isinstance(raw, dict):
-                self._error(where, "a `next` entry must be a step name or a mapping, got "
-                            f"{_type_name(raw)}")
+                self._error(
+                    where, f"a `next` entry must be a step name or a mapping, got {_type_name(raw)}"
+                )
                 continue
             cls: type[NextEntry]
             if "when" in raw:
@@ -435,8 +481,11 @@ class _Checker:
                 edges.append(self._edge(raw, where, label))
                 continue
             if not isinstance(raw, dict):
-                self._error(where, f"an entry of {label} must be a step name or a "
-                            f"`{{step, args}}` mapping, got {_type_name(raw)}")
+                self._error(
+                    where,
+                    f"an entry of {label} must be a step name or a "
+                    f"`{{step, args}}` mapping, got {_type_name(raw)}",
+                )
                 continue
             good, edge = self._struct(Edge, raw, where)
             if good:
@@ -464,8 +513,11 @@ class _Checker:
                 self._error(where, "a `set` item must be a `{name, value}` mapping")
                 continue
             for key in item.keys() - {"name", "value"}:
-                self._error((*where, key), f"unknown field `{key}` in a `set` item"
-                            f"{_suggest(key, ('name', 'value'))}", at_key=True)
+                self._error(
+                    (*where, key),
+                    f"unknown field `{key}` in a `set` item{_suggest(key, ('name', 'value'))}",
+                    at_key=True,
+                )
             out[item["name"]] = item.get("value")
         return True, out
 
@@ -487,8 +539,7 @@ class _Checker:
             self._wrong((*path, "kind"), "kind", "a string", kind)
             return
         if kind not in self.kinds:
-            self._error((*path, "kind"), f"unknown tool kind `{kind}`"
-                        f"{_suggest(kind, self.kinds)}")
+            self._error((*path, "kind"), f"unknown tool kind `{kind}`{_suggest(kind, self.kinds)}")
             return
         fields = TOOL_FIELDS.get(kind)
         if fields is None:
@@ -496,8 +547,11 @@ class _Checker:
         for key, raw in tool.items():
             where = (*path, key)
             if key not in fields:
-                self._error(where, f"unknown field `{key}` in the `{kind}` tool"
-                            f"{_suggest(key, fields)}", at_key=True)
+                self._error(
+                    where,
+                    f"unknown field `{key}` in the `{kind}` tool{_suggest(key, fields)}",
+                    at_key=True,
+                )
                 continue
             types, expected = _TOOL_TYPES.get(key, ((object,), ""))
             if not isinstance(raw, types) and not _is_template(raw) and raw is not None:
@@ -523,8 +577,11 @@ class _Checker:
         meta = data.get("metadata")
         name = meta.get("name") if isinstance(meta, dict) else None
         if isinstance(name, str) and not _IDENTIFIER.fullmatch(name):
-            self._error(("metadata", "name"), "`metadata.name` must be an identifier "
-                        f"(letters, digits, `_` and `-`, not starting with a digit), got `{name}`")
+            self._error(
+                ("metadata", "name"),
+                "`metadata.name` must be an identifier "
+                f"(letters, digits, `_` and `-`, not starting with a digit), got `{name}`",
+            )
 
     def _routes(self, has_workflow: bool) -> None:
         """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""
@@ -532,37 +589,51 @@ class _Checker:
         for path, step in self.steps:
             where = (*path, "step")
             if step.step in first:
-                self._error(where, f"duplicate step name `{step.step}` (first defined at line "
-                            f"{first[step.step][0]})")
+                self._error(
+                    where,
+                    f"duplicate step name `{step.step}` (first defined at line "
+                    f"{first[step.step][0]})",
+                )
             else:
                 first[step.step] = self.doc.value_at(where)
         if has_workflow and START not in first:
-            self._error(("workflow",), f"the workflow has no step named `{START}`, where every "
-                        f"execution begins{_suggest(START, first)}", at_key=True)
+            self._error(
+                ("workflow",),
+                f"the workflow has no step named `{START}`, where every "
+                f"execution begins{_suggest(START, first)}",
+                at_key=True,
+            )
         for ref in self.step_refs:
             if ref.name not in first:
-                self._error(ref.path, f"{ref.label} names unknown step `{ref.name}`"
-                            f"{_suggest(ref.name, first)}")
+                self._error(
+                    ref.path,
+                    f"{ref.label} names unknown step `{ref.name}`{_suggest(ref.name, first)}",
+                )
         tasks: dict[str, Position] = {}
         for path, task in self.tasks:
             where = (*path, "name")
             if task.name in tasks:
-                self._error(where, f"duplicate workbook task `{task.name}` (first defined at "
-                            f"line {tasks[task.name][0]})")
+                self._error(
+                    where,
+                    f"duplicate workbook task `{task.name}` (first defined at "
+                    f"line {tasks[task.name][0]})",
+                )
             else:
                 tasks[task.name] = self.doc.value_at(where)
         for ref in self.task_refs:
             if ref.name not in tasks:
-                self._error(ref.path, f"the workbook has no task `{ref.name}`"
-                            f"{_suggest(ref.name, tasks)}")
+                self._error(
+                    ref.path, f"the workbook has no task `{ref.name}`{_suggest(ref.name, tasks)}"
+                )
         if START not in first:
             return
         unreachable = Graph(step for _, step in self.steps).unreachable()
         for path, step in self.steps:
             if step.step in unreachable:
                 unreachable.discard(step.step)  # once per name, at its first definition
-                self._warning((*path, "step"), f"step `{step.step}` is not reachable from "
-                              f"`{START}`")
+                self._warning(
+                    (*path, "step"), f"step `{step.step}` is not reachable from `{START}`"
+                )
 
     def _templates(self, value: Any, path: NodePath) -> None:
         """Parse every template string; python code is not a template and is skipped."""
@@ -579,5 +650,8 @@ class _Checker:
                 _JINJA.parse(value)
             except jinja2.TemplateSyntaxError as exc:
                 line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
-                self.errors.append(Problem(self.filename, line, col,
-                                           f"Jinja2 syntax error in template: {exc.message}"))
+                self.errors.append(
+                    Problem(
+                        self.filename, line, col, f"Jinja2 syntax error in template: {exc.message}"
+                    )
+                )

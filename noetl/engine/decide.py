@@ -76,8 +76,9 @@ class LoopSpec(msgspec.Struct, frozen=True):
 class Engine:
     """The meaning of one pinned playbook version: decides for any of its executions."""
 
-    def __init__(self, playbook: Playbook, *, version: int,
-                 files: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, playbook: Playbook, *, version: int, files: Mapping[str, str] | None = None
+    ) -> None:
         self.playbook = playbook
         # Script files registered with the playbook, by normalised relative path.
         self.files = {posixpath.normpath(k): v for k, v in (files or {}).items()}
@@ -87,8 +88,9 @@ class Engine:
         self._order = {s.step: i for i, s in enumerate(playbook.workflow)}
         self._steps: dict[str, Step] = {s.step: s for s in playbook.workflow}
 
-    def decide(self, state: ExecutionState, message: ExecMessage,
-               values: Mapping[str, Any] | None = None) -> Decision:
+    def decide(
+        self, state: ExecutionState, message: ExecMessage, values: Mapping[str, Any] | None = None
+    ) -> Decision:
         """Decide the next events and messages; `state` is advanced by folding the events.
 
         `values` are the stored large values (by digest) that results in the state or the
@@ -116,13 +118,17 @@ class Engine:
 
     def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:
         """The runner messages of every issued command without a consumed outcome."""
-        return [self.command_message(state, cid) for cid, p in state.pending.items()
-                if p.child is None]
+        return [
+            self.command_message(state, cid) for cid, p in state.pending.items() if p.child is None
+        ]
 
     def pending_children(self, state: ExecutionState) -> list[StartExecution]:
         """The start messages of every child execution still awaited."""
-        return [self.child_message(state, cid) for cid, p in state.pending.items()
-                if p.child is not None]
+        return [
+            self.child_message(state, cid)
+            for cid, p in state.pending.items()
+            if p.child is not None
+        ]
 
     def command_message(self, state: ExecutionState, command_id: str) -> CommandIssued:
         """Rebuild the message of a pending command from the state (for republishing)."""
@@ -137,12 +143,15 @@ class Engine:
         elif pending.phase == "sink":
             tool, args = dict(step.sink or {}), {}
             locals_ = {"result": self._loop_result(state, step)}
-        elif step.sink is not None and (self.loop_of(step) is None
-                                        or step.sink.get("per_item")
-                                        or step.sink.get("per_page")):
+        elif step.sink is not None and (
+            self.loop_of(step) is None or step.sink.get("per_item") or step.sink.get("per_page")
+        ):
             sink = step.sink
-        names = (render.referenced_names(tool) | render.referenced_names(args)
-                 | render.referenced_names(sink))
+        names = (
+            render.referenced_names(tool)
+            | render.referenced_names(args)
+            | render.referenced_names(sink)
+        )
         results = state.results()
         context: dict[str, Any] = {
             "workload": state.workload,
@@ -186,8 +195,7 @@ class Engine:
         step = self._steps[pending.step]
         tool, args, timeout = self.resolve_tool(step)
         assert pending.child is not None
-        context = self._context(state, args=pending.args,
-                                extra=self._locals(state, step, pending))
+        context = self._context(state, args=pending.args, extra=self._locals(state, step, pending))
         where = f"step `{step.step}`"
         rendered = render.render(args, context, where=f"{where} args")
         assert isinstance(rendered, dict)
@@ -245,18 +253,23 @@ class Engine:
         """How the step iterates, if it does."""
         loop: Loop | None = step.loop
         if loop is not None:
-            return LoopSpec(items=loop.in_, iterator=loop.iterator,
-                            concurrency=1 if loop.mode == "sequential" else loop.max_concurrency,
-                            continue_on_error=loop.continue_on_error,
-                            paginate=loop.pagination is not None)
+            return LoopSpec(
+                items=loop.in_,
+                iterator=loop.iterator,
+                concurrency=1 if loop.mode == "sequential" else loop.max_concurrency,
+                continue_on_error=loop.continue_on_error,
+                paginate=loop.pagination is not None,
+            )
         tool = step.tool or {}
         if tool.get("kind") == "iterator":
             mode = tool.get("mode", "sequential")
             limit = int(tool.get("max_concurrency") or 16)
-            return LoopSpec(items=tool.get("collection"), iterator=str(tool.get("element",
-                                                                                 "item")),
-                            concurrency=1 if mode == "sequential" else limit,
-                            continue_on_error=bool(tool.get("continue_on_error", False)))
+            return LoopSpec(
+                items=tool.get("collection"),
+                iterator=str(tool.get("element", "item")),
+                concurrency=1 if mode == "sequential" else limit,
+                continue_on_error=bool(tool.get("continue_on_error", False)),
+            )
         return None
 
     def step(self, name: str) -> Step:
@@ -269,10 +282,15 @@ class Engine:
 
     # -- template contexts --------------------------------------------------------------
 
-    def _context(self, state: ExecutionState, *, args: Mapping[str, Any] | None = None,
-                 extra: Mapping[str, Any] | None = None,
-                 variables: Mapping[str, Any] | None = None,
-                 values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _context(
+        self,
+        state: ExecutionState,
+        *,
+        args: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        variables: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         results = state.results()
         if values:
             results = {name: blobs.resolve(value, values) for name, value in results.items()}
@@ -285,8 +303,7 @@ class Engine:
             extra=extra,
         )
 
-    def _locals(self, state: ExecutionState, step: Step,
-                pending: PendingCommand) -> dict[str, Any]:
+    def _locals(self, state: ExecutionState, step: Step, pending: PendingCommand) -> dict[str, Any]:
         """The loop variables of an item command: the iterator name and `loop`."""
         spec = self.loop_of(step)
         loop = state.step_state(step.step).loop
@@ -295,8 +312,12 @@ class Engine:
         index, length = pending.index, len(loop.items)
         return {
             spec.iterator: loop.items[index],
-            "loop": {"index": index, "first": index == 0, "last": index == length - 1,
-                     "length": length},
+            "loop": {
+                "index": index,
+                "first": index == 0,
+                "last": index == length - 1,
+                "length": length,
+            },
         }
 
     def _loop_result(self, state: ExecutionState, step: Step) -> Any:
@@ -309,8 +330,9 @@ class Engine:
 class _Run:
     """One decision in the making: emits events, folding each into the state at once."""
 
-    def __init__(self, engine: Engine, state: ExecutionState, now: float,
-                 values: Mapping[str, Any]) -> None:
+    def __init__(
+        self, engine: Engine, state: ExecutionState, now: float, values: Mapping[str, Any]
+    ) -> None:
         self.engine = engine
         self.state = state
         self.now = now
@@ -323,13 +345,22 @@ class _Run:
 
     def decision(self) -> Decision:
         state = self.state
-        decision = Decision(events=self.events, commands=self.commands, children=self.children,
-                            timers=self.timers, duplicate=self.duplicate)
-        if self.events and not state.running and any(
-                e.type.startswith("execution.") for e in self.events):
+        decision = Decision(
+            events=self.events,
+            commands=self.commands,
+            children=self.children,
+            timers=self.timers,
+            duplicate=self.duplicate,
+        )
+        if (
+            self.events
+            and not state.running
+            and any(e.type.startswith("execution.") for e in self.events)
+        ):
             decision.stop_running = bool(state.pending)
-            decision.cancel_children = [p.child for p in state.pending.values()
-                                        if p.child is not None]
+            decision.cancel_children = [
+                p.child for p in state.pending.values() if p.child is not None
+            ]
             decision.commands = []
             decision.children = []
             if state.parent_execution_id is not None and state.parent_command_id is not None:
@@ -363,35 +394,49 @@ class _Run:
             workload = dict(message.workload)
             failure = {"type": "render", "message": str(exc)}
         playbook = self.engine.playbook
-        if failure is None and message.return_step is not None and (
-                message.return_step not in self.engine._steps):
-            failure = {"type": "return_step",
-                       "message": f"return_step `{message.return_step}` is not a step of "
-                                  f"playbook `{self.engine.path}`"}
-        self.emit(Event(
-            type=ev.EXECUTION_STARTED,
-            dedup_key="execution.started",
-            status="running",
-            payload={
-                "path": self.engine.path,
-                "version": self.engine.version,
-                "workload": workload,
-                "parent_execution_id": message.parent_execution_id,
-                "parent_command_id": message.parent_command_id,
-                "return_step": message.return_step,
-                **({"restarted_from": message.restarted_from, "restore": message.restore}
-                   if message.restore is not None else {}),
-                "routes": [] if failure or message.restore is not None
-                else [{"step": START, "args": {}}],
-            },
-        ))
+        if (
+            failure is None
+            and message.return_step is not None
+            and (message.return_step not in self.engine._steps)
+        ):
+            failure = {
+                "type": "return_step",
+                "message": f"return_step `{message.return_step}` is not a step of "
+                f"playbook `{self.engine.path}`",
+            }
+        self.emit(
+            Event(
+                type=ev.EXECUTION_STARTED,
+                dedup_key="execution.started",
+                status="running",
+                payload={
+                    "path": self.engine.path,
+                    "version": self.engine.version,
+                    "workload": workload,
+                    "parent_execution_id": message.parent_execution_id,
+                    "parent_command_id": message.parent_command_id,
+                    "return_step": message.return_step,
+                    **(
+                        {"restarted_from": message.restarted_from, "restore": message.restore}
+                        if message.restore is not None
+                        else {}
+                    ),
+                    "routes": []
+                    if failure or message.restore is not None
+                    else [{"step": START, "args": {}}],
+                },
+            )
+        )
         if failure is not None:
             self._end_execution("failed", error=failure)
             return
         timeout = message.timeout or playbook.metadata.timeout
         if timeout:
-            self._schedule(TimerState(name=EXECUTION_TIMEOUT, due_at=self.now + timeout,
-                                      action="execution_timeout"))
+            self._schedule(
+                TimerState(
+                    name=EXECUTION_TIMEOUT, due_at=self.now + timeout, action="execution_timeout"
+                )
+            )
         self.advance()
 
     def completed(self, command_id: str, result: Any, meta: Mapping[str, Any]) -> None:
@@ -402,17 +447,25 @@ class _Run:
         step = self.engine.step(pending.step)
         if pending.phase == "sink" and pending.rule is not None:
             rule = step.case[pending.rule]
-            self._complete_step(step, command_id, pending.data, sink={"rows": rows},
-                                routes=self._edges(rule.then.next, self._case_context(
-                                    pending, pending.data, None, "call.done")))
+            self._complete_step(
+                step,
+                command_id,
+                pending.data,
+                sink={"rows": rows},
+                routes=self._edges(
+                    rule.then.next, self._case_context(pending, pending.data, None, "call.done")
+                ),
+            )
         elif pending.phase == "sink":
-            self._complete_step(step, command_id, self.engine._loop_result(self.state, step),
-                                sink={"rows": rows})
+            self._complete_step(
+                step, command_id, self.engine._loop_result(self.state, step), sink={"rows": rows}
+            )
         elif pending.index is not None and self.engine.loop_of(step) is not None:
             self._item_done(command_id, pending, result=result, rows=rows)
         elif not (step.case and self._case(step, command_id, pending, result, None)):
-            self._complete_step(step, command_id, result,
-                                sink={"rows": rows} if "sink" in meta else None)
+            self._complete_step(
+                step, command_id, result, sink={"rows": rows} if "sink" in meta else None
+            )
 
     def failed(self, command_id: str, error: Mapping[str, Any]) -> None:
         pending = self._pending(command_id)
@@ -422,11 +475,17 @@ class _Run:
         if self._retry(command_id, pending, error):
             return
         step = self.engine.step(pending.step)
-        if (pending.index is not None and pending.phase == "tool"
-                and self.engine.loop_of(step) is not None):
+        if (
+            pending.index is not None
+            and pending.phase == "tool"
+            and self.engine.loop_of(step) is not None
+        ):
             self._item_done(command_id, pending, error=error)
-        elif not (step.case and pending.phase == "tool"
-                  and self._case(step, command_id, pending, None, error)):
+        elif not (
+            step.case
+            and pending.phase == "tool"
+            and self._case(step, command_id, pending, None, error)
+        ):
             self._fail_step(pending.step, command_id, error)
 
     def child(self, message: ChildCompleted) -> None:
@@ -434,13 +493,16 @@ class _Run:
             self.completed(message.command_id, message.result, {})
             return
         child_error = message.error or {}
-        self.failed(message.command_id, {
-            "type": "child",
-            "message": f"child execution {message.child_execution_id} "
-                       f"{message.status}: {child_error.get('message', '')}".rstrip(": "),
-            "child_execution_id": str(message.child_execution_id),
-            "child_error": child_error,
-        })
+        self.failed(
+            message.command_id,
+            {
+                "type": "child",
+                "message": f"child execution {message.child_execution_id} "
+                f"{message.status}: {child_error.get('message', '')}".rstrip(": "),
+                "child_execution_id": str(message.child_execution_id),
+                "child_error": child_error,
+            },
+        )
 
     def timer(self, name: str) -> None:
         timer = self.state.timers.get(name)
@@ -473,23 +535,41 @@ class _Run:
     # -- timers and retries -------------------------------------------------------------
 
     def _schedule(self, timer: TimerState) -> None:
-        self.emit(Event(type=ev.TIMER_SCHEDULED, dedup_key=f"timer.scheduled:{timer.name}",
-                        step=timer.step, payload=msgspec.to_builtins(timer)))
+        self.emit(
+            Event(
+                type=ev.TIMER_SCHEDULED,
+                dedup_key=f"timer.scheduled:{timer.name}",
+                step=timer.step,
+                payload=msgspec.to_builtins(timer),
+            )
+        )
         self.timers.append(timer)
 
     def _fire(self, timer: TimerState) -> None:
-        self.emit(Event(type=ev.TIMER_FIRED, dedup_key=f"timer.fired:{timer.name}",
-                        step=timer.step, payload={"name": timer.name}))
+        self.emit(
+            Event(
+                type=ev.TIMER_FIRED,
+                dedup_key=f"timer.fired:{timer.name}",
+                step=timer.step,
+                payload={"name": timer.name},
+            )
+        )
         if timer.action == "execution_timeout":
-            self._end_execution("failed", error={
-                "type": "timeout",
-                "message": "the execution ran past its timeout"})
+            self._end_execution(
+                "failed", error={"type": "timeout", "message": "the execution ran past its timeout"}
+            )
             return
         retry = timer.retry
         assert timer.step is not None
-        self._issue(timer.step, retry["activation"], retry["attempt"], retry["args"],
-                    index=retry.get("index"), phase=retry.get("phase", "tool"),
-                    overrides=retry.get("overrides") or {})
+        self._issue(
+            timer.step,
+            retry["activation"],
+            retry["attempt"],
+            retry["args"],
+            index=retry.get("index"),
+            phase=retry.get("phase", "tool"),
+            overrides=retry.get("overrides") or {},
+        )
 
     def _retry(self, command_id: str, pending: PendingCommand, error: dict[str, Any]) -> bool:
         """Schedule the next attempt if the step's retry policy wants one."""
@@ -498,27 +578,37 @@ class _Run:
         if policy is None or pending.attempt >= policy.max_attempts or pending.child:
             return False
         if policy.when:
-            context = self.context(args=pending.args,
-                                           extra={"error": error})
+            context = self.context(args=pending.args, extra={"error": error})
             try:
-                wanted = render.truthy(render.evaluate(policy.when, context,
-                                                       where=f"step `{step.step}` retry.when"))
+                wanted = render.truthy(
+                    render.evaluate(policy.when, context, where=f"step `{step.step}` retry.when")
+                )
             except RenderError:
                 wanted = False
             if not wanted:
                 return False
         retry_after = error.get("retry_after")
-        delay = backoff_delay(policy, pending.attempt, command_id,
-                              float(retry_after) if isinstance(retry_after, int | float)
-                              else None)
+        delay = backoff_delay(
+            policy,
+            pending.attempt,
+            command_id,
+            float(retry_after) if isinstance(retry_after, int | float) else None,
+        )
         timer = TimerState(
             name=f"retry:{command_id}",
             due_at=self.now + delay,
             action="retry",
             step=pending.step,
-            retry={"failed_command": command_id, "activation": pending.activation,
-                   "attempt": pending.attempt + 1, "args": pending.args, "index": pending.index,
-                   "phase": pending.phase, "overrides": pending.overrides, "error": error},
+            retry={
+                "failed_command": command_id,
+                "activation": pending.activation,
+                "attempt": pending.attempt + 1,
+                "args": pending.args,
+                "index": pending.index,
+                "phase": pending.phase,
+                "overrides": pending.overrides,
+                "error": error,
+            },
         )
         self._schedule(timer)
         if delay <= 0:
@@ -541,19 +631,28 @@ class _Run:
             payload["paginate"] = {"strategy": step.loop.pagination.merge_strategy}
         elif spec is not None:
             try:
-                items = render.render(spec.items, self.context(
-                                                                       args=edge_args),
-                                      where=f"step `{name}` loop.in")
+                items = render.render(
+                    spec.items, self.context(args=edge_args), where=f"step `{name}` loop.in"
+                )
             except RenderError as exc:
                 items, failure = [], {"type": "render", "message": str(exc)}
             if failure is None and not isinstance(items, list | tuple):
-                failure = {"type": "loop",
-                           "message": f"step `{name}`: loop.in must be a list, got "
-                                      f"{type(items).__name__} {_preview(items)}"}
+                failure = {
+                    "type": "loop",
+                    "message": f"step `{name}`: loop.in must be a list, got "
+                    f"{type(items).__name__} {_preview(items)}",
+                }
                 items = []
             payload["items"] = list(items)
-        self.emit(Event(type=ev.STEP_STARTED, dedup_key=f"step.started:{name}:{activation}",
-                        step=name, status="running", payload=payload))
+        self.emit(
+            Event(
+                type=ev.STEP_STARTED,
+                dedup_key=f"step.started:{name}:{activation}",
+                step=name,
+                status="running",
+                payload=payload,
+            )
+        )
         if failure is not None:
             self._fail_step(name, None, failure)
         elif step.tool is None:
@@ -565,15 +664,27 @@ class _Run:
         else:
             self._fill_loop(step, spec)
 
-    def _issue(self, name: str, activation: int, attempt: int, args: dict[str, Any], *,
-               index: int | None = None, phase: str = "tool",
-               overrides: dict[str, Any] | None = None,
-               data: dict[str, Any] | None = None) -> None:
+    def _issue(
+        self,
+        name: str,
+        activation: int,
+        attempt: int,
+        args: dict[str, Any],
+        *,
+        index: int | None = None,
+        phase: str = "tool",
+        overrides: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         step = self.engine.step(name)
         cid = make_command_id(self.state.execution_id, name, activation, attempt, index, phase)
         tool, _, _ = self.engine.resolve_tool(step)
-        payload: dict[str, Any] = {"activation": activation, "attempt": attempt, "args": args,
-                                   "kind": "sink" if phase == "sink" else tool.get("kind")}
+        payload: dict[str, Any] = {
+            "activation": activation,
+            "attempt": attempt,
+            "args": args,
+            "kind": "sink" if phase == "sink" else tool.get("kind"),
+        }
         if index is not None:
             payload["index"] = index
         if phase != "tool":
@@ -585,8 +696,15 @@ class _Run:
         is_child = phase == "tool" and tool.get("kind") == "playbook"
         if is_child:
             payload["child"] = child_execution_id(cid)
-        self.emit(Event(type=ev.COMMAND_ISSUED, dedup_key=f"command.issued:{cid}", step=name,
-                        command_id=cid, payload=payload))
+        self.emit(
+            Event(
+                type=ev.COMMAND_ISSUED,
+                dedup_key=f"command.issued:{cid}",
+                step=name,
+                command_id=cid,
+                payload=payload,
+            )
+        )
         if is_child:
             try:
                 self.children.append(self.engine.child_message(self.state, cid))
@@ -605,14 +723,22 @@ class _Run:
         in_flight = sum(1 for p in state.pending.values() if p.step == step.step)
         in_flight += sum(1 for t in state.timers.values() if t.step == step.step)
         while not loop.stopping and loop.issued < len(loop.items) and in_flight < spec.concurrency:
-            self._issue(step.step, activation, 1, state.step_state(step.step).args,
-                        index=loop.issued)
+            self._issue(
+                step.step, activation, 1, state.step_state(step.step).args, index=loop.issued
+            )
             in_flight += 1
         if in_flight == 0 and (loop.stopping or loop.issued == len(loop.items)):
             self._finish_loop(step, spec)
 
-    def _item_done(self, command_id: str, pending: PendingCommand, *, result: Any = None,
-                   error: dict[str, Any] | None = None, rows: int = 0) -> None:
+    def _item_done(
+        self,
+        command_id: str,
+        pending: PendingCommand,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        rows: int = 0,
+    ) -> None:
         step = self.engine.step(pending.step)
         spec = self.engine.loop_of(step)
         assert spec is not None and pending.index is not None
@@ -626,13 +752,28 @@ class _Run:
             payload["tolerated"] = True
         if rows:
             payload["rows"] = rows
-        self.emit(Event(type=ev.STEP_ITEM, dedup_key=f"step.item:{command_id}", step=step.step,
-                        command_id=command_id, payload=payload, error=error))
+        self.emit(
+            Event(
+                type=ev.STEP_ITEM,
+                dedup_key=f"step.item:{command_id}",
+                step=step.step,
+                command_id=command_id,
+                payload=payload,
+                error=error,
+            )
+        )
         self._fill_loop(step, spec)
         self.advance()
 
-    def _page_done(self, step: Step, command_id: str, pending: PendingCommand, response: Any,
-                   error: dict[str, Any] | None, rows: int) -> None:
+    def _page_done(
+        self,
+        step: Step,
+        command_id: str,
+        pending: PendingCommand,
+        response: Any,
+        error: dict[str, Any] | None,
+        rows: int,
+    ) -> None:
         assert step.loop is not None and step.loop.pagination is not None
         page = step.loop.pagination
         index = pending.index
@@ -648,32 +789,47 @@ class _Run:
             try:
                 if not per_page:
                     payload["part"] = extract(response, page.merge_path)
-                context = self.context(args=pending.args,
-                                               extra={"response": response})
-                more = render.truthy(render.evaluate(page.continue_while, context,
-                                                     where=f"{where}.continue_while"))
+                context = self.context(args=pending.args, extra={"response": response})
+                more = render.truthy(
+                    render.evaluate(page.continue_while, context, where=f"{where}.continue_while")
+                )
                 if more and index + 1 < page.max_iterations:
-                    rendered = render.render(page.next_page, context,
-                                             where=f"{where}.next_page")
+                    rendered = render.render(page.next_page, context, where=f"{where}.next_page")
                     assert isinstance(rendered, dict)
                     next_overrides = _deep_merge(pending.overrides, rendered)
                 elif more:
                     payload["capped"] = page.max_iterations
             except KeyError as exc:
-                error = {"type": "pagination",
-                         "message": f"{where}.merge_path: `{page.merge_path}` not found in "
-                                    f"page {index} (missing `{exc.args[0]}`); page: "
-                                    f"{_preview(response)}"}
+                error = {
+                    "type": "pagination",
+                    "message": f"{where}.merge_path: `{page.merge_path}` not found in "
+                    f"page {index} (missing `{exc.args[0]}`); page: "
+                    f"{_preview(response)}",
+                }
             except RenderError as exc:
                 error = {"type": "pagination", "message": str(exc)}
         if rows:
             payload["rows"] = rows
         payload["last"] = next_overrides is None
-        self.emit(Event(type=ev.STEP_ITEM, dedup_key=f"step.item:{command_id}", step=step.step,
-                        command_id=command_id, payload=payload, error=error))
+        self.emit(
+            Event(
+                type=ev.STEP_ITEM,
+                dedup_key=f"step.item:{command_id}",
+                step=step.step,
+                command_id=command_id,
+                payload=payload,
+                error=error,
+            )
+        )
         if next_overrides is not None:
-            self._issue(step.step, pending.activation, 1, pending.args, index=index + 1,
-                        overrides=next_overrides)
+            self._issue(
+                step.step,
+                pending.activation,
+                1,
+                pending.args,
+                index=index + 1,
+                overrides=next_overrides,
+            )
             return
         spec = self.engine.loop_of(step)
         assert spec is not None
@@ -685,16 +841,21 @@ class _Run:
         if loop.failed and not spec.continue_on_error:
             first = loop.errors[0] if loop.errors else {}
             total = loop.total if loop.total is not None else loop.done
-            self._fail_step(step.step, None, {
-                "type": "loop",
-                "message": f"{loop.failed} of {total} items failed; first (item "
-                           f"{first.get('index')}): {first.get('message', '')}",
-                "errors": loop.errors,
-            })
+            self._fail_step(
+                step.step,
+                None,
+                {
+                    "type": "loop",
+                    "message": f"{loop.failed} of {total} items failed; first (item "
+                    f"{first.get('index')}): {first.get('message', '')}",
+                    "errors": loop.errors,
+                },
+            )
             return
         result = self.engine._loop_result(self.state, step)
-        per_item = step.sink is not None and (step.sink.get("per_item")
-                                              or step.sink.get("per_page"))
+        per_item = step.sink is not None and (
+            step.sink.get("per_item") or step.sink.get("per_page")
+        )
         if step.sink is not None and not per_item:
             activation = self.state.step_state(step.step).activation
             self._issue(step.step, activation, 1, {}, phase="sink")
@@ -704,10 +865,16 @@ class _Run:
             extra["pages"] = loop.done
         self._complete_step(step, None, result, **extra)
 
-    def _complete_step(self, step: Step, command_id: str | None, result: Any,
-                       sink: dict[str, Any] | None = None,
-                       routes: list[dict[str, Any]] | None = None,
-                       updates: dict[str, Any] | None = None, **facts: Any) -> None:
+    def _complete_step(
+        self,
+        step: Step,
+        command_id: str | None,
+        result: Any,
+        sink: dict[str, Any] | None = None,
+        routes: list[dict[str, Any]] | None = None,
+        updates: dict[str, Any] | None = None,
+        **facts: Any,
+    ) -> None:
         """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
         fired, else `step.exit` rules, else `next`)."""
         activation = self.state.step_state(step.step).activation
@@ -723,99 +890,139 @@ class _Run:
         except RenderError as exc:
             self._fail_step(step.step, command_id, {"type": "render", "message": str(exc)})
             return
-        payload: dict[str, Any] = {"result": result, "vars": variables, "routes": routes,
-                                   "tool": True, **facts}
+        payload: dict[str, Any] = {
+            "result": result,
+            "vars": variables,
+            "routes": routes,
+            "tool": True,
+            **facts,
+        }
         if sink is not None:
             payload["sink"] = sink
-        self.emit(Event(
-            type=ev.STEP_COMPLETED,
-            dedup_key=f"step.completed:{step.step}:{activation}",
-            step=step.step,
-            command_id=command_id,
-            status="completed",
-            payload=payload,
-        ))
+        self.emit(
+            Event(
+                type=ev.STEP_COMPLETED,
+                dedup_key=f"step.completed:{step.step}:{activation}",
+                step=step.step,
+                command_id=command_id,
+                status="completed",
+                payload=payload,
+            )
+        )
         self.advance()
 
-    def _fail_step(self, name: str, command_id: str | None, error: dict[str, Any], *,
-                   handled: list[dict[str, Any]] | None = None,
-                   updates: dict[str, Any] | None = None) -> None:
+    def _fail_step(
+        self,
+        name: str,
+        command_id: str | None,
+        error: dict[str, Any],
+        *,
+        handled: list[dict[str, Any]] | None = None,
+        updates: dict[str, Any] | None = None,
+    ) -> None:
         """End a step that failed. `handled` are the routes of a `case` rule that matched
         the error (possibly none: the branch then ends without failing the execution)."""
         step = self.engine.step(name)
         activation = self.state.step_state(name).activation
         error = {"step": name, **error}
-        routes = handled if handled is not None else self._routes(
-            step, result=render.MISSING, error=error, variables=self.state.variables)
+        routes = (
+            handled
+            if handled is not None
+            else self._routes(
+                step, result=render.MISSING, error=error, variables=self.state.variables
+            )
+        )
         payload: dict[str, Any] = {"routes": routes}
         if updates:
             payload["vars"] = updates
-        self.emit(Event(
-            type=ev.STEP_FAILED,
-            dedup_key=f"step.failed:{name}:{activation}",
-            step=name,
-            command_id=command_id,
-            status="failed",
-            payload=payload,
-            error=error,
-        ))
+        self.emit(
+            Event(
+                type=ev.STEP_FAILED,
+                dedup_key=f"step.failed:{name}:{activation}",
+                step=name,
+                command_id=command_id,
+                status="failed",
+                payload=payload,
+                error=error,
+            )
+        )
         if not routes and handled is None:
             self._end_execution("failed", error=error)
             return
         self.advance()
 
-    def _complete_routing_step(self, step: Step, activation: int,
-                               edge_args: dict[str, Any]) -> None:
+    def _complete_routing_step(
+        self, step: Step, activation: int, edge_args: dict[str, Any]
+    ) -> None:
         """A step without a tool only routes: it ends in the decision that starts it."""
         try:
             variables = self._vars(step, None, args=edge_args)
-            routes = self._routes(step, result=None, error=None, variables=variables,
-                                  args=edge_args)
+            routes = self._routes(
+                step, result=None, error=None, variables=variables, args=edge_args
+            )
         except RenderError as exc:
             self._fail_step(step.step, None, {"type": "render", "message": str(exc)})
             return
-        self.emit(Event(
-            type=ev.STEP_COMPLETED,
-            dedup_key=f"step.completed:{step.step}:{activation}",
-            step=step.step,
-            status="completed",
-            payload={"result": None, "vars": variables, "routes": routes, "tool": False},
-        ))
+        self.emit(
+            Event(
+                type=ev.STEP_COMPLETED,
+                dedup_key=f"step.completed:{step.step}:{activation}",
+                step=step.step,
+                status="completed",
+                payload={"result": None, "vars": variables, "routes": routes, "tool": False},
+            )
+        )
 
-    def _end_execution(self, status: str, *, error: dict[str, Any] | None = None,
-                       result: Any = None) -> None:
-        kind = {"completed": ev.EXECUTION_COMPLETED, "failed": ev.EXECUTION_FAILED,
-                "cancelled": ev.EXECUTION_CANCELLED}[status]
-        self.emit(Event(type=kind, dedup_key="execution.ended", status=status,
-                        payload={"result": result} if status == "completed" else None,
-                        error=error))
+    def _end_execution(
+        self, status: str, *, error: dict[str, Any] | None = None, result: Any = None
+    ) -> None:
+        kind = {
+            "completed": ev.EXECUTION_COMPLETED,
+            "failed": ev.EXECUTION_FAILED,
+            "cancelled": ev.EXECUTION_CANCELLED,
+        }[status]
+        self.emit(
+            Event(
+                type=kind,
+                dedup_key="execution.ended",
+                status=status,
+                payload={"result": result} if status == "completed" else None,
+                error=error,
+            )
+        )
 
     # -- case (the event-driven form of NoETL v2) --------------------------------------
 
-    def _case_context(self, pending: PendingCommand, result: Any,
-                      error: dict[str, Any] | None, event: str,
-                      variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _case_context(
+        self,
+        pending: PendingCommand,
+        result: Any,
+        error: dict[str, Any] | None,
+        event: str,
+        variables: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         extra: dict[str, Any] = {"event": {"name": event}}
         if error is None:
             extra["result"] = extra["response"] = result
         else:
             extra["error"] = error
-        return self.context(args=pending.args, extra=extra,
-                                    variables=variables)
+        return self.context(args=pending.args, extra=extra, variables=variables)
 
     def _first_rule(self, step: Step, context: Mapping[str, Any]) -> int | None:
         for i, rule in enumerate(step.case):
             try:
-                hit = render.truthy(render.evaluate(rule.when, context,
-                                                    where=f"step `{step.step}` case[{i}].when"))
+                hit = render.truthy(
+                    render.evaluate(rule.when, context, where=f"step `{step.step}` case[{i}].when")
+                )
             except RenderError:
                 hit = False  # as with `next` on failure: a rule that cannot be evaluated
             if hit:
                 return i
         return None
 
-    def _rule_updates(self, step: Step, index: int, context: Mapping[str, Any],
-                      result: Any) -> dict[str, Any]:
+    def _rule_updates(
+        self, step: Step, index: int, context: Mapping[str, Any], result: Any
+    ) -> dict[str, Any]:
         then = step.case[index].then
         where = f"step `{step.step}` case[{index}].then"
         updates = render.render(then.set, context, where=f"{where}.set")
@@ -827,8 +1034,14 @@ class _Run:
             updates[into] = merge(previous, part, then.collect.strategy)
         return updates
 
-    def _case(self, step: Step, command_id: str, pending: PendingCommand, result: Any,
-              error: dict[str, Any] | None) -> bool:
+    def _case(
+        self,
+        step: Step,
+        command_id: str,
+        pending: PendingCommand,
+        result: Any,
+        error: dict[str, Any] | None,
+    ) -> bool:
         """Apply the first rule matching the call's end (`call.done` / `call.error`);
         False when none matches."""
         event = "call.done" if error is None else "call.error"
@@ -840,48 +1053,84 @@ class _Run:
         then = step.case[index].then
         try:
             updates = self._rule_updates(step, index, context, result)
-            context = self._case_context(pending, result, error, event,
-                                         {**self.state.variables, **updates})
+            context = self._case_context(
+                pending, result, error, event, {**self.state.variables, **updates}
+            )
             if then.retry:
-                overrides = render.render(then.retry, context,
-                                          where=f"step `{step.step}` case[{index}].then.retry")
+                overrides = render.render(
+                    then.retry, context, where=f"step `{step.step}` case[{index}].then.retry"
+                )
                 assert isinstance(overrides, dict)
             routes = self._edges(then.next, context)
         except (RenderError, KeyError) as exc:
-            message = str(exc) if isinstance(exc, RenderError) else (
-                f"step `{step.step}` case[{index}].then.collect.path: missing `{exc.args[0]}`")
+            message = (
+                str(exc)
+                if isinstance(exc, RenderError)
+                else (
+                    f"step `{step.step}` case[{index}].then.collect.path: missing `{exc.args[0]}`"
+                )
+            )
             self._fail_step(step.step, command_id, {"type": "case", "message": message})
             return True
         if then.retry:
             call = pending.index or 0
-            self.emit(Event(type=ev.STEP_ITEM, dedup_key=f"step.item:{command_id}",
-                            step=step.step, command_id=command_id,
-                            payload={"index": call, "vars": updates, "rule": index},
-                            error=error))
-            self._issue(step.step, pending.activation, 1, pending.args, index=call + 1,
-                        overrides=_deep_merge(pending.overrides, overrides))
+            self.emit(
+                Event(
+                    type=ev.STEP_ITEM,
+                    dedup_key=f"step.item:{command_id}",
+                    step=step.step,
+                    command_id=command_id,
+                    payload={"index": call, "vars": updates, "rule": index},
+                    error=error,
+                )
+            )
+            self._issue(
+                step.step,
+                pending.activation,
+                1,
+                pending.args,
+                index=call + 1,
+                overrides=_deep_merge(pending.overrides, overrides),
+            )
             return True
         if error is not None:
             self._fail_step(step.step, command_id, error, handled=routes, updates=updates)
             return True
         if then.sink is not None:
-            self.emit(Event(type=ev.STEP_ITEM, dedup_key=f"step.item:{command_id}",
-                            step=step.step, command_id=command_id,
-                            payload={"index": pending.index or 0, "vars": updates,
-                                     "rule": index}))
-            self._issue(step.step, pending.activation, 1, {}, phase="sink",
-                        data={"rule": index, "result": result})
+            self.emit(
+                Event(
+                    type=ev.STEP_ITEM,
+                    dedup_key=f"step.item:{command_id}",
+                    step=step.step,
+                    command_id=command_id,
+                    payload={"index": pending.index or 0, "vars": updates, "rule": index},
+                )
+            )
+            self._issue(
+                step.step,
+                pending.activation,
+                1,
+                {},
+                phase="sink",
+                data={"rule": index, "result": result},
+            )
             return True
         self._complete_step(step, command_id, result, routes=routes, updates=updates)
         return True
 
-    def _exit_rules(self, step: Step, result: Any, variables: dict[str, Any],
-                    ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    def _exit_rules(
+        self,
+        step: Step,
+        result: Any,
+        variables: dict[str, Any],
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
         """Routes of the first matching `step.exit` rule, and the vars with its `set`."""
-        pending = PendingCommand(step=step.step, activation=0, attempt=1,
-                                 args=self.state.step_state(step.step).args)
-        context = self._case_context(pending, result, None, "step.exit",
-                                     {**self.state.variables, **variables})
+        pending = PendingCommand(
+            step=step.step, activation=0, attempt=1, args=self.state.step_state(step.step).args
+        )
+        context = self._case_context(
+            pending, result, None, "step.exit", {**self.state.variables, **variables}
+        )
         index = self._first_rule(step, context)
         if index is None:
             return None
@@ -889,9 +1138,10 @@ class _Run:
         return self._edges(step.case[index].then.next, context), {**variables, **updates}
 
     def _edges(self, edges: list[Edge], context: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [{"step": e.step, "args": render.render(e.args, context,
-                                                       where=f"-> {e.step} args")}
-                for e in edges]
+        return [
+            {"step": e.step, "args": render.render(e.args, context, where=f"-> {e.step} args")}
+            for e in edges
+        ]
 
     # -- routing -----------------------------------------------------------------------
 
@@ -938,9 +1188,15 @@ class _Run:
             result = None
         self._end_execution("completed", result=result)
 
-    def _routes(self, step: Step, *, result: Any, error: dict[str, Any] | None,
-                variables: Mapping[str, Any],
-                args: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def _routes(
+        self,
+        step: Step,
+        *,
+        result: Any,
+        error: dict[str, Any] | None,
+        variables: Mapping[str, Any],
+        args: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
         """Where the step goes next, with each edge's rendered args.
 
         On success every entry is evaluated in order (unconditional edges always fire, the
@@ -953,8 +1209,7 @@ class _Run:
             extra["result"] = result
         if error is not None:
             extra["error"] = error
-        context = self.context(args=args, extra=extra,
-                                       variables=variables)
+        context = self.context(args=args, extra=extra, variables=variables)
         where = f"step `{step.step}` next"
         fired: list[Edge] = []
         matched = False
@@ -979,17 +1234,24 @@ class _Run:
                 fired.extend(entry.then)
         # As the graph has it: a step with no routing of its own goes on to `end`.
         routes_somewhere = step.next or any(rule.then.next for rule in step.case)
-        if (not failed and not routes_somewhere and self.engine.playbook.has_end
-                and step.step != END):
+        if (
+            not failed
+            and not routes_somewhere
+            and self.engine.playbook.has_end
+            and step.step != END
+        ):
             fired.append(Edge(step=END))
         return [
-            {"step": edge.step,
-             "args": render.render(edge.args, context, where=f"{where} -> {edge.step} args")}
+            {
+                "step": edge.step,
+                "args": render.render(edge.args, context, where=f"{where} -> {edge.step} args"),
+            }
             for edge in fired
         ]
 
-    def _vars(self, step: Step, result: Any,
-              args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _vars(
+        self, step: Step, result: Any, args: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         if not step.vars:
             return {}
         context = self.context(args=args, extra={"result": result})
@@ -1045,12 +1307,24 @@ def refuse_start(state: ExecutionState, message: StartExecution, reason: str) ->
     if state.status != "new":
         return Decision(duplicate=True)
     events = [
-        Event(type=ev.EXECUTION_STARTED, dedup_key="execution.started", status="running",
-              payload={"path": message.path, "version": message.version or 0, "workload": {},
-                       "parent_execution_id": message.parent_execution_id,
-                       "parent_command_id": message.parent_command_id}),
-        Event(type=ev.EXECUTION_FAILED, dedup_key="execution.ended", status="failed",
-              error={"type": "catalog", "message": reason}),
+        Event(
+            type=ev.EXECUTION_STARTED,
+            dedup_key="execution.started",
+            status="running",
+            payload={
+                "path": message.path,
+                "version": message.version or 0,
+                "workload": {},
+                "parent_execution_id": message.parent_execution_id,
+                "parent_command_id": message.parent_command_id,
+            },
+        ),
+        Event(
+            type=ev.EXECUTION_FAILED,
+            dedup_key="execution.ended",
+            status="failed",
+            error={"type": "catalog", "message": reason},
+        ),
     ]
     for event in events:
         state.seq += 1

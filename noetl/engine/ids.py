@@ -7,8 +7,14 @@ import os
 import time
 
 
-def command_id(execution_id: int, step: str, activation: int, attempt: int,
-               index: int | None = None, phase: str = "tool") -> str:
+def command_id(
+    execution_id: int,
+    step: str,
+    activation: int,
+    attempt: int,
+    index: int | None = None,
+    phase: str = "tool",
+) -> str:
     """The id of one tool call: stable across replays, unique within the mesh.
 
     `index` is the loop item or page; `phase` tells a sink run apart from the tool call.

@@ -47,8 +47,9 @@ def merge(merged: Any, part: Any, strategy: str) -> Any:
     return [*acc, part]
 
 
-def backoff_delay(policy: Retry, attempt: int, command_id: str,
-                  retry_after: float | None = None) -> float:
+def backoff_delay(
+    policy: Retry, attempt: int, command_id: str, retry_after: float | None = None
+) -> float:
     """Seconds to wait before attempt `attempt + 1`, after `attempt` failed.
 
     Jitter is derived from the command id, not from a random source, so a replayed

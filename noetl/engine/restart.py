@@ -30,9 +30,11 @@ def restart_snapshot(execution_id: int, events: list[Event], from_step: str) -> 
         if event.type == ev.STEP_STARTED and event.step == from_step:
             cut = i
     if cut is None:
-        raise NoetlError(f"step `{from_step}` did not run in execution {execution_id}: "
-                         "restart from a step that ran (or omit --from to take the one that "
-                         "failed)")
+        raise NoetlError(
+            f"step `{from_step}` did not run in execution {execution_id}: "
+            "restart from a step that ran (or omit --from to take the one that "
+            "failed)"
+        )
     state = ExecutionState(execution_id=execution_id)
     for event in events[:cut]:
         fold(state, event)
@@ -40,9 +42,13 @@ def restart_snapshot(execution_id: int, events: list[Event], from_step: str) -> 
     steps = {}
     for name, step in state.steps.items():
         if step.status in ("completed", "failed"):
-            steps[name] = {"status": step.status, "activation": step.activation,
-                           "ran_tool": step.ran_tool, "result": step.result,
-                           "error": step.error}
+            steps[name] = {
+                "status": step.status,
+                "activation": step.activation,
+                "ran_tool": step.ran_tool,
+                "result": step.result,
+                "error": step.error,
+            }
         elif step.status == "running":
             # In flight at the cut: it runs again, with the args it had.
             waiting.setdefault(name, []).append(step.args)

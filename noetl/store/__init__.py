@@ -38,16 +38,21 @@ class Store:
         self.relaxed = relaxed or pool
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
-                      relaxed: bool = False) -> Store:
+    async def connect(
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, relaxed: bool = False
+    ) -> Store:
         """Open a pool (and a small relaxed-durability pool when `relaxed`)."""
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             init=_init_connection)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            )
             relaxed_pool = None
             if relaxed:
                 relaxed_pool = await asyncpg.create_pool(
-                    dsn, min_size=1, max_size=max(2, max_size // 2), init=_init_connection,
+                    dsn,
+                    min_size=1,
+                    max_size=max(2, max_size // 2),
+                    init=_init_connection,
                     server_settings={"synchronous_commit": "off"},
                 )
         except (OSError, asyncpg.PostgresError) as exc:
@@ -74,14 +79,21 @@ class Store:
 
     # -- events ------------------------------------------------------------------------
 
-    async def append_decision(self, execution_id: int, parent_execution_id: int | None,
-                              events: list[Event], projection: Projection | None) -> None:
+    async def append_decision(
+        self,
+        execution_id: int,
+        parent_execution_id: int | None,
+        events: list[Event],
+        projection: Projection | None,
+    ) -> None:
         """Commit a coordinator decision (raises VersionConflict if stale)."""
-        await event_sql.append_decision(self.pool, execution_id, parent_execution_id, events,
-                                        projection)
+        await event_sql.append_decision(
+            self.pool, execution_id, parent_execution_id, events, projection
+        )
 
-    async def append_runner_event(self, execution_id: int, event: Event, *,
-                                  durable: bool = True) -> bool:
+    async def append_runner_event(
+        self, execution_id: int, event: Event, *, durable: bool = True
+    ) -> bool:
         """Record a runner event once; False if it was already there."""
         pool = self.pool if durable else self.relaxed
         return await event_sql.append_runner_event(pool, execution_id, event)
@@ -107,7 +119,9 @@ class Store:
         await self.pool.execute(
             "INSERT INTO noetl.blob (digest, data, size) VALUES ($1, $2::text::jsonb, $3) "
             "ON CONFLICT (digest) DO NOTHING",
-            digest, data.decode(), len(data),
+            digest,
+            data.decode(),
+            len(data),
         )
         return ref
 
@@ -117,7 +131,8 @@ class Store:
         if not wanted:
             return {}
         rows = await self.pool.fetch(
-            "SELECT digest, data FROM noetl.blob WHERE digest = ANY($1::text[])", wanted)
+            "SELECT digest, data FROM noetl.blob WHERE digest = ANY($1::text[])", wanted
+        )
         found = {r["digest"]: r["data"] for r in rows}
         missing = set(wanted) - set(found)
         if missing:
@@ -133,8 +148,9 @@ class Store:
 
     # -- catalog -----------------------------------------------------------------------
 
-    async def register_playbook(self, path: str, content: str,
-                                files: dict[str, str] | None = None) -> tuple[int, bool]:
+    async def register_playbook(
+        self, path: str, content: str, files: dict[str, str] | None = None
+    ) -> tuple[int, bool]:
         """Store `content` (and the script `files` it ships) as the next version of `path`;
         an unchanged playbook keeps its version. Returns (version, created)."""
         files = files or {}
@@ -143,16 +159,18 @@ class Store:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", path)
             latest = await conn.fetchrow(
                 "SELECT version, content, files FROM noetl.catalog WHERE path = $1 "
-                "ORDER BY version DESC LIMIT 1", path,
+                "ORDER BY version DESC LIMIT 1",
+                path,
             )
-            if (latest is not None and latest["content"] == content
-                    and latest["files"] == files):
+            if latest is not None and latest["content"] == content and latest["files"] == files:
                 return int(latest["version"]), False
             version = 1 if latest is None else int(latest["version"]) + 1
             await conn.execute(
-                "INSERT INTO noetl.catalog (path, version, content, files) "
-                "VALUES ($1, $2, $3, $4)",
-                path, version, content, files,
+                "INSERT INTO noetl.catalog (path, version, content, files) VALUES ($1, $2, $3, $4)",
+                path,
+                version,
+                content,
+                files,
             )
             return version, True
 
@@ -161,12 +179,14 @@ class Store:
         if version is None:
             row = await self.pool.fetchrow(
                 "SELECT version, content FROM noetl.catalog WHERE path = $1 "
-                "ORDER BY version DESC LIMIT 1", path,
+                "ORDER BY version DESC LIMIT 1",
+                path,
             )
         else:
             row = await self.pool.fetchrow(
                 "SELECT version, content FROM noetl.catalog WHERE path = $1 AND version = $2",
-                path, version,
+                path,
+                version,
             )
         if row is None:
             at = "" if version is None else f" version {version}"
@@ -176,7 +196,8 @@ class Store:
     async def get_files(self, path: str, version: int) -> dict[str, str]:
         """The script files registered with a playbook version."""
         files = await self.pool.fetchval(
-            "SELECT files FROM noetl.catalog WHERE path = $1 AND version = $2", path, version)
+            "SELECT files FROM noetl.catalog WHERE path = $1 AND version = $2", path, version
+        )
         return dict(files or {})
 
     async def list_playbooks(self) -> list[dict[str, Any]]:
@@ -185,8 +206,10 @@ class Store:
             "SELECT path, max(version) AS version, max(created_at) AS updated_at "
             "FROM noetl.catalog GROUP BY path ORDER BY path"
         )
-        return [{"path": r["path"], "version": r["version"],
-                 "updated_at": r["updated_at"].isoformat()} for r in rows]
+        return [
+            {"path": r["path"], "version": r["version"], "updated_at": r["updated_at"].isoformat()}
+            for r in rows
+        ]
 
     # -- executions --------------------------------------------------------------------
 
@@ -217,8 +240,11 @@ class Store:
                 # A restarted execution starts with the results it kept.
                 restored = payload.get("restore") or {}
                 for name, step in (restored.get("steps") or {}).items():
-                    steps[name] = (step.get("result") if step.get("status") == "completed"
-                                   else {"error": step.get("error")})
+                    steps[name] = (
+                        step.get("result")
+                        if step.get("status") == "completed"
+                        else {"error": step.get("error")}
+                    )
                 variables.update(restored.get("vars") or {})
             elif e["event_type"] == "step.completed":
                 steps[e["step"]] = payload.get("result")
@@ -234,10 +260,12 @@ class Store:
             "steps": {name: await self.resolve(value) for name, value in steps.items()},
             "vars": variables,
             "error": row["error"],
-            "parent_execution_id": (None if row["parent_execution_id"] is None
-                                    else str(row["parent_execution_id"])),
-            "restarted_from": (None if row["restarted_from"] is None
-                               else str(row["restarted_from"])),
+            "parent_execution_id": (
+                None if row["parent_execution_id"] is None else str(row["parent_execution_id"])
+            ),
+            "restarted_from": (
+                None if row["restarted_from"] is None else str(row["restarted_from"])
+            ),
             "started_at": row["started_at"].isoformat(),
             "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
         }
@@ -246,13 +274,18 @@ class Store:
         """The most recent executions, newest first."""
         rows = await self.pool.fetch(
             "SELECT execution_id, path, version, status, started_at, ended_at "
-            "FROM noetl.execution ORDER BY started_at DESC LIMIT $1", limit,
+            "FROM noetl.execution ORDER BY started_at DESC LIMIT $1",
+            limit,
         )
         return [
-            {"execution_id": str(r["execution_id"]), "path": r["path"],
-             "version": r["version"], "status": r["status"],
-             "started_at": r["started_at"].isoformat(),
-             "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None}
+            {
+                "execution_id": str(r["execution_id"]),
+                "path": r["path"],
+                "version": r["version"],
+                "status": r["status"],
+                "started_at": r["started_at"].isoformat(),
+                "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None,
+            }
             for r in rows
         ]
 

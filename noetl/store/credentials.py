@@ -73,54 +73,109 @@ class _Type:
     aliases: Mapping[str, str] = field(default_factory=dict)
 
 
-_PG_FIELDS: Final = {"dsn": "string", "host": "string", "port": "port", "user": "string",
-                     "password": "string", "database": "string", "sslmode": "string"}
-_HTTP_FIELDS: Final = {"token": "string", "username": "string", "password": "string",
-                       "name": "string", "value": "string", "headers": "headers"}
+_PG_FIELDS: Final = {
+    "dsn": "string",
+    "host": "string",
+    "port": "port",
+    "user": "string",
+    "password": "string",
+    "database": "string",
+    "sslmode": "string",
+}
+_HTTP_FIELDS: Final = {
+    "token": "string",
+    "username": "string",
+    "password": "string",
+    "name": "string",
+    "value": "string",
+    "headers": "headers",
+}
 
 KNOWN_TYPES: Final[Mapping[str, _Type]] = {
     "postgres": _Type(
-        _PG_FIELDS, (("dsn",), ("host", "user", "database")),
+        _PG_FIELDS,
+        (("dsn",), ("host", "user", "database")),
         alone=("dsn", ("host", "port", "user", "password", "database")),
-        aliases={"username": "user", "dbname": "database", "db": "database",
-                 "pass": "password", "pwd": "password", "hostname": "host"},
+        aliases={
+            "username": "user",
+            "dbname": "database",
+            "db": "database",
+            "pass": "password",
+            "pwd": "password",
+            "hostname": "host",
+        },
     ),
     "snowflake": _Type(
-        {"account": "string", "user": "string", "password": "string",
-         "private_key": "string", "private_key_passphrase": "string", "token": "string",
-         "authenticator": "string", "warehouse": "string", "database": "string",
-         "schema": "string", "role": "string"},
-        (("account", "user", "password"), ("account", "user", "private_key"),
-         ("account", "user", "token"), ("account", "user", "authenticator")),
+        {
+            "account": "string",
+            "user": "string",
+            "password": "string",
+            "private_key": "string",
+            "private_key_passphrase": "string",
+            "token": "string",
+            "authenticator": "string",
+            "warehouse": "string",
+            "database": "string",
+            "schema": "string",
+            "role": "string",
+        },
+        (
+            ("account", "user", "password"),
+            ("account", "user", "private_key"),
+            ("account", "user", "token"),
+            ("account", "user", "authenticator"),
+        ),
         aliases={"username": "user", "pass": "password", "pwd": "password"},
     ),
     "http": _Type(
-        _HTTP_FIELDS, (("token",), ("username", "password"), ("name", "value"), ("headers",)),
+        _HTTP_FIELDS,
+        (("token",), ("username", "password"), ("name", "value"), ("headers",)),
         aliases={"user": "username", "bearer": "token", "header": "name"},
     ),
     "bearer": _Type({"token": "string"}, (("token",),), aliases={"bearer": "token"}),
-    "basic": _Type({"username": "string", "password": "string"}, (("username", "password"),),
-                   aliases={"user": "username", "pass": "password", "pwd": "password"}),
+    "basic": _Type(
+        {"username": "string", "password": "string"},
+        (("username", "password"),),
+        aliases={"user": "username", "pass": "password", "pwd": "password"},
+    ),
     "header": _Type(
         {"name": "string", "value": "string", "headers": "headers"},
-        (("name", "value"), ("headers",)), aliases={"header": "name"},
+        (("name", "value"), ("headers",)),
+        aliases={"header": "name"},
     ),
     "aws": _Type(
-        {"aws_access_key_id": "string", "aws_secret_access_key": "string",
-         "aws_session_token": "string", "region": "string", "endpoint_url": "string"},
+        {
+            "aws_access_key_id": "string",
+            "aws_secret_access_key": "string",
+            "aws_session_token": "string",
+            "region": "string",
+            "endpoint_url": "string",
+        },
         (("aws_access_key_id", "aws_secret_access_key"),),
-        aliases={"access_key_id": "aws_access_key_id", "key_id": "aws_access_key_id",
-                 "secret_access_key": "aws_secret_access_key",
-                 "session_token": "aws_session_token", "region_name": "region",
-                 "endpoint": "endpoint_url"},
+        aliases={
+            "access_key_id": "aws_access_key_id",
+            "key_id": "aws_access_key_id",
+            "secret_access_key": "aws_secret_access_key",
+            "session_token": "aws_session_token",
+            "region_name": "region",
+            "endpoint": "endpoint_url",
+        },
     ),
     "gcs": _Type(
-        {"service_account": "object", "token": "string", "project": "string",
-         "endpoint_url": "string"},
+        {
+            "service_account": "object",
+            "token": "string",
+            "project": "string",
+            "endpoint_url": "string",
+        },
         (("service_account",), ("token",), ("endpoint_url",)),
-        aliases={"credentials": "service_account", "service_account_json": "service_account",
-                 "key": "service_account", "project_id": "project",
-                 "endpoint": "endpoint_url"},
+        aliases={
+            "credentials": "service_account",
+            "service_account_json": "service_account",
+            "key": "service_account",
+            "project_id": "project",
+            "endpoint": "endpoint_url",
+        },
     ),
     "secret": _Type({"value": "string"}, (("value",),), aliases={"secret": "value"}),
 }
@@ -225,13 +280,23 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 def _json_type(value: Any) -> str:
-    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number",
-             list: "an array", dict: "an object", type(None): "null"}
+    names = {
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 _CHECKS: Final[Mapping[str, Callable[[Any], Any]]] = {
-    "string": _string, "port": _port, "headers": _headers, "object": _object,
+    "string": _string,
+    "port": _port,
+    "headers": _headers,
+    "object": _object,
 }
 
 
@@ -260,9 +325,7 @@ def parse_bindings(credentials: Mapping[str, Any]) -> dict[str, str]:
     for alias, ref in credentials.items():
         name = ref.get("key", ref.get("credential")) if isinstance(ref, Mapping) else ref
         if not isinstance(name, str) or not name:
-            raise ConfigError(
-                f"credentials.{alias} must be {{key: CREDENTIAL_NAME}}, got {ref!r}"
-            )
+            raise ConfigError(f"credentials.{alias} must be {{key: CREDENTIAL_NAME}}, got {ref!r}")
         bindings[str(alias)] = name
     return bindings
 
@@ -302,8 +365,8 @@ class CredentialStore:
     async def find(self, name: str) -> Credential | None:
         """Credential `name` with its data decrypted, or None if there is none."""
         row = await self.pool.fetchrow(
-            "SELECT name, type, data, created_at, updated_at FROM noetl.credential "
-            "WHERE name = $1", name,
+            "SELECT name, type, data, created_at, updated_at FROM noetl.credential WHERE name = $1",
+            name,
         )
         if row is None:
             return None
@@ -312,8 +375,11 @@ class CredentialStore:
         except ConfigError as exc:
             raise ConfigError(f"credential `{name}`: {exc}") from None
         return Credential(
-            name=row["name"], type=row["type"], data=msgspec.json.decode(plain),
-            created_at=row["created_at"], updated_at=row["updated_at"],
+            name=row["name"],
+            type=row["type"],
+            data=msgspec.json.decode(plain),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
         )
 
     async def get(self, name: str) -> Credential:
@@ -333,8 +399,7 @@ class CredentialStore:
         credential = await self.get(name)
         if expected is not None and credential.type != expected:
             raise ConfigError(
-                f"credential `{name}` is of type {credential.type}, but `auth` expects "
-                f"{expected}"
+                f"credential `{name}` is of type {credential.type}, but `auth` expects {expected}"
             )
         return credential
 
@@ -343,8 +408,9 @@ class CredentialStore:
         rows = await self.pool.fetch(
             "SELECT name, type, created_at, updated_at FROM noetl.credential ORDER BY name"
         )
-        return [CredentialInfo(r["name"], r["type"], r["created_at"], r["updated_at"])
-                for r in rows]
+        return [
+            CredentialInfo(r["name"], r["type"], r["created_at"], r["updated_at"]) for r in rows
+        ]
 
     async def delete(self, name: str) -> bool:
         """Delete credential `name`; False if there was none."""

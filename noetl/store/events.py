@@ -88,8 +88,16 @@ async def append_decision(
     for e in events:
         for column, value in zip(
             columns,
-            (e.version, e.type, e.step, e.command_id, e.dedup_key, e.status,
-             _text(e.payload), _text(e.error)),
+            (
+                e.version,
+                e.type,
+                e.step,
+                e.command_id,
+                e.dedup_key,
+                e.status,
+                _text(e.payload),
+                _text(e.error),
+            ),
             strict=True,
         ):
             column.append(value)
@@ -98,10 +106,17 @@ async def append_decision(
             await conn.fetchval(_DECISION, execution_id, parent_execution_id, *columns)
         else:
             await conn.fetchval(
-                _DECISION_WITH_PROJECTION, execution_id, parent_execution_id, *columns,
+                _DECISION_WITH_PROJECTION,
+                execution_id,
+                parent_execution_id,
+                *columns,
                 # jsonb parameters go through the connection's JSON codec, not _text.
-                projection.path, projection.version, projection.status,
-                projection.workload, projection.result, projection.error,
+                projection.path,
+                projection.version,
+                projection.status,
+                projection.workload,
+                projection.result,
+                projection.error,
                 projection.restarted_from,
             )
     except asyncpg.UniqueViolationError as exc:
@@ -111,52 +126,74 @@ async def append_decision(
         ) from exc
 
 
-async def append_runner_event(conn: asyncpg.Connection | asyncpg.Pool, execution_id: int,
-                              event: Event) -> bool:
+async def append_runner_event(
+    conn: asyncpg.Connection | asyncpg.Pool, execution_id: int, event: Event
+) -> bool:
     """Record a runner event once; False when an event with its dedup key already exists."""
     row = await conn.fetchval(
-        _RUNNER_EVENT, execution_id, event.type, event.step, event.command_id, event.dedup_key,
-        event.status, event.payload, event.error,
+        _RUNNER_EVENT,
+        execution_id,
+        event.type,
+        event.step,
+        event.command_id,
+        event.dedup_key,
+        event.status,
+        event.payload,
+        event.error,
     )
     return row is not None
 
 
-async def find(conn: asyncpg.Connection | asyncpg.Pool, execution_id: int,
-               dedup_key: str) -> Event | None:
+async def find(
+    conn: asyncpg.Connection | asyncpg.Pool, execution_id: int, dedup_key: str
+) -> Event | None:
     """The event with this dedup key, if any."""
     row = await conn.fetchrow(_OUTCOME, execution_id, dedup_key)
     if row is None:
         return None
-    return Event(type=row["event_type"], dedup_key=dedup_key, step=row["step"],
-                 command_id=row["command_id"], status=row["status"], payload=row["payload"],
-                 error=row["error"])
+    return Event(
+        type=row["event_type"],
+        dedup_key=dedup_key,
+        step=row["step"],
+        command_id=row["command_id"],
+        status=row["status"],
+        payload=row["payload"],
+        error=row["error"],
+    )
 
 
-async def load_decisions(conn: asyncpg.Connection | asyncpg.Pool, execution_id: int,
-                         after_version: int = 0) -> list[Event]:
+async def load_decisions(
+    conn: asyncpg.Connection | asyncpg.Pool, execution_id: int, after_version: int = 0
+) -> list[Event]:
     """The execution's decision events in version order (what replay folds)."""
     rows = await conn.fetch(
         "SELECT version, event_type, step, command_id, dedup_key, status, payload, error "
         "FROM noetl.event WHERE execution_id = $1 AND version > $2 ORDER BY version",
-        execution_id, after_version,
+        execution_id,
+        after_version,
     )
     return [
-        Event(type=r["event_type"], dedup_key=r["dedup_key"], version=r["version"],
-              step=r["step"], command_id=r["command_id"], status=r["status"],
-              payload=r["payload"], error=r["error"])
+        Event(
+            type=r["event_type"],
+            dedup_key=r["dedup_key"],
+            version=r["version"],
+            step=r["step"],
+            command_id=r["command_id"],
+            status=r["status"],
+            payload=r["payload"],
+            error=r["error"],
+        )
         for r in rows
     ]
 
 
-async def list_events(conn: asyncpg.Connection | asyncpg.Pool,
-                      execution_id: int) -> list[dict[str, Any]]:
+async def list_events(
+    conn: asyncpg.Connection | asyncpg.Pool, execution_id: int
+) -> list[dict[str, Any]]:
     """Every event of an execution as plain dicts, oldest first (for `events` and the API)."""
     rows = await conn.fetch(
         "SELECT event_id, event_type, step, command_id, status, payload, error, created_at "
         "FROM noetl.event WHERE execution_id = $1 ORDER BY event_id",
         execution_id,
     )
-    return [
-        {**dict(r), "created_at": r["created_at"].isoformat()}
-        for r in rows
-    ]
+    return [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]

@@ -100,10 +100,33 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
 
 # What `db validate` expects to find: table -> columns.
 EXPECTED_COLUMNS: Final[dict[str, set[str]]] = {
-    "event": {"event_id", "execution_id", "version", "event_type", "step", "command_id",
-              "dedup_key", "parent_execution_id", "status", "payload", "error", "created_at"},
-    "execution": {"execution_id", "path", "version", "status", "workload", "result", "error",
-                  "parent_execution_id", "started_at", "ended_at", "restarted_from"},
+    "event": {
+        "event_id",
+        "execution_id",
+        "version",
+        "event_type",
+        "step",
+        "command_id",
+        "dedup_key",
+        "parent_execution_id",
+        "status",
+        "payload",
+        "error",
+        "created_at",
+    },
+    "execution": {
+        "execution_id",
+        "path",
+        "version",
+        "status",
+        "workload",
+        "result",
+        "error",
+        "parent_execution_id",
+        "started_at",
+        "ended_at",
+        "restarted_from",
+    },
     "catalog": {"path", "version", "content", "created_at", "files"},
     "credential": {"name", "type", "data", "created_at", "updated_at"},
     "blob": {"digest", "data", "size", "created_at"},
@@ -135,7 +158,8 @@ async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -
             await conn.execute(sql)
             await conn.execute(
                 "INSERT INTO noetl.migration (number, description) VALUES ($1, $2)",
-                number, description,
+                number,
+                description,
             )
             applied.append(number)
     return applied

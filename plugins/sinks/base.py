@@ -21,8 +21,9 @@ class Sink(Protocol):
 
     kind: str
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Write `rows` as `spec` (the sink's rendered tool block) says; `{"rows": n, ...}`."""
         ...
 
@@ -35,13 +36,18 @@ def rows_of(value: Any) -> list[dict[str, Any]]:
         rows = []
         for index, item in enumerate(value):
             if not isinstance(item, Mapping):
-                raise ToolError(f"sink: item {index} of the data is a {type(item).__name__}, "
-                                "not a mapping: a sink writes a dict or a list of dicts",
-                                error_type="sink")
+                raise ToolError(
+                    f"sink: item {index} of the data is a {type(item).__name__}, "
+                    "not a mapping: a sink writes a dict or a list of dicts",
+                    error_type="sink",
+                )
             rows.append(dict(item))
         return rows
-    raise ToolError(f"sink: the data is a {type(value).__name__}; a sink writes a dict (one "
-                    "row) or a list of dicts", error_type="sink")
+    raise ToolError(
+        f"sink: the data is a {type(value).__name__}; a sink writes a dict (one "
+        "row) or a list of dicts",
+        error_type="sink",
+    )
 
 
 #: Each sink kind's class, imported on first use (the cloud SDKs are slow to import).
@@ -65,8 +71,10 @@ def get_sink(kind: str) -> Sink:
     if sink is None:
         target = SINK_CLASSES.get(kind)
         if target is None:
-            raise ToolError(f"sink: unknown kind {kind!r} (one of {', '.join(SINK_CLASSES)})",
-                            error_type="unknown_kind")
+            raise ToolError(
+                f"sink: unknown kind {kind!r} (one of {', '.join(SINK_CLASSES)})",
+                error_type="unknown_kind",
+            )
         module_name, _, class_name = target.partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         sink = _instances[kind] = cls()

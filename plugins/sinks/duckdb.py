@@ -41,14 +41,16 @@ class DuckdbSink:
 
     kind = "duckdb"
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Write `rows` into `spec["table"]` of `spec["database"]`; `{"rows": n, ...}`."""
         mode = sink_mode(spec, WHO)
         database = spec.get("database")
         if not isinstance(database, str) or not database or database == MEMORY:
-            raise ToolError(f"{WHO}: `database` (the path of a DuckDB file) is required",
-                            error_type="duckdb")
+            raise ToolError(
+                f"{WHO}: `database` (the path of a DuckDB file) is required", error_type="duckdb"
+            )
         # DuckDB matches names ignoring case, quoted or not: keep them as written.
         table = parse_table_name(spec.get("table"), str, WHO)
         name = ".".join(table)
@@ -66,8 +68,14 @@ class DuckdbSink:
         return {"rows": written, "table": name, "mode": mode, "database": database}
 
 
-def write_rows(conn: duckdb.DuckDBPyConnection, table: tuple[str, ...], keys: list[str],
-               key: list[str], rows: list[dict[str, Any]], mode: str) -> int:
+def write_rows(
+    conn: duckdb.DuckDBPyConnection,
+    table: tuple[str, ...],
+    keys: list[str],
+    key: list[str],
+    rows: list[dict[str, Any]],
+    mode: str,
+) -> int:
     """Write `rows` in one transaction; the number of rows sent to the table."""
     qualified = quote_name(table)
     name = ".".join(table)
@@ -79,8 +87,10 @@ def write_rows(conn: duckdb.DuckDBPyConnection, table: tuple[str, ...], keys: li
         sources = column_sources(keys, mapping)
         columns = list(sources)
         plan = [(keys_of, _converter(types[c])) for c, keys_of in sources.items()]
-        records = [tuple(_convert(value_of(row, keys_of), convert) for keys_of, convert in plan)
-                   for row in rows]
+        records = [
+            tuple(_convert(value_of(row, keys_of), convert) for keys_of, convert in plan)
+            for row in rows
+        ]
         if mode == "replace":
             conn.execute(f"DELETE FROM {qualified}")
         suffix = ""
@@ -92,15 +102,17 @@ def write_rows(conn: duckdb.DuckDBPyConnection, table: tuple[str, ...], keys: li
         placeholders = "(" + ", ".join("?" * len(columns)) + ")"
         size = max(1, BATCH_VALUES // len(columns)) if columns else 1
         for start in range(0, len(records), size):
-            batch = records[start:start + size]
-            conn.execute(f"INSERT INTO {qualified} ({cols}) VALUES "
-                         + ", ".join([placeholders] * len(batch)) + suffix,
-                         [value for record in batch for value in record])
+            batch = records[start : start + size]
+            conn.execute(
+                f"INSERT INTO {qualified} ({cols}) VALUES "
+                + ", ".join([placeholders] * len(batch))
+                + suffix,
+                [value for record in batch for value in record],
+            )
         conn.commit()
     except duckdb.Error as exc:
         rollback(conn)
-        raise ToolError(f"{WHO}: writing {name}: {exc}", error_type="duckdb",
-                        table=name) from exc
+        raise ToolError(f"{WHO}: writing {name}: {exc}", error_type="duckdb", table=name) from exc
     except BaseException:
         rollback(conn)
         raise
@@ -113,7 +125,8 @@ def _on_conflict(columns: list[str], key: list[str]) -> str:
     if not updates:
         return f" ON CONFLICT ({conflict}) DO NOTHING"
     return f" ON CONFLICT ({conflict}) DO UPDATE SET " + ", ".join(
-        f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
+        f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates
+    )
 
 
 def _converter(column_type: str) -> Callable[[Any], Any] | None:

@@ -13,7 +13,8 @@ class EventLogSink:
 
     kind = "event_log"
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """`{"rows": n, "data": rows}` (JSON-safe)."""
         return {"rows": len(rows), "data": [json_safe(row) for row in rows]}

@@ -27,10 +27,20 @@ from plugins.base import ToolContext
 from plugins.sql import json_safe, row_keys
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
-_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
-             ".parquet": "parquet", ".pq": "parquet"}
-CONTENT_TYPES = {"json": "application/json", "jsonl": "application/x-ndjson",
-                 "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+_SUFFIXES = {
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+CONTENT_TYPES = {
+    "json": "application/json",
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+}
 _APPENDABLE = ("jsonl", "csv")
 
 
@@ -40,11 +50,14 @@ def format_of(spec: Mapping[str, Any], location: str, who: str) -> str:
     if fmt is None:
         fmt = _SUFFIXES.get(Path(location).suffix.lower())
         if fmt is None:
-            raise ToolError(f"{who}: set `format` ({', '.join(FORMATS)}); {location!r} has no "
-                            "known suffix", error_type="sink")
+            raise ToolError(
+                f"{who}: set `format` ({', '.join(FORMATS)}); {location!r} has no known suffix",
+                error_type="sink",
+            )
     if fmt not in FORMATS:
-        raise ToolError(f"{who}: `format` must be one of {', '.join(FORMATS)}, not {fmt!r}",
-                        error_type="sink")
+        raise ToolError(
+            f"{who}: `format` must be one of {', '.join(FORMATS)}, not {fmt!r}", error_type="sink"
+        )
     return str(fmt)
 
 
@@ -86,8 +99,9 @@ def _csv_field(value: Any) -> Any:
 
 def _parquet(rows: list[dict[str, Any]]) -> bytes:
     if not rows:
-        raise ToolError("parquet needs at least one row (its columns come from the rows)",
-                        error_type="sink")
+        raise ToolError(
+            "parquet needs at least one row (its columns come from the rows)", error_type="sink"
+        )
     with tempfile.TemporaryDirectory(prefix="noetl-parquet-") as tmp:
         source = Path(tmp) / "rows.jsonl"
         target = Path(tmp) / "rows.parquet"
@@ -97,8 +111,11 @@ def _parquet(rows: list[dict[str, Any]]) -> bytes:
             # sample_size=-1: infer each column's type from every row, not the first ones.
             # COPY takes no parameter for its target: the path is quoted as a literal.
             literal = str(target).replace("'", "''")
-            conn.execute("COPY (SELECT * FROM read_json(?, format='newline_delimited', "
-                         f"sample_size=-1)) TO '{literal}' (FORMAT parquet)", [str(source)])
+            conn.execute(
+                "COPY (SELECT * FROM read_json(?, format='newline_delimited', "
+                f"sample_size=-1)) TO '{literal}' (FORMAT parquet)",
+                [str(source)],
+            )
         except duckdb.Error as exc:
             raise ToolError(f"cannot write parquet: {exc}", error_type="sink") from exc
         finally:
@@ -115,8 +132,9 @@ class FileSink:
         # Appends to one path from concurrent steps must not interleave.
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Write `rows` to `spec["path"]`; `{"rows": n, "path", "format", "bytes"}`."""
         path = spec.get("path")
         if not isinstance(path, str) or not path:
@@ -124,23 +142,29 @@ class FileSink:
         fmt = format_of(spec, path, "file sink")
         mode = spec.get("mode") or "replace"
         if mode not in ("replace", "insert", "append"):
-            raise ToolError(f"file sink: `mode` must be replace (the default) or insert "
-                            f"(append), not {mode!r}", error_type="sink")
+            raise ToolError(
+                f"file sink: `mode` must be replace (the default) or insert (append), not {mode!r}",
+                error_type="sink",
+            )
         append = mode != "replace"
         if append and fmt not in _APPENDABLE:
-            raise ToolError(f"file sink: cannot append to a {fmt} file (only jsonl and csv); "
-                            "use mode replace", error_type="sink")
+            raise ToolError(
+                f"file sink: cannot append to a {fmt} file (only jsonl and csv); use mode replace",
+                error_type="sink",
+            )
         target = Path(path)
         lock = self._locks.setdefault(path, asyncio.Lock())
         async with lock:
             try:
-                size = await asyncio.to_thread(
-                    _append if append else _replace, target, rows, fmt)
+                size = await asyncio.to_thread(_append if append else _replace, target, rows, fmt)
             except ToolError as exc:
                 raise ToolError(f"file sink: {path}: {exc}", error_type="sink") from exc
             except OSError as exc:
-                raise ToolError(f"file sink: cannot write {path}: {exc.strerror or exc}",
-                                error_type="sink", path=path) from exc
+                raise ToolError(
+                    f"file sink: cannot write {path}: {exc.strerror or exc}",
+                    error_type="sink",
+                    path=path,
+                ) from exc
         return {"rows": len(rows), "path": path, "format": fmt, "bytes": size}
 
 
@@ -169,8 +193,10 @@ def _append(target: Path, rows: list[dict[str, Any]], fmt: str) -> int:
         columns = existing or row_keys(safe)
         extra = [key for key in row_keys(safe) if key not in columns]
         if extra:
-            raise ToolError(f"the rows have columns the file's header lacks: "
-                            f"{', '.join(extra)}", error_type="sink")
+            raise ToolError(
+                f"the rows have columns the file's header lacks: {', '.join(extra)}",
+                error_type="sink",
+            )
         data = _csv(safe, columns, header=existing is None)
     with target.open("ab") as out:
         out.write(data)

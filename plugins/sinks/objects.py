@@ -28,12 +28,14 @@ def split_uri(uri: Any, scheme: str, who: str) -> tuple[str, str]:
     """`(bucket, key)` of `scheme://bucket/key`."""
     prefix = f"{scheme}://"
     if not isinstance(uri, str) or not uri.startswith(prefix):
-        raise ToolError(f"{who}: `uri` must look like {prefix}BUCKET/KEY, not {uri!r}",
-                        error_type="sink")
-    bucket, _, key = uri[len(prefix):].partition("/")
+        raise ToolError(
+            f"{who}: `uri` must look like {prefix}BUCKET/KEY, not {uri!r}", error_type="sink"
+        )
+    bucket, _, key = uri[len(prefix) :].partition("/")
     if not bucket or not key:
-        raise ToolError(f"{who}: `uri` must look like {prefix}BUCKET/KEY, not {uri!r}",
-                        error_type="sink")
+        raise ToolError(
+            f"{who}: `uri` must look like {prefix}BUCKET/KEY, not {uri!r}", error_type="sink"
+        )
     return bucket, key
 
 
@@ -56,8 +58,9 @@ class S3Sink:
 
     kind = "s3"
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Put `rows` as the object `spec["uri"]`; `{"rows": n, "uri", "format", "bytes"}`."""
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -77,22 +80,32 @@ class S3Sink:
         where = f"s3://{bucket}/{key}"
         try:
             async with session.client(
-                    "s3", endpoint_url=spec.get("endpoint_url")
-                    or credential.get("endpoint_url") or None) as client:
-                await client.put_object(Bucket=bucket, Key=key, Body=data,
-                                        ContentType=CONTENT_TYPES[fmt])
+                "s3",
+                endpoint_url=spec.get("endpoint_url") or credential.get("endpoint_url") or None,
+            ) as client:
+                await client.put_object(
+                    Bucket=bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[fmt]
+                )
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             if code == "NoSuchBucket":
-                raise ToolError(f"{who}: {where}: no bucket {bucket!r}", error_type="sink",
-                                bucket=bucket, key=key) from exc
-            raise ToolError(f"{who}: {where}: S3 refused: {code} "
-                            f"{error.get('Message', '')}".rstrip(), error_type="sink",
-                            bucket=bucket, key=key) from exc
+                raise ToolError(
+                    f"{who}: {where}: no bucket {bucket!r}",
+                    error_type="sink",
+                    bucket=bucket,
+                    key=key,
+                ) from exc
+            raise ToolError(
+                f"{who}: {where}: S3 refused: {code} {error.get('Message', '')}".rstrip(),
+                error_type="sink",
+                bucket=bucket,
+                key=key,
+            ) from exc
         except BotoCoreError as exc:
-            raise ToolError(f"{who}: {where}: {exc}", error_type="sink", bucket=bucket,
-                            key=key) from exc
+            raise ToolError(
+                f"{who}: {where}: {exc}", error_type="sink", bucket=bucket, key=key
+            ) from exc
         return {"rows": len(rows), "uri": where, "format": fmt, "bytes": len(data)}
 
 
@@ -101,8 +114,9 @@ class GcsSink:
 
     kind = "gcs"
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Upload `rows` as the object `spec["uri"]`; `{"rows": n, "uri", "format", "bytes"}`."""
         import aiohttp
         from gcloud.aio.storage import Storage  # slow to import: only steps that use it pay
@@ -116,18 +130,29 @@ class GcsSink:
         timeout = int(spec.get("timeout") or ctx.timeout or DEFAULT_TIMEOUT)
         try:
             async with Storage(service_file=service_file) as storage:
-                await storage.upload(bucket, name, data, content_type=CONTENT_TYPES[fmt],
-                                     timeout=timeout)
+                await storage.upload(
+                    bucket, name, data, content_type=CONTENT_TYPES[fmt], timeout=timeout
+                )
         except aiohttp.ClientResponseError as exc:
-            what = f"no bucket {bucket!r}" if exc.status == 404 else \
-                f"GCS answered HTTP {exc.status}"
-            raise ToolError(f"{who}: {where}: {what}", error_type="sink", bucket=bucket,
-                            key=name, status_code=exc.status) from exc
+            what = (
+                f"no bucket {bucket!r}" if exc.status == 404 else f"GCS answered HTTP {exc.status}"
+            )
+            raise ToolError(
+                f"{who}: {where}: {what}",
+                error_type="sink",
+                bucket=bucket,
+                key=name,
+                status_code=exc.status,
+            ) from exc
         except TimeoutError as exc:
             raise ToolTimeout(f"{who}: {where}: no answer from GCS within {timeout}s") from exc
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: an unusable key
-            raise ToolError(f"{who}: {where}: {type(exc).__name__}: {exc}", error_type="sink",
-                            bucket=bucket, key=name) from exc
+            raise ToolError(
+                f"{who}: {where}: {type(exc).__name__}: {exc}",
+                error_type="sink",
+                bucket=bucket,
+                key=name,
+            ) from exc
         return {"rows": len(rows), "uri": where, "format": fmt, "bytes": len(data)}
 
 
@@ -141,11 +166,14 @@ async def _service_file(ctx: ToolContext, auth: Any, who: str) -> io.StringIO | 
         try:
             key = json.loads(key)
         except ValueError as exc:
-            raise ToolError(f"{who}: credential {name!r} holds no service-account JSON",
-                            error_type="sink") from exc
+            raise ToolError(
+                f"{who}: credential {name!r} holds no service-account JSON", error_type="sink"
+            ) from exc
     if not isinstance(key, Mapping) or "type" not in key:
-        raise ToolError(f"{who}: credential {name!r} is not a service-account key (expected "
-                        "its JSON, with `type`, `client_email`, `private_key`)",
-                        error_type="sink")
+        raise ToolError(
+            f"{who}: credential {name!r} is not a service-account key (expected "
+            "its JSON, with `type`, `client_email`, `private_key`)",
+            error_type="sink",
+        )
     add_secret(ctx, name, "private_key", key.get("private_key"))
     return io.StringIO(json.dumps(key))

@@ -60,14 +60,17 @@ class PostgresSink:
     def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE, idle: float = IDLE_SECONDS) -> None:
         self.pools = PgPools(max_size=pool_size, idle=idle)
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Write `rows` into `spec["table"]`; `{"rows": n, "table", "mode"}`."""
         mode = sink_mode(spec, WHO)
         table = parse_table_name(spec.get("table"), str.lower, WHO)
         if len(table) > 2:
-            raise ToolError(f"{WHO}: `table` must be table or schema.table, not "
-                            f"{spec.get('table')!r}", error_type="postgres")
+            raise ToolError(
+                f"{WHO}: `table` must be table or schema.table, not {spec.get('table')!r}",
+                error_type="postgres",
+            )
         name = ".".join(table)
         columns = row_keys(rows)
         key = key_columns(spec, mode, columns, WHO)
@@ -84,8 +87,7 @@ class PostgresSink:
                 async with self.pools.connection(connect, connect_timeout) as conn:
                     acquired = True
                     return await _write(ctx, conn, table, columns, key, rows, mode)
-            except (OSError, TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise connection_error(ctx, exc, target, WHO, lost=acquired) from exc
 
         written = await until_done(ctx, work(), WHO)
@@ -96,8 +98,15 @@ class PostgresSink:
         await self.pools.aclose()
 
 
-async def _write(ctx: ToolContext, conn: PgConnection, table: tuple[str, ...],
-                 keys: list[str], key: list[str], rows: list[dict[str, Any]], mode: str) -> int:
+async def _write(
+    ctx: ToolContext,
+    conn: PgConnection,
+    table: tuple[str, ...],
+    keys: list[str],
+    key: list[str],
+    rows: list[dict[str, Any]],
+    mode: str,
+) -> int:
     """The transaction of one write; the number of rows sent to the table."""
     qualified = quote_name(table)
     name = ".".join(table)
@@ -122,58 +131,96 @@ async def _write(ctx: ToolContext, conn: PgConnection, table: tuple[str, ...],
                 await _upsert(conn, qualified, columns, key_cols, records)
             else:
                 await conn.copy_records_to_table(
-                    table[-1], schema_name=table[0] if len(table) == 2 else None,
-                    columns=columns, records=records)
+                    table[-1],
+                    schema_name=table[0] if len(table) == 2 else None,
+                    columns=columns,
+                    records=records,
+                )
             return len(records)
     except (asyncpg.PostgresError, asyncpg.DataError) as exc:
         # DataError: asyncpg could not encode a value for COPY.
         message = scrub(ctx, getattr(exc, "message", None) or str(exc))
         sqlstate = getattr(exc, "sqlstate", None)
-        raise ToolError(f"{WHO}: writing {name}: {message}", error_type="postgres",
-                        sqlstate=sqlstate, table=name) from exc
+        raise ToolError(
+            f"{WHO}: writing {name}: {message}",
+            error_type="postgres",
+            sqlstate=sqlstate,
+            table=name,
+        ) from exc
 
 
-async def _upsert(conn: PgConnection, qualified: str, columns: list[str], key: list[str],
-                  records: list[tuple[Any, ...]]) -> None:
+async def _upsert(
+    conn: PgConnection,
+    qualified: str,
+    columns: list[str],
+    key: list[str],
+    records: list[tuple[Any, ...]],
+) -> None:
     # A temp table with the written columns' types only (no constraints, no defaults), so
     # it takes exactly what COPY sends; ON COMMIT DROP cleans it up.
     temp = f"_noetl_sink_{uuid.uuid4().hex}"
     cols = ", ".join(quote_ident(c) for c in columns)
-    await conn.execute(f"CREATE TEMP TABLE {quote_ident(temp)} ON COMMIT DROP AS "
-                       f"SELECT {cols} FROM {qualified} WITH NO DATA")
+    await conn.execute(
+        f"CREATE TEMP TABLE {quote_ident(temp)} ON COMMIT DROP AS "
+        f"SELECT {cols} FROM {qualified} WITH NO DATA"
+    )
     await conn.copy_records_to_table(temp, columns=columns, records=records)
     updates = [c for c in columns if c not in key]
-    action = ("DO UPDATE SET " + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}"
-                                           for c in updates)) if updates else "DO NOTHING"
+    action = (
+        (
+            "DO UPDATE SET "
+            + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
+        )
+        if updates
+        else "DO NOTHING"
+    )
     conflict = ", ".join(quote_ident(k) for k in key)
-    await conn.execute(f"INSERT INTO {qualified} ({cols}) SELECT {cols} FROM "
-                       f"{quote_ident(temp)} ON CONFLICT ({conflict}) {action}")
+    await conn.execute(
+        f"INSERT INTO {qualified} ({cols}) SELECT {cols} FROM "
+        f"{quote_ident(temp)} ON CONFLICT ({conflict}) {action}"
+    )
 
 
-def _records(rows: list[dict[str, Any]], sources: dict[str, list[str]],
-             types: dict[str, Any], table: str) -> list[tuple[Any, ...]]:
+def _records(
+    rows: list[dict[str, Any]], sources: dict[str, list[str]], types: dict[str, Any], table: str
+) -> list[tuple[Any, ...]]:
     """The rows as tuples in column order, each value converted to its column's type."""
     columns = list(sources)
     single = all(len(keys) == 1 for keys in sources.values())
     first = [keys[0] for keys in sources.values()]
     # Only values not already of a type asyncpg takes as is go through a converter: most
     # cells skip the call (this loop is the sink's cost over a bare COPY).
-    checks = [(i, native_types(types[c]), convert) for i, c in enumerate(columns)
-              if (convert := coercer(types[c], row_value=True)) is not None]
+    checks = [
+        (i, native_types(types[c]), convert)
+        for i, c in enumerate(columns)
+        if (convert := coercer(types[c], row_value=True)) is not None
+    ]
     records = []
     for index, row in enumerate(rows):
-        values = ([row.get(k) for k in first] if single
-                  else [value_of(row, keys) for keys in sources.values()])
+        values = (
+            [row.get(k) for k in first]
+            if single
+            else [value_of(row, keys) for keys in sources.values()]
+        )
         for i, natives, convert in checks:
             value = values[i]
             if value is None or type(value) in natives:
                 continue
             try:
                 values[i] = convert(value)
-            except (ValueError, TypeError, decimal.InvalidOperation, binascii.Error,
-                    msgspec.EncodeError) as exc:
-                raise ToolError(f"{WHO}: row {index}: {type(value).__name__} value does not "
-                                f"fit column {columns[i]} of {table}: {exc}",
-                                error_type="postgres", table=table, row=index) from exc
+            except (
+                ValueError,
+                TypeError,
+                decimal.InvalidOperation,
+                binascii.Error,
+                msgspec.EncodeError,
+            ) as exc:
+                raise ToolError(
+                    f"{WHO}: row {index}: {type(value).__name__} value does not "
+                    f"fit column {columns[i]} of {table}: {exc}",
+                    error_type="postgres",
+                    table=table,
+                    row=index,
+                ) from exc
         records.append(tuple(values))
     return records

@@ -48,8 +48,9 @@ class SnowflakeSink:
 
     kind = "snowflake"
 
-    async def write(self, ctx: ToolContext, spec: dict[str, Any],
-                    rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def write(
+        self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """Write `rows` into `spec["table"]`; `{"rows": n, "table", "mode"}`."""
         mode = sink_mode(spec, WHO)
         table = parse_table_name(spec.get("table"), str.upper, WHO)
@@ -69,8 +70,15 @@ class SnowflakeSink:
         return {"rows": written, "table": name, "mode": mode}
 
 
-def write_rows(ctx: ToolContext, conn: SnowflakeConnection, table: tuple[str, ...],
-               keys: list[str], key: list[str], rows: list[dict[str, Any]], mode: str) -> int:
+def write_rows(
+    ctx: ToolContext,
+    conn: SnowflakeConnection,
+    table: tuple[str, ...],
+    keys: list[str],
+    key: list[str],
+    rows: list[dict[str, Any]],
+    mode: str,
+) -> int:
     """Write `rows` all or nothing; the number of rows sent to the table."""
     from snowflake.connector.constants import FIELD_ID_TO_NAME
 
@@ -84,15 +92,18 @@ def write_rows(ctx: ToolContext, conn: SnowflakeConnection, table: tuple[str, ..
 
     try:
         run(f"SELECT * FROM {qualified} LIMIT 0", where=f" (table {name})")
-        types = {column.name: FIELD_ID_TO_NAME[column.type_code]
-                 for column in cursor.description or []}
+        types = {
+            column.name: FIELD_ID_TO_NAME[column.type_code] for column in cursor.description or []
+        }
         mapping = match_columns(keys, list(types), name, WHO)
         sources = column_sources(keys, mapping)
         columns = list(sources)
         semi = [types[c] in _JSON_TYPES for c in columns]
         plan = list(zip(sources.values(), semi, strict=True))
-        records = [tuple(_value(value_of(row, keys_of), is_json) for keys_of, is_json in plan)
-                   for row in rows]
+        records = [
+            tuple(_value(value_of(row, keys_of), is_json) for keys_of, is_json in plan)
+            for row in rows
+        ]
         if mode == "upsert":
             merge_key = list(dict.fromkeys(mapping[k] for k in key))
             records = dedupe_last(records, [columns.index(c) for c in merge_key])
@@ -112,26 +123,41 @@ def write_rows(ctx: ToolContext, conn: SnowflakeConnection, table: tuple[str, ..
     return len(records)
 
 
-def _insert(run: Callable[..., None], qualified: str, columns: list[str],
-            semi: list[bool], records: list[tuple[Any, ...]]) -> None:
+def _insert(
+    run: Callable[..., None],
+    qualified: str,
+    columns: list[str],
+    semi: list[bool],
+    records: list[tuple[Any, ...]],
+) -> None:
     """INSERT the records in batches of bound VALUES."""
     size = max(1, BATCH_VALUES // len(columns)) if columns else 1
     placeholders = "(" + ", ".join("?" * len(columns)) + ")"
     for start in range(0, len(records), size):
-        batch = records[start:start + size]
+        batch = records[start : start + size]
         source = _source(columns, semi, ", ".join([placeholders] * len(batch)))
-        run(f"INSERT INTO {qualified} ({_list(columns)}) {source}",
-            [value for record in batch for value in record])
+        run(
+            f"INSERT INTO {qualified} ({_list(columns)}) {source}",
+            [value for record in batch for value in record],
+        )
 
 
-def _upsert(run: Callable[..., None], table: tuple[str, ...], columns: list[str],
-            semi: list[bool], key: list[str], records: list[tuple[Any, ...]]) -> None:
+def _upsert(
+    run: Callable[..., None],
+    table: tuple[str, ...],
+    columns: list[str],
+    semi: list[bool],
+    key: list[str],
+    records: list[tuple[Any, ...]],
+) -> None:
     # Stage every row, then one MERGE: a single statement, so all or nothing without an
     # explicit transaction (the CREATE of the stage would commit one anyway). The stage is
     # a temporary table of the session's own schema (the credential's `schema`).
     stage = quote_ident(f"NOETL_SINK_{uuid.uuid4().hex.upper()}")
-    run(f"CREATE TEMPORARY TABLE {stage} AS SELECT {_list(columns)} FROM "
-        f"{quote_name(table)} LIMIT 0")
+    run(
+        f"CREATE TEMPORARY TABLE {stage} AS SELECT {_list(columns)} FROM "
+        f"{quote_name(table)} LIMIT 0"
+    )
     try:
         _insert(run, stage, columns, semi, records)
         run(_merge(quote_name(table), columns, key, stage))
@@ -145,21 +171,30 @@ def _list(columns: list[str]) -> str:
 
 def _source(columns: list[str], semi: list[bool], values: str) -> str:
     """The SELECT over a batch's VALUES list."""
-    exprs = [f"PARSE_JSON(column{i})" if is_json else f"column{i}"
-             for i, is_json in enumerate(semi, start=1)]
-    named = ", ".join(f"{expr} AS {quote_ident(c)}" for expr, c in zip(exprs, columns,
-                                                                        strict=True))
+    exprs = [
+        f"PARSE_JSON(column{i})" if is_json else f"column{i}"
+        for i, is_json in enumerate(semi, start=1)
+    ]
+    named = ", ".join(f"{expr} AS {quote_ident(c)}" for expr, c in zip(exprs, columns, strict=True))
     return f"SELECT {named} FROM VALUES {values}"
 
 
 def _merge(qualified: str, columns: list[str], key: list[str], stage: str) -> str:
     on = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in key)
     updates = [c for c in columns if c not in key]
-    matched = (" WHEN MATCHED THEN UPDATE SET " + ", ".join(
-        f"{quote_ident(c)} = s.{quote_ident(c)}" for c in updates)) if updates else ""
+    matched = (
+        (
+            " WHEN MATCHED THEN UPDATE SET "
+            + ", ".join(f"{quote_ident(c)} = s.{quote_ident(c)}" for c in updates)
+        )
+        if updates
+        else ""
+    )
     inserted = ", ".join(f"s.{quote_ident(c)}" for c in columns)
-    return (f"MERGE INTO {qualified} t USING {stage} s ON {on}{matched} "
-            f"WHEN NOT MATCHED THEN INSERT ({_list(columns)}) VALUES ({inserted})")
+    return (
+        f"MERGE INTO {qualified} t USING {stage} s ON {on}{matched} "
+        f"WHEN NOT MATCHED THEN INSERT ({_list(columns)}) VALUES ({inserted})"
+    )
 
 
 def _value(value: Any, is_json: bool) -> Any:

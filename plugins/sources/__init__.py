@@ -24,9 +24,13 @@ Reader = Callable[[str, Mapping[str, Any], ToolContext], Awaitable[bytes]]
 SOURCE_TYPES = ("file", "http", "s3", "gcs")
 
 
-async def load_code(spec: dict[str, Any], ctx: ToolContext, *,
-                    code_keys: tuple[str, ...] = ("code",),
-                    b64_keys: tuple[str, ...] = ("code_b64",)) -> str | None:
+async def load_code(
+    spec: dict[str, Any],
+    ctx: ToolContext,
+    *,
+    code_keys: tuple[str, ...] = ("code",),
+    b64_keys: tuple[str, ...] = ("code_b64",),
+) -> str | None:
     """The code a tool runs: `script` > the first of `b64_keys` > the first of `code_keys`.
 
     None when `spec` has none of them. A key whose value is null counts as absent.
@@ -41,8 +45,9 @@ async def load_code(spec: dict[str, Any], ctx: ToolContext, *,
         value = spec.get(key)
         if value is not None:
             if not isinstance(value, str):
-                raise ToolError(f"`{key}` must be text, not {type(value).__name__}",
-                                error_type="script")
+                raise ToolError(
+                    f"`{key}` must be text, not {type(value).__name__}", error_type="script"
+                )
             return value
     return None
 
@@ -50,25 +55,32 @@ async def load_code(spec: dict[str, Any], ctx: ToolContext, *,
 async def load_script(script: Any, ctx: ToolContext) -> str:
     """The text of `script` (`{uri, source}`), recorded in the command's events."""
     if not isinstance(script, Mapping) or not isinstance(script.get("uri"), str):
-        raise ToolError("`script` must be a mapping with a `uri`, like "
-                        "{uri: ./transform.py, source: {type: file}}", error_type="script")
+        raise ToolError(
+            "`script` must be a mapping with a `uri`, like "
+            "{uri: ./transform.py, source: {type: file}}",
+            error_type="script",
+        )
     uri: str = script["uri"]
     source = script.get("source") or {}
     if not isinstance(source, Mapping):
-        raise ToolError("`script.source` must be a mapping like {type: s3, region: ...}",
-                        error_type="script")
+        raise ToolError(
+            "`script.source` must be a mapping like {type: s3, region: ...}", error_type="script"
+        )
     kind = source.get("type") or source_type(uri)
     if kind not in SOURCE_TYPES:
-        raise ToolError(f"script {uri}: unknown source type {kind!r} "
-                        f"(one of {', '.join(SOURCE_TYPES)})", error_type="script")
+        raise ToolError(
+            f"script {uri}: unknown source type {kind!r} (one of {', '.join(SOURCE_TYPES)})",
+            error_type="script",
+        )
     reader: Reader = importlib.import_module(f"{__name__}.{kind}").read
     data = await reader(uri, source, ctx)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ToolError(f"script {uri} is not UTF-8 text: {exc}", error_type="script") from exc
-    ctx.record("script", uri=uri, source=kind, sha256=hashlib.sha256(data).hexdigest(),
-               size=len(data))
+    ctx.record(
+        "script", uri=uri, source=kind, sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+    )
     return text
 
 
@@ -87,12 +99,14 @@ def split_bucket_uri(uri: str, scheme: str, source: Mapping[str, Any]) -> tuple[
     """`(bucket, key)` of `scheme://bucket/key`, or of a plain key with `source.bucket`."""
     prefix = f"{scheme}://"
     if uri.startswith(prefix):
-        bucket, _, key = uri[len(prefix):].partition("/")
+        bucket, _, key = uri[len(prefix) :].partition("/")
     else:
         bucket, key = source.get("bucket") or "", uri.lstrip("/")
     if not bucket or not key:
-        raise ToolError(f"script {uri}: expected {prefix}BUCKET/KEY (or a key with "
-                        "`source.bucket`)", error_type="script")
+        raise ToolError(
+            f"script {uri}: expected {prefix}BUCKET/KEY (or a key with `source.bucket`)",
+            error_type="script",
+        )
     return str(bucket), key
 
 
@@ -100,5 +114,4 @@ def _decode_b64(key: str, value: Any) -> str:
     try:
         return base64.b64decode(value, validate=True).decode("utf-8")
     except (binascii.Error, ValueError, TypeError) as exc:
-        raise ToolError(f"`{key}` is not base64 of UTF-8 text: {exc}",
-                        error_type="script") from exc
+        raise ToolError(f"`{key}` is not base64 of UTF-8 text: {exc}", error_type="script") from exc

@@ -33,16 +33,28 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
             return await storage.download(bucket, name, timeout=timeout)
     except aiohttp.ClientResponseError as exc:
         if exc.status == 404:
-            raise ToolError(f"script {where}: no object {name!r} in bucket {bucket!r}",
-                            error_type="script", bucket=bucket, key=name) from exc
-        raise ToolError(f"script {where}: GCS answered HTTP {exc.status}",
-                        error_type="script", bucket=bucket, key=name,
-                        status_code=exc.status) from exc
+            raise ToolError(
+                f"script {where}: no object {name!r} in bucket {bucket!r}",
+                error_type="script",
+                bucket=bucket,
+                key=name,
+            ) from exc
+        raise ToolError(
+            f"script {where}: GCS answered HTTP {exc.status}",
+            error_type="script",
+            bucket=bucket,
+            key=name,
+            status_code=exc.status,
+        ) from exc
     except TimeoutError as exc:
         raise ToolTimeout(f"script {where}: no answer from GCS within {timeout}s") from exc
     except (aiohttp.ClientError, ValueError) as exc:  # ValueError: an unusable key
-        raise ToolError(f"script {where}: {type(exc).__name__}: {exc}", error_type="script",
-                        bucket=bucket, key=name) from exc
+        raise ToolError(
+            f"script {where}: {type(exc).__name__}: {exc}",
+            error_type="script",
+            bucket=bucket,
+            key=name,
+        ) from exc
 
 
 async def _service_file(where: str, auth: Any, ctx: ToolContext) -> io.StringIO | None:
@@ -51,20 +63,25 @@ async def _service_file(where: str, auth: Any, ctx: ToolContext) -> io.StringIO 
         return None
     name = auth.get("credential") if isinstance(auth, Mapping) else auth
     if not isinstance(name, str):
-        raise ToolError(f"script {where}: `source.auth` must name a credential",
-                        error_type="script")
+        raise ToolError(
+            f"script {where}: `source.auth` must name a credential", error_type="script"
+        )
     credential = dict(await ctx.credential(ctx.bindings.get(name, name)))
     key = credential.get("service_account", credential)
     if isinstance(key, str):
         try:
             key = json.loads(key)
         except ValueError as exc:
-            raise ToolError(f"script {where}: credential {name!r} holds no service-account "
-                            "JSON", error_type="script") from exc
+            raise ToolError(
+                f"script {where}: credential {name!r} holds no service-account JSON",
+                error_type="script",
+            ) from exc
     if not isinstance(key, Mapping) or "type" not in key:
-        raise ToolError(f"script {where}: credential {name!r} is not a service-account key "
-                        "(expected its JSON, with `type`, `client_email`, `private_key`)",
-                        error_type="script")
+        raise ToolError(
+            f"script {where}: credential {name!r} is not a service-account key "
+            "(expected its JSON, with `type`, `client_email`, `private_key`)",
+            error_type="script",
+        )
     if key.get("private_key"):
         ctx.secrets[f"{name}.private_key"] = str(key["private_key"])
     return io.StringIO(json.dumps(key))

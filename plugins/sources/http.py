@@ -30,14 +30,16 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
             session.request(method, url, headers=headers) as resp,
         ):
             if not 200 <= resp.status < 300:
-                raise ToolError(f"script {method} {url}: HTTP {resp.status}",
-                                error_type="script", status_code=resp.status)
+                raise ToolError(
+                    f"script {method} {url}: HTTP {resp.status}",
+                    error_type="script",
+                    status_code=resp.status,
+                )
             return await resp.read()
     except TimeoutError as exc:
         raise ToolTimeout(f"script {url}: no answer within {timeout:g}s") from exc
     except aiohttp.ClientError as exc:
-        raise ToolError(f"script {url}: {type(exc).__name__}: {exc}",
-                        error_type="script") from exc
+        raise ToolError(f"script {url}: {type(exc).__name__}: {exc}", error_type="script") from exc
 
 
 def _url(uri: str, source: Mapping[str, Any]) -> str:
@@ -45,6 +47,9 @@ def _url(uri: str, source: Mapping[str, Any]) -> str:
         return uri
     endpoint = source.get("endpoint")
     if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-        raise ToolError(f"script {uri}: a relative http script needs `source.endpoint`, "
-                        "the base URL it is relative to", error_type="script")
+        raise ToolError(
+            f"script {uri}: a relative http script needs `source.endpoint`, "
+            "the base URL it is relative to",
+            error_type="script",
+        )
     return f"{endpoint.rstrip('/')}/{uri.removeprefix('./').lstrip('/')}"

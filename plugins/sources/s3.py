@@ -28,8 +28,9 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
     if auth is not None:
         name = auth.get("credential") if isinstance(auth, Mapping) else auth
         if not isinstance(name, str):
-            raise ToolError(f"script {uri}: `source.auth` must name a credential",
-                            error_type="script")
+            raise ToolError(
+                f"script {uri}: `source.auth` must name a credential", error_type="script"
+            )
         credential = dict(await ctx.credential(ctx.bindings.get(name, name)))
         for secret in ("aws_secret_access_key", "aws_session_token"):
             if credential.get(secret):
@@ -38,7 +39,8 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
     where = f"s3://{bucket}/{key}"
     try:
         async with session.client(
-                "s3", endpoint_url=credential.get("endpoint_url") or None) as client:
+            "s3", endpoint_url=credential.get("endpoint_url") or None
+        ) as client:
             response = await client.get_object(Bucket=bucket, Key=key)
             async with response["Body"] as body:
                 data: bytes = await body.read()
@@ -47,17 +49,27 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         if code in _MISSING:
-            raise ToolError(f"script {where}: no object {key!r} in bucket {bucket!r}",
-                            error_type="script", bucket=bucket, key=key) from exc
+            raise ToolError(
+                f"script {where}: no object {key!r} in bucket {bucket!r}",
+                error_type="script",
+                bucket=bucket,
+                key=key,
+            ) from exc
         if code == "NoSuchBucket":
-            raise ToolError(f"script {where}: no bucket {bucket!r}", error_type="script",
-                            bucket=bucket, key=key) from exc
-        raise ToolError(f"script {where}: S3 refused: {code} {error.get('Message', '')}".strip(),
-                        error_type="script", bucket=bucket, key=key) from exc
+            raise ToolError(
+                f"script {where}: no bucket {bucket!r}", error_type="script", bucket=bucket, key=key
+            ) from exc
+        raise ToolError(
+            f"script {where}: S3 refused: {code} {error.get('Message', '')}".strip(),
+            error_type="script",
+            bucket=bucket,
+            key=key,
+        ) from exc
     except BotoCoreError as exc:
         # No credentials, an unreachable endpoint, a bad region, ...
-        raise ToolError(f"script {where}: {exc}", error_type="script", bucket=bucket,
-                        key=key) from exc
+        raise ToolError(
+            f"script {where}: {exc}", error_type="script", bucket=bucket, key=key
+        ) from exc
 
 
 def session_of(credential: Mapping[str, Any], region: str | None) -> aioboto3.Session:

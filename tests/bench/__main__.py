@@ -118,7 +118,7 @@ def loop_playbook(directory: Path) -> Path:
     path.write_text(
         "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: bench_loop}\nworkflow:\n"
         "  - step: start\n"
-        f"    loop: {{in: \"{{{{ range({LOOP_ITEMS}) | list }}}}\", iterator: n, mode: async}}\n"
+        f'    loop: {{in: "{{{{ range({LOOP_ITEMS}) | list }}}}", iterator: n, mode: async}}\n'
         "    tool: {kind: python, args: {n: '{{ n }}'}, code: 'result = n'}\n"
     )
     return path
@@ -126,12 +126,15 @@ def loop_playbook(directory: Path) -> Path:
 
 def role(settings: Settings, *roles: str) -> subprocess.Popen[bytes]:
     """`noetl-runtime up` with only `roles`, in its own process."""
-    env = {**os.environ, "NOETL_NATS_URL": str(settings.nats_url),
-           "NOETL_PG_DSN": str(settings.pg_dsn), "NOETL_HOME": str(settings.home),
-           "NOETL_API_PORT": "0"}
+    env = {
+        **os.environ,
+        "NOETL_NATS_URL": str(settings.nats_url),
+        "NOETL_PG_DSN": str(settings.pg_dsn),
+        "NOETL_HOME": str(settings.home),
+        "NOETL_API_PORT": "0",
+    }
     args = [CLI, "up", *(a for r in roles for a in ("--role", r))]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def loop_cost(settings: Settings, directory: Path) -> tuple[float, float, float]:
@@ -189,10 +192,12 @@ async def main() -> None:
         f"{per_step * 1000:.3f}",
         f"{per_step / floor:.1f}x",
     )
-    table.add_row(f"{LOOP_ITEMS}-item async loop, wall", f"{loop_wall * 1000:.0f}",
-                  f"{loop_wall / LOOP_ITEMS * 1000:.3f} ms/item")
-    table.add_row("  coordinator RSS before / peak (MiB)", f"{rss_before:.0f} / {rss_peak:.0f}",
-                  "")
+    table.add_row(
+        f"{LOOP_ITEMS}-item async loop, wall",
+        f"{loop_wall * 1000:.0f}",
+        f"{loop_wall / LOOP_ITEMS * 1000:.3f} ms/item",
+    )
+    table.add_row("  coordinator RSS before / peak (MiB)", f"{rss_before:.0f} / {rss_peak:.0f}", "")
     console.print(table)
     console.print(f"chain totals (s): {', '.join(f'{t:.3f}' for t in totals)}")
 

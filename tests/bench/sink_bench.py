@@ -33,25 +33,36 @@ from tests.support.services import (
 
 ROWS = 100_000
 RUNS = 3
-TABLE = "CREATE TABLE bench (id bigint PRIMARY KEY, name text, score float8, born date, "\
-        "payload jsonb)"
+TABLE = (
+    "CREATE TABLE bench (id bigint PRIMARY KEY, name text, score float8, born date, payload jsonb)"
+)
 
 
 def dict_rows(count: int) -> list[dict[str, Any]]:
     """Rows as a step's result holds them: JSON values only."""
-    return [{"id": i, "name": f"user-{i}", "score": i * 0.5,
-             "born": (dt.date(2000, 1, 1) + dt.timedelta(days=i % 9000)).isoformat(),
-             "payload": {"n": i, "tags": ["a", "b"]}} for i in range(count)]
+    return [
+        {
+            "id": i,
+            "name": f"user-{i}",
+            "score": i * 0.5,
+            "born": (dt.date(2000, 1, 1) + dt.timedelta(days=i % 9000)).isoformat(),
+            "payload": {"n": i, "tags": ["a", "b"]},
+        }
+        for i in range(count)
+    ]
 
 
 def tuple_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The same rows as the tuples a hand-written COPY would send."""
-    return [(r["id"], r["name"], r["score"], dt.date.fromisoformat(r["born"]),
-             json.dumps(r["payload"])) for r in rows]
+    return [
+        (r["id"], r["name"], r["score"], dt.date.fromisoformat(r["born"]), json.dumps(r["payload"]))
+        for r in rows
+    ]
 
 
-async def timed(prepare: Callable[[], Awaitable[None]],
-                work: Callable[[], Awaitable[Any]]) -> float:
+async def timed(
+    prepare: Callable[[], Awaitable[None]], work: Callable[[], Awaitable[Any]]
+) -> float:
     """Median seconds of `work` over RUNS runs, each after `prepare`."""
     samples = []
     for _ in range(RUNS):
@@ -68,8 +79,13 @@ async def bench(dsn: str, count: int) -> dict[str, float]:
     tuples = tuple_rows(rows)
     admin = await asyncpg.connect(dsn)
     sink = PostgresSink()
-    ctx = ToolContext(execution_id=1, command_id="bench", step="bench", timeout=None,
-                      credentials=lambda name: _credential(dsn))
+    ctx = ToolContext(
+        execution_id=1,
+        command_id="bench",
+        step="bench",
+        timeout=None,
+        credentials=lambda name: _credential(dsn),
+    )
     spec = {"kind": "postgres", "auth": "pg", "table": "bench"}
     try:
         await admin.execute(TABLE)
@@ -85,8 +101,8 @@ async def bench(dsn: str, count: int) -> dict[str, float]:
             conn = await asyncpg.connect(dsn)
             try:
                 await conn.copy_records_to_table(
-                    "bench", records=tuples,
-                    columns=["id", "name", "score", "born", "payload"])
+                    "bench", records=tuples, columns=["id", "name", "score", "born", "payload"]
+                )
             finally:
                 await conn.close()
 

@@ -35,8 +35,13 @@ def start_mesh(settings: Settings, log: Path, **env_extra: str) -> subprocess.Po
     env.update(env_extra)
     # Its own session, so the kill takes the whole process group with it (python workers
     # also die with their runner).
-    return subprocess.Popen([CLI, "up"], env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [CLI, "up"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kill_hard(proc: subprocess.Popen[bytes]) -> None:

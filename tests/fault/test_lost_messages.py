@@ -16,24 +16,32 @@ from noetl.config import Settings
 from tests.fault.harness import events_of, wait_until
 
 
-async def test_purged_command_is_republished_by_the_reconciler(settings: Settings,
-                                                               tmp_path: Path) -> None:
-    settings = msgspec.structs.replace(settings, dedup_window=1.0, ack_wait=1.0,
-                                       reconcile_every=0.5)
+async def test_purged_command_is_republished_by_the_reconciler(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = msgspec.structs.replace(
+        settings, dedup_window=1.0, ack_wait=1.0, reconcile_every=0.5
+    )
     client = await Client.connect(settings)
     coordinator = Mesh(client.bus, client.store, client.settings, ["catalog", "coordinator"])
     await coordinator.start()
     runner: Mesh | None = None
     try:
         path = tmp_path / "two.yaml"
-        path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: two}\n"
-                        "workflow:\n" + textwrap.indent(textwrap.dedent("""
+        path.write_text(
+            "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: two}\n"
+            "workflow:\n"
+            + textwrap.indent(
+                textwrap.dedent("""
             - step: start
               tool: {kind: python, code: "result = 1"}
               next: [second]
             - step: second
               tool: {kind: python, code: "result = 2"}
-        """), "  "))
+        """),
+                "  ",
+            )
+        )
         reply = await client.register(path)
         eid = await client.start(reply.path)
 
@@ -54,10 +62,12 @@ async def test_purged_command_is_republished_by_the_reconciler(settings: Setting
         await client.close()
 
 
-async def test_purged_outcome_is_republished_by_the_reconciler(settings: Settings,
-                                                               tmp_path: Path) -> None:
-    settings = msgspec.structs.replace(settings, dedup_window=1.0, ack_wait=1.0,
-                                       reconcile_every=0.5)
+async def test_purged_outcome_is_republished_by_the_reconciler(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = msgspec.structs.replace(
+        settings, dedup_window=1.0, ack_wait=1.0, reconcile_every=0.5
+    )
     client = await Client.connect(settings)
     runner_side = await Client.connect(settings, relaxed=True)
     coordinator = Mesh(client.bus, client.store, client.settings, ["catalog", "coordinator"])
@@ -66,14 +76,20 @@ async def test_purged_outcome_is_republished_by_the_reconciler(settings: Setting
     await runner.start()
     try:
         path = tmp_path / "slow.yaml"
-        path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: slow}\n"
-                        "workflow:\n" + textwrap.indent(textwrap.dedent("""
+        path.write_text(
+            "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: slow}\n"
+            "workflow:\n"
+            + textwrap.indent(
+                textwrap.dedent("""
             - step: start
               tool: {kind: python, code: "import time\\ntime.sleep(1.5)\\nresult = 1"}
               next: [second]
             - step: second
               tool: {kind: python, code: "result = 2"}
-        """), "  "))
+        """),
+                "  ",
+            )
+        )
         reply = await client.register(path)
         eid = await client.start(reply.path)
 
@@ -84,8 +100,7 @@ async def test_purged_outcome_is_republished_by_the_reconciler(settings: Setting
         await coordinator.stop()  # nobody consumes the outcome now
 
         async def recorded() -> bool:
-            return any(r["event_type"] == "command.completed"
-                       for r in await events_of(client, eid))
+            return any(r["event_type"] == "command.completed" for r in await events_of(client, eid))
 
         await wait_until(recorded)
         await asyncio.sleep(0.3)  # the outcome message is in the stream...

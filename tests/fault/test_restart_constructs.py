@@ -22,8 +22,10 @@ from tests.support.http_api import ITEM_COUNT, start_http_api
 
 def write(tmp_path: Path, name: str, body: str) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\n"
-                    "workflow:\n" + textwrap.indent(textwrap.dedent(body), "  "))
+    path.write_text(
+        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\n"
+        "workflow:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+    )
     return path
 
 
@@ -32,7 +34,12 @@ async def test_loop_resumes_after_sigkill(settings: Settings, tmp_path: Path) ->
     log = tmp_path / "mesh.log"
     mesh = start_mesh(settings, log)
     try:
-        reply = await register_when_up(client, write(tmp_path, "slow_loop", """
+        reply = await register_when_up(
+            client,
+            write(
+                tmp_path,
+                "slow_loop",
+                """
             - step: start
               loop: {in: "{{ range(12) | list }}", iterator: n, mode: async,
                      max_concurrency: 3}
@@ -43,7 +50,9 @@ async def test_loop_resumes_after_sigkill(settings: Settings, tmp_path: Path) ->
                   import time
                   time.sleep(0.3)
                   result = n * 10
-        """))
+        """,
+            ),
+        )
         eid = await client.start(reply.path, version=reply.version)
 
         async def some_items_done() -> bool:
@@ -64,14 +73,20 @@ async def test_loop_resumes_after_sigkill(settings: Settings, tmp_path: Path) ->
         await client.close()
 
 
-async def test_pending_retry_survives_sigkill_and_fires_once(settings: Settings,
-                                                            tmp_path: Path) -> None:
+async def test_pending_retry_survives_sigkill_and_fires_once(
+    settings: Settings, tmp_path: Path
+) -> None:
     client = await Client.connect(settings)
     log = tmp_path / "mesh.log"
     counter = tmp_path / "attempts"
     mesh = start_mesh(settings, log)
     try:
-        reply = await register_when_up(client, write(tmp_path, "retry_later", f"""
+        reply = await register_when_up(
+            client,
+            write(
+                tmp_path,
+                "retry_later",
+                f"""
             - step: start
               retry: {{max_attempts: 3, delay: 3}}
               tool:
@@ -84,7 +99,9 @@ async def test_pending_retry_survives_sigkill_and_fires_once(settings: Settings,
                   if n == 1:
                       raise RuntimeError("first attempt fails")
                   result = {{"attempts": n}}
-        """))
+        """,
+            ),
+        )
         eid = await client.start(reply.path, version=reply.version)
 
         async def retry_pending() -> bool:
@@ -107,14 +124,20 @@ async def test_pending_retry_survives_sigkill_and_fires_once(settings: Settings,
         await client.close()
 
 
-async def test_pagination_resumes_at_its_page_after_sigkill(settings: Settings,
-                                                            tmp_path: Path) -> None:
+async def test_pagination_resumes_at_its_page_after_sigkill(
+    settings: Settings, tmp_path: Path
+) -> None:
     api = await start_http_api()
     client = await Client.connect(settings)
     log = tmp_path / "mesh.log"
     mesh = start_mesh(settings, log)
     try:
-        reply = await register_when_up(client, write(tmp_path, "slow_pages", f"""
+        reply = await register_when_up(
+            client,
+            write(
+                tmp_path,
+                "slow_pages",
+                f"""
             - step: start
               tool: {{kind: http, url: "{api.url}/items",
                      params: {{page: 1, size: 5, delay: 0.3}}}}
@@ -123,7 +146,9 @@ async def test_pagination_resumes_at_its_page_after_sigkill(settings: Settings,
                   continue_while: "{{{{ response.data.paging.hasMore }}}}"
                   next_page: {{params: {{page: "{{{{ response.data.paging.page + 1 }}}}"}}}}
                   merge_path: data.data
-        """))
+        """,
+            ),
+        )
         eid = await client.start(reply.path, version=reply.version)
 
         async def some_pages_done() -> bool:

@@ -24,8 +24,12 @@ STEPS = 8
 
 def chain(tmp_path: Path) -> Path:
     """A chain of python steps, each taking a moment, each adding one to a counter."""
-    lines = ["apiVersion: noetl.io/v2", "kind: Playbook", "metadata: {name: slow_chain}",
-             "workflow:"]
+    lines = [
+        "apiVersion: noetl.io/v2",
+        "kind: Playbook",
+        "metadata: {name: slow_chain}",
+        "workflow:",
+    ]
     for i in range(STEPS):
         name = "start" if i == 0 else f"s{i}"
         following = "end" if i == STEPS - 1 else f"s{i + 1}"
@@ -58,6 +62,7 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
         eid = await client.start(reply.path, version=reply.version)
         # Kill twice: once while a step runs, once again later in the chain.
         for threshold in (2, 5):
+
             async def enough(threshold: int = threshold) -> bool:
                 done = await count_events(client, eid, "step.completed")
                 return sum(done.values()) >= threshold
@@ -74,8 +79,11 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
         expected = {"start": 1, "end": 1, **{f"s{i}": 1 for i in range(1, STEPS)}}
         assert counts == expected
         rows = await events_of(client, eid)
-        outcomes = Counter(r["command_id"] for r in rows
-                           if r["event_type"] in ("command.completed", "command.failed"))
+        outcomes = Counter(
+            r["command_id"]
+            for r in rows
+            if r["event_type"] in ("command.completed", "command.failed")
+        )
         assert set(outcomes.values()) == {1}
         # A graceful stop drains and exits cleanly.
         assert stop_gracefully(mesh) == 0, log.read_text()[-3000:]

@@ -15,8 +15,10 @@ from tests.integration.conftest import fixture
 async def test_two_hosts_run_loops_without_duplicating_decisions(settings: Settings) -> None:
     first = await Client.connect(settings, relaxed=True)
     second = await Client.connect(settings, relaxed=True)
-    meshes = [Mesh(first.bus, first.store, first.settings),
-              Mesh(second.bus, second.store, second.settings, ["coordinator", "runner"])]
+    meshes = [
+        Mesh(first.bus, first.store, first.settings),
+        Mesh(second.bus, second.store, second.settings, ["coordinator", "runner"]),
+    ]
     for mesh in meshes:
         await mesh.start()
     try:
@@ -29,9 +31,14 @@ async def test_two_hosts_run_loops_without_duplicating_decisions(settings: Setti
             rows = await first.store.list_events(eid)
             kinds = Counter(r["event_type"] for r in rows)
             assert kinds["step.item"] == 10 and kinds["step.completed"] == 2
-            versions = [v for (v,) in await first.store.pool.fetch(
-                "SELECT version FROM noetl.event WHERE execution_id = $1 "
-                "AND version IS NOT NULL ORDER BY version", eid)]
+            versions = [
+                v
+                for (v,) in await first.store.pool.fetch(
+                    "SELECT version FROM noetl.event WHERE execution_id = $1 "
+                    "AND version IS NOT NULL ORDER BY version",
+                    eid,
+                )
+            ]
             assert versions == list(range(1, len(versions) + 1))
     finally:
         for mesh in meshes:

@@ -12,12 +12,10 @@ from tests.fault.harness import kill_hard, start_mesh, stop_gracefully
 from tests.support.services import free_port
 
 
-async def test_up_serves_the_api_and_drains_on_sigterm(settings: Settings,
-                                                       tmp_path: Path) -> None:
+async def test_up_serves_the_api_and_drains_on_sigterm(settings: Settings, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "up.log"
-    proc = start_mesh(settings, log, NOETL_API_PORT=str(port),
-                      NOETL_API_TOKEN="t0ken-for-tests")
+    proc = start_mesh(settings, log, NOETL_API_PORT=str(port), NOETL_API_TOKEN="t0ken-for-tests")
     try:
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(60):
@@ -31,8 +29,9 @@ async def test_up_serves_the_api_and_drains_on_sigterm(settings: Settings,
             async with http.get(f"http://127.0.0.1:{port}/api/executions") as denied:
                 assert denied.status == 401
             headers = {"Authorization": "Bearer t0ken-for-tests"}
-            async with http.get(f"http://127.0.0.1:{port}/api/executions",
-                                headers=headers) as listed:
+            async with http.get(
+                f"http://127.0.0.1:{port}/api/executions", headers=headers
+            ) as listed:
                 assert listed.status == 200 and await listed.json() == []
         assert "REST API on port" in log.read_text()
         assert stop_gracefully(proc) == 0, log.read_text()

@@ -43,8 +43,9 @@ async def mesh(client: Client) -> AsyncIterator[Mesh]:
         await m.stop()
 
 
-async def run(client: Client, path: Path, workload: dict[str, Any] | None = None,
-              timeout: float = 90) -> dict[str, Any]:
+async def run(
+    client: Client, path: Path, workload: dict[str, Any] | None = None, timeout: float = 90
+) -> dict[str, Any]:
     """Register a playbook file, run it, and return the execution document."""
     reply = await client.register(path)
     eid = await client.start(reply.path, version=reply.version, workload=workload)
@@ -54,8 +55,10 @@ async def run(client: Client, path: Path, workload: dict[str, Any] | None = None
 def one_step(directory: Path, name: str, tool: str) -> Path:
     """Write a playbook whose only step runs `tool` (a YAML flow mapping)."""
     path = directory / f"{name}.yaml"
-    path.write_text(f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\n"
-                    f"workflow:\n  - step: start\n    tool: {tool}\n")
+    path.write_text(
+        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\n"
+        f"workflow:\n  - step: start\n    tool: {tool}\n"
+    )
     return path
 
 

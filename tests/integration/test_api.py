@@ -36,17 +36,22 @@ async def http(client: Client) -> AsyncIterator[TestClient[Any, Any]]:
 
 def playbook(name: str, steps: str) -> str:
     """A playbook's YAML text with these `workflow` steps (indented like the test source)."""
-    return (f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}, path: "
-            f"tests/{name}}}\nworkflow:\n" + textwrap.indent(textwrap.dedent(steps), "  "))
+    return (
+        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}, path: "
+        f"tests/{name}}}\nworkflow:\n" + textwrap.indent(textwrap.dedent(steps), "  ")
+    )
 
 
-SLEEPY = playbook("sleepy", """
+SLEEPY = playbook(
+    "sleepy",
+    """
     - step: start
       tool: {kind: python, code: "import time\\ntime.sleep(30)"}
       next: [after]
     - step: after
       tool: {kind: python, code: "result = 1"}
-""")
+""",
+)
 
 
 async def register(http: TestClient[Any, Any], text: str) -> dict[str, Any]:
@@ -72,9 +77,9 @@ async def sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
         if line.startswith(":"):
             yield "comment", line[1:].strip()
         elif line.startswith("event: "):
-            event = line[len("event: "):]
+            event = line[len("event: ") :]
         elif line.startswith("data: "):
-            yield event, json.loads(line[len("data: "):])
+            yield event, json.loads(line[len("data: ") :])
             event = "message"
 
 
@@ -104,8 +109,7 @@ async def test_hello_world_through_the_api(http: TestClient[Any, Any], mesh: Mes
     assert [(p["path"], p["version"]) for p in listed] == [("examples/hello_world", 1)]
     for query in ("", "?version=1"):
         got = await (await http.get(f"/api/playbooks/examples/hello_world{query}")).json()
-        assert got == {"path": "examples/hello_world", "version": 1,
-                       "content": HELLO.read_text()}
+        assert got == {"path": "examples/hello_world", "version": 1, "content": HELLO.read_text()}
 
     eid = await start(http, "examples/hello_world")
     assert eid.isdigit()
@@ -117,7 +121,8 @@ async def test_hello_world_through_the_api(http: TestClient[Any, Any], mesh: Mes
     assert types[0] == "execution.started"
     assert types[-1] == "execution.completed"
     assert {"step": "end", "type": "step.completed"}.items() <= next(
-        e for e in events if e["step"] == "end" and e["type"] == "step.completed").items()
+        e for e in events if e["step"] == "end" and e["type"] == "step.completed"
+    ).items()
 
     described = await (await http.get(f"/api/executions/{eid}")).json()
     assert described == doc
@@ -136,17 +141,20 @@ async def test_hello_world_through_the_api(http: TestClient[Any, Any], mesh: Mes
 
 async def test_start_with_workload_and_version(http: TestClient[Any, Any], mesh: Mesh) -> None:
     await register(http, HELLO.read_text())
-    eid = await start(http, "examples/hello_world", version=1,
-                      workload={"message": "Hi"}, timeout=60)
+    eid = await start(
+        http, "examples/hello_world", version=1, workload={"message": "Hi"}, timeout=60
+    )
     _, doc = await follow(http, eid)
     assert doc["result"] == {"final": "Hi!", "length": 3}
 
 
-async def test_invalid_playbooks_are_refused_with_problems(http: TestClient[Any, Any],
-                                                           mesh: Mesh) -> None:
+async def test_invalid_playbooks_are_refused_with_problems(
+    http: TestClient[Any, Any], mesh: Mesh
+) -> None:
     broken = (FIXTURES / "broken" / "unknown_next.yaml").read_text()
-    as_yaml = await http.post("/api/playbooks", data=broken,
-                              headers={"Content-Type": "application/x-yaml"})
+    as_yaml = await http.post(
+        "/api/playbooks", data=broken, headers={"Content-Type": "application/x-yaml"}
+    )
     as_json = await http.post("/api/playbooks", json={"content": broken})
     for resp in (as_yaml, as_json):
         assert resp.status == 422
@@ -165,24 +173,30 @@ async def test_invalid_playbooks_are_refused_with_problems(http: TestClient[Any,
     assert "contents" in (await typo.json())["error"]
 
 
-async def test_json_registration_carries_script_files(http: TestClient[Any, Any],
-                                                      mesh: Mesh) -> None:
-    text = playbook("scripted", """
+async def test_json_registration_carries_script_files(
+    http: TestClient[Any, Any], mesh: Mesh
+) -> None:
+    text = playbook(
+        "scripted",
+        """
         - step: start
           tool:
             kind: python
             script: {uri: ./calc.py}
-    """)
-    resp = await http.post("/api/playbooks", json={"content": text,
-                                                   "files": {"./calc.py": "result = 6 * 7"}})
+    """,
+    )
+    resp = await http.post(
+        "/api/playbooks", json={"content": text, "files": {"./calc.py": "result = 6 * 7"}}
+    )
     assert resp.status == 201, await resp.text()
     _, doc = await follow(http, await start(http, "tests/scripted"))
     assert doc["status"] == "completed", doc
     assert doc["result"] == 42
 
 
-async def test_cancel_a_sleeping_execution(http: TestClient[Any, Any], mesh: Mesh,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cancel_a_sleeping_execution(
+    http: TestClient[Any, Any], mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(api_app, "KEEPALIVE_SECONDS", 0.3)
     await register(http, SLEEPY)
     eid = await start(http, "tests/sleepy")
@@ -193,12 +207,24 @@ async def test_cancel_a_sleeping_execution(http: TestClient[Any, Any], mesh: Mes
         async for name, data in sse(resp):
             seen.append((name, data))
             # The sleeping step keeps the stream idle: a keep-alive comes, then cancel.
-            if (name, data) == ("comment", "keep-alive") and not cancelled and (
-                    ("message", {"type": "step.started", "step": "start", "status": "running",
-                                 "error": None}) in seen):
+            if (
+                (name, data) == ("comment", "keep-alive")
+                and not cancelled
+                and (
+                    (
+                        "message",
+                        {
+                            "type": "step.started",
+                            "step": "start",
+                            "status": "running",
+                            "error": None,
+                        },
+                    )
+                    in seen
+                )
+            ):
                 cancelled = True
-                cancel = await http.post(f"/api/executions/{eid}/cancel",
-                                         json={"reason": "enough"})
+                cancel = await http.post(f"/api/executions/{eid}/cancel", json={"reason": "enough"})
                 assert cancel.status == 202
                 assert await cancel.json() == {"execution_id": eid}
             if name == "end":
@@ -208,12 +234,15 @@ async def test_cancel_a_sleeping_execution(http: TestClient[Any, Any], mesh: Mes
     assert doc["status"] == "cancelled", doc
     assert doc["error"]["message"] == "enough"
     assert "after" not in doc["steps"]
-    assert ("message", {"type": "execution.cancelled", "step": None, "status": "cancelled",
-                        "error": doc["error"]}) in seen
+    assert (
+        "message",
+        {"type": "execution.cancelled", "step": None, "status": "cancelled", "error": doc["error"]},
+    ) in seen
 
 
-async def test_a_closed_stream_drops_its_subscription(http: TestClient[Any, Any],
-                                                     client: Client, mesh: Mesh) -> None:
+async def test_a_closed_stream_drops_its_subscription(
+    http: TestClient[Any, Any], client: Client, mesh: Mesh
+) -> None:
     await register(http, SLEEPY)
     eid = await start(http, "tests/sleepy")
     subscriptions = len(client.bus.nc._subs)
@@ -228,10 +257,15 @@ async def test_a_closed_stream_drops_its_subscription(http: TestClient[Any, Any]
     assert (await client.wait(int(eid), timeout=30))["status"] == "cancelled"
 
 
-async def test_restart_a_failed_execution(http: TestClient[Any, Any], mesh: Mesh,
-                                          tmp_path: Path) -> None:
+async def test_restart_a_failed_execution(
+    http: TestClient[Any, Any], mesh: Mesh, tmp_path: Path
+) -> None:
     flag = tmp_path / "fixed"
-    await register(http, playbook("fragile", f"""
+    await register(
+        http,
+        playbook(
+            "fragile",
+            f"""
         - step: start
           tool: {{kind: python, code: "result = 21"}}
           next: [double]
@@ -244,7 +278,9 @@ async def test_restart_a_failed_execution(http: TestClient[Any, Any], mesh: Mesh
               if not Path({str(flag)!r}).exists():
                   raise RuntimeError("not fixed yet")
               result = value * 2
-    """))
+    """,
+        ),
+    )
     eid = await start(http, "tests/fragile")
     _, failed = await follow(http, eid)
     assert failed["status"] == "failed", failed
@@ -266,8 +302,13 @@ async def test_restart_a_failed_execution(http: TestClient[Any, Any], mesh: Mesh
 
 async def test_credentials_crud_never_shows_secrets(http: TestClient[Any, Any]) -> None:
     password = "pa55-w0rd-never-shown"
-    data = {"host": "db.example", "port": "5432", "user": "etl", "password": password,
-            "database": "dw"}
+    data = {
+        "host": "db.example",
+        "port": "5432",
+        "user": "etl",
+        "password": password,
+        "database": "dw",
+    }
     bodies: list[str] = []
 
     async def call(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
@@ -276,11 +317,13 @@ async def test_credentials_crud_never_shows_secrets(http: TestClient[Any, Any]) 
         bodies.append(text)
         return resp.status, json.loads(text) if text else None
 
-    status, body = await call("PUT", "/api/credentials/pg_main",
-                              json={"type": "postgres", "data": data})
+    status, body = await call(
+        "PUT", "/api/credentials/pg_main", json={"type": "postgres", "data": data}
+    )
     assert (status, body) == (201, {"name": "pg_main", "type": "postgres", "created": True})
-    status, body = await call("PUT", "/api/credentials/pg_main",
-                              json={"type": "Postgres", "data": data})
+    status, body = await call(
+        "PUT", "/api/credentials/pg_main", json={"type": "Postgres", "data": data}
+    )
     assert (status, body["created"]) == (200, False)
 
     status, body = await call("GET", "/api/credentials")
@@ -290,15 +333,24 @@ async def test_credentials_crud_never_shows_secrets(http: TestClient[Any, Any]) 
 
     status, body = await call("GET", "/api/credentials/pg_main")
     assert status == 200
-    assert body["data"] == {"host": "db.example", "port": 5432, "user": "etl",
-                            "password": "***", "database": "dw"}
+    assert body["data"] == {
+        "host": "db.example",
+        "port": 5432,
+        "user": "etl",
+        "password": "***",
+        "database": "dw",
+    }
 
-    status, body = await call("PUT", "/api/credentials/pg_bad",
-                              json={"type": "postgres", "data": {"host": "h", "pass": password}})
+    status, body = await call(
+        "PUT",
+        "/api/credentials/pg_bad",
+        json={"type": "postgres", "data": {"host": "h", "pass": password}},
+    )
     assert status == 400
     assert "did you mean `password`" in body["error"]
-    status, body = await call("PUT", "/api/credentials/-bad", json={"type": "secret",
-                                                                     "data": {"value": "x"}})
+    status, body = await call(
+        "PUT", "/api/credentials/-bad", json={"type": "secret", "data": {"value": "x"}}
+    )
     assert status == 400
     status, body = await call("PUT", "/api/credentials/x", json={"type": "secret"})
     assert status == 400
@@ -316,10 +368,18 @@ async def test_a_token_is_required_except_for_health(http: TestClient[Any, Any])
         health = await anonymous.get(http.make_url("/health"))
         assert health.status == 200
         assert await health.json() == {"status": "ok"}
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Basic {TOKEN}"}):
-            for method, url in (("GET", "/api/executions"), ("GET", "/api/credentials"),
-                                ("POST", "/api/executions"), ("GET", "/api/nothing")):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
+            for method, url in (
+                ("GET", "/api/executions"),
+                ("GET", "/api/credentials"),
+                ("POST", "/api/executions"),
+                ("GET", "/api/nothing"),
+            ):
                 resp = await anonymous.request(method, http.make_url(url), headers=headers)
                 assert resp.status == 401, (headers, url)
                 assert resp.headers["WWW-Authenticate"] == "Bearer"
@@ -334,22 +394,26 @@ async def test_without_a_token_the_api_is_open(client: Client) -> None:
         assert await resp.json() == []
 
 
-async def test_not_found_and_bad_requests(http: TestClient[Any, Any],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_not_found_and_bad_requests(
+    http: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(api_app, "APPEAR_SECONDS", 0.3)
     missing = "1234567890"
-    for method, url in (("GET", f"/api/executions/{missing}"),
-                        ("GET", f"/api/executions/{missing}/events"),
-                        ("GET", f"/api/executions/{missing}/stream"),
-                        ("POST", f"/api/executions/{missing}/cancel"),
-                        ("POST", f"/api/executions/{missing}/restart"),
-                        ("GET", "/api/playbooks/no/such/playbook"),
-                        ("GET", "/api/nothing/here")):
+    for method, url in (
+        ("GET", f"/api/executions/{missing}"),
+        ("GET", f"/api/executions/{missing}/events"),
+        ("GET", f"/api/executions/{missing}/stream"),
+        ("POST", f"/api/executions/{missing}/cancel"),
+        ("POST", f"/api/executions/{missing}/restart"),
+        ("GET", "/api/playbooks/no/such/playbook"),
+        ("GET", "/api/nothing/here"),
+    ):
         resp = await http.request(method, url)
         assert resp.status == 404, (method, url)
         assert "error" in await resp.json()
     assert (await (await http.get(f"/api/executions/{missing}")).json()) == {
-        "error": f"no execution {missing}"}
+        "error": f"no execution {missing}"
+    }
     start = await http.post("/api/executions", json={"path": "no/such"})
     assert start.status == 404
     assert "no/such" in (await start.json())["error"]
@@ -362,10 +426,18 @@ async def test_not_found_and_bad_requests(http: TestClient[Any, Any],
         cancel = await http.post(f"/api/executions/{bad}/cancel")
         assert cancel.status == 400
 
-    for body in (b"", b"{not json", b'{"path": 1}', b'{"path": "p", "version": 0}',
-                 b'{"path": "p", "workloads": {}}', b'{"path": "p", "timeout": -1}', b"[]"):
-        resp = await http.post("/api/executions", data=body,
-                               headers={"Content-Type": "application/json"})
+    for body in (
+        b"",
+        b"{not json",
+        b'{"path": 1}',
+        b'{"path": "p", "version": 0}',
+        b'{"path": "p", "workloads": {}}',
+        b'{"path": "p", "timeout": -1}',
+        b"[]",
+    ):
+        resp = await http.post(
+            "/api/executions", data=body, headers={"Content-Type": "application/json"}
+        )
         assert resp.status == 400, body
         assert (await resp.json())["error"]
     for query in ("limit=0", "limit=abc", "limit=100000"):
@@ -393,11 +465,13 @@ async def test_api_server_on_a_free_port(client: Client, mesh: Mesh) -> None:
             resp = await session.get(f"{base}/health")
             assert (resp.status, await resp.json()) == (200, {"status": "ok"})
             assert (await session.get(f"{base}/api/executions")).status == 401
-            resp = await session.post(f"{base}/api/playbooks", data=SLEEPY,
-                                      headers={**AUTH, **YAML})
+            resp = await session.post(
+                f"{base}/api/playbooks", data=SLEEPY, headers={**AUTH, **YAML}
+            )
             assert resp.status == 201
-            resp = await session.post(f"{base}/api/executions", json={"path": "tests/sleepy"},
-                                      headers=AUTH)
+            resp = await session.post(
+                f"{base}/api/executions", json={"path": "tests/sleepy"}, headers=AUTH
+            )
             eid = (await resp.json())["execution_id"]
             stream = await session.get(f"{base}/api/executions/{eid}/stream", headers=AUTH)
             first = await asyncio.wait_for(stream.content.readline(), 30)

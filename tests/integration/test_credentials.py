@@ -54,13 +54,18 @@ async def test_set_get_list_delete(store: Store, key: bytes) -> None:
     assert again.created_at == got.created_at and again.updated_at > first_update
 
     await creds.set("api", "bearer", {"token": "tok-123"})
-    assert [(i.name, i.type) for i in await creds.list()] == [("api", "bearer"),
-                                                              ("pg_main", "postgres")]
+    assert [(i.name, i.type) for i in await creds.list()] == [
+        ("api", "bearer"),
+        ("pg_main", "postgres"),
+    ]
     assert await creds.delete("api") is True
     assert await creds.delete("api") is False
     assert await creds.find("api") is None
-    with pytest.raises(StoreError, match=r"credential `api` does not exist; create it with "
-                                         r"`noetl-runtime credential set api --type"):
+    with pytest.raises(
+        StoreError,
+        match=r"credential `api` does not exist; create it with "
+        r"`noetl-runtime credential set api --type",
+    ):
         await creds.get("api")
 
 
@@ -105,11 +110,15 @@ async def test_resolve_secrets_prefers_credentials_over_the_environment(
 ) -> None:
     creds = CredentialStore(store.pool, key)
     await creds.set("api_token", "bearer", {"token": "from-store"})
-    await creds.set("pg", "postgres", {"host": "h", "user": "u", "password": PASSWORD,
-                                       "database": "d"})
+    await creds.set(
+        "pg", "postgres", {"host": "h", "user": "u", "password": PASSWORD, "database": "d"}
+    )
     env = {"NOETL_SECRET_API_TOKEN": "from-env", "NOETL_SECRET_ONLY_ENV": "env-value"}
     assert await resolve_secrets(["api_token", "pg", "only_env"], creds, env) == {
-        "api_token": "from-store", "pg": PASSWORD, "only_env": "env-value"}
+        "api_token": "from-store",
+        "pg": PASSWORD,
+        "only_env": "env-value",
+    }
     with pytest.raises(RenderError, match="secret `nope` is not defined"):
         await resolve_secrets(["nope"], creds, env)
 
@@ -117,10 +126,15 @@ async def test_resolve_secrets_prefers_credentials_over_the_environment(
 # -- CLI ------------------------------------------------------------------------------------
 
 
-def _cli(pg_dsn: str, home: Path, *args: str, stdin: str | None = None,
-         key: str | None = None) -> Result:
-    env = {"NOETL_PG_DSN": pg_dsn, "NOETL_NATS_URL": "nats://unused:4222",
-           "NOETL_HOME": str(home), "NOETL_ENCRYPTION_KEY": key}
+def _cli(
+    pg_dsn: str, home: Path, *args: str, stdin: str | None = None, key: str | None = None
+) -> Result:
+    env = {
+        "NOETL_PG_DSN": pg_dsn,
+        "NOETL_NATS_URL": "nats://unused:4222",
+        "NOETL_HOME": str(home),
+        "NOETL_ENCRYPTION_KEY": key,
+    }
     state = CliState(overrides={"nats_url": None, "pg_dsn": None, "home": None})
     return CliRunner().invoke(credential, list(args), env=env, obj=state, input=stdin)
 
@@ -134,8 +148,17 @@ def test_cli_set_get_list_delete(pg_dsn: str, noetl_home: Path, tmp_path: Path) 
     assert "generated a new encryption key" in done.stderr
     assert (noetl_home / KEY_FILE).exists()
 
-    done = _cli(pg_dsn, noetl_home, "set", "api", "--type", "header", "--data", "@-",
-                stdin='{"name": "X-Api-Key", "value": "header-secret-1"}')
+    done = _cli(
+        pg_dsn,
+        noetl_home,
+        "set",
+        "api",
+        "--type",
+        "header",
+        "--data",
+        "@-",
+        stdin='{"name": "X-Api-Key", "value": "header-secret-1"}',
+    )
     assert done.exit_code == 0, done.output
 
     shown = _cli(pg_dsn, noetl_home, "get", "pg", "--json")
@@ -152,7 +175,9 @@ def test_cli_set_get_list_delete(pg_dsn: str, noetl_home: Path, tmp_path: Path) 
 
     listed = _cli(pg_dsn, noetl_home, "list", "--json")
     assert [(c["name"], c["type"]) for c in json.loads(listed.stdout)] == [
-        ("api", "header"), ("pg", "postgres")]
+        ("api", "header"),
+        ("pg", "postgres"),
+    ]
     assert "pg" in _cli(pg_dsn, noetl_home, "list").stdout
 
     assert _cli(pg_dsn, noetl_home, "delete", "api").exit_code == 0
@@ -163,11 +188,21 @@ def test_cli_set_get_list_delete(pg_dsn: str, noetl_home: Path, tmp_path: Path) 
     assert "create it with `noetl-runtime credential set api" in missing.stderr
 
 
-async def test_cli_and_runtime_share_the_key_file(pg_dsn: str, noetl_home: Path,
-                                                  store: Store) -> None:
+async def test_cli_and_runtime_share_the_key_file(
+    pg_dsn: str, noetl_home: Path, store: Store
+) -> None:
     # In a thread: the command runs its own event loop, as it does from a shell.
-    done = await asyncio.to_thread(_cli, pg_dsn, noetl_home, "set", "tok", "--type", "bearer",
-                                   "--data", '{"token": "bearer-secret"}')
+    done = await asyncio.to_thread(
+        _cli,
+        pg_dsn,
+        noetl_home,
+        "set",
+        "tok",
+        "--type",
+        "bearer",
+        "--data",
+        '{"token": "bearer-secret"}',
+    )
     assert done.exit_code == 0, done.output
     key = load_key(Settings(home=noetl_home))
     assert (await CredentialStore(store.pool, key).get("tok")).data == {"token": "bearer-secret"}
@@ -175,23 +210,39 @@ async def test_cli_and_runtime_share_the_key_file(pg_dsn: str, noetl_home: Path,
 
 def test_cli_uses_a_configured_key(pg_dsn: str, noetl_home: Path) -> None:
     key = generate_key()
-    assert _cli(pg_dsn, noetl_home, "set", "s", "--type", "secret", "--data",
-                '{"value": "v-1234"}', key=key).exit_code == 0
+    assert (
+        _cli(
+            pg_dsn,
+            noetl_home,
+            "set",
+            "s",
+            "--type",
+            "secret",
+            "--data",
+            '{"value": "v-1234"}',
+            key=key,
+        ).exit_code
+        == 0
+    )
     assert not (noetl_home / KEY_FILE).exists()
     assert _cli(pg_dsn, noetl_home, "get", "s", key=key).exit_code == 0
     wrong = _cli(pg_dsn, noetl_home, "get", "s", key=generate_key())
     assert wrong.exit_code == 2 and "cannot decrypt" in wrong.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("set", "pg", "--type", "postgres", "--data", "{not json"), "not valid JSON"),
-    (("set", "pg", "--type", "postgres", "--data", '{"host": "h"}'), "invalid postgres"),
-    (("set", "bad name", "--type", "secret", "--data", '{"value": "v"}'), "invalid credential"),
-    (("set", "pg", "--data", "{}"), "Missing option '--type'"),
-    (("set", "pg", "--type", "x", "--data", "@/nonexistent.json"), "--data @/nonexistent"),
-])
-def test_cli_usage_and_invalid_data_exit_2(pg_dsn: str, noetl_home: Path,
-                                           args: tuple[str, ...], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("set", "pg", "--type", "postgres", "--data", "{not json"), "not valid JSON"),
+        (("set", "pg", "--type", "postgres", "--data", '{"host": "h"}'), "invalid postgres"),
+        (("set", "bad name", "--type", "secret", "--data", '{"value": "v"}'), "invalid credential"),
+        (("set", "pg", "--data", "{}"), "Missing option '--type'"),
+        (("set", "pg", "--type", "x", "--data", "@/nonexistent.json"), "--data @/nonexistent"),
+    ],
+)
+def test_cli_usage_and_invalid_data_exit_2(
+    pg_dsn: str, noetl_home: Path, args: tuple[str, ...], message: str
+) -> None:
     done = _cli(pg_dsn, noetl_home, *args)
     assert done.exit_code == 2, done.output
     assert message in done.output

@@ -27,8 +27,11 @@ def playbooks() -> list[tuple[str, str]]:
 
 
 def runnable() -> list[tuple[str, str, str]]:
-    return [(name, text, text.splitlines()[0].split(":", 1)[1].strip())
-            for name, text in playbooks() if text.startswith("# run:")]
+    return [
+        (name, text, text.splitlines()[0].split(":", 1)[1].strip())
+        for name, text in playbooks()
+        if text.startswith("# run:")
+    ]
 
 
 def test_there_are_runnable_examples() -> None:
@@ -41,10 +44,12 @@ def test_documented_playbooks_validate(name: str, text: str) -> None:
     assert report.errors == [], [str(p) for p in report.errors]
 
 
-@pytest.mark.parametrize(("name", "text", "expected"), runnable(),
-                         ids=[n for n, _, _ in runnable()])
-async def test_documented_examples_run(client: Client, mesh: Mesh, tmp_path: Path, name: str,
-                                       text: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "expected"), runnable(), ids=[n for n, _, _ in runnable()]
+)
+async def test_documented_examples_run(
+    client: Client, mesh: Mesh, tmp_path: Path, name: str, text: str, expected: str
+) -> None:
     path = tmp_path / "example.yaml"
     path.write_text(text)
     reply = await client.register(path)

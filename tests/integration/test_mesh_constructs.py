@@ -21,7 +21,6 @@ def write(tmp_path: Path, name: str, body: str, metadata: str = "") -> Path:
     return path
 
 
-
 async def event_types(client: Client, execution_id: str) -> Counter[str]:
     rows = await client.store.list_events(int(execution_id))
     return Counter(r["event_type"] for r in rows)
@@ -42,33 +41,52 @@ async def test_composition_parent_and_child(client: Client, mesh: Mesh) -> None:
     doc = await run(client, fixture("composition_parent"))
     assert doc["status"] == "completed", doc
     assert doc["result"] == {"ada": 72, "bob": 50}
-    children = [r for r in await client.store.list_executions()
-                if r["path"] == "examples/lib/score_user"]
+    children = [
+        r for r in await client.store.list_executions() if r["path"] == "examples/lib/score_user"
+    ]
     assert len(children) == 2
     for child in children:
         described = await client.store.describe(int(child["execution_id"]))
         assert described["parent_execution_id"] == doc["execution_id"]
 
 
-async def test_child_failure_fails_the_parent_step(client: Client, mesh: Mesh,
-                                                    tmp_path: Path) -> None:
-    await client.register(write(tmp_path, "broken_child", """
+async def test_child_failure_fails_the_parent_step(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    await client.register(
+        write(
+            tmp_path,
+            "broken_child",
+            """
         - step: start
           tool: {kind: python, code: 'raise RuntimeError("child broke")'}
-    """))
-    doc = await run(client, write(tmp_path, "parent", """
+    """,
+        )
+    )
+    doc = await run(
+        client,
+        write(
+            tmp_path,
+            "parent",
+            """
         - step: start
           tool: {kind: playbook, path: broken_child}
-    """))
+    """,
+        ),
+    )
     assert doc["status"] == "failed"
     assert doc["error"]["type"] == "child"
     assert "child broke" in doc["error"]["child_error"]["message"]
 
 
-async def test_retry_with_backoff_on_the_mesh(client: Client, mesh: Mesh,
-                                             tmp_path: Path) -> None:
+async def test_retry_with_backoff_on_the_mesh(client: Client, mesh: Mesh, tmp_path: Path) -> None:
     counter = tmp_path / "attempts"
-    doc = await run(client, write(tmp_path, "flaky", f"""
+    doc = await run(
+        client,
+        write(
+            tmp_path,
+            "flaky",
+            f"""
         - step: start
           tool:
             kind: python
@@ -81,7 +99,9 @@ async def test_retry_with_backoff_on_the_mesh(client: Client, mesh: Mesh,
                   raise RuntimeError(f"attempt {{n}} failed")
               result = {{"attempts": n}}
           retry: {{max_attempts: 3, delay: 0.2, backoff: 2}}
-    """))
+    """,
+        ),
+    )
     assert doc["status"] == "completed", doc
     assert doc["result"] == {"attempts": 3}
     counts = await event_types(client, doc["execution_id"])
@@ -89,23 +109,35 @@ async def test_retry_with_backoff_on_the_mesh(client: Client, mesh: Mesh,
     assert counts["command.failed"] == 2
 
 
-async def test_step_timeout_is_an_error_of_type_timeout(client: Client, mesh: Mesh,
-                                                        tmp_path: Path) -> None:
-    doc = await run(client, write(tmp_path, "slow", """
+async def test_step_timeout_is_an_error_of_type_timeout(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    doc = await run(
+        client,
+        write(
+            tmp_path,
+            "slow",
+            """
         - step: start
           timeout: 0.5
           tool: {kind: python, code: "import time\\ntime.sleep(30)"}
-    """))
+    """,
+        ),
+    )
     assert doc["status"] == "failed"
     assert doc["error"]["type"] == "timeout"
 
 
-async def test_execution_timeout_stops_the_run(client: Client, mesh: Mesh,
-                                               tmp_path: Path) -> None:
-    path = write(tmp_path, "too_long", """
+async def test_execution_timeout_stops_the_run(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "too_long",
+        """
         - step: start
           tool: {kind: python, code: "import time\\ntime.sleep(30)"}
-    """, metadata=", timeout: 1")
+    """,
+        metadata=", timeout: 1",
+    )
     began = asyncio.get_running_loop().time()
     doc = await run(client, path)
     assert doc["status"] == "failed"
@@ -113,15 +145,20 @@ async def test_execution_timeout_stops_the_run(client: Client, mesh: Mesh,
     assert asyncio.get_running_loop().time() - began < 15
 
 
-async def test_cancel_stops_a_running_execution(client: Client, mesh: Mesh,
-                                               tmp_path: Path) -> None:
-    reply = await client.register(write(tmp_path, "sleepy", """
+async def test_cancel_stops_a_running_execution(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    reply = await client.register(
+        write(
+            tmp_path,
+            "sleepy",
+            """
         - step: start
           tool: {kind: python, code: "import time\\ntime.sleep(30)"}
           next: [after]
         - step: after
           tool: {kind: python, code: "result = 1"}
-    """))
+    """,
+        )
+    )
     eid = await client.start(reply.path)
     async with asyncio.timeout(20):
         while True:
@@ -146,14 +183,22 @@ async def test_cancel_stops_a_running_execution(client: Client, mesh: Mesh,
 
 
 async def _exists(client: Client, eid: int) -> bool:
-    return bool(await client.store.pool.fetchval(
-        "SELECT count(*) FROM noetl.execution WHERE execution_id = $1", eid))
+    return bool(
+        await client.store.pool.fetchval(
+            "SELECT count(*) FROM noetl.execution WHERE execution_id = $1", eid
+        )
+    )
 
 
 async def test_restart_from_the_failed_step(client: Client, mesh: Mesh, tmp_path: Path) -> None:
     ran = tmp_path / "start_runs"
     flag = tmp_path / "fixed"
-    doc = await run(client, write(tmp_path, "fragile", f"""
+    doc = await run(
+        client,
+        write(
+            tmp_path,
+            "fragile",
+            f"""
         - step: start
           tool:
             kind: python
@@ -172,7 +217,9 @@ async def test_restart_from_the_failed_step(client: Client, mesh: Mesh, tmp_path
               if not Path({str(flag)!r}).exists():
                   raise RuntimeError("not fixed yet")
               result = value * 2
-    """))
+    """,
+        ),
+    )
     assert doc["status"] == "failed"
     flag.write_text("yes")
     new_id = await client.restart(int(doc["execution_id"]))
@@ -184,9 +231,15 @@ async def test_restart_from_the_failed_step(client: Client, mesh: Mesh, tmp_path
     assert ran.read_text() == "x"  # start did not run again
 
 
-async def test_large_results_are_stored_once_and_referenced(client: Client, mesh: Mesh,
-                                                            tmp_path: Path) -> None:
-    doc = await run(client, write(tmp_path, "big", """
+async def test_large_results_are_stored_once_and_referenced(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    doc = await run(
+        client,
+        write(
+            tmp_path,
+            "big",
+            """
         - step: start
           tool: {kind: python, code: "result = {'blob': 'x' * 3_000_000, 'n': 1}"}
           next: [measure]
@@ -195,12 +248,15 @@ async def test_large_results_are_stored_once_and_referenced(client: Client, mesh
             kind: python
             args: {big: "{{ start }}"}
             code: "result = {'length': len(big['blob']), 'n': big['n']}"
-    """))
+    """,
+        ),
+    )
     assert doc["status"] == "completed", doc
     assert doc["result"] == {"length": 3_000_000, "n": 1}
     assert len(doc["steps"]["start"]["blob"]) == 3_000_000  # resolved for the reader
     assert await client.store.pool.fetchval("SELECT count(*) FROM noetl.blob") == 1
     largest = await client.store.pool.fetchval(
         "SELECT max(length(payload::text)) FROM noetl.event WHERE execution_id = $1",
-        int(doc["execution_id"]))
+        int(doc["execution_id"]),
+    )
     assert largest < 10_000  # events hold references, not the value

@@ -18,8 +18,6 @@ async def credentials(client: Client) -> CredentialStore:
     return CredentialStore(client.store.pool, load_key(client.settings))
 
 
-
-
 async def test_postgres_roundtrip_fixture(client: Client, mesh: Mesh, pg_dsn: str) -> None:
     await (await credentials(client)).set("pg_local", "postgres", {"dsn": pg_dsn})
     doc = await run(client, fixture("postgres_roundtrip"))
@@ -30,8 +28,11 @@ async def test_postgres_roundtrip_fixture(client: Client, mesh: Mesh, pg_dsn: st
         rows = await conn.fetch("SELECT id, email, score FROM public.example_users ORDER BY id")
     finally:
         await conn.close()
-    assert [tuple(r) for r in rows] == [(1, "ada@example.com", 90), (2, "bob@example.com", 40),
-                                        (3, "cy@example.com", 75)]
+    assert [tuple(r) for r in rows] == [
+        (1, "ada@example.com", 90),
+        (2, "bob@example.com", 40),
+        (3, "cy@example.com", 75),
+    ]
     load = await client.store.list_events(int(doc["execution_id"]))
     sunk = next(e for e in load if e["event_type"] == "step.completed" and e["step"] == "load")
     assert sunk["payload"]["sink"]["rows"] == 3
@@ -46,18 +47,29 @@ async def test_duckdb_transform_fixture(client: Client, mesh: Mesh) -> None:
     assert doc["result"] == {"north": 17, "south": 5}
 
 
-async def test_data_tool_failures_name_step_tool_and_cause(client: Client, mesh: Mesh,
-                                                           tmp_path: Path, pg_dsn: str) -> None:
+async def test_data_tool_failures_name_step_tool_and_cause(
+    client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
+) -> None:
     creds = await credentials(client)
     await creds.set("pg_ok", "postgres", {"dsn": pg_dsn})
-    await creds.set("pg_wrong_host", "postgres", {"host": "127.0.0.1", "port": free_port(),
-                                                  "user": "x", "password": "hunter22-secret",
-                                                  "database": "x"})
+    await creds.set(
+        "pg_wrong_host",
+        "postgres",
+        {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "user": "x",
+            "password": "hunter22-secret",
+            "database": "x",
+        },
+    )
     cases = {
         "missing_credential": ("{kind: postgres, auth: nope, query: 'select 1'}", "nope"),
         "unreachable": ("{kind: postgres, auth: pg_wrong_host, query: 'select 1'}", "127.0.0.1"),
-        "missing_table": ("{kind: postgres, auth: pg_ok, query: 'select * from no_such'}",
-                          "no_such"),
+        "missing_table": (
+            "{kind: postgres, auth: pg_ok, query: 'select * from no_such'}",
+            "no_such",
+        ),
         "bad_sql": ("{kind: postgres, auth: pg_ok, query: 'selec 1'}", "selec"),
         "duck_bad_sql": ("{kind: duckdb, query: 'select * from nowhere'}", "nowhere"),
     }
@@ -69,6 +81,8 @@ async def test_data_tool_failures_name_step_tool_and_cause(client: Client, mesh:
         assert cause in error["message"], (name, error)
         assert "hunter22-secret" not in str(doc)
     # The runner carried on.
-    ok = await run(client, one_step(tmp_path, "fine",
-                                    "{kind: postgres, auth: pg_ok, query: 'select 1 as one'}"))
+    ok = await run(
+        client,
+        one_step(tmp_path, "fine", "{kind: postgres, auth: pg_ok, query: 'select 1 as one'}"),
+    )
     assert ok["result"] == [{"one": 1}]

@@ -28,7 +28,8 @@ async def test_per_page_sink_writes_every_page_as_it_arrives(
     client: Client, mesh: Mesh, api: HttpApi, tmp_path: Path
 ) -> None:
     path = tmp_path / "export.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         apiVersion: noetl.io/v2
         kind: Playbook
         metadata: {{name: export}}
@@ -49,14 +50,14 @@ async def test_per_page_sink_writes_every_page_as_it_arrives(
               per_page: true
               tool: {{kind: event_log}}
               args: "{{{{ result.data.data }}}}"
-        """))
+        """)
+    )
     reply = await client.register(path)
     eid = await client.start(reply.path)
     doc = await client.wait(eid, timeout=60)
     assert doc["status"] == "completed", doc
     rows = await client.store.list_events(eid)
-    sunk = sum(r["payload"]["sink"]["rows"] for r in rows
-               if r["event_type"] == "command.completed")
+    sunk = sum(r["payload"]["sink"]["rows"] for r in rows if r["event_type"] == "command.completed")
     assert sunk == ITEM_COUNT
     completed = next(r for r in rows if r["event_type"] == "step.completed")
     assert completed["payload"]["sink"] == {"rows": ITEM_COUNT}

@@ -20,8 +20,9 @@ from tests.support.http_api import HttpApi, serve_http_api
 CODE = "result = {'answer': 42}\n"
 
 
-def make_ctx(credentials: Mapping[str, Mapping[str, Any]] | None = None,
-             **fields: Any) -> ToolContext:
+def make_ctx(
+    credentials: Mapping[str, Mapping[str, Any]] | None = None, **fields: Any
+) -> ToolContext:
     """A context whose credential store is the `credentials` mapping."""
     ctx = ToolContext(execution_id=1, command_id="cmd-1", step="load", **fields)
     store = dict(credentials or {})
@@ -53,6 +54,7 @@ async def api() -> AsyncIterator[HttpApi]:
 
 
 # --- priority and inline code ---------------------------------------------------------------
+
 
 async def test_script_wins_over_b64_and_code() -> None:
     ctx = make_ctx(files={"a.py": CODE})
@@ -109,13 +111,18 @@ def test_source_type_follows_the_scheme() -> None:
 
 # --- file --------------------------------------------------------------------------------
 
+
 async def test_file_from_playbook_files_records_hash_and_size() -> None:
     ctx = make_ctx(files={"lib/transform.py": CODE})
     assert await load_code(script("./lib/transform.py"), ctx) == CODE
     fact = recorded(ctx)
-    assert fact == {"kind": "script", "uri": "./lib/transform.py", "source": "file",
-                    "sha256": hashlib.sha256(CODE.encode()).hexdigest(),
-                    "size": len(CODE.encode())}
+    assert fact == {
+        "kind": "script",
+        "uri": "./lib/transform.py",
+        "source": "file",
+        "sha256": hashlib.sha256(CODE.encode()).hexdigest(),
+        "size": len(CODE.encode()),
+    }
 
 
 async def test_file_keys_are_normalised() -> None:
@@ -182,6 +189,7 @@ async def test_non_utf8_script_fails(tmp_path: Path) -> None:
 
 # --- http --------------------------------------------------------------------------------
 
+
 async def test_http_absolute_url(api: HttpApi) -> None:
     ctx = make_ctx()
     uri = f"{api.url}/scripts/transform.py"
@@ -194,8 +202,13 @@ async def test_http_absolute_url(api: HttpApi) -> None:
 
 async def test_http_relative_to_endpoint_with_headers_and_auth(api: HttpApi) -> None:
     ctx = make_ctx({"scripts_token": {"type": "bearer", "token": "tok-789"}})
-    spec = script("./lib/util.py", type="http", endpoint=f"{api.url}/scripts/",
-                  headers={"X-Trace": "abc"}, auth="scripts_token")
+    spec = script(
+        "./lib/util.py",
+        type="http",
+        endpoint=f"{api.url}/scripts/",
+        headers={"X-Trace": "abc"},
+        auth="scripts_token",
+    )
     assert await load_code(spec, ctx) == "x = 1\n"
     method, path, headers = api.requests[-1]
     assert (method, path) == ("GET", "/scripts/lib/util.py")
@@ -231,6 +244,7 @@ async def test_http_unreachable() -> None:
 
 # --- s3 ----------------------------------------------------------------------------------
 
+
 async def test_s3_with_environment_credentials(aws_env: MotoServer) -> None:
     await put_s3_object("noetl-scripts", "jobs/transform.py", CODE)
     ctx = make_ctx()
@@ -241,17 +255,23 @@ async def test_s3_with_environment_credentials(aws_env: MotoServer) -> None:
     assert fact["size"] == len(CODE)
 
 
-async def test_s3_with_named_credential(aws_env: MotoServer,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_s3_with_named_credential(
+    aws_env: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await put_s3_object("noetl-scripts", "t.py", CODE)
     # Only the credential says where S3 is and which keys to use.
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
-    ctx = make_ctx({"aws_creds": {"aws_access_key_id": "AKIDTEST",
-                                  "aws_secret_access_key": "very-secret",
-                                  "endpoint_url": aws_env.endpoint_url}})
-    spec = script("t.py", type="s3", bucket="noetl-scripts", region="us-west-2",
-                  auth="aws_creds")
+    ctx = make_ctx(
+        {
+            "aws_creds": {
+                "aws_access_key_id": "AKIDTEST",
+                "aws_secret_access_key": "very-secret",
+                "endpoint_url": aws_env.endpoint_url,
+            }
+        }
+    )
+    spec = script("t.py", type="s3", bucket="noetl-scripts", region="us-west-2", auth="aws_creds")
     assert await load_code(spec, ctx) == CODE
     assert "very-secret" in ctx.secrets.values()
 
@@ -269,6 +289,7 @@ async def test_s3_missing_key_and_bucket(aws_env: MotoServer) -> None:
 
 # --- gcs ---------------------------------------------------------------------------------
 
+
 async def test_gcs_from_emulator(gcs_env: GcsEmulator) -> None:
     await put_gcs_object(gcs_env, "noetl-scripts", "jobs/transform.py", CODE)
     ctx = make_ctx()
@@ -280,9 +301,13 @@ async def test_gcs_from_emulator(gcs_env: GcsEmulator) -> None:
 
 async def test_gcs_with_service_account_credential(gcs_env: GcsEmulator) -> None:
     await put_gcs_object(gcs_env, "noetl-scripts", "t.py", CODE)
-    key = {"type": "service_account", "project_id": "p", "client_email": "sa@p.iam",
-           "private_key": "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
-           "token_uri": "http://127.0.0.1:9/token"}
+    key = {
+        "type": "service_account",
+        "project_id": "p",
+        "client_email": "sa@p.iam",
+        "private_key": "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
+        "token_uri": "http://127.0.0.1:9/token",
+    }
     ctx = make_ctx({"gcs_sa": key})
     assert await load_code(script("gs://noetl-scripts/t.py", auth="gcs_sa"), ctx) == CODE
     assert key["private_key"] in ctx.secrets.values()

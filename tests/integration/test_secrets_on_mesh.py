@@ -35,16 +35,23 @@ async def leaks(client: Client, *values: str) -> list[str]:
     return found
 
 
-async def test_secret_values_are_masked_everywhere(client: Client, mesh: Mesh, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_secret_values_are_masked_everywhere(
+    client: Client, mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NOETL_SECRET_FROM_ENV", ENV_SECRET)
     creds = CredentialStore(client.store.pool, load_key(client.settings))
     await creds.set("api_token", "secret", {"value": TOKEN})
-    await creds.set("warehouse", "postgres", {"host": "127.0.0.1", "port": 1, "user": "u",
-                                              "password": PASSWORD, "database": "d"})
+    await creds.set(
+        "warehouse",
+        "postgres",
+        {"host": "127.0.0.1", "port": 1, "user": "u", "password": PASSWORD, "database": "d"},
+    )
     path = tmp_path / "uses_secrets.yaml"
-    path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: uses_secrets}\n"
-                    "workflow:\n" + textwrap.indent(textwrap.dedent("""
+    path.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: uses_secrets}\n"
+        "workflow:\n"
+        + textwrap.indent(
+            textwrap.dedent("""
         - step: start
           tool:
             kind: python
@@ -64,7 +71,10 @@ async def test_secret_values_are_masked_everywhere(client: Client, mesh: Mesh, t
               then: [{step: done, args: {why: "{{ error.message }}"}}]
         - step: done
           tool: {kind: python, args: {why: null}, code: "result = why"}
-    """), "  "))
+    """),
+            "  ",
+        )
+    )
     reply = await client.register(path)
     eid = await client.start(reply.path, version=reply.version)
     doc = await client.wait(eid, timeout=60)
@@ -74,12 +84,15 @@ async def test_secret_values_are_masked_everywhere(client: Client, mesh: Mesh, t
     assert await leaks(client, TOKEN, ENV_SECRET, PASSWORD) == []
 
 
-async def test_undefined_secret_fails_the_step_clearly(client: Client, mesh: Mesh,
-                                                       tmp_path: Path) -> None:
+async def test_undefined_secret_fails_the_step_clearly(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
     path = tmp_path / "missing_secret.yaml"
-    path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: missing}\n"
-                    "workflow:\n  - step: start\n    tool: {kind: python, "
-                    "args: {t: '{{ secret.nope }}'}, code: 'result = t'}\n")
+    path.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: missing}\n"
+        "workflow:\n  - step: start\n    tool: {kind: python, "
+        "args: {t: '{{ secret.nope }}'}, code: 'result = t'}\n"
+    )
     reply = await client.register(path)
     doc = await client.wait(await client.start(reply.path), timeout=60)
     assert doc["status"] == "failed"
@@ -98,20 +111,25 @@ class _Leaky:
         raise RuntimeError(f"unexpected token {args['token']}")
 
 
-async def test_a_crashing_plugin_does_not_leak_secrets(client: Client, tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_crashing_plugin_does_not_leak_secrets(
+    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     creds = CredentialStore(client.store.pool, load_key(client.settings))
     await creds.set("api_token", "secret", {"value": TOKEN})
-    actors = [CatalogActor(client.bus, client.store, client.settings),
-              CoordinatorHost(client.bus, client.store, client.settings),
-              Runner(client.bus, client.store, client.settings, plugins={"python": _Leaky()})]
+    actors = [
+        CatalogActor(client.bus, client.store, client.settings),
+        CoordinatorHost(client.bus, client.store, client.settings),
+        Runner(client.bus, client.store, client.settings, plugins={"python": _Leaky()}),
+    ]
     for actor in actors:
         await actor.start()
     try:
         path = tmp_path / "leaky.yaml"
-        path.write_text("apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: leaky}\n"
-                        "workflow:\n  - step: start\n    tool: {kind: python, code: x, "
-                        "args: {token: '{{ secret.api_token }}'}}\n")
+        path.write_text(
+            "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: leaky}\n"
+            "workflow:\n  - step: start\n    tool: {kind: python, code: x, "
+            "args: {token: '{{ secret.api_token }}'}}\n"
+        )
         reply = await client.register(path)
         with caplog.at_level(logging.ERROR, logger="noetl.runner"):
             doc = await client.wait(await client.start(reply.path), timeout=60)

@@ -44,23 +44,30 @@ WRONG_PASSWORD = "wrong-horse-battery-staple"
 SNOW_PASSWORD = "fake-snow-secret-4711"
 
 
-def make_ctx(credentials: Mapping[str, Mapping[str, Any]] | None = None,
-             timeout: float | None = 30.0) -> ToolContext:
+def make_ctx(
+    credentials: Mapping[str, Mapping[str, Any]] | None = None, timeout: float | None = 30.0
+) -> ToolContext:
     """A context whose credential store is `credentials`."""
     store = dict(credentials or {})
 
     async def lookup(name: str) -> Mapping[str, Any]:
         return store[name]
 
-    return ToolContext(execution_id=1, command_id="cmd-1", step="step", timeout=timeout,
-                       credentials=lookup)
+    return ToolContext(
+        execution_id=1, command_id="cmd-1", step="step", timeout=timeout, credentials=lookup
+    )
 
 
 def pg_fields(dsn: str, password: str | None = None) -> dict[str, Any]:
     """A field-style postgres credential for `dsn`."""
     parts = urlsplit(dsn)
-    return {"host": parts.hostname, "port": parts.port, "user": parts.username,
-            "password": password, "database": parts.path.lstrip("/")}
+    return {
+        "host": parts.hostname,
+        "port": parts.port,
+        "user": parts.username,
+        "password": password,
+        "database": parts.path.lstrip("/"),
+    }
 
 
 @pytest.fixture
@@ -72,8 +79,13 @@ async def pg_tool() -> AsyncIterator[PostgresTool]:
         await tool.aclose()
 
 
-async def pg(tool: PostgresTool, dsn: str, sql: str, params: list[Any] | None = None,
-             ctx: ToolContext | None = None) -> Any:
+async def pg(
+    tool: PostgresTool,
+    dsn: str,
+    sql: str,
+    params: list[Any] | None = None,
+    ctx: ToolContext | None = None,
+) -> Any:
     """Run `sql` with the postgres tool against `dsn`."""
     spec: dict[str, Any] = {"connection_string": dsn, "query": sql, "params": params, "args": {}}
     return await tool.run(ctx or make_ctx(), spec)
@@ -82,67 +94,114 @@ async def pg(tool: PostgresTool, dsn: str, sql: str, params: list[Any] | None = 
 # -- postgres -------------------------------------------------------------------------------
 
 
-async def test_postgres_params_types_and_json_safe_rows(pg_tool: PostgresTool,
-                                                        pg_dsn: str) -> None:
-    await pg(pg_tool, pg_dsn, """
+async def test_postgres_params_types_and_json_safe_rows(pg_tool: PostgresTool, pg_dsn: str) -> None:
+    await pg(
+        pg_tool,
+        pg_dsn,
+        """
         CREATE TABLE items (
             id int PRIMARY KEY, price numeric(10, 2), qty numeric, born date,
             seen timestamptz, at time, span interval, ref uuid, blob bytea, doc jsonb,
-            tags text[], ok boolean, ratio float8, note text)""")
+            tags text[], ok boolean, ratio float8, note text)""",
+    )
     inserted = await pg(
-        pg_tool, pg_dsn,
+        pg_tool,
+        pg_dsn,
         "INSERT INTO items VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        ["1", "9.50", 3, "2024-02-29", "2024-02-29T10:00:00+00:00", "08:15:00", 3600,
-         "6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f", base64.b64encode(b"\x00\xff").decode(),
-         {"k": [1, "two"]}, ["a", "b"], "true", 0.25, 42])
+        [
+            "1",
+            "9.50",
+            3,
+            "2024-02-29",
+            "2024-02-29T10:00:00+00:00",
+            "08:15:00",
+            3600,
+            "6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f",
+            base64.b64encode(b"\x00\xff").decode(),
+            {"k": [1, "two"]},
+            ["a", "b"],
+            "true",
+            0.25,
+            42,
+        ],
+    )
     assert inserted == {"rowcount": 1, "status": "INSERT 0 1"}
     rows = await pg(pg_tool, pg_dsn, "SELECT * FROM items WHERE id = $1", [1])
-    assert rows == [{
-        "id": 1, "price": 9.5, "qty": 3, "born": "2024-02-29",
-        "seen": "2024-02-29T10:00:00+00:00", "at": "08:15:00", "span": 3600.0,
-        "ref": "6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f", "blob": "AP8=",
-        "doc": {"k": [1, "two"]}, "tags": ["a", "b"], "ok": True, "ratio": 0.25, "note": "42",
-    }]
+    assert rows == [
+        {
+            "id": 1,
+            "price": 9.5,
+            "qty": 3,
+            "born": "2024-02-29",
+            "seen": "2024-02-29T10:00:00+00:00",
+            "at": "08:15:00",
+            "span": 3600.0,
+            "ref": "6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f",
+            "blob": "AP8=",
+            "doc": {"k": [1, "two"]},
+            "tags": ["a", "b"],
+            "ok": True,
+            "ratio": 0.25,
+            "note": "42",
+        }
+    ]
 
 
-async def test_postgres_rowcount_and_status_of_commands(pg_tool: PostgresTool,
-                                                        pg_dsn: str) -> None:
+async def test_postgres_rowcount_and_status_of_commands(pg_tool: PostgresTool, pg_dsn: str) -> None:
     assert await pg(pg_tool, pg_dsn, "CREATE TABLE t (id int)") == {
-        "rowcount": 0, "status": "CREATE TABLE"}
+        "rowcount": 0,
+        "status": "CREATE TABLE",
+    }
     assert await pg(pg_tool, pg_dsn, "INSERT INTO t SELECT generate_series(1, 3)") == {
-        "rowcount": 3, "status": "INSERT 0 3"}
+        "rowcount": 3,
+        "status": "INSERT 0 3",
+    }
     assert await pg(pg_tool, pg_dsn, "UPDATE t SET id = id + 1 WHERE id > $1", [1]) == {
-        "rowcount": 2, "status": "UPDATE 2"}
+        "rowcount": 2,
+        "status": "UPDATE 2",
+    }
     assert await pg(pg_tool, pg_dsn, "SELECT * FROM t WHERE id > 100") == []
     # The rows of the LAST statement returning rows, even with a command after it.
-    assert await pg(pg_tool, pg_dsn, "SELECT 1 AS a; SELECT count(*) AS n FROM t; "
-                                     "DELETE FROM t") == [{"n": 3}]
+    assert await pg(
+        pg_tool, pg_dsn, "SELECT 1 AS a; SELECT count(*) AS n FROM t; DELETE FROM t"
+    ) == [{"n": 3}]
     assert await pg(pg_tool, pg_dsn, "SELECT count(*) AS n FROM t") == [{"n": 0}]
 
 
-async def test_postgres_statements_share_one_transaction(pg_tool: PostgresTool,
-                                                         pg_dsn: str) -> None:
+async def test_postgres_statements_share_one_transaction(
+    pg_tool: PostgresTool, pg_dsn: str
+) -> None:
     await pg(pg_tool, pg_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     with pytest.raises(ToolError) as err:
-        await pg(pg_tool, pg_dsn, "INSERT INTO t VALUES (1); INSERT INTO t VALUES ($1); "
-                                  "INSERT INTO t VALUES (1)", [2])
+        await pg(
+            pg_tool,
+            pg_dsn,
+            "INSERT INTO t VALUES (1); INSERT INTO t VALUES ($1); INSERT INTO t VALUES (1)",
+            [2],
+        )
     assert "postgres tool" in str(err.value) and "statement 3 of 3" in str(err.value)
     assert "duplicate key" in str(err.value)
     assert err.value.details["sqlstate"] == "23505"
     assert await pg(pg_tool, pg_dsn, "SELECT count(*) AS n FROM t") == [{"n": 0}]
     # Semicolons in strings, dollar quotes and comments do not split.
-    rows = await pg(pg_tool, pg_dsn, """
+    rows = await pg(
+        pg_tool,
+        pg_dsn,
+        """
         INSERT INTO t VALUES (length('a;b')); -- a comment; with a semicolon
         CREATE FUNCTION two() RETURNS int AS $$ BEGIN RETURN 2; END; $$ LANGUAGE plpgsql;
-        /* block; comment */ SELECT id, two() AS two FROM t""")
+        /* block; comment */ SELECT id, two() AS two FROM t""",
+    )
     assert rows == [{"id": 3, "two": 2}]
 
 
-async def test_postgres_script_managing_its_own_transaction(pg_tool: PostgresTool,
-                                                            pg_dsn: str) -> None:
+async def test_postgres_script_managing_its_own_transaction(
+    pg_tool: PostgresTool, pg_dsn: str
+) -> None:
     await pg(pg_tool, pg_dsn, "CREATE TABLE t (id int)")
-    result = await pg(pg_tool, pg_dsn, "BEGIN; INSERT INTO t VALUES (1); ROLLBACK; "
-                                       "INSERT INTO t VALUES (2)")
+    result = await pg(
+        pg_tool, pg_dsn, "BEGIN; INSERT INTO t VALUES (1); ROLLBACK; INSERT INTO t VALUES (2)"
+    )
     assert result == {"rowcount": 1, "status": "INSERT 0 1"}
     assert await pg(pg_tool, pg_dsn, "SELECT id FROM t") == [{"id": 2}]
 
@@ -156,12 +215,14 @@ async def test_postgres_statement_timeout(pg_tool: PostgresTool, pg_dsn: str) ->
     assert err.value.details["sqlstate"] == "57014"
     assert "postgres tool: statement timed out after 0.5s" in str(err.value)
     # The pooled connection is usable again, without the old timeout.
-    assert await pg(pg_tool, pg_dsn, "SELECT 1 AS one FROM pg_sleep(0.7)",
-                    ctx=make_ctx(timeout=None)) == [{"one": 1}]
+    assert await pg(
+        pg_tool, pg_dsn, "SELECT 1 AS one FROM pg_sleep(0.7)", ctx=make_ctx(timeout=None)
+    ) == [{"one": 1}]
 
 
-async def test_postgres_cancelled_execution_stops_the_query(pg_tool: PostgresTool,
-                                                            pg_dsn: str) -> None:
+async def test_postgres_cancelled_execution_stops_the_query(
+    pg_tool: PostgresTool, pg_dsn: str
+) -> None:
     ctx = make_ctx(timeout=None)
     asyncio.get_running_loop().call_later(0.3, ctx.cancelled.set)
     started = time.monotonic()
@@ -179,7 +240,8 @@ async def _still_sleeping(dsn: str, deadline: float) -> int:
         while True:
             running: int = await check.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' "
-                "AND state = 'active'")
+                "AND state = 'active'"
+            )
             if running == 0 or time.monotonic() > deadline:
                 return running
             await asyncio.sleep(0.05)
@@ -203,10 +265,20 @@ async def test_postgres_missing_table_and_bad_sql(pg_tool: PostgresTool, pg_dsn:
 
 
 async def test_postgres_unreachable_host_names_the_server_not_the_password(
-        pg_tool: PostgresTool) -> None:
+    pg_tool: PostgresTool,
+) -> None:
     port = free_port()  # nothing listens there
-    ctx = make_ctx({"pg": {"host": "127.0.0.1", "port": port, "user": "ada",
-                           "password": PASSWORD, "database": "app"}})
+    ctx = make_ctx(
+        {
+            "pg": {
+                "host": "127.0.0.1",
+                "port": port,
+                "user": "ada",
+                "password": PASSWORD,
+                "database": "app",
+            }
+        }
+    )
     with pytest.raises(ToolError) as err:
         await pg_tool.run(ctx, {"auth": "pg", "query": "SELECT 1"})
     message = str(err.value)
@@ -240,13 +312,17 @@ async def test_postgres_wrong_password(pg_tool: PostgresTool, password_pg: str) 
     bad = pg_fields(password_pg, WRONG_PASSWORD)
     ctx = make_ctx({"good": good, "bad": bad})
     assert await pg_tool.run(ctx, {"auth": "good", "query": "SELECT current_user AS u"}) == [
-        {"u": "ada"}]
+        {"u": "ada"}
+    ]
     with pytest.raises(ToolError) as err:
-        await pg_tool.run(ctx, {"auth": {"type": "postgres", "credential": "bad"},
-                                "query": "SELECT 1"})
+        await pg_tool.run(
+            ctx, {"auth": {"type": "postgres", "credential": "bad"}, "query": "SELECT 1"}
+        )
     message = str(err.value)
-    assert message.startswith(f"postgres tool: cannot connect to ada@{good['host']}:"
-                              f"{good['port']}/postgres: password authentication failed")
+    assert message.startswith(
+        f"postgres tool: cannot connect to ada@{good['host']}:"
+        f"{good['port']}/postgres: password authentication failed"
+    )
     assert err.value.details["sqlstate"] == "28P01"
     assert WRONG_PASSWORD not in message and PASSWORD not in message
     # The same with a DSN holding the password.
@@ -257,26 +333,29 @@ async def test_postgres_wrong_password(pg_tool: PostgresTool, password_pg: str) 
     assert "password authentication failed" in str(err.value)
 
 
-async def test_postgres_credential_forms_and_secrets(pg_tool: PostgresTool,
-                                                     pg_dsn: str) -> None:
+async def test_postgres_credential_forms_and_secrets(pg_tool: PostgresTool, pg_dsn: str) -> None:
     ctx = make_ctx({"as_dsn": {"dsn": pg_dsn}, "as_fields": pg_fields(pg_dsn, "unused-pw")})
     for auth in ("as_dsn", "as_fields", {"type": "postgres", "credential": "as_dsn"}):
-        assert await pg_tool.run(ctx, {"auth": auth, "command": "SELECT 1 AS one"}) == [
-            {"one": 1}]
+        assert await pg_tool.run(ctx, {"auth": auth, "command": "SELECT 1 AS one"}) == [{"one": 1}]
     assert ctx.secrets["as_fields.password"] == "unused-pw"
     assert ctx.secrets["as_dsn.dsn"] == pg_dsn
     encoded = base64.b64encode(b"SELECT 'b64' AS src").decode()
     assert await pg_tool.run(ctx, {"auth": "as_dsn", "query_b64": encoded}) == [{"src": "b64"}]
 
 
-async def test_sql_from_a_script_file_wins_over_query(pg_tool: PostgresTool, pg_dsn: str,
-                                                      tmp_path: Path) -> None:
+async def test_sql_from_a_script_file_wins_over_query(
+    pg_tool: PostgresTool, pg_dsn: str, tmp_path: Path
+) -> None:
     (tmp_path / "sql").mkdir()
     (tmp_path / "sql" / "count.sql").write_text("SELECT $1::int * 2 AS doubled; -- done\n")
     ctx = make_ctx()
     ctx.script_root = tmp_path
-    spec = {"connection_string": pg_dsn, "query": "SELECT 'inline'", "params": [21],
-            "script": {"uri": "./sql/count.sql", "source": {"type": "file"}}}
+    spec = {
+        "connection_string": pg_dsn,
+        "query": "SELECT 'inline'",
+        "params": [21],
+        "script": {"uri": "./sql/count.sql", "source": {"type": "file"}},
+    }
     assert await pg_tool.run(ctx, spec) == [{"doubled": 42}]
     assert [fact["kind"] for fact in ctx.events] == ["script"]
     ctx.files = {"q.sql": "SELECT 42 AS answer"}
@@ -301,11 +380,13 @@ async def test_postgres_one_pool_per_credential_closed_when_idle(pg_dsn: str) ->
     assert len(tool.pools) == 0
 
 
-async def test_postgres_concurrent_calls_share_the_pool(pg_tool: PostgresTool,
-                                                        pg_dsn: str) -> None:
-    results = await asyncio.gather(*(
-        pg(pg_tool, pg_dsn, "SELECT $1::int AS i, pg_backend_pid() AS pid", [i])
-        for i in range(20)))
+async def test_postgres_concurrent_calls_share_the_pool(pg_tool: PostgresTool, pg_dsn: str) -> None:
+    results = await asyncio.gather(
+        *(
+            pg(pg_tool, pg_dsn, "SELECT $1::int AS i, pg_backend_pid() AS pid", [i])
+            for i in range(20)
+        )
+    )
     assert sorted(r[0]["i"] for r in results) == list(range(20))
     assert len({r[0]["pid"] for r in results}) <= 10  # the pool's size bounds the sessions
     assert len(pg_tool.pools) == 1
@@ -314,32 +395,39 @@ async def test_postgres_concurrent_calls_share_the_pool(pg_tool: PostgresTool,
 # -- duckdb ---------------------------------------------------------------------------------
 
 
-async def duck(sql: str, params: Any = None, ctx: ToolContext | None = None,
-               **spec: Any) -> Any:
+async def duck(sql: str, params: Any = None, ctx: ToolContext | None = None, **spec: Any) -> Any:
     """Run `sql` with the duckdb tool."""
     return await DuckdbTool().run(ctx or make_ctx(), {"query": sql, "params": params, **spec})
 
 
 async def test_duckdb_memory_is_fresh_per_call_and_file_persists(tmp_path: Path) -> None:
     assert await duck("CREATE TABLE t (id INT); INSERT INTO t VALUES (1), (2)") == {
-        "rowcount": 2, "status": "INSERT"}
+        "rowcount": 2,
+        "status": "INSERT",
+    }
     with pytest.raises(ToolError, match="Table with name t does not exist"):
         await duck("SELECT * FROM t")
     db = str(tmp_path / "data.duckdb")
     await duck("CREATE TABLE t (id INT, name VARCHAR)", database=db)
     await duck("INSERT INTO t VALUES (?, ?), (?, ?)", [1, "a", 2, "b"], database=db)
     assert await duck("SELECT * FROM t WHERE id > $1 ORDER BY id", [0], database=db) == [
-        {"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+        {"id": 1, "name": "a"},
+        {"id": 2, "name": "b"},
+    ]
     assert await duck("SELECT name FROM t WHERE id = $id", {"id": 2}, database=db) == [
-        {"name": "b"}]
+        {"name": "b"}
+    ]
 
 
 async def test_duckdb_statements_share_one_transaction(tmp_path: Path) -> None:
     db = str(tmp_path / "tx.duckdb")
     await duck("CREATE TABLE t (id INT PRIMARY KEY)", database=db)
     with pytest.raises(ToolError) as err:
-        await duck("INSERT INTO t VALUES (?); INSERT INTO t VALUES (?); "
-                   "INSERT INTO t VALUES ('x;y')", [1, 2], database=db)
+        await duck(
+            "INSERT INTO t VALUES (?); INSERT INTO t VALUES (?); INSERT INTO t VALUES ('x;y')",
+            [1, 2],
+            database=db,
+        )
     assert "duckdb tool: Conversion Error" in str(err.value)
     assert "(statement 3 of 3)" in str(err.value)
     assert await duck("SELECT count(*) AS n FROM t", database=db) == [{"n": 0}]
@@ -352,20 +440,34 @@ async def test_duckdb_types_are_json_safe() -> None:
                '\\xAA'::BLOB AS blob, {'a': 1, 'b': [1, 2]} AS s, [1, 2] AS l,
                '{"k": [1]}'::JSON AS j, 10::HUGEINT AS h,
                '6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f'::UUID AS u""")
-    assert rows == [{"d": 1.5, "whole": 2, "day": "2024-01-02",
-                     "ts": "2024-01-02T03:04:05+00:00", "span": 90.0, "blob": "qg==",
-                     "s": {"a": 1, "b": [1, 2]}, "l": [1, 2], "j": {"k": [1]}, "h": 10,
-                     "u": "6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f"}]
+    assert rows == [
+        {
+            "d": 1.5,
+            "whole": 2,
+            "day": "2024-01-02",
+            "ts": "2024-01-02T03:04:05+00:00",
+            "span": 90.0,
+            "blob": "qg==",
+            "s": {"a": 1, "b": [1, 2]},
+            "l": [1, 2],
+            "j": {"k": [1]},
+            "h": 10,
+            "u": "6c1f9f0e-1b7e-4c8e-9d7e-6a4b1c2d3e4f",
+        }
+    ]
 
 
 async def test_duckdb_transform_example_playbook() -> None:
     """The shared duckdb_transform example's first step, rendered as the runner renders it."""
     doc = YAML(typ="safe").load(FIXTURES / "duckdb_transform" / "duckdb_transform.yaml")
     step = next(s for s in doc["workflow"] if s["step"] == "start")
-    context = render.build_context(workload=doc["workload"], variables={}, steps={},
-                                   execution_id="1")
-    spec = {key: render.render(value, context, where=f"tool.{key}")
-            for key, value in step["tool"].items()}
+    context = render.build_context(
+        workload=doc["workload"], variables={}, steps={}, execution_id="1"
+    )
+    spec = {
+        key: render.render(value, context, where=f"tool.{key}")
+        for key, value in step["tool"].items()
+    }
     result = await DuckdbTool().run(make_ctx(), {**spec, "args": {}})
     assert result == [{"region": "north", "total": 17}, {"region": "south", "total": 5}]
 
@@ -380,18 +482,25 @@ async def test_duckdb_errors_and_timeout() -> None:
     with pytest.raises(ToolError, match="duckdb tool: cannot open database"):
         await duck("SELECT 1", database="/nonexistent/dir/x.duckdb")
     started = time.monotonic()
-    with pytest.raises(ToolTimeout, match=r"duckdb tool: still running after the step's "
-                                          r"timeout of 0\.5s; interrupted"):
-        await duck("SELECT sum(hash(a.range * b.range)) FROM range(200000) a, range(200000) b",
-                   ctx=make_ctx(timeout=0.5))
+    with pytest.raises(
+        ToolTimeout,
+        match=r"duckdb tool: still running after the step's "
+        r"timeout of 0\.5s; interrupted",
+    ):
+        await duck(
+            "SELECT sum(hash(a.range * b.range)) FROM range(200000) a, range(200000) b",
+            ctx=make_ctx(timeout=0.5),
+        )
     assert time.monotonic() - started < 4
 
 
 async def test_duckdb_attach_postgres(pg_dsn: str) -> None:
     """Attaches where DuckDB's postgres extension exists; else a clear error, no secrets."""
     ctx = make_ctx({"pg": pg_fields(pg_dsn, PASSWORD)})
-    spec = {"query": "SELECT 42 AS answer FROM pgdb.information_schema.tables LIMIT 1",
-            "attach": [{"name": "pgdb", "auth": "pg"}]}
+    spec = {
+        "query": "SELECT 42 AS answer FROM pgdb.information_schema.tables LIMIT 1",
+        "attach": [{"name": "pgdb", "auth": "pg"}],
+    }
     try:
         result = await DuckdbTool().run(ctx, spec)
     except ToolError as err:  # no extension here, and no internet to download it
@@ -408,25 +517,36 @@ async def test_duckdb_attach_postgres(pg_dsn: str) -> None:
 def snowflake_credential() -> Iterator[dict[str, Any]]:
     """A credential for a fakesnow server (database db1, schema s1) on a free port."""
     with fakesnow_server() as connection:
-        yield {**connection, "password": SNOW_PASSWORD, "database": "db1", "schema": "s1",
-               "login_timeout": 10}
+        yield {
+            **connection,
+            "password": SNOW_PASSWORD,
+            "database": "db1",
+            "schema": "s1",
+            "login_timeout": 10,
+        }
 
 
-async def snow(credential: Mapping[str, Any], sql: str, params: Any = None,
-               ctx: ToolContext | None = None) -> Any:
+async def snow(
+    credential: Mapping[str, Any], sql: str, params: Any = None, ctx: ToolContext | None = None
+) -> Any:
     """Run `sql` with the snowflake tool."""
     ctx = ctx or make_ctx({"sf": credential})
     return await SnowflakeTool().run(ctx, {"auth": "sf", "query": sql, "params": params})
 
 
 async def test_snowflake_round_trip(snowflake_credential: dict[str, Any]) -> None:
-    assert await snow(snowflake_credential, "CREATE OR REPLACE TABLE items "
-                      "(id INT, name VARCHAR, born DATE, price NUMBER(10, 2), doc VARIANT)") == {
-        "rowcount": 0, "status": "CREATE"}
-    inserted = await snow(snowflake_credential,
-                          "INSERT INTO items (id, name, born, price) VALUES (?, ?, ?, ?); "
-                          "INSERT INTO items (id, name, doc) SELECT 2, 'it\\'s; fine', "
-                          "PARSE_JSON('{\"k\": [1]}')", [1, "ada", "2024-02-29", "9.50"])
+    assert await snow(
+        snowflake_credential,
+        "CREATE OR REPLACE TABLE items "
+        "(id INT, name VARCHAR, born DATE, price NUMBER(10, 2), doc VARIANT)",
+    ) == {"rowcount": 0, "status": "CREATE"}
+    inserted = await snow(
+        snowflake_credential,
+        "INSERT INTO items (id, name, born, price) VALUES (?, ?, ?, ?); "
+        "INSERT INTO items (id, name, doc) SELECT 2, 'it\\'s; fine', "
+        "PARSE_JSON('{\"k\": [1]}')",
+        [1, "ada", "2024-02-29", "9.50"],
+    )
     assert inserted == {"rowcount": 1, "status": "INSERT"}
     rows = await snow(snowflake_credential, "SELECT * FROM items WHERE id >= ? ORDER BY id", [1])
     assert rows == [
@@ -436,11 +556,14 @@ async def test_snowflake_round_trip(snowflake_credential: dict[str, Any]) -> Non
 
 
 async def test_snowflake_statements_share_one_transaction(
-        snowflake_credential: dict[str, Any]) -> None:
+    snowflake_credential: dict[str, Any],
+) -> None:
     await snow(snowflake_credential, "CREATE OR REPLACE TABLE tx (id INT)")
     with pytest.raises(ToolError) as err:
-        await snow(snowflake_credential,
-                   "INSERT INTO tx VALUES (1); INSERT INTO tx VALUES (2); SELECT * FROM nowhere")
+        await snow(
+            snowflake_credential,
+            "INSERT INTO tx VALUES (1); INSERT INTO tx VALUES (2); SELECT * FROM nowhere",
+        )
     assert "snowflake tool" in str(err.value) and "(statement 3 of 3)" in str(err.value)
     assert "NOWHERE does not exist" in str(err.value)
     assert err.value.details["sqlstate"] == "42S02"
@@ -448,7 +571,8 @@ async def test_snowflake_statements_share_one_transaction(
 
 
 async def test_snowflake_errors_never_name_the_password(
-        snowflake_credential: dict[str, Any]) -> None:
+    snowflake_credential: dict[str, Any],
+) -> None:
     ctx = make_ctx({"sf": snowflake_credential})
     with pytest.raises(ToolError) as err:
         await snow(snowflake_credential, "SELEKT 1", ctx=ctx)
@@ -456,10 +580,8 @@ async def test_snowflake_errors_never_name_the_password(
     assert err.value.error_type == "snowflake"
     assert ctx.secrets["sf.password"] == SNOW_PASSWORD
     port = free_port()
-    unreachable = {**snowflake_credential, "port": port, "login_timeout": 2,
-                   "network_timeout": 1}
+    unreachable = {**snowflake_credential, "port": port, "login_timeout": 2, "network_timeout": 1}
     with pytest.raises(ToolError) as err:
         await snow(unreachable, "SELECT 1")
     assert str(err.value).startswith("snowflake tool: cannot connect to account 'fakesnow'")
     assert SNOW_PASSWORD not in str(err.value)
-

@@ -18,8 +18,13 @@ PACKAGE = Path(__file__).parent.parent / "fixtures" / "plugin_pkg"
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True,
-                          text=True, check=False, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -34,8 +39,9 @@ def echo_plugin(tmp_path: Path) -> Iterator[None]:
         pip("uninstall", "--yes", "--quiet", "noetl-echo-plugin")
 
 
-def test_installed_plugin_runs_in_a_playbook(echo_plugin: None, settings: Settings,
-                                             tmp_path: Path) -> None:
+def test_installed_plugin_runs_in_a_playbook(
+    echo_plugin: None, settings: Settings, tmp_path: Path
+) -> None:
     path = tmp_path / "uses_echo.yaml"
     path.write_text(
         "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: uses_echo}\n"

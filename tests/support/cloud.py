@@ -31,8 +31,13 @@ AWS_TEST_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 #: What `aws_env` removes, so the user's AWS setup cannot leak into a test.
-_AWS_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3",
-              "AWS_REGION")
+_AWS_UNSET = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+)
 GCS_TEST_PROJECT = "noetl-test"
 
 
@@ -103,23 +108,26 @@ async def put_s3_object(bucket: str, key: str, body: bytes | str) -> None:
         existing = await client.list_buckets()
         if bucket not in {entry["Name"] for entry in existing.get("Buckets", [])}:
             await client.create_bucket(Bucket=bucket)
-        await client.put_object(Bucket=bucket, Key=key,
-                                Body=body.encode() if isinstance(body, str) else body)
+        await client.put_object(
+            Bucket=bucket, Key=key, Body=body.encode() if isinstance(body, str) else body
+        )
 
 
 async def create_gcs_bucket(emulator: GcsEmulator, bucket: str) -> None:
     """Create the bucket `bucket` in the emulator (nothing happens if it exists)."""
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{emulator.host}/storage/v1/b", params={"project": GCS_TEST_PROJECT},
-                     json={"name": bucket}) as resp,
+        session.post(
+            f"{emulator.host}/storage/v1/b",
+            params={"project": GCS_TEST_PROJECT},
+            json={"name": bucket},
+        ) as resp,
     ):
         if resp.status not in (200, 409):  # 409: the bucket exists already
             raise RuntimeError(f"creating bucket {bucket}: HTTP {resp.status}")
 
 
-async def put_gcs_object(emulator: GcsEmulator, bucket: str, name: str,
-                         body: bytes | str) -> None:
+async def put_gcs_object(emulator: GcsEmulator, bucket: str, name: str, body: bytes | str) -> None:
     """Store `body` at gs://bucket/name in the emulator (creating the bucket).
 
     The emulator cannot store an empty object: use `create_gcs_bucket` for just a bucket.
@@ -140,8 +148,9 @@ def moto_server_fixture() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(name="aws_env")
-def aws_env_fixture(moto_server: MotoServer,
-                    monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+def aws_env_fixture(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MotoServer]:
     """AWS clients of this test talk to the (emptied) moto server with fake keys."""
     for name in _AWS_UNSET:
         monkeypatch.delenv(name, raising=False)
@@ -165,8 +174,9 @@ def gcs_emulator_fixture() -> Iterator[GcsEmulator]:
 
 
 @pytest.fixture(name="gcs_env")
-def gcs_env_fixture(gcs_emulator: GcsEmulator,
-                    monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsEmulator]:
+def gcs_env_fixture(
+    gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[GcsEmulator]:
     """gcloud-aio clients of this test talk to the GCS emulator, emptied after the test."""
     for name, value in gcs_emulator.env().items():
         monkeypatch.setenv(name, value)

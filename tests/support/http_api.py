@@ -50,6 +50,7 @@ PASSWORD = "s3cret-pass"
 API_KEY_HEADER = "X-Api-Key"
 API_KEY = "key-456"
 
+
 @dataclass
 class HttpApi:
     """A running test API: its base `url`, served `scripts` and what it received."""
@@ -96,18 +97,25 @@ async def _paged(request: web.Request) -> web.Response:
         page, size = int(body.get("page", page)), int(body.get("size", size))
     if page < 1 or size < 1:
         raise web.HTTPBadRequest(text="page and size start at 1")
-    return web.json_response({
-        "data": _items((page - 1) * size, size),
-        "paging": {"page": page, "size": size, "total": ITEM_COUNT,
-                   "hasMore": page * size < ITEM_COUNT},
-    })
+    return web.json_response(
+        {
+            "data": _items((page - 1) * size, size),
+            "paging": {
+                "page": page,
+                "size": size,
+                "total": ITEM_COUNT,
+                "hasMore": page * size < ITEM_COUNT,
+            },
+        }
+    )
 
 
 async def _cursor(request: web.Request) -> web.Response:
     start, size = _int(request, "cursor", 0), _int(request, "size", 10)
     following = start + size
-    return web.json_response({"data": _items(start, size),
-                              "next_cursor": following if following < ITEM_COUNT else None})
+    return web.json_response(
+        {"data": _items(start, size), "next_cursor": following if following < ITEM_COUNT else None}
+    )
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -123,8 +131,9 @@ async def _flaky(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     api.calls[key] = api.calls.get(key, 0) + 1
     if api.calls[key] <= _int(request, "fail", 1):
-        return web.Response(status=_int(request, "status", 503), text="try again",
-                            headers={"Retry-After": "0"})
+        return web.Response(
+            status=_int(request, "status", 503), text="try again", headers={"Retry-After": "0"}
+        )
     return web.json_response({"calls": api.calls[key]})
 
 
@@ -158,14 +167,22 @@ async def _echo(request: web.Request) -> web.Response:
     parsed: Any = None
     if request.content_type == "application/json" and raw:
         parsed = json.loads(raw)
-    form = (dict(await request.post())
-            if request.content_type == "application/x-www-form-urlencoded" else None)
-    return web.json_response({
-        "method": request.method, "path": request.path,
-        "query": {key: request.query.getall(key) for key in request.query},
-        "headers": dict(request.headers), "body": raw, "json": parsed,
-        "form": {key: str(value) for key, value in form.items()} if form is not None else None,
-    })
+    form = (
+        dict(await request.post())
+        if request.content_type == "application/x-www-form-urlencoded"
+        else None
+    )
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": {key: request.query.getall(key) for key in request.query},
+            "headers": dict(request.headers),
+            "body": raw,
+            "json": parsed,
+            "form": {key: str(value) for key, value in form.items()} if form is not None else None,
+        }
+    )
 
 
 async def _auth_bearer(request: web.Request) -> web.Response:
@@ -205,8 +222,7 @@ async def _script(request: web.Request) -> web.Response:
 
 @web.middleware
 async def _record(request: web.Request, handler: Any) -> web.StreamResponse:
-    request.app[_API_KEY].requests.append(
-        (request.method, request.path_qs, dict(request.headers)))
+    request.app[_API_KEY].requests.append((request.method, request.path_qs, dict(request.headers)))
     response: web.StreamResponse = await handler(request)
     return response
 
@@ -236,32 +252,41 @@ def self_signed_context() -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # load_cert_chain reads files only; they are gone once loaded.
     with tempfile.TemporaryDirectory(prefix="noetl-tls-") as directory:
         cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         context.load_cert_chain(cert_file, key_file)
     return context
 
 
-async def start_http_api(scripts: dict[str, str] | None = None, *,
-                         tls: bool = False) -> HttpApi:
+async def start_http_api(scripts: dict[str, str] | None = None, *, tls: bool = False) -> HttpApi:
     """Start the test API on 127.0.0.1 on a free port; stop it with `await api.stop()`."""
     app = make_app()
     # Handlers stop when their client goes away, so a timed-out /slow call ends at once.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=0.5)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
     api = HttpApi(url="", runner=runner, scripts=dict(scripts or {}))
     app[_API_KEY] = api
     await runner.setup()
@@ -274,8 +299,9 @@ async def start_http_api(scripts: dict[str, str] | None = None, *,
 
 
 @asynccontextmanager
-async def serve_http_api(scripts: dict[str, str] | None = None, *,
-                         tls: bool = False) -> AsyncIterator[HttpApi]:
+async def serve_http_api(
+    scripts: dict[str, str] | None = None, *, tls: bool = False
+) -> AsyncIterator[HttpApi]:
     """The test API, running for the duration of the `async with` block."""
     api = await start_http_api(scripts, tls=tls)
     try:

@@ -38,9 +38,16 @@ class Sim:
     A fake clock advances by one second per message; timers fire when they are due.
     """
 
-    def __init__(self, engine: Engine, tool: Tool, *, seed: int | None = None,
-                 workload: dict[str, Any] | None = None, child: Child | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tool: Tool,
+        *,
+        seed: int | None = None,
+        workload: dict[str, Any] | None = None,
+        child: Child | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.engine = engine
         self.tool = tool
         self.child = child
@@ -72,26 +79,46 @@ class Sim:
         return decision.events
 
     def start(self) -> None:
-        self.send(StartExecution(execution_id=EXECUTION_ID, dedup_id="start", path="p",
-                                 workload=self.workload, timeout=self.timeout))
+        self.send(
+            StartExecution(
+                execution_id=EXECUTION_ID,
+                dedup_id="start",
+                path="p",
+                workload=self.workload,
+                timeout=self.timeout,
+            )
+        )
 
     def outcome(self, command: CommandIssued) -> ExecMessage:
         kind, value = self.tool(command)
         if kind == "ok":
-            return CommandCompleted(execution_id=EXECUTION_ID, dedup_id=command.command_id,
-                                    command_id=command.command_id, step=command.step,
-                                    result=value)
-        return CommandFailed(execution_id=EXECUTION_ID, dedup_id=command.command_id,
-                             command_id=command.command_id, step=command.step, error=value)
+            return CommandCompleted(
+                execution_id=EXECUTION_ID,
+                dedup_id=command.command_id,
+                command_id=command.command_id,
+                step=command.step,
+                result=value,
+            )
+        return CommandFailed(
+            execution_id=EXECUTION_ID,
+            dedup_id=command.command_id,
+            command_id=command.command_id,
+            step=command.step,
+            error=value,
+        )
 
     def child_outcome(self, start: StartExecution) -> ExecMessage:
         assert self.child is not None and start.parent_command_id is not None
         status, value = self.child(start)
         return ChildCompleted(
-            execution_id=EXECUTION_ID, dedup_id=f"child:{start.execution_id}",
-            command_id=start.parent_command_id, child_execution_id=start.execution_id,
-            status=status, result=value if status == "completed" else None,
-            error=None if status == "completed" else value)
+            execution_id=EXECUTION_ID,
+            dedup_id=f"child:{start.execution_id}",
+            command_id=start.parent_command_id,
+            child_execution_id=start.execution_id,
+            status=status,
+            result=value if status == "completed" else None,
+            error=None if status == "completed" else value,
+        )
 
     def step_once(self) -> bool:
         """Deliver one outcome, child end or due timer; False when nothing is left."""

@@ -17,7 +17,9 @@ BROKEN = PLAYBOOKS / "broken"
 def test_fixtures_are_present() -> None:
     assert len(VALID) >= 9
     assert {p.name for p in BROKEN.glob("*.yaml")} == {
-        "bad_template.yaml", "missing_start.yaml", "unknown_next.yaml",
+        "bad_template.yaml",
+        "missing_start.yaml",
+        "unknown_next.yaml",
     }
 
 

@@ -84,10 +84,17 @@ workflow:
     retry: {}
 """)
     step = playbook.step("start")
-    assert step.loop == Loop(in_=[1, 2], iterator="item", mode="sequential",
-                             max_concurrency=16, continue_on_error=False, pagination=None)
-    assert step.retry == Retry(max_attempts=3, delay=1.0, backoff=2.0, max_delay=60.0,
-                               jitter=False, when=None)
+    assert step.loop == Loop(
+        in_=[1, 2],
+        iterator="item",
+        mode="sequential",
+        max_concurrency=16,
+        continue_on_error=False,
+        pagination=None,
+    )
+    assert step.retry == Retry(
+        max_attempts=3, delay=1.0, backoff=2.0, max_delay=60.0, jitter=False, when=None
+    )
     assert (step.args, step.vars, step.next, step.case, step.credentials) == ({}, {}, [], [], {})
     assert (step.desc, step.sink, step.timeout) == (None, None, None)
     assert playbook.workload == {} and playbook.keychain == [] and playbook.workbook == []
@@ -112,8 +119,11 @@ workflow:
     assert step.timeout == 30.0 and isinstance(step.timeout, float)
     assert step.loop is not None
     assert step.loop.pagination == Pagination(
-        continue_while="{{ response.data.more }}", next_page={"params": {"page": 2}},
-        type="response_based", merge_strategy="append", merge_path="data.items",
+        continue_while="{{ response.data.more }}",
+        next_page={"params": {"page": 2}},
+        type="response_based",
+        merge_strategy="append",
+        merge_path="data.items",
         max_iterations=100,
     )
 
@@ -171,8 +181,13 @@ workload:
 workflow:
   - step: start
 """)
-    assert playbook.workload == {"hex": 31, "ratio": 1.5, "flag": True, "again": True,
-                                 "text": "folded\n"}
+    assert playbook.workload == {
+        "hex": 31,
+        "ratio": 1.5,
+        "flag": True,
+        "again": True,
+        "text": "folded\n",
+    }
     assert [type(v) for v in playbook.workload.values()] == [int, float, bool, bool, str]
 
 
@@ -204,7 +219,11 @@ workflow:
 
 def test_models_can_be_built_directly() -> None:
     step = Step(step="start", next=[Edge("end")])
-    playbook = Playbook(api_version="noetl.io/v2", kind="Playbook",
-                        metadata=Metadata(name="x", path="lib/x"), workflow=[step])
+    playbook = Playbook(
+        api_version="noetl.io/v2",
+        kind="Playbook",
+        metadata=Metadata(name="x", path="lib/x"),
+        workflow=[step],
+    )
     assert playbook.catalog_path == "lib/x"
     assert playbook.step("start") is step

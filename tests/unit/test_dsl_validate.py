@@ -49,10 +49,13 @@ def test_duplicate_yaml_key() -> None:
     assert str(problem).startswith("pb.yaml:2:1: YAML syntax error: found duplicate key")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "the document is empty"),
-    ("- a\n", "a playbook must be a YAML mapping, got a list"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the document is empty"),
+        ("- a\n", "a playbook must be a YAML mapping, got a list"),
+    ],
+)
 def test_document_must_be_a_mapping(text: str, message: str) -> None:
     [problem] = check_text(text, filename="pb.yaml").errors
     assert (problem.line, problem.col) == (1, 1)
@@ -69,8 +72,7 @@ def test_api_version_v1_is_refused_alone() -> None:
 
 def test_header_values() -> None:
     text = (
-        "apiVersion: noetl.io/v3\nkind: Flow\nmetadata: {name: 9lives}\n"
-        "workflow: [{step: start}]\n"
+        "apiVersion: noetl.io/v3\nkind: Flow\nmetadata: {name: 9lives}\nworkflow: [{step: start}]\n"
     )
     assert [str(p) for p in check_text(text, filename="pb.yaml").errors] == [
         "pb.yaml:1:13: apiVersion must be `noetl.io/v2`, got `noetl.io/v3`",
@@ -204,24 +206,51 @@ workflow:
     ]
 
 
-@pytest.mark.parametrize(("tool", "field", "message"), [
-    ("{kind: python, code: x, lib: {}}", "lib",
-     "unknown field `lib` in the `python` tool (did you mean `libs`?)"),
-    ("{kind: http, url: x, header: {}}", "header",
-     "unknown field `header` in the `http` tool (did you mean `headers`?)"),
-    ("{kind: postgres, querry: x}", "querry",
-     "unknown field `querry` in the `postgres` tool (did you mean `query`?)"),
-    ("{kind: duckdb, query: x, mode: upsert}", "mode",
-     "unknown field `mode` in the `duckdb` tool"),
-    ("{kind: snowflake, comand: x}", "comand",
-     "unknown field `comand` in the `snowflake` tool (did you mean `command`?)"),
-    ("{kind: playbook, path: p, return: s}", "return",
-     "unknown field `return` in the `playbook` tool (did you mean `return_step`?)"),
-    ("{kind: workbook, name: t, arg: {}}", "arg",
-     "unknown field `arg` in the `workbook` tool (did you mean `args`?)"),
-    ("{kind: iterator, collection: [], elem: x}", "elem",
-     "unknown field `elem` in the `iterator` tool (did you mean `element`?)"),
-])
+@pytest.mark.parametrize(
+    ("tool", "field", "message"),
+    [
+        (
+            "{kind: python, code: x, lib: {}}",
+            "lib",
+            "unknown field `lib` in the `python` tool (did you mean `libs`?)",
+        ),
+        (
+            "{kind: http, url: x, header: {}}",
+            "header",
+            "unknown field `header` in the `http` tool (did you mean `headers`?)",
+        ),
+        (
+            "{kind: postgres, querry: x}",
+            "querry",
+            "unknown field `querry` in the `postgres` tool (did you mean `query`?)",
+        ),
+        (
+            "{kind: duckdb, query: x, mode: upsert}",
+            "mode",
+            "unknown field `mode` in the `duckdb` tool",
+        ),
+        (
+            "{kind: snowflake, comand: x}",
+            "comand",
+            "unknown field `comand` in the `snowflake` tool (did you mean `command`?)",
+        ),
+        (
+            "{kind: playbook, path: p, return: s}",
+            "return",
+            "unknown field `return` in the `playbook` tool (did you mean `return_step`?)",
+        ),
+        (
+            "{kind: workbook, name: t, arg: {}}",
+            "arg",
+            "unknown field `arg` in the `workbook` tool (did you mean `args`?)",
+        ),
+        (
+            "{kind: iterator, collection: [], elem: x}",
+            "elem",
+            "unknown field `elem` in the `iterator` tool (did you mean `element`?)",
+        ),
+    ],
+)
 def test_tool_fields_of_builtin_kinds(tool: str, field: str, message: str) -> None:
     body = (
         "workbook: [{name: t, tool: {kind: python, code: x}}]\n"
@@ -325,15 +354,13 @@ workflow:
         "pb.yaml:5:1: unknown field `metadata_x` in the playbook (did you mean `metadata`?)",
         "pb.yaml:8:5: unknown field `nxt` in step `start` (did you mean `next`?)",
         "pb.yaml:11:7: unknown field `iter` in `loop` (did you mean `iterator`?)",
-        "pb.yaml:12:54: unknown field `max_iter` in `pagination` "
-        "(did you mean `max_iterations`?)",
+        "pb.yaml:12:54: unknown field `max_iter` in `pagination` (did you mean `max_iterations`?)",
         "pb.yaml:13:13: unknown field `max_attempt` in `retry` (did you mean `max_attempts`?)",
         "pb.yaml:15:19: unknown field `arg` in a route (did you mean `args`?)",
         "pb.yaml:16:9: a `when` entry is missing required field `then`",
         "pb.yaml:17:9: unknown field `than` in a `when` entry (did you mean `then`?)",
         "pb.yaml:18:21: unknown field `extra` in an `else` entry",
-        "pb.yaml:21:16: unknown field `nex` in the `then` of a `case` rule "
-        "(did you mean `next`?)",
+        "pb.yaml:21:16: unknown field `nex` in the `then` of a `case` rule (did you mean `next`?)",
         "pb.yaml:22:9: unknown field `hwen` in a `case` rule (did you mean `when`?)",
         "pb.yaml:24:44: unknown field `intoo` in `collect` (did you mean `into`?)",
         "pb.yaml:24:71: unknown field `val` in a `set` item (did you mean `value`?)",

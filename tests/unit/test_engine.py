@@ -378,8 +378,9 @@ def test_random_dags_terminate_run_each_step_once_and_replay(
     assert len(started) == len(set(started)), started  # at most once per activation (no cycles)
     if state.status == "completed":
         # Every step some edge reached ran, once: joins fired exactly once, none was lost.
-        targets = {route["step"] for e in sim.events for route in (e.payload or {}).get(
-            "routes", ())}
+        targets = {
+            route["step"] for e in sim.events for route in (e.payload or {}).get("routes", ())
+        }
         assert targets == set(started), (targets, started)
     versions = [e.version for e in sim.events]
     assert versions == list(range(1, len(versions) + 1))

@@ -26,8 +26,11 @@ def playbook(body: str, workload: str = "{}", metadata: str = "{name: t}") -> st
 def square(command: CommandIssued) -> tuple[str, Any]:
     locals_ = command.context.get("locals", {})
     if "n" in locals_:
-        return "ok", {"n": locals_["n"], "square": locals_["n"] ** 2,
-                      "index": locals_["loop"]["index"]}
+        return "ok", {
+            "n": locals_["n"],
+            "square": locals_["n"] ** 2,
+            "index": locals_["loop"]["index"],
+        }
     return "ok", {"step": command.step}
 
 
@@ -52,11 +55,16 @@ def test_loop_async_fixture_keeps_input_order_and_bounds_concurrency() -> None:
 
 
 def test_sequential_loop_runs_one_item_at_a_time_in_order() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook(
+            """
         - step: start
           loop: {in: "{{ workload.xs }}", iterator: n}
           tool: {kind: python, code: x}
-    """, workload="{xs: [3, 1, 2]}"))
+    """,
+            workload="{xs: [3, 1, 2]}",
+        )
+    )
     sim = Sim(engine, square, seed=7)
     state = sim.run()
     assert sim.max_in_flight == 1
@@ -65,11 +73,13 @@ def test_sequential_loop_runs_one_item_at_a_time_in_order() -> None:
 
 
 def test_loop_context_exposes_index_first_last_length() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: [a, b, c], iterator: letter, mode: async}
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("ok", c.context["locals"]["loop"]))
     state = sim.run()
     assert state.result == [
@@ -80,7 +90,8 @@ def test_loop_context_exposes_index_first_last_length() -> None:
 
 
 def test_empty_loop_completes_with_an_empty_list_and_routes_on() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: "{{ [] }}", iterator: n}
           tool: {kind: python, code: x}
@@ -88,7 +99,8 @@ def test_empty_loop_completes_with_an_empty_list_and_routes_on() -> None:
           next: [after]
         - step: after
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
     sim = Sim(engine, square)
     state = sim.run()
     assert state.status == "completed"
@@ -98,11 +110,16 @@ def test_empty_loop_completes_with_an_empty_list_and_routes_on() -> None:
 
 
 def test_loop_over_a_non_list_fails_the_step_naming_field_and_value() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook(
+            """
         - step: start
           loop: {in: "{{ workload.x }}", iterator: n}
           tool: {kind: python, code: x}
-    """, workload="{x: 5}"))
+    """,
+            workload="{x: 5}",
+        )
+    )
     state = Sim(engine, square).run()
     assert state.status == "failed"
     assert state.error is not None
@@ -111,11 +128,13 @@ def test_loop_over_a_non_list_fails_the_step_naming_field_and_value() -> None:
 
 
 def test_failed_item_fails_the_step_after_running_ones_finish() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: "{{ range(10) | list }}", iterator: n, mode: async, max_concurrency: 3}
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
 
     def tool(command: CommandIssued) -> tuple[str, Any]:
         n = command.context["locals"]["n"]
@@ -132,11 +151,13 @@ def test_failed_item_fails_the_step_after_running_ones_finish() -> None:
 
 
 def test_continue_on_error_keeps_failed_items_as_errors() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: [1, 2, 3], iterator: n, mode: async, continue_on_error: true}
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
 
     def tool(command: CommandIssued) -> tuple[str, Any]:
         n = command.context["locals"]["n"]
@@ -149,7 +170,8 @@ def test_continue_on_error_keeps_failed_items_as_errors() -> None:
 
 
 def test_iterator_tool_is_the_same_as_a_loop() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool:
             kind: iterator
@@ -157,7 +179,8 @@ def test_iterator_tool_is_the_same_as_a_loop() -> None:
             element: n
             mode: async
             task: {kind: python, code: x}
-    """))
+    """)
+    )
     sim = Sim(engine, square, seed=3)
     state = sim.run()
     assert [r["square"] for r in state.result] == [1, 4, 9]
@@ -165,11 +188,13 @@ def test_iterator_tool_is_the_same_as_a_loop() -> None:
 
 
 def test_ten_thousand_items_stay_bounded_and_linear() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: "{{ range(10000) | list }}", iterator: n, mode: async}
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("ok", 1))
     state = sim.run()
     assert state.status == "completed"
@@ -182,12 +207,14 @@ def test_ten_thousand_items_stay_bounded_and_linear() -> None:
 
 
 def test_loop_sink_runs_once_after_all_items() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: [1, 2], iterator: n}
           tool: {kind: python, code: x}
           sink: {tool: {kind: event_log}}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("ok", {"rows": 2}) if c.kind == "sink" else ("ok", 7))
     state = sim.run()
     assert state.status == "completed"
@@ -198,11 +225,13 @@ def test_loop_sink_runs_once_after_all_items() -> None:
 
 
 def test_step_sink_travels_with_the_command() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           sink: {tool: {kind: event_log}, args: {a: "{{ result }}"}}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("ok", 1))
     sim.run()
     assert sim.issued[0].sink == {"tool": {"kind": "event_log"}, "args": {"a": "{{ result }}"}}
@@ -226,9 +255,14 @@ PAGED = """
 def pages(total: int) -> Any:
     def tool(command: CommandIssued) -> tuple[str, Any]:
         page = command.overrides.get("params", {}).get("page", 1)
-        return "ok", {"status_code": 200,
-                      "data": {"data": [page * 10 + i for i in range(2)],
-                               "paging": {"page": page, "hasMore": page < total}}}
+        return "ok", {
+            "status_code": 200,
+            "data": {
+                "data": [page * 10 + i for i in range(2)],
+                "paging": {"page": page, "hasMore": page < total},
+            },
+        }
+
     return tool
 
 
@@ -264,8 +298,13 @@ def test_missing_merge_path_fails_naming_step_field_and_value() -> None:
 
 
 def test_continue_while_that_raises_fails_the_step() -> None:
-    engine = engine_of(playbook(PAGED.replace("MAX", "5").replace(
-        "response.data.paging.hasMore", "response.data.nope.deeper")))
+    engine = engine_of(
+        playbook(
+            PAGED.replace("MAX", "5").replace(
+                "response.data.paging.hasMore", "response.data.nope.deeper"
+            )
+        )
+    )
     state = Sim(engine, pages(3)).run()
     assert state.status == "failed"
     assert state.error is not None and "continue_while" in state.error["message"]
@@ -275,11 +314,13 @@ def test_continue_while_that_raises_fails_the_step() -> None:
 
 
 def test_retry_until_success_with_backoff_timers() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           retry: {max_attempts: 4, delay: 2, backoff: 3}
-    """))
+    """)
+    )
     attempts: list[int] = []
 
     def flaky(command: CommandIssued) -> tuple[str, Any]:
@@ -301,11 +342,13 @@ def test_retry_until_success_with_backoff_timers() -> None:
 
 
 def test_retry_gives_up_after_max_attempts() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           retry: {max_attempts: 2, delay: 0}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("error", {"message": "always"}))
     state = sim.run()
     assert state.status == "failed"
@@ -313,24 +356,32 @@ def test_retry_gives_up_after_max_attempts() -> None:
 
 
 def test_retry_when_false_does_not_retry() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: http, url: x}
           retry: {max_attempts: 5, delay: 0, when: "{{ error.status_code in [429, 503] }}"}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("error", {"message": "nope", "status_code": 404}))
     assert sim.run().status == "failed"
     assert len(sim.issued) == 1
 
 
 def test_retry_after_sets_the_delay() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: http, url: x}
           retry: {max_attempts: 2, delay: 1}
-    """))
-    sim = Sim(engine, lambda c: ("error", {"message": "busy", "retry_after": 30})
-              if c.attempt == 1 else ("ok", 1))
+    """)
+    )
+    sim = Sim(
+        engine,
+        lambda c: (
+            ("error", {"message": "busy", "retry_after": 30}) if c.attempt == 1 else ("ok", 1)
+        ),
+    )
     sim.run()
     timer = next(e for e in sim.events if e.type == "timer.scheduled")
     failure_time = sim.decisions[1].timers[0].due_at - 30
@@ -338,11 +389,13 @@ def test_retry_after_sets_the_delay() -> None:
 
 
 def test_duplicate_timer_fires_once() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           retry: {max_attempts: 2, delay: 5}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("error", {"message": "x"}) if c.attempt == 1 else ("ok", 1))
     sim.start()
     sim.send(sim.outcome(sim.inbox.pop()))
@@ -350,17 +403,21 @@ def test_duplicate_timer_fires_once() -> None:
     from noetl.messages import Timer
 
     first = sim.send(Timer(execution_id=EXECUTION_ID, dedup_id=name, name=name))
-    second = engine.decide(sim.state, Timer(execution_id=EXECUTION_ID, dedup_id=name,
-                                            name=name))
+    second = engine.decide(sim.state, Timer(execution_id=EXECUTION_ID, dedup_id=name, name=name))
     assert first and not second.events and second.duplicate
     assert len(sim.inbox) == 1
 
 
 def test_execution_timeout_fails_and_stops_running_work() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook(
+            """
         - step: start
           tool: {kind: python, code: x}
-    """, metadata="{name: t, timeout: 30}"))
+    """,
+            metadata="{name: t, timeout: 30}",
+        )
+    )
     sim = Sim(engine, square)
     sim.start()
     assert [t.name for t in sim.timers] == ["execution.timeout"]
@@ -376,8 +433,7 @@ def test_execution_timeout_fails_and_stops_running_work() -> None:
 
 
 def test_composition_parent_starts_one_child_per_user() -> None:
-    engine = engine_of(
-        (FIXTURES / "composition_parent" / "composition_parent.yaml").read_text())
+    engine = engine_of((FIXTURES / "composition_parent" / "composition_parent.yaml").read_text())
 
     def child(start: StartExecution) -> tuple[str, Any]:
         user = start.workload["user"]
@@ -387,19 +443,26 @@ def test_composition_parent_starts_one_child_per_user() -> None:
     state = sim.run()
     assert state.status == "completed", state.error
     assert state.result == {"step": "end"}
-    assert state.steps["start"].result == [{"name": "ada", "score": 72},
-                                           {"name": "bob", "score": 50}]
+    assert state.steps["start"].result == [
+        {"name": "ada", "score": 72},
+        {"name": "bob", "score": 50},
+    ]
     starts = [e for e in sim.events if e.type == "command.issued" and e.step == "start"]
     assert len(starts) == 2
     assert_replays(sim)
 
 
 def test_child_start_message_is_deterministic_and_linked() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook(
+            """
         - step: start
           tool: {kind: playbook, path: lib/x, version: 3, return_step: score,
                  args: {n: "{{ workload.n }}"}}
-    """, workload="{n: 4}"))
+    """,
+            workload="{n: 4}",
+        )
+    )
     sim = Sim(engine, square, child=lambda s: ("completed", 1))
     sim.start()
     (start,) = sim.children
@@ -413,10 +476,12 @@ def test_child_start_message_is_deterministic_and_linked() -> None:
 
 
 def test_child_failure_fails_the_step_with_the_child_error_and_id() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: playbook, path: lib/x}
-    """))
+    """)
+    )
     sim = Sim(engine, square, child=lambda s: ("failed", {"message": "kaput"}))
     state = sim.run()
     assert state.status == "failed"
@@ -427,11 +492,19 @@ def test_child_failure_fails_the_step_with_the_child_error_and_id() -> None:
 
 def test_return_step_the_child_lacks_fails_the_child_at_once() -> None:
     child_engine = engine_of(
-        (FIXTURES / "composition_child" / "composition_child.yaml").read_text())
+        (FIXTURES / "composition_child" / "composition_child.yaml").read_text()
+    )
     sim = Sim(child_engine, square)
-    sim.send(StartExecution(execution_id=EXECUTION_ID, dedup_id="s", path="x",
-                            parent_execution_id=1, parent_command_id="1:start:1:1",
-                            return_step="nope"))
+    sim.send(
+        StartExecution(
+            execution_id=EXECUTION_ID,
+            dedup_id="s",
+            path="x",
+            parent_execution_id=1,
+            parent_command_id="1:start:1:1",
+            return_step="nope",
+        )
+    )
     assert sim.state.status == "failed"
     assert sim.state.error is not None and "return_step `nope`" in sim.state.error["message"]
     notice = sim.decisions[-1].parent_notice
@@ -439,12 +512,18 @@ def test_return_step_the_child_lacks_fails_the_child_at_once() -> None:
 
 
 def test_child_reports_its_return_step_result() -> None:
-    child_engine = engine_of(
-        (FIXTURES / "hello_world" / "hello_world.yaml").read_text())
+    child_engine = engine_of((FIXTURES / "hello_world" / "hello_world.yaml").read_text())
     sim = Sim(child_engine, lambda c: ("ok", {"data": {"greeting": "g"}, "step": c.step}))
-    sim.send(StartExecution(execution_id=EXECUTION_ID, dedup_id="s", path="x",
-                            parent_execution_id=1, parent_command_id="1:a:1:1",
-                            return_step="start"))
+    sim.send(
+        StartExecution(
+            execution_id=EXECUTION_ID,
+            dedup_id="s",
+            path="x",
+            parent_execution_id=1,
+            parent_command_id="1:a:1:1",
+            return_step="start",
+        )
+    )
     while sim.inbox:
         sim.step_once()
     notice = sim.decisions[-1].parent_notice
@@ -456,14 +535,16 @@ def test_child_reports_its_return_step_result() -> None:
 
 
 def test_cancel_ends_the_execution_and_stops_work_and_children() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           next: [a, b]
         - step: a
           tool: {kind: python, code: x}
         - step: b
           tool: {kind: playbook, path: lib/x}
-    """))
+    """)
+    )
     sim = Sim(engine, square)
     sim.start()
     assert len(sim.inbox) == 1 and len(sim.children) == 1
@@ -480,18 +561,25 @@ def test_cancel_ends_the_execution_and_stops_work_and_children() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.booleans(), min_size=0, max_size=25), st.integers(1, 6),
-       st.booleans(), st.integers(0, 1000))
-def test_random_loops_terminate_and_replay(failures: list[bool], concurrency: int,
-                                           tolerate: bool, seed: int) -> None:
+@given(
+    st.lists(st.booleans(), min_size=0, max_size=25),
+    st.integers(1, 6),
+    st.booleans(),
+    st.integers(0, 1000),
+)
+def test_random_loops_terminate_and_replay(
+    failures: list[bool], concurrency: int, tolerate: bool, seed: int
+) -> None:
     items = list(range(len(failures)))
-    engine = engine_of(playbook(f"""
+    engine = engine_of(
+        playbook(f"""
         - step: start
           loop: {{in: {items}, iterator: n, mode: async, max_concurrency: {concurrency},
                   continue_on_error: {str(tolerate).lower()}}}
           tool: {{kind: python, code: x}}
           retry: {{max_attempts: 2, delay: 1}}
-    """))
+    """)
+    )
 
     def tool(command: CommandIssued) -> tuple[str, Any]:
         n = command.context["locals"]["n"]
@@ -515,7 +603,8 @@ def test_random_loops_terminate_and_replay(failures: list[bool], concurrency: in
 def test_restart_reuses_everything_before_the_failed_step() -> None:
     from noetl.engine.restart import default_restart_step, restart_snapshot
 
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           vars: {seen: "{{ result.step }}"}
@@ -525,15 +614,24 @@ def test_restart_reuses_everything_before_the_failed_step() -> None:
           next: [end]
         - step: end
           tool: {kind: python, code: x}
-    """))
-    broken = Sim(engine, lambda c: ("error", {"message": "b broke"}) if c.step == "b"
-                 else square(c))
+    """)
+    )
+    broken = Sim(
+        engine, lambda c: ("error", {"message": "b broke"}) if c.step == "b" else square(c)
+    )
     assert broken.run().status == "failed"
     assert default_restart_step(broken.events) == "b"
     snapshot = restart_snapshot(EXECUTION_ID, broken.events, "b")
     fixed = Sim(engine, square)
-    fixed.send(StartExecution(execution_id=EXECUTION_ID + 1, dedup_id="r", path="p",
-                              restarted_from=EXECUTION_ID, restore=snapshot))
+    fixed.send(
+        StartExecution(
+            execution_id=EXECUTION_ID + 1,
+            dedup_id="r",
+            path="p",
+            restarted_from=EXECUTION_ID,
+            restore=snapshot,
+        )
+    )
     while fixed.state.running and fixed.step_once():
         pass
     assert fixed.state.status == "completed"
@@ -550,13 +648,15 @@ def test_restart_from_a_step_that_never_ran_is_refused() -> None:
     from noetl.engine.restart import restart_snapshot
     from noetl.errors import NoetlError
 
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           next: [b]
         - step: b
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("error", {"message": "x"}))
     sim.run()
     with pytest.raises(NoetlError, match="step `b` did not run"):
@@ -598,6 +698,7 @@ def weather(result: dict[str, Any] | None) -> Any:
         if command.step != "start":
             return "ok", {"step": command.step, "edge": command.edge_args}
         return ("ok", result) if result is not None else ("error", {"message": "down"})
+
     return tool
 
 
@@ -632,7 +733,8 @@ def test_case_call_error_rule_handles_the_failure() -> None:
 
 
 def test_case_without_error_rule_fails_the_execution() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           case:
@@ -640,12 +742,14 @@ def test_case_without_error_rule_fails_the_execution() -> None:
               then: {next: [b]}
         - step: b
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
     assert Sim(engine, weather(None)).run().status == "failed"
 
 
 def test_case_retry_with_new_params_and_collect() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: http, url: "http://api/items", params: {page: 1}}
           case:
@@ -659,7 +763,8 @@ def test_case_retry_with_new_params_and_collect() -> None:
                 next: [done]
         - step: done
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
 
     def api(command: CommandIssued) -> tuple[str, Any]:
         if command.step == "done":
@@ -672,12 +777,16 @@ def test_case_retry_with_new_params_and_collect() -> None:
     assert state.status == "completed"
     assert state.variables["pages"] == [1, 10, 2, 20, 3, 30]
     assert [c.overrides for c in sim.issued if c.step == "start"] == [
-        {}, {"params": {"page": 2}}, {"params": {"page": 3}}]
+        {},
+        {"params": {"page": 2}},
+        {"params": {"page": 3}},
+    ]
     assert_replays(sim)
 
 
 def test_case_sink_runs_before_the_rule_routes() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           tool: {kind: python, code: x}
           case:
@@ -687,7 +796,8 @@ def test_case_sink_runs_before_the_rule_routes() -> None:
                 next: [b]
         - step: b
           tool: {kind: python, code: x}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("ok", {"rows": 1}) if c.kind == "sink" else ("ok", {"v": 1}))
     state = sim.run()
     assert state.status == "completed"
@@ -699,20 +809,29 @@ def test_case_sink_runs_before_the_rule_routes() -> None:
 
 
 def test_per_item_sink_travels_with_each_item_and_rows_add_up() -> None:
-    engine = engine_of(playbook("""
+    engine = engine_of(
+        playbook("""
         - step: start
           loop: {in: [1, 2, 3], iterator: n, mode: async}
           tool: {kind: python, code: x}
           sink: {per_item: true, tool: {kind: event_log}}
-    """))
+    """)
+    )
     sim = Sim(engine, lambda c: ("ok", 1))
     sim.start()
     while sim.inbox:
         command = sim.inbox.pop(0)
         assert command.sink == {"per_item": True, "tool": {"kind": "event_log"}}
-        sim.send(CommandCompleted(execution_id=EXECUTION_ID, dedup_id=command.command_id,
-                                  command_id=command.command_id, step=command.step,
-                                  result=1, meta={"sink": {"rows": 1}}))
+        sim.send(
+            CommandCompleted(
+                execution_id=EXECUTION_ID,
+                dedup_id=command.command_id,
+                command_id=command.command_id,
+                step=command.step,
+                result=1,
+                meta={"sink": {"rows": 1}},
+            )
+        )
     assert sim.state.status == "completed"
     assert all(c.kind != "sink" for c in sim.issued)
     completed = next(e for e in sim.events if e.type == "step.completed")
@@ -720,8 +839,14 @@ def test_per_item_sink_travels_with_each_item_and_rows_add_up() -> None:
 
 
 def test_retries_apply_to_each_page() -> None:
-    engine = engine_of(playbook(PAGED.replace("MAX", "10").replace(
-        "    - step: start\n", "    - step: start\n      retry: {max_attempts: 2, delay: 1}\n")))
+    engine = engine_of(
+        playbook(
+            PAGED.replace("MAX", "10").replace(
+                "    - step: start\n",
+                "    - step: start\n      retry: {max_attempts: 2, delay: 1}\n",
+            )
+        )
+    )
     flaky = pages(3)
 
     def tool(command: CommandIssued) -> tuple[str, Any]:

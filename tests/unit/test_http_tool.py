@@ -38,8 +38,7 @@ CREDENTIALS: dict[str, Mapping[str, Any]] = {
 
 def make_ctx(timeout: float | None = 10.0, **fields: Any) -> ToolContext:
     """A context whose credential store is `CREDENTIALS`."""
-    ctx = ToolContext(execution_id=7, command_id="cmd-42", step="call", timeout=timeout,
-                      **fields)
+    ctx = ToolContext(execution_id=7, command_id="cmd-42", step="call", timeout=timeout, **fields)
 
     async def resolve(name: str) -> Mapping[str, Any]:
         if name not in CREDENTIALS:
@@ -74,6 +73,7 @@ def test_is_a_tool_plugin() -> None:
 
 # --- result ------------------------------------------------------------------------------
 
+
 async def test_json_result_shape(api: HttpApi, tool: HttpTool) -> None:
     result = await call(tool, url=f"{api.url}/json")
     assert result["id"] == "cmd-42"
@@ -93,8 +93,7 @@ async def test_text_body_and_endpoint_alias(api: HttpApi, tool: HttpTool) -> Non
 async def test_paged_items(api: HttpApi, tool: HttpTool) -> None:
     last = await call(tool, url=f"{api.url}/items", params={"page": 4, "size": 10})
     assert [item["id"] for item in last["data"]["data"]] == list(range(30, ITEM_COUNT))
-    assert last["data"]["paging"] == {"page": 4, "size": 10, "total": ITEM_COUNT,
-                                      "hasMore": False}
+    assert last["data"]["paging"] == {"page": 4, "size": 10, "total": ITEM_COUNT, "hasMore": False}
 
 
 async def test_one_session_per_tool(api: HttpApi) -> None:
@@ -113,10 +112,14 @@ async def test_one_session_per_tool(api: HttpApi) -> None:
 
 # --- request -----------------------------------------------------------------------------
 
+
 async def test_default_get_with_params_and_headers(api: HttpApi, tool: HttpTool) -> None:
-    result = await call(tool, url=f"{api.url}/echo",
-                        params={"q": "x y", "n": 3, "flag": True, "many": [1, 2], "none": None},
-                        headers={"X-Custom": "yes", "X-Number": 5})
+    result = await call(
+        tool,
+        url=f"{api.url}/echo",
+        params={"q": "x y", "n": 3, "flag": True, "many": [1, 2], "none": None},
+        headers={"X-Custom": "yes", "X-Number": 5},
+    )
     echo = result["data"]
     assert echo["method"] == "GET"
     assert echo["query"] == {"q": ["x y"], "n": ["3"], "flag": ["true"], "many": ["1", "2"]}
@@ -127,10 +130,8 @@ async def test_default_get_with_params_and_headers(api: HttpApi, tool: HttpTool)
 async def test_idempotency_key(api: HttpApi, tool: HttpTool) -> None:
     echo = (await call(tool, url=f"{api.url}/echo"))["data"]
     assert echo["headers"]["Idempotency-Key"] == "cmd-42"
-    echo = (await call(tool, url=f"{api.url}/echo",
-                       headers={"idempotency-key": "mine"}))["data"]
-    keys = [value for name, value in echo["headers"].items()
-            if name.lower() == "idempotency-key"]
+    echo = (await call(tool, url=f"{api.url}/echo", headers={"idempotency-key": "mine"}))["data"]
+    keys = [value for name, value in echo["headers"].items() if name.lower() == "idempotency-key"]
     assert keys == ["mine"]
 
 
@@ -143,19 +144,28 @@ async def test_json_body_and_payload_alias(api: HttpApi, tool: HttpTool) -> None
 
 
 async def test_raw_body_and_form_data(api: HttpApi, tool: HttpTool) -> None:
-    echo = (await call(tool, method="PUT", url=f"{api.url}/echo", body="raw text",
-                       headers={"Content-Type": "text/plain"}))["data"]
+    echo = (
+        await call(
+            tool,
+            method="PUT",
+            url=f"{api.url}/echo",
+            body="raw text",
+            headers={"Content-Type": "text/plain"},
+        )
+    )["data"]
     assert (echo["method"], echo["body"]) == ("PUT", "raw text")
     echo = (await call(tool, method="POST", url=f"{api.url}/echo", body=b"bytes"))["data"]
     assert echo["body"] == "bytes"
-    echo = (await call(tool, method="POST", url=f"{api.url}/echo",
-                       data={"name": "x", "n": 2}))["data"]
+    echo = (await call(tool, method="POST", url=f"{api.url}/echo", data={"name": "x", "n": 2}))[
+        "data"
+    ]
     assert echo["form"] == {"name": "x", "n": "2"}
 
 
 async def test_args_are_not_sent(api: HttpApi, tool: HttpTool) -> None:
-    result = await tool.run(make_ctx(), {"url": f"{api.url}/echo", "method": "POST",
-                                         "args": {"secret_arg": "value"}})
+    result = await tool.run(
+        make_ctx(), {"url": f"{api.url}/echo", "method": "POST", "args": {"secret_arg": "value"}}
+    )
     assert result["data"]["body"] == ""
     assert result["data"]["query"] == {}
 
@@ -180,6 +190,7 @@ async def test_invalid_specs(api: HttpApi, tool: HttpTool) -> None:
 
 # --- status codes ------------------------------------------------------------------------
 
+
 async def test_error_status_fails_with_details(api: HttpApi, tool: HttpTool) -> None:
     with pytest.raises(ToolError) as info:
         await call(tool, url=f"{api.url}/status/404?body=gone")
@@ -199,7 +210,10 @@ async def test_error_body_is_cut_at_500_chars(api: HttpApi, tool: HttpTool) -> N
 async def test_allow_status(api: HttpApi, tool: HttpTool) -> None:
     result = await call(tool, url=f"{api.url}/status/404", allow_status=[404])
     assert (result["status"], result["status_code"], result["data"]) == (
-        "success", 404, "status 404")
+        "success",
+        404,
+        "status 404",
+    )
 
 
 async def test_retry_after_seconds_and_date(api: HttpApi, tool: HttpTool) -> None:
@@ -221,6 +235,7 @@ async def test_retry_after_seconds_and_date(api: HttpApi, tool: HttpTool) -> Non
 
 
 # --- timeouts, connections, TLS ----------------------------------------------------------
+
 
 async def test_timeout_field(api: HttpApi, tool: HttpTool) -> None:
     started = time.monotonic()
@@ -255,11 +270,13 @@ async def test_verify_ssl(tool: HttpTool) -> None:
 
 # --- redirects and size ------------------------------------------------------------------
 
+
 async def test_follow_redirects(api: HttpApi, tool: HttpTool) -> None:
     result = await call(tool, url=f"{api.url}/redirect", params={"to": "/text"})
     assert (result["status_code"], result["url"]) == (200, f"{api.url}/text")
-    result = await call(tool, url=f"{api.url}/redirect", params={"to": "/text"},
-                        follow_redirects=False)
+    result = await call(
+        tool, url=f"{api.url}/redirect", params={"to": "/text"}, follow_redirects=False
+    )
     assert result["status_code"] == 302
     assert result["headers"]["Location"] == "/text"
 
@@ -282,19 +299,23 @@ async def test_default_cap_is_64_mib(api: HttpApi, tool: HttpTool) -> None:
 
 # --- auth --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("path", "auth", "secret"), [
-    ("bearer", "api_bearer", TOKEN),
-    ("bearer", {"type": "bearer", "credential": "api_bearer"}, TOKEN),
-    ("bearer", "untyped_token", TOKEN),
-    ("bearer", {"type": "bearer", "credential": "generic"}, TOKEN),
-    ("bearer", {"type": "bearer", "token": TOKEN}, TOKEN),
-    ("basic", "api_basic", PASSWORD),
-    ("basic", {"type": "basic", "credential": "api_basic"}, PASSWORD),
-    ("basic", {"type": "basic", "username": USERNAME, "password": PASSWORD}, PASSWORD),
-    ("header", "api_header", API_KEY),
-    ("header", {"type": "header", "credential": "api_header"}, API_KEY),
-    ("header", {"type": "header", "name": API_KEY_HEADER, "value": API_KEY}, API_KEY),
-])
+
+@pytest.mark.parametrize(
+    ("path", "auth", "secret"),
+    [
+        ("bearer", "api_bearer", TOKEN),
+        ("bearer", {"type": "bearer", "credential": "api_bearer"}, TOKEN),
+        ("bearer", "untyped_token", TOKEN),
+        ("bearer", {"type": "bearer", "credential": "generic"}, TOKEN),
+        ("bearer", {"type": "bearer", "token": TOKEN}, TOKEN),
+        ("basic", "api_basic", PASSWORD),
+        ("basic", {"type": "basic", "credential": "api_basic"}, PASSWORD),
+        ("basic", {"type": "basic", "username": USERNAME, "password": PASSWORD}, PASSWORD),
+        ("header", "api_header", API_KEY),
+        ("header", {"type": "header", "credential": "api_header"}, API_KEY),
+        ("header", {"type": "header", "name": API_KEY_HEADER, "value": API_KEY}, API_KEY),
+    ],
+)
 async def test_auth(api: HttpApi, tool: HttpTool, path: str, auth: Any, secret: str) -> None:
     ctx = make_ctx()
     result = await call(tool, ctx, url=f"{api.url}/auth/{path}", auth=auth)
@@ -323,8 +344,12 @@ async def test_wrong_credentials_fail_with_401(api: HttpApi, tool: HttpTool) -> 
 async def test_secrets_never_reach_the_error(api: HttpApi, tool: HttpTool) -> None:
     # The server echoes the token back in its error body.
     with pytest.raises(ToolError) as info:
-        await call(tool, url=f"{api.url}/status/401", params={"body": f"bad token {TOKEN}"},
-                   auth="api_bearer")
+        await call(
+            tool,
+            url=f"{api.url}/status/401",
+            params={"body": f"bad token {TOKEN}"},
+            auth="api_bearer",
+        )
     assert TOKEN not in str(info.value)
     assert TOKEN not in repr(info.value.details)
     assert info.value.details["body"] == "bad token ***"
@@ -343,6 +368,7 @@ async def test_auth_problems(api: HttpApi, tool: HttpTool) -> None:
 
 
 # --- cancellation ------------------------------------------------------------------------
+
 
 async def test_cancellation_stops_the_request(api: HttpApi, tool: HttpTool) -> None:
     ctx = make_ctx()

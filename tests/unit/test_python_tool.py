@@ -37,7 +37,8 @@ def worker_pids() -> set[int]:
     for child in psutil.Process().children(recursive=True):
         try:
             if child.status() != psutil.STATUS_ZOMBIE and "python_worker" in " ".join(
-                    child.cmdline()):
+                child.cmdline()
+            ):
                 pids.add(child.pid)
         except psutil.NoSuchProcess:
             continue
@@ -61,10 +62,13 @@ async def tool() -> AsyncIterator[PythonTool]:
 
 # --- what the code means -------------------------------------------------------------------
 
+
 async def test_result_variable_and_args(tool: PythonTool) -> None:
     code = 'result = {"double": n * 2, "name": user["name"]}'
     assert await run(tool, code, args={"n": 21, "user": {"name": "ann"}}) == {
-        "double": 42, "name": "ann"}
+        "double": 42,
+        "name": "ann",
+    }
 
 
 async def test_no_result_is_none(tool: PythonTool) -> None:
@@ -73,7 +77,9 @@ async def test_no_result_is_none(tool: PythonTool) -> None:
 
 async def test_input_data_holds_all_args(tool: PythonTool) -> None:
     assert await run(tool, "result = sorted(input_data.items())", args={"b": 2, "a": 1}) == [
-        ["a", 1], ["b", 2]]
+        ["a", 1],
+        ["b", 2],
+    ]
 
 
 async def test_main_gets_matching_args(tool: PythonTool) -> None:
@@ -135,8 +141,9 @@ async def test_working_directory_and_argv_do_not_leak(tool: PythonTool, tmp_path
 
 async def test_large_args_and_results_cross_the_boundary(tool: PythonTool) -> None:
     rows = [{"id": i, "name": f"user {i}", "score": i / 3} for i in range(100_000)]
-    result = await run(tool, "result = [dict(r, double=r['id'] * 2) for r in rows]",
-                       args={"rows": rows})
+    result = await run(
+        tool, "result = [dict(r, double=r['id'] * 2) for r in rows]", args={"rows": rows}
+    )
     assert len(result) == len(rows)
     assert result[-1] == {**rows[-1], "double": 199_998}
 
@@ -174,6 +181,7 @@ async def test_worker_that_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None
 
 # --- results are JSON-like -----------------------------------------------------------------
 
+
 async def test_result_is_converted_to_json_like_values(tool: PythonTool) -> None:
     code = """
 import datetime, decimal, uuid, dataclasses
@@ -206,9 +214,17 @@ result = {
 }
 """
     assert await run(tool, code) == {
-        "when": "2024-05-01T12:30:00", "day": "2024-05-01", "price": 12.5, "tags": ["b"],
-        "id": "00000000-0000-0000-0000-000000000001", "point": {"x": 1, "y": 2},
-        "pair": [1, 2], "vector": [1, 2], "opaque": "opaque!", "7": "int key", "big": 2 ** 70,
+        "when": "2024-05-01T12:30:00",
+        "day": "2024-05-01",
+        "price": 12.5,
+        "tags": ["b"],
+        "id": "00000000-0000-0000-0000-000000000001",
+        "point": {"x": 1, "y": 2},
+        "pair": [1, 2],
+        "vector": [1, 2],
+        "opaque": "opaque!",
+        "7": "int key",
+        "big": 2**70,
     }
 
 
@@ -218,6 +234,7 @@ async def test_unconvertible_result_fails_clearly(tool: PythonTool) -> None:
 
 
 # --- printed output ------------------------------------------------------------------------
+
 
 async def test_output_is_recorded() -> None:
     tool = PythonTool(workers=1)
@@ -251,6 +268,7 @@ async def test_output_is_recorded_when_the_code_fails(tool: PythonTool) -> None:
 
 # --- errors --------------------------------------------------------------------------------
 
+
 async def test_exception_has_type_message_and_traceback(tool: PythonTool) -> None:
     code = "def helper(x):\n    return x['missing']\n\n\nresult = helper({})\n"
     with pytest.raises(ToolError) as info:
@@ -262,7 +280,7 @@ async def test_exception_has_type_message_and_traceback(tool: PythonTool) -> Non
     traceback = error.details["traceback"]
     assert traceback.startswith("Traceback (most recent call last):\n")
     assert 'File "<step code>", line 5, in <module>\n    result = helper({})' in traceback
-    assert 'File "<step code>", line 2, in helper\n    return x[\'missing\']' in traceback
+    assert "File \"<step code>\", line 2, in helper\n    return x['missing']" in traceback
     assert "python_worker" not in traceback
 
 
@@ -292,6 +310,7 @@ async def test_sys_exit_fails_the_step_but_not_the_worker(tool: PythonTool) -> N
 
 # --- the worker processes ------------------------------------------------------------------
 
+
 async def test_timeout_kills_a_busy_worker_and_the_pool_recovers() -> None:
     tool = PythonTool(workers=1)
     try:
@@ -313,10 +332,12 @@ async def test_timeout_also_kills_processes_the_code_started(tmp_path: Path) -> 
     tool = PythonTool(workers=1)
     pid_file = tmp_path / "child.pid"
     try:
-        code = ("import pathlib, subprocess, sys\n"
-                "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-                "pathlib.Path(pid_file).write_text(str(child.pid))\n"
-                "child.wait()")
+        code = (
+            "import pathlib, subprocess, sys\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "pathlib.Path(pid_file).write_text(str(child.pid))\n"
+            "child.wait()"
+        )
         with pytest.raises(ToolTimeout):
             await run(tool, code, make_ctx(timeout=1.0), args={"pid_file": str(pid_file)})
         child = int(pid_file.read_text())
@@ -423,8 +444,8 @@ async def test_calls_run_in_parallel_up_to_the_worker_count() -> None:
         await asyncio.gather(*(run(tool, "import time\ntime.sleep(0.05)") for _ in range(n)))
         started = time.monotonic()
         pids = await asyncio.gather(
-            *(run(tool, "import os, time\ntime.sleep(0.3)\nresult = os.getpid()")
-              for _ in range(n)))
+            *(run(tool, "import os, time\ntime.sleep(0.3)\nresult = os.getpid()") for _ in range(n))
+        )
         assert time.monotonic() - started < 0.6  # serially it would take 1.2 s
         assert len(set(pids)) == n
     finally:

@@ -84,8 +84,13 @@ def test_special_characters_in_secrets_are_literal() -> None:
 
 
 def test_secret_values_skip_public_fields() -> None:
-    data = {"host": "db.example.com", "port": 5432, "user": "etl", "database": "warehouse",
-            "password": "s3cr3t-pw"}
+    data = {
+        "host": "db.example.com",
+        "port": 5432,
+        "user": "etl",
+        "database": "warehouse",
+        "password": "s3cr3t-pw",
+    }
     values = secret_values(data)
     assert "s3cr3t-pw" in values
     assert not values & {"db.example.com", "5432", "etl", "warehouse"}
@@ -107,14 +112,29 @@ def test_secret_values_find_passwords_in_dsns_and_urls() -> None:
 
 def test_secret_values_of_header_aws_and_nested_service_account() -> None:
     assert secret_values({"name": "Authorization", "value": "Bearer tok-123"}) == {
-        "Bearer tok-123", "tok-123"}
-    aws = secret_values({"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": "wJalr",
-                         "region": "us-east-1", "endpoint_url": "http://localhost:5000"})
+        "Bearer tok-123",
+        "tok-123",
+    }
+    aws = secret_values(
+        {
+            "aws_access_key_id": "AKIAEXAMPLE",
+            "aws_secret_access_key": "wJalr",
+            "region": "us-east-1",
+            "endpoint_url": "http://localhost:5000",
+        }
+    )
     assert aws == {"AKIAEXAMPLE", "wJalr"}
-    gcs = secret_values({"service_account": {
-        "type": "service_account", "project_id": "p", "private_key": "-----BEGIN KEY-----",
-        "client_email": "sa@p.iam.gserviceaccount.com",
-        "token_uri": "https://oauth2.googleapis.com/token"}})
+    gcs = secret_values(
+        {
+            "service_account": {
+                "type": "service_account",
+                "project_id": "p",
+                "private_key": "-----BEGIN KEY-----",
+                "client_email": "sa@p.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        }
+    )
     assert gcs == {"-----BEGIN KEY-----"}
     assert secret_values({"pin": 123456, "retries": 3, "flag": True}) == {"123456"}
 
@@ -122,21 +142,35 @@ def test_secret_values_of_header_aws_and_nested_service_account() -> None:
 def test_mask_dsn() -> None:
     assert mask_dsn("postgresql://etl:hunter2@db:5432/w") == "postgresql://etl:***@db:5432/w"
     assert mask_dsn("postgres://etl:p@ss@db/w?sslmode=require") == (
-        "postgres://etl:***@db/w?sslmode=require")
+        "postgres://etl:***@db/w?sslmode=require"
+    )
     assert mask_dsn("postgresql://db/w?user=etl&password=hunter2") == (
-        "postgresql://db/w?user=etl&password=***")
+        "postgresql://db/w?user=etl&password=***"
+    )
     assert mask_dsn("host=db password='a b' dbname=w") == "host=db password=*** dbname=w"
     for unchanged in ("postgresql://etl@db:5432/w", "postgresql://db:5432/w", "host=db"):
         assert mask_dsn(unchanged) == unchanged
 
 
 def test_redact_shows_public_fields_only() -> None:
-    shown = redact({"dsn": "postgresql://u:pw12@h/db", "password": "x", "port": 5432,
-                    "url": "https://a:bbbb@x.com/", "extra": {"client_email": "e", "t": 1},
-                    "enabled": True})
-    assert shown == {"dsn": "postgresql://u:***@h/db", "password": MASK, "port": 5432,
-                     "url": "https://a:***@x.com/", "extra": {"client_email": "e", "t": MASK},
-                     "enabled": True}
+    shown = redact(
+        {
+            "dsn": "postgresql://u:pw12@h/db",
+            "password": "x",
+            "port": 5432,
+            "url": "https://a:bbbb@x.com/",
+            "extra": {"client_email": "e", "t": 1},
+            "enabled": True,
+        }
+    )
+    assert shown == {
+        "dsn": "postgresql://u:***@h/db",
+        "password": MASK,
+        "port": 5432,
+        "url": "https://a:***@x.com/",
+        "extra": {"client_email": "e", "t": MASK},
+        "enabled": True,
+    }
 
 
 # -- {{ secret.NAME }} --------------------------------------------------------------------------
@@ -155,10 +189,15 @@ def test_secret_names_in_walks_values_and_reads_both_forms() -> None:
     assert secret_names_in(42) == set()
 
 
-@pytest.mark.parametrize("template", [
-    "{{ secret[name] }}", "{{ secret | tojson }}", "{{ secret.a }}{{ secret }}",
-    "{% for k in secret %}{% endfor %}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ secret[name] }}",
+        "{{ secret | tojson }}",
+        "{{ secret.a }}{{ secret }}",
+        "{% for k in secret %}{% endfor %}",
+    ],
+)
 def test_secret_names_in_refuses_dynamic_use(template: str) -> None:
     with pytest.raises(RenderError, match="literal name"):
         secret_names_in(template)
@@ -190,16 +229,20 @@ async def test_resolve_secrets_from_the_environment() -> None:
 
 def test_postgres_credentials_validate_and_normalise() -> None:
     assert validate_credential("Postgres", {"dsn": "postgresql://u:p@h/d"}) == (
-        "postgres", {"dsn": "postgresql://u:p@h/d"})
-    kind, data = validate_credential("postgres", {"host": "h", "port": "5433", "user": "u",
-                                                  "password": "p", "database": "d"})
+        "postgres",
+        {"dsn": "postgresql://u:p@h/d"},
+    )
+    kind, data = validate_credential(
+        "postgres", {"host": "h", "port": "5433", "user": "u", "password": "p", "database": "d"}
+    )
     assert kind == "postgres" and data["port"] == 5433
     with pytest.raises(ConfigError, match=r"either `dsn` or `host` and `password`, not both"):
         validate_credential("postgres", {"dsn": "postgresql://h/d", "host": "h", "password": "p"})
     assert validate_credential("postgres", {"dsn": "postgresql://h/d", "sslmode": "require"})
     with pytest.raises(ConfigError) as info:
-        validate_credential("postgres", {"host": "h", "username": "u", "dbname": "d",
-                                         "port": 70000})
+        validate_credential(
+            "postgres", {"host": "h", "username": "u", "dbname": "d", "port": 70000}
+        )
     message = str(info.value)
     assert "`username` (did you mean `user`?)" in message
     assert "`dbname` (did you mean `database`?)" in message
@@ -207,20 +250,23 @@ def test_postgres_credentials_validate_and_normalise() -> None:
     assert "needs `dsn` or `host`, `user` and `database`" in message
 
 
-@pytest.mark.parametrize(("kind", "data"), [
-    ("snowflake", {"account": "a", "user": "u", "password": "p", "warehouse": "w"}),
-    ("snowflake", {"account": "a", "user": "u", "private_key": "-----BEGIN"}),
-    ("bearer", {"token": "t"}),
-    ("basic", {"username": "u", "password": "p"}),
-    ("header", {"name": "X-Api-Key", "value": "v"}),
-    ("header", {"headers": {"X-A": "1", "X-B": "2"}}),
-    ("http", {"token": "t"}),
-    ("aws", {"aws_access_key_id": "i", "aws_secret_access_key": "s", "region": "eu-west-1"}),
-    ("gcs", {"service_account": '{"type": "service_account", "private_key": "k"}'}),
-    ("gcs", {"endpoint_url": "http://localhost:9023"}),
-    ("secret", {"value": "v"}),
-    ("my-vault", {"anything": [1, 2], "goes": {"here": True}}),
-])
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [
+        ("snowflake", {"account": "a", "user": "u", "password": "p", "warehouse": "w"}),
+        ("snowflake", {"account": "a", "user": "u", "private_key": "-----BEGIN"}),
+        ("bearer", {"token": "t"}),
+        ("basic", {"username": "u", "password": "p"}),
+        ("header", {"name": "X-Api-Key", "value": "v"}),
+        ("header", {"headers": {"X-A": "1", "X-B": "2"}}),
+        ("http", {"token": "t"}),
+        ("aws", {"aws_access_key_id": "i", "aws_secret_access_key": "s", "region": "eu-west-1"}),
+        ("gcs", {"service_account": '{"type": "service_account", "private_key": "k"}'}),
+        ("gcs", {"endpoint_url": "http://localhost:9023"}),
+        ("secret", {"value": "v"}),
+        ("my-vault", {"anything": [1, 2], "goes": {"here": True}}),
+    ],
+)
 def test_known_and_free_form_types_accept_valid_data(kind: str, data: dict[str, object]) -> None:
     validated_kind, validated = validate_credential(kind, data)
     assert validated_kind == kind and validated.keys() == data.keys()
@@ -228,17 +274,24 @@ def test_known_and_free_form_types_accept_valid_data(kind: str, data: dict[str, 
         assert validated["service_account"]["private_key"] == "k"
 
 
-@pytest.mark.parametrize(("kind", "data", "message"), [
-    ("snowflake", {"account": "a", "user": "u"}, "needs `account`, `user` and `password`"),
-    ("bearer", {"token": 42}, "`token` must be a string, got a number"),
-    ("basic", {"user": "u", "password": "p"}, "did you mean `username`"),
-    ("header", {"headers": {"X": 1}}, "values must be strings"),
-    ("aws", {"aws_access_key_id": "i"}, "needs `aws_access_key_id` and `aws_secret_access_key`"),
-    ("gcs", {"service_account": "not json"}, "must be a JSON object"),
-    ("postgres", [], "must be a JSON object"),
-    ("anything", {}, "is empty"),
-    ("Not A Type!", {"a": 1}, "invalid credential type"),
-])
+@pytest.mark.parametrize(
+    ("kind", "data", "message"),
+    [
+        ("snowflake", {"account": "a", "user": "u"}, "needs `account`, `user` and `password`"),
+        ("bearer", {"token": 42}, "`token` must be a string, got a number"),
+        ("basic", {"user": "u", "password": "p"}, "did you mean `username`"),
+        ("header", {"headers": {"X": 1}}, "values must be strings"),
+        (
+            "aws",
+            {"aws_access_key_id": "i"},
+            "needs `aws_access_key_id` and `aws_secret_access_key`",
+        ),
+        ("gcs", {"service_account": "not json"}, "must be a JSON object"),
+        ("postgres", [], "must be a JSON object"),
+        ("anything", {}, "is empty"),
+        ("Not A Type!", {"a": 1}, "invalid credential type"),
+    ],
+)
 def test_invalid_credential_data_is_explained(kind: str, data: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_credential(kind, data)
@@ -254,8 +307,7 @@ def test_names_and_references() -> None:
     assert parse_auth({"key": "pg"}) == ("pg", None)
     with pytest.raises(ConfigError, match="`auth` must be"):
         parse_auth({"type": "postgres"})
-    assert parse_bindings({"src": {"key": "pg_a"}, "dst": "pg_b"}) == {"src": "pg_a",
-                                                                        "dst": "pg_b"}
+    assert parse_bindings({"src": {"key": "pg_a"}, "dst": "pg_b"}) == {"src": "pg_a", "dst": "pg_b"}
     with pytest.raises(ConfigError, match=r"credentials\.src"):
         parse_bindings({"src": {"name": "x"}})
 
@@ -293,8 +345,11 @@ def test_wrong_key_wrong_aad_and_tampering_are_detected() -> None:
 
 def test_key_forms() -> None:
     raw = os.urandom(32)
-    for text in (base64.urlsafe_b64encode(raw).decode(), base64.b64encode(raw).decode(),
-                 base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n"):
+    for text in (
+        base64.urlsafe_b64encode(raw).decode(),
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("=") + "\n",
+    ):
         assert crypto.parse_key(text) == raw
     phrase = crypto.parse_key("correct horse battery staple")
     assert len(phrase) == 32 and phrase == crypto.parse_key("correct horse battery staple")
@@ -327,8 +382,9 @@ def test_key_file_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
 def test_concurrent_first_use_agrees_on_one_key(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     keys: list[bytes] = []
-    threads = [threading.Thread(target=lambda: keys.append(crypto.load_key(settings)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: keys.append(crypto.load_key(settings))) for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -55,8 +55,11 @@ from plugins.sql import (
 )
 
 
-def make_ctx(credentials: Mapping[str, Mapping[str, Any]] | None = None,
-             timeout: float | None = 10.0, **kwargs: Any) -> ToolContext:
+def make_ctx(
+    credentials: Mapping[str, Mapping[str, Any]] | None = None,
+    timeout: float | None = 10.0,
+    **kwargs: Any,
+) -> ToolContext:
     """A context whose credential store is `credentials`."""
     store = dict(credentials or {})
 
@@ -65,8 +68,14 @@ def make_ctx(credentials: Mapping[str, Mapping[str, Any]] | None = None,
             raise ToolError(f"no credential {name!r}")
         return store[name]
 
-    return ToolContext(execution_id=1, command_id="cmd-1", step="step", timeout=timeout,
-                       credentials=lookup, **kwargs)
+    return ToolContext(
+        execution_id=1,
+        command_id="cmd-1",
+        step="step",
+        timeout=timeout,
+        credentials=lookup,
+        **kwargs,
+    )
 
 
 def texts(sql: str, **kwargs: Any) -> list[str]:
@@ -84,8 +93,10 @@ def test_split_plain_statements_and_drops_empty_ones() -> None:
 
 def test_split_respects_quotes_and_doubled_quotes() -> None:
     sql = "INSERT INTO t VALUES ('a;b', 'it''s; fine'); SELECT \"odd;name\" FROM \"t\"\"x\""
-    assert texts(sql) == ["INSERT INTO t VALUES ('a;b', 'it''s; fine')",
-                          'SELECT "odd;name" FROM "t""x"']
+    assert texts(sql) == [
+        "INSERT INTO t VALUES ('a;b', 'it''s; fine')",
+        'SELECT "odd;name" FROM "t""x"',
+    ]
 
 
 def test_split_backslash_escapes_only_in_e_strings_for_postgres() -> None:
@@ -98,14 +109,15 @@ def test_split_backslash_escapes_only_in_e_strings_for_postgres() -> None:
 
 def test_split_backslash_escapes_everywhere_for_snowflake() -> None:
     sql = r"INSERT INTO t VALUES ('it\'s; ok'); SELECT 1"
-    assert texts(sql, backslash_escapes=True) == [r"INSERT INTO t VALUES ('it\'s; ok')",
-                                                  "SELECT 1"]
+    assert texts(sql, backslash_escapes=True) == [r"INSERT INTO t VALUES ('it\'s; ok')", "SELECT 1"]
 
 
 def test_split_respects_dollar_quoting() -> None:
     body = "BEGIN RETURN 1; END;"
-    sql = (f"CREATE FUNCTION f() RETURNS int AS $$ {body} $$ LANGUAGE plpgsql;"
-           f"DO $body$ BEGIN PERFORM 'x;$$'; END $body$; SELECT $1, $2")
+    sql = (
+        f"CREATE FUNCTION f() RETURNS int AS $$ {body} $$ LANGUAGE plpgsql;"
+        f"DO $body$ BEGIN PERFORM 'x;$$'; END $body$; SELECT $1, $2"
+    )
     assert texts(sql) == [
         f"CREATE FUNCTION f() RETURNS int AS $$ {body} $$ LANGUAGE plpgsql",
         "DO $body$ BEGIN PERFORM 'x;$$'; END $body$",
@@ -118,10 +130,14 @@ def test_split_dollar_inside_an_identifier_opens_no_quote() -> None:
 
 
 def test_split_respects_comments_nested_and_line() -> None:
-    sql = ("SELECT 1 -- not here; nor here\n; /* outer /* inner; */ still; */ SELECT 2;"
-           "-- trailing; comment")
-    assert texts(sql) == ["SELECT 1 -- not here; nor here", "/* outer /* inner; */ still; */ "
-                          "SELECT 2"]
+    sql = (
+        "SELECT 1 -- not here; nor here\n; /* outer /* inner; */ still; */ SELECT 2;"
+        "-- trailing; comment"
+    )
+    assert texts(sql) == [
+        "SELECT 1 -- not here; nor here",
+        "/* outer /* inner; */ still; */ SELECT 2",
+    ]
 
 
 def test_split_unterminated_quote_runs_to_the_end() -> None:
@@ -134,22 +150,37 @@ def test_statement_keyword_and_placeholders() -> None:
     [a, b, c, d] = split_statements(
         "-- lead\n/* c */ insert into t values ($1, $3, '$2');"
         "(select ? , '?', ?);"
-        "select $name, $other::int, \"$x\";"
-        "with x as (select 1) select * from x")
+        'select $name, $other::int, "$x";'
+        "with x as (select 1) select * from x"
+    )
     assert (a.keyword, a.numbered, a.qmarks) == ("INSERT", 3, 0)
     assert (b.keyword, b.qmarks) == ("SELECT", 2)
     assert (c.keyword, c.named) == ("SELECT", frozenset({"name", "other"}))
     assert d.keyword == "WITH"
 
 
-_FRAGMENTS = st.sampled_from([
-    "SELECT 1", "'a;b'", "'it''s'", '"x;y"', "$$p;q$$", "$t$ r; $$ s $t$", "-- c;\n",
-    "/* d; */", "E'\\'; '", "x", "$1", "?", "(", ")", ",",
-])
+_FRAGMENTS = st.sampled_from(
+    [
+        "SELECT 1",
+        "'a;b'",
+        "'it''s'",
+        '"x;y"',
+        "$$p;q$$",
+        "$t$ r; $$ s $t$",
+        "-- c;\n",
+        "/* d; */",
+        "E'\\'; '",
+        "x",
+        "$1",
+        "?",
+        "(",
+        ")",
+        ",",
+    ]
+)
 
 
-@given(st.lists(st.lists(_FRAGMENTS, min_size=1, max_size=6).map(" ".join),
-                min_size=1, max_size=5))
+@given(st.lists(st.lists(_FRAGMENTS, min_size=1, max_size=6).map(" ".join), min_size=1, max_size=5))
 def test_split_recovers_joined_statements(parts: list[str]) -> None:
     statements = [f"SELECT {part}" for part in parts]
     # A trailing line comment would swallow the `;` that follows it: end each with a newline.
@@ -170,14 +201,18 @@ def test_statement_params_numbered_qmarks_and_named() -> None:
     assert statement_params(plain, [1], 0, "duckdb tool") == ([], 0)
 
 
-@pytest.mark.parametrize(("stmt", "params", "needle"), [
-    (Statement("select $3", "SELECT", numbered=3), [1], "uses $3 but only 1"),
-    (Statement("select ?, ?", "SELECT", qmarks=2), [1], "2 `?` placeholders but only 1"),
-    (Statement("select $a", "SELECT", named=frozenset({"a"})), [1], "must be a mapping"),
-    (Statement("select ?", "SELECT", qmarks=1), {"a": 1}, "must be a list"),
-])
-def test_statement_params_mismatch_is_a_tool_error(stmt: Statement, params: Any,
-                                                   needle: str) -> None:
+@pytest.mark.parametrize(
+    ("stmt", "params", "needle"),
+    [
+        (Statement("select $3", "SELECT", numbered=3), [1], "uses $3 but only 1"),
+        (Statement("select ?, ?", "SELECT", qmarks=2), [1], "2 `?` placeholders but only 1"),
+        (Statement("select $a", "SELECT", named=frozenset({"a"})), [1], "must be a mapping"),
+        (Statement("select ?", "SELECT", qmarks=1), {"a": 1}, "must be a list"),
+    ],
+)
+def test_statement_params_mismatch_is_a_tool_error(
+    stmt: Statement, params: Any, needle: str
+) -> None:
     with pytest.raises(ToolError, match="duckdb tool") as err:
         statement_params(stmt, params, 0, "duckdb tool")
     assert needle in str(err.value)
@@ -197,8 +232,10 @@ async def test_sql_text_priority_and_aliases() -> None:
     encoded = base64.b64encode(b"SELECT 2").decode()
     assert await sql_text(ctx, {"query": "SELECT 1"}, "postgres tool") == "SELECT 1"
     assert await sql_text(ctx, {"command": "SELECT 3"}, "postgres tool") == "SELECT 3"
-    assert await sql_text(ctx, {"query": "SELECT 1", "query_b64": encoded},
-                          "postgres tool") == "SELECT 2"
+    assert (
+        await sql_text(ctx, {"query": "SELECT 1", "query_b64": encoded}, "postgres tool")
+        == "SELECT 2"
+    )
     assert await sql_text(ctx, {"command_b64": encoded}, "postgres tool") == "SELECT 2"
     with pytest.raises(ToolError, match="postgres tool: `query`"):
         await sql_text(ctx, {"query": "  "}, "postgres tool")
@@ -210,14 +247,25 @@ async def test_sql_text_priority_and_aliases() -> None:
 def test_json_safe_converts_every_driver_type() -> None:
     ident = uuid.uuid4()
     value = {
-        "int": decimal.Decimal("3.00"), "frac": decimal.Decimal("1.25"),
-        "nan": decimal.Decimal("NaN"), "date": dt.date(2024, 1, 2),
-        "ts": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "time": dt.time(12, 30),
-        "interval": dt.timedelta(days=1, seconds=1.5), "uuid": ident, "bytes": b"\xde\xad",
-        "ip": ipaddress.ip_address("10.0.0.1"), "tuple": (1, decimal.Decimal("2")),
-        "set": frozenset({1}), "nested": {1: [dt.date(2024, 1, 1)]},
-        "range": asyncpg.Range(1, 5), "bits": asyncpg.BitString.from_int(5, 3), "none": None,
-        "bool": True, "float": 1.5, "text": "x",
+        "int": decimal.Decimal("3.00"),
+        "frac": decimal.Decimal("1.25"),
+        "nan": decimal.Decimal("NaN"),
+        "date": dt.date(2024, 1, 2),
+        "ts": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "time": dt.time(12, 30),
+        "interval": dt.timedelta(days=1, seconds=1.5),
+        "uuid": ident,
+        "bytes": b"\xde\xad",
+        "ip": ipaddress.ip_address("10.0.0.1"),
+        "tuple": (1, decimal.Decimal("2")),
+        "set": frozenset({1}),
+        "nested": {1: [dt.date(2024, 1, 1)]},
+        "range": asyncpg.Range(1, 5),
+        "bits": asyncpg.BitString.from_int(5, 3),
+        "none": None,
+        "bool": True,
+        "float": 1.5,
+        "text": "x",
     }
     safe = json_safe(value)
     assert safe["int"] == 3 and isinstance(safe["int"], int)
@@ -233,8 +281,13 @@ def test_json_safe_converts_every_driver_type() -> None:
     assert safe["tuple"] == [1, 2]
     assert safe["set"] == [1]
     assert safe["nested"] == {"1": ["2024-01-01"]}
-    assert safe["range"] == {"lower": 1, "upper": 5, "lower_inc": True, "upper_inc": False,
-                             "empty": False}
+    assert safe["range"] == {
+        "lower": 1,
+        "upper": 5,
+        "lower_inc": True,
+        "upper_inc": False,
+        "empty": False,
+    }
     assert safe["bits"] == "101"
     assert (safe["none"], safe["bool"], safe["float"], safe["text"]) == (None, True, 1.5, "x")
     del safe["nan"]
@@ -247,14 +300,16 @@ def test_json_safe_converts_every_driver_type() -> None:
 def test_parse_table_name_folds_bare_parts_and_keeps_quoted_ones() -> None:
     assert parse_table_name("public.Users", str.lower, "postgres sink") == ("public", "users")
     assert parse_table_name('"My Schema"."My.Table"', str.lower, "postgres sink") == (
-        "My Schema", "My.Table")
-    assert parse_table_name('db.s."q""uote"', str.upper, "snowflake sink") == (
-        "DB", "S", 'q"uote')
+        "My Schema",
+        "My.Table",
+    )
+    assert parse_table_name('db.s."q""uote"', str.upper, "snowflake sink") == ("DB", "S", 'q"uote')
     assert parse_table_name("t", str, "duckdb sink") == ("t",)
 
 
-@pytest.mark.parametrize("name", ["", "a b", "a.b.c.d", "x; drop table y", '"open', "a..b",
-                                  '"x"y', None, 3])
+@pytest.mark.parametrize(
+    "name", ["", "a b", "a.b.c.d", "x; drop table y", '"open', "a..b", '"x"y', None, 3]
+)
 def test_parse_table_name_rejects_anything_else(name: Any) -> None:
     with pytest.raises(ToolError, match="postgres sink: "):
         parse_table_name(name, str.lower, "postgres sink")
@@ -267,7 +322,9 @@ def test_quoting() -> None:
 
 def test_match_columns_exact_then_unique_case_insensitive() -> None:
     assert match_columns(["id", "EMAIL"], ["id", "email"], "t", "postgres sink") == {
-        "id": "id", "EMAIL": "email"}
+        "id": "id",
+        "EMAIL": "email",
+    }
     with pytest.raises(ToolError, match="has no column 'nope'"):
         match_columns(["nope"], ["id"], "t", "postgres sink")
     # Two columns equal ignoring case: only the exact name picks one.
@@ -298,30 +355,51 @@ async def test_resolve_auth_forms() -> None:
     pg = {"dsn": "postgresql://u:pw@h/db"}
     ctx = make_ctx({"pg_main": pg}, bindings={"src": "pg_main"})
     assert await resolve_auth(ctx, {"auth": "pg_main"}, "postgres tool") == ("pg_main", pg)
-    assert await resolve_auth(ctx, {"auth": {"type": "postgres", "credential": "pg_main"}},
-                              "postgres tool") == ("pg_main", pg)
+    assert await resolve_auth(
+        ctx, {"auth": {"type": "postgres", "credential": "pg_main"}}, "postgres tool"
+    ) == ("pg_main", pg)
     assert await resolve_auth(ctx, {"auth": "src"}, "postgres tool") == ("pg_main", pg)
     assert await resolve_auth(ctx, {"auth": {"host": "h"}}, "postgres tool") == (
-        "auth", {"host": "h"})
-    assert await resolve_auth(ctx, {"connection_string": "postgresql://h/db"},
-                              "postgres tool") == ("connection_string",
-                                                   {"dsn": "postgresql://h/db"})
+        "auth",
+        {"host": "h"},
+    )
+    assert await resolve_auth(ctx, {"connection_string": "postgresql://h/db"}, "postgres tool") == (
+        "connection_string",
+        {"dsn": "postgresql://h/db"},
+    )
     with pytest.raises(ToolError, match="postgres tool: `auth`"):
         await resolve_auth(ctx, {}, "postgres tool")
 
 
 def test_postgres_params_registers_secrets_and_never_names_them() -> None:
     ctx = make_ctx()
-    params = postgres_params(ctx, "pg", {"dsn": "postgresql://ada:s%40cret@db.example:6543/app"},
-                             "postgres tool")
+    params = postgres_params(
+        ctx, "pg", {"dsn": "postgresql://ada:s%40cret@db.example:6543/app"}, "postgres tool"
+    )
     assert params == {"dsn": "postgresql://ada:s%40cret@db.example:6543/app"}
     assert set(ctx.secrets.values()) >= {"s@cret", params["dsn"]}
     assert describe_postgres(params) == "ada@db.example:6543/app"
-    fields = postgres_params(ctx, "pg2", {"host": "h", "port": "5433", "username": "u",
-                                          "password": "pw2", "dbname": "d",
-                                          "sslmode": "require"}, "postgres tool")
-    assert fields == {"host": "h", "port": 5433, "user": "u", "password": "pw2",
-                      "database": "d", "ssl": "require"}
+    fields = postgres_params(
+        ctx,
+        "pg2",
+        {
+            "host": "h",
+            "port": "5433",
+            "username": "u",
+            "password": "pw2",
+            "dbname": "d",
+            "sslmode": "require",
+        },
+        "postgres tool",
+    )
+    assert fields == {
+        "host": "h",
+        "port": 5433,
+        "user": "u",
+        "password": "pw2",
+        "database": "d",
+        "ssl": "require",
+    }
     assert ctx.secrets["pg2.password"] == "pw2"
     assert describe_postgres(fields) == "u@h:5433/d"
     with pytest.raises(ToolError, match="needs `dsn` or `host`"):
@@ -340,22 +418,49 @@ def test_mask_dsn_and_scrub() -> None:
 
 def test_snowflake_params_with_password_and_private_key() -> None:
     ctx = make_ctx()
-    params = snowflake_params(ctx, "sf", {"account": "acme", "user": "u", "password": "pw",
-                                          "warehouse": "wh", "database": "db", "schema": "s",
-                                          "role": "r", "ignored": 1}, "snowflake tool")
-    assert params == {"account": "acme", "user": "u", "password": "pw", "warehouse": "wh",
-                      "database": "db", "schema": "s", "role": "r"}
+    params = snowflake_params(
+        ctx,
+        "sf",
+        {
+            "account": "acme",
+            "user": "u",
+            "password": "pw",
+            "warehouse": "wh",
+            "database": "db",
+            "schema": "s",
+            "role": "r",
+            "ignored": 1,
+        },
+        "snowflake tool",
+    )
+    assert params == {
+        "account": "acme",
+        "user": "u",
+        "password": "pw",
+        "warehouse": "wh",
+        "database": "db",
+        "schema": "s",
+        "role": "r",
+    }
     assert ctx.secrets["sf.password"] == "pw"
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.BestAvailableEncryption(b"phrase")).decode()
-    params = snowflake_params(ctx, "sk", {"account": "acme", "user": "u", "private_key": pem,
-                                          "private_key_passphrase": "phrase"}, "snowflake tool")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"phrase"),
+    ).decode()
+    params = snowflake_params(
+        ctx,
+        "sk",
+        {"account": "acme", "user": "u", "private_key": pem, "private_key_passphrase": "phrase"},
+        "snowflake tool",
+    )
     assert params["private_key"].private_numbers() == key.private_numbers()
     assert ctx.secrets["sk.private_key"] == pem
     with pytest.raises(ToolError, match="unusable `private_key`") as err:
-        snowflake_params(ctx, "bad", {"account": "a", "user": "u", "private_key": "nope"},
-                         "snowflake tool")
+        snowflake_params(
+            ctx, "bad", {"account": "a", "user": "u", "private_key": "nope"}, "snowflake tool"
+        )
     assert "nope" not in str(err.value)
     with pytest.raises(ToolError, match="needs `account` and `user`"):
         snowflake_params(ctx, "bad", {"password": "x"}, "snowflake tool")
@@ -369,15 +474,55 @@ def pg_type(name: str, kind: str = "scalar") -> Type:
 
 
 def test_coerce_params_converts_text_to_the_parameter_types() -> None:
-    types = tuple(pg_type(n) for n in ("int4", "numeric", "bool", "date", "timestamptz",
-                                       "time", "interval", "text", "bytea", "jsonb", "float8"))
+    types = tuple(
+        pg_type(n)
+        for n in (
+            "int4",
+            "numeric",
+            "bool",
+            "date",
+            "timestamptz",
+            "time",
+            "interval",
+            "text",
+            "bytea",
+            "jsonb",
+            "float8",
+        )
+    )
     args = coerce_params(
         (*types, pg_type("_int4", "array")),
-        ["42", "1.5", "yes", "2024-01-02", "2024-01-02T03:04:05Z", "12:30", 90, 7,
-         base64.b64encode(b"ab").decode(), '{"a": 1}', "2.5", "[1, 2]"], 0, 1)
-    assert args == [42, decimal.Decimal("1.5"), True, dt.date(2024, 1, 2),
-                    dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), dt.time(12, 30),
-                    dt.timedelta(seconds=90), "7", b"ab", '{"a": 1}', 2.5, [1, 2]]
+        [
+            "42",
+            "1.5",
+            "yes",
+            "2024-01-02",
+            "2024-01-02T03:04:05Z",
+            "12:30",
+            90,
+            7,
+            base64.b64encode(b"ab").decode(),
+            '{"a": 1}',
+            "2.5",
+            "[1, 2]",
+        ],
+        0,
+        1,
+    )
+    assert args == [
+        42,
+        decimal.Decimal("1.5"),
+        True,
+        dt.date(2024, 1, 2),
+        dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        dt.time(12, 30),
+        dt.timedelta(seconds=90),
+        "7",
+        b"ab",
+        '{"a": 1}',
+        2.5,
+        [1, 2],
+    ]
 
 
 def test_coerce_params_errors_name_the_param() -> None:
@@ -439,8 +584,15 @@ def test_rows_of() -> None:
 
 
 def test_get_sink_knows_every_kind() -> None:
-    assert set(SINK_CLASSES) == {"postgres", "duckdb", "snowflake", "file", "s3", "gcs",
-                                 "event_log"}
+    assert set(SINK_CLASSES) == {
+        "postgres",
+        "duckdb",
+        "snowflake",
+        "file",
+        "s3",
+        "gcs",
+        "event_log",
+    }
     for kind in SINK_CLASSES:
         sink = get_sink(kind)
         assert isinstance(sink, Sink) and sink.kind == kind
@@ -459,18 +611,28 @@ def test_format_of() -> None:
 
 
 def test_encode_rows_in_every_format(tmp_path: Any) -> None:
-    rows = [{"id": 1, "when": dt.date(2024, 1, 2), "tags": ["a"], "ok": True},
-            {"id": 2, "note": "x,y"}]
+    rows = [
+        {"id": 1, "when": dt.date(2024, 1, 2), "tags": ["a"], "ok": True},
+        {"id": 2, "note": "x,y"},
+    ]
     assert json.loads(encode_rows(rows, "json")) == [
-        {"id": 1, "when": "2024-01-02", "tags": ["a"], "ok": True}, {"id": 2, "note": "x,y"}]
+        {"id": 1, "when": "2024-01-02", "tags": ["a"], "ok": True},
+        {"id": 2, "note": "x,y"},
+    ]
     assert [json.loads(line) for line in encode_rows(rows, "jsonl").splitlines()][1] == {
-        "id": 2, "note": "x,y"}
+        "id": 2,
+        "note": "x,y",
+    }
     assert encode_rows(rows, "csv").decode().splitlines() == [
-        "id,when,tags,ok,note", '1,2024-01-02,"[""a""]",true,', '2,,,,"x,y"']
+        "id,when,tags,ok,note",
+        '1,2024-01-02,"[""a""]",true,',
+        '2,,,,"x,y"',
+    ]
     path = tmp_path / "x.parquet"
     path.write_bytes(encode_rows(rows, "parquet"))
     conn = duckdb.connect()
-    assert conn.execute("SELECT id, tags, note FROM read_parquet(?) ORDER BY id",
-                        [str(path)]).fetchall() == [(1, ["a"], None), (2, None, "x,y")]
+    assert conn.execute(
+        "SELECT id, tags, note FROM read_parquet(?) ORDER BY id", [str(path)]
+    ).fetchall() == [(1, ["a"], None), (2, None, "x,y")]
     with pytest.raises(ToolError, match="at least one row"):
         encode_rows([], "parquet")
