@@ -2,8 +2,9 @@
 
 A string that is exactly one `{{ expression }}` renders to the expression's value (list,
 dict, number, boolean, None); any other template renders to a `str`. Step results, `result`
-and `response` are read leniently (see DSL.md, "Templates"): they are wrapped in read-only
-proxies when a template looks them up, and unwrapped before a value leaves this module.
+and `response` are read leniently (documentation/docs/reference/playbook.md, "Templates"):
+they are wrapped in read-only proxies when a template looks them up, and unwrapped before a
+value leaves this module.
 Compiled templates are cached by their source text, so a template is parsed only once.
 """
 

@@ -1,4 +1,6 @@
-"""Playbook models: the typed form of a `noetl.io/v2` document (see DSL.md).
+"""Playbook models: the typed form of a `noetl.io/v2` document.
+
+The user-facing reference is documentation/docs/reference/playbook.md.
 
 The loader builds these from YAML after validation, so field names and defaults here are
 the language's. Tool blocks stay raw dicts because each plugin defines its own fields.
