@@ -9,6 +9,8 @@ from noetl.dsl.models import Edge, Else, Playbook, Step, When
 
 START = "start"
 END = "end"
+# Origins whose reachable sets a graph keeps: joins ask about the few running steps.
+_REACH_CACHE = 32
 
 
 def _targets(step: Step) -> Iterator[str]:
@@ -29,25 +31,31 @@ class Graph:
     step the workflow does not have raises KeyError.
     """
 
-    __slots__ = ("_closure", "_pred", "_succ")
+    __slots__ = ("_pred", "_reach", "_succ")
 
     def __init__(self, steps: Iterable[Step]) -> None:
-        steps = list(steps)
-        names = {step.step for step in steps}
+        # A duplicated step name means its first definition, as everywhere (validation warns).
+        first: dict[str, Step] = {}
+        for step in steps:
+            first.setdefault(step.step, step)
+        steps = list(first.values())
+        names = set(first)
         succ: dict[str, dict[str, None]] = {step.step: {} for step in steps}
         for step in steps:
             targets = list(_targets(step))
             # A step with no routing at all ends its branch, which goes on to `end`.
             if not targets and END in names and step.step != END:
                 targets = [END]
-            # dict keys: deduplicated, in first-seen order (duplicated step names merge).
+            # dict keys: deduplicated, in first-seen order.
             succ[step.step].update((t, None) for t in targets if t in names)
         self._succ = {name: tuple(out) for name, out in succ.items()}
         self._pred: dict[str, set[str]] = {name: set() for name in names}
         for name, out in self._succ.items():
             for target in out:
                 self._pred[target].add(name)
-        self._closure = {name: self._walk(name) for name in self._succ}
+        # Reachability is walked on demand and only the last few origins are kept: memory
+        # stays linear in the graph (a full closure is quadratic: 10,000 steps, 10^8 pairs).
+        self._reach: dict[str, frozenset[str]] = {}
 
     @classmethod
     def of(cls, playbook: Playbook) -> Graph:
@@ -72,13 +80,21 @@ class Graph:
 
     def reaches(self, a: str, b: str) -> bool:
         """True when `b` can be reached from `a` by one or more routes."""
-        return b in self._closure[a]
+        return b in self._reachable(a)
 
     def unreachable(self) -> set[str]:
         """The steps that no path from `start` reaches (all of them without `start`)."""
         if START not in self._succ:
             return set(self._succ)
-        return set(self._succ) - self._closure[START] - {START}
+        return set(self._succ) - self._walk(START) - {START}
+
+    def _reachable(self, origin: str) -> frozenset[str]:
+        hit = self._reach.get(origin)
+        if hit is None:
+            if len(self._reach) >= _REACH_CACHE:
+                del self._reach[next(iter(self._reach))]  # the oldest origin
+            hit = self._reach[origin] = self._walk(origin)
+        return hit
 
     def _walk(self, origin: str) -> frozenset[str]:
         seen: set[str] = set()

@@ -13,9 +13,10 @@ import re
 from collections.abc import Callable, Collection, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
+import msgspec
 from msgspec import Struct
 from msgspec import inspect as mi
 
@@ -143,6 +144,9 @@ _LABELS: dict[type, str] = {
 _JINJA = jinja2.Environment()
 
 
+Severity = Literal["error", "warning"]
+
+
 class Problem(Struct):
     """One finding, located in the file; `str()` gives `FILE:LINE:COL: message`."""
 
@@ -150,7 +154,7 @@ class Problem(Struct):
     line: int
     col: int
     message: str
-    severity: str = "error"
+    severity: Severity = "error"
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
@@ -168,6 +172,19 @@ class Report(Struct):
     def ok(self) -> bool:
         """True when no error was found (warnings allowed)."""
         return not self.errors
+
+    @property
+    def findings(self) -> list[Problem]:
+        """Errors and warnings together, in file order."""
+        return sorted([*self.errors, *self.warnings], key=lambda p: (p.line, p.col))
+
+    def strict(self) -> Report:
+        """The same findings with every warning counted as an error (`validate --strict`)."""
+        if not self.warnings:
+            return self
+        promoted = [msgspec.structs.replace(p, severity="error") for p in self.warnings]
+        errors = sorted([*self.errors, *promoted], key=lambda p: (p.line, p.col))
+        return Report(None, errors, [])
 
 
 def check_text(
@@ -273,6 +290,18 @@ class _Checker:
                 "`tool: {kind: ...}`)",
             )
             return self._report(None)
+        for dup in self.doc.duplicates:
+            line, col = dup.dropped
+            self.warnings.append(
+                Problem(
+                    self.filename,
+                    line,
+                    col,
+                    f"duplicate key `{dup.path[-1]}`: this value is replaced by the one at "
+                    f"line {dup.kept[0]} (the last one wins)",
+                    "warning",
+                )
+            )
         ok, playbook = self._struct(Playbook, data, ())
         self._header(data)
         self._routes("workflow" in data)
@@ -286,10 +315,10 @@ class _Checker:
     def _error(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
         self.errors.append(self._problem(path, message, "error", at_key))
 
-    def _warning(self, path: NodePath, message: str) -> None:
-        self.warnings.append(self._problem(path, message, "warning", False))
+    def _warning(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
+        self.warnings.append(self._problem(path, message, "warning", at_key))
 
-    def _problem(self, path: NodePath, message: str, severity: str, at_key: bool) -> Problem:
+    def _problem(self, path: NodePath, message: str, severity: Severity, at_key: bool) -> Problem:
         line, col = self.doc.key_at(path) if at_key else self.doc.value_at(path)
         return Problem(self.filename, line, col, message, severity)
 
@@ -317,9 +346,13 @@ class _Checker:
             child = (*path, key)
             field = fields.get(key) if isinstance(key, str) else None
             if field is None:
-                self._error(
-                    child, f"unknown field `{key}` in {what}{_suggest(key, fields)}", at_key=True
-                )
+                # NoETL ignored keys it did not know; so do we, saying so (`--strict` refuses).
+                if cls is not Metadata:  # free-form: version, labels, anything
+                    self._warning(
+                        child,
+                        f"unknown field `{key}` in {what} is ignored{_suggest(key, fields)}",
+                        at_key=True,
+                    )
                 continue
             hook = self.hooks.get((cls, key))
             good, built = hook(raw, child) if hook else self._value(field.type, raw, child, key)
@@ -513,9 +546,10 @@ class _Checker:
                 self._error(where, "a `set` item must be a `{name, value}` mapping")
                 continue
             for key in item.keys() - {"name", "value"}:
-                self._error(
+                self._warning(
                     (*where, key),
-                    f"unknown field `{key}` in a `set` item{_suggest(key, ('name', 'value'))}",
+                    f"unknown field `{key}` in a `set` item is ignored"
+                    f"{_suggest(key, ('name', 'value'))}",
                     at_key=True,
                 )
             out[item["name"]] = item.get("value")
@@ -547,9 +581,11 @@ class _Checker:
         for key, raw in tool.items():
             where = (*path, key)
             if key not in fields:
-                self._error(
+                # Kept in the block: the plugin may use it (NoETL's `pool`, `assert`, ...).
+                self._warning(
                     where,
-                    f"unknown field `{key}` in the `{kind}` tool{_suggest(key, fields)}",
+                    f"unknown field `{key}` in the `{kind}` tool is passed to the plugin as is"
+                    f"{_suggest(key, fields)}",
                     at_key=True,
                 )
                 continue
@@ -589,10 +625,10 @@ class _Checker:
         for path, step in self.steps:
             where = (*path, "step")
             if step.step in first:
-                self._error(
+                self._warning(
                     where,
-                    f"duplicate step name `{step.step}` (first defined at line "
-                    f"{first[step.step][0]})",
+                    f"duplicate step name `{step.step}`: this definition is ignored, the "
+                    f"first (line {first[step.step][0]}) is used",
                 )
             else:
                 first[step.step] = self.doc.value_at(where)
@@ -613,10 +649,10 @@ class _Checker:
         for path, task in self.tasks:
             where = (*path, "name")
             if task.name in tasks:
-                self._error(
+                self._warning(
                     where,
-                    f"duplicate workbook task `{task.name}` (first defined at "
-                    f"line {tasks[task.name][0]})",
+                    f"duplicate workbook task `{task.name}`: this definition is ignored, the "
+                    f"first (line {tasks[task.name][0]}) is used",
                 )
             else:
                 tasks[task.name] = self.doc.value_at(where)

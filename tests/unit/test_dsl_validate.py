@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 import pytest
 
-from noetl.dsl import Problem, Report, check_text, load_text
+from noetl.dsl import Graph, Problem, Report, check_text, load_text
 from noetl.errors import PlaybookError
 
 HEADER = """\
@@ -24,6 +24,19 @@ def check(body: str, known_kinds: Collection[str] = ()) -> Report:
 
 def errors(body: str, known_kinds: Collection[str] = ()) -> list[str]:
     return [str(p) for p in check(body, known_kinds).errors]
+
+
+def warnings(body: str) -> list[str]:
+    """The warnings of `body`, checking that `--strict` makes exactly them errors."""
+    report = check(body)
+    found = [str(p) for p in report.warnings]
+    strict = report.strict()
+    assert strict.playbook is None if found else strict.playbook is report.playbook
+    assert [str(p) for p in strict.errors] == sorted(
+        [str(p) for p in report.errors] + [w.replace("warning: ", "") for w in found],
+        key=lambda text: tuple(int(n) for n in text.split(":")[1:3]),
+    )
+    return found
 
 
 def test_problem_format() -> None:
@@ -44,9 +57,19 @@ def test_yaml_syntax_error_has_a_position() -> None:
     assert str(problem).startswith("pb.yaml:2:2: YAML syntax error: ")
 
 
-def test_duplicate_yaml_key() -> None:
-    [problem] = check_text("a: 1\na: 2\n", filename="pb.yaml").errors
-    assert str(problem).startswith("pb.yaml:2:1: YAML syntax error: found duplicate key")
+def test_duplicate_yaml_keys_warn_and_the_last_wins() -> None:
+    body = "workload: {n: 1, n: 2}\nworkflow:\n  - step: start\n    desc: a\n    desc: b\n"
+    report = check(body)
+    assert report.errors == []
+    assert [str(w) for w in report.warnings] == [
+        "pb.yaml:5:12: warning: duplicate key `n`: this value is replaced by the one at line 5 "
+        "(the last one wins)",
+        "pb.yaml:8:5: warning: duplicate key `desc`: this value is replaced by the one at "
+        "line 9 (the last one wins)",
+    ]
+    assert report.playbook is not None
+    assert report.playbook.workload == {"n": 2}
+    assert report.playbook.step("start").desc == "b"
 
 
 @pytest.mark.parametrize(
@@ -104,10 +127,19 @@ def test_missing_start_suggests_a_close_name() -> None:
     ]
 
 
-def test_duplicate_step_names() -> None:
-    assert errors("workflow:\n  - step: start\n    next: [a]\n  - step: a\n  - step: a\n") == [
-        "pb.yaml:9:11: duplicate step name `a` (first defined at line 8)",
+def test_duplicate_step_names_warn_and_the_first_is_used() -> None:
+    body = (
+        "workflow:\n  - step: start\n    next: [a]\n  - step: a\n    desc: first\n"
+        "  - step: a\n    desc: second\n    next: [start]\n"
+    )
+    assert warnings(body) == [
+        "pb.yaml:10:11: warning: duplicate step name `a`: this definition is ignored, the first "
+        "(line 8) is used",
     ]
+    playbook = check(body).playbook
+    assert playbook is not None and playbook.step("a").desc == "first"
+    # The ignored definition's routes are not in the graph either.
+    assert Graph.of(playbook).successors("a") == ()
 
 
 def test_unknown_step_in_every_routing_form() -> None:
@@ -172,7 +204,12 @@ workbook:
   - {name: t, tool: {kind: python, code: y}}
 workflow: [{step: start}]
 """
-    assert errors(body) == ["pb.yaml:7:12: duplicate workbook task `t` (first defined at line 6)"]
+    assert warnings(body) == [
+        "pb.yaml:7:12: warning: duplicate workbook task `t`: this definition is ignored, the "
+        "first (line 6) is used",
+    ]
+    playbook = check(body).playbook
+    assert playbook is not None and playbook.task("t").tool["code"] == "x"
 
 
 def test_unknown_tool_kind() -> None:
@@ -212,42 +249,49 @@ workflow:
         (
             "{kind: python, code: x, lib: {}}",
             "lib",
-            "unknown field `lib` in the `python` tool (did you mean `libs`?)",
+            "unknown field `lib` in the `python` tool is passed to the plugin as is "
+            "(did you mean `libs`?)",
         ),
         (
             "{kind: http, url: x, header: {}}",
             "header",
-            "unknown field `header` in the `http` tool (did you mean `headers`?)",
+            "unknown field `header` in the `http` tool is passed to the plugin as is "
+            "(did you mean `headers`?)",
         ),
         (
             "{kind: postgres, querry: x}",
             "querry",
-            "unknown field `querry` in the `postgres` tool (did you mean `query`?)",
+            "unknown field `querry` in the `postgres` tool is passed to the plugin as is "
+            "(did you mean `query`?)",
         ),
         (
             "{kind: duckdb, query: x, mode: upsert}",
             "mode",
-            "unknown field `mode` in the `duckdb` tool",
+            "unknown field `mode` in the `duckdb` tool is passed to the plugin as is",
         ),
         (
             "{kind: snowflake, comand: x}",
             "comand",
-            "unknown field `comand` in the `snowflake` tool (did you mean `command`?)",
+            "unknown field `comand` in the `snowflake` tool is passed to the plugin as is "
+            "(did you mean `command`?)",
         ),
         (
             "{kind: playbook, path: p, return: s}",
             "return",
-            "unknown field `return` in the `playbook` tool (did you mean `return_step`?)",
+            "unknown field `return` in the `playbook` tool is passed to the plugin as is "
+            "(did you mean `return_step`?)",
         ),
         (
             "{kind: workbook, name: t, arg: {}}",
             "arg",
-            "unknown field `arg` in the `workbook` tool (did you mean `args`?)",
+            "unknown field `arg` in the `workbook` tool is passed to the plugin as is "
+            "(did you mean `args`?)",
         ),
         (
             "{kind: iterator, collection: [], elem: x}",
             "elem",
-            "unknown field `elem` in the `iterator` tool (did you mean `element`?)",
+            "unknown field `elem` in the `iterator` tool is passed to the plugin as is "
+            "(did you mean `element`?)",
         ),
     ],
 )
@@ -257,7 +301,10 @@ def test_tool_fields_of_builtin_kinds(tool: str, field: str, message: str) -> No
         f"workflow:\n  - step: start\n    tool: {tool}\n"
     )
     col = len("    tool: ") + tool.index(f" {field}:") + 2  # the key, 1-based
-    assert errors(body) == [f"pb.yaml:8:{col}: {message}"]
+    assert warnings(body) == [f"pb.yaml:8:{col}: warning: {message}"]
+    playbook = check(body).playbook
+    assert playbook is not None
+    assert field in (playbook.step("start").tool or {})  # kept for the plugin
 
 
 def test_tool_field_types_accept_templates() -> None:
@@ -288,7 +335,10 @@ workflow:
       element: item
       task: {kind: http, url: "http://x", bogus: 1}
 """
-    assert errors(body) == ["pb.yaml:11:43: unknown field `bogus` in the `http` tool"]
+    assert warnings(body) == [
+        "pb.yaml:11:43: warning: unknown field `bogus` in the `http` tool is passed to the "
+        "plugin as is",
+    ]
 
 
 def test_wrong_types() -> None:
@@ -350,20 +400,25 @@ workflow:
         then: {collect: {strategy: append, intoo: p}, set: [{name: a, val: 1}]}
   - step: a
 """
-    assert errors(body) == [
-        "pb.yaml:5:1: unknown field `metadata_x` in the playbook (did you mean `metadata`?)",
-        "pb.yaml:8:5: unknown field `nxt` in step `start` (did you mean `next`?)",
-        "pb.yaml:11:7: unknown field `iter` in `loop` (did you mean `iterator`?)",
-        "pb.yaml:12:54: unknown field `max_iter` in `pagination` (did you mean `max_iterations`?)",
-        "pb.yaml:13:13: unknown field `max_attempt` in `retry` (did you mean `max_attempts`?)",
-        "pb.yaml:15:19: unknown field `arg` in a route (did you mean `args`?)",
-        "pb.yaml:16:9: a `when` entry is missing required field `then`",
-        "pb.yaml:17:9: unknown field `than` in a `when` entry (did you mean `then`?)",
-        "pb.yaml:18:21: unknown field `extra` in an `else` entry",
-        "pb.yaml:21:16: unknown field `nex` in the `then` of a `case` rule (did you mean `next`?)",
-        "pb.yaml:22:9: unknown field `hwen` in a `case` rule (did you mean `when`?)",
-        "pb.yaml:24:44: unknown field `intoo` in `collect` (did you mean `into`?)",
-        "pb.yaml:24:71: unknown field `val` in a `set` item (did you mean `value`?)",
+    assert errors(body) == ["pb.yaml:16:9: a `when` entry is missing required field `then`"]
+    ignored = "is ignored"
+    assert [w.replace("warning: ", "") for w in warnings(body)] == [
+        f"pb.yaml:5:1: unknown field `metadata_x` in the playbook {ignored} "
+        "(did you mean `metadata`?)",
+        f"pb.yaml:8:5: unknown field `nxt` in step `start` {ignored} (did you mean `next`?)",
+        f"pb.yaml:11:7: unknown field `iter` in `loop` {ignored} (did you mean `iterator`?)",
+        f"pb.yaml:12:54: unknown field `max_iter` in `pagination` {ignored} "
+        "(did you mean `max_iterations`?)",
+        f"pb.yaml:13:13: unknown field `max_attempt` in `retry` {ignored} "
+        "(did you mean `max_attempts`?)",
+        f"pb.yaml:15:19: unknown field `arg` in a route {ignored} (did you mean `args`?)",
+        f"pb.yaml:17:9: unknown field `than` in a `when` entry {ignored} (did you mean `then`?)",
+        f"pb.yaml:18:21: unknown field `extra` in an `else` entry {ignored}",
+        f"pb.yaml:21:16: unknown field `nex` in the `then` of a `case` rule {ignored} "
+        "(did you mean `next`?)",
+        f"pb.yaml:22:9: unknown field `hwen` in a `case` rule {ignored} (did you mean `when`?)",
+        f"pb.yaml:24:44: unknown field `intoo` in `collect` {ignored} (did you mean `into`?)",
+        f"pb.yaml:24:71: unknown field `val` in a `set` item {ignored} (did you mean `value`?)",
     ]
 
 
