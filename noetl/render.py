@@ -14,6 +14,7 @@ import base64
 import enum
 import itertools
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, Final, NamedTuple, NoReturn, cast
 
@@ -28,7 +29,9 @@ from noetl.errors import RenderError
 
 __all__ = [
     "MISSING",
+    "Condition",
     "build_context",
+    "condition",
     "evaluate",
     "is_template",
     "referenced_names",
@@ -36,6 +39,17 @@ __all__ = [
     "syntax_error",
     "truthy",
 ]
+
+
+# While `condition` renders, the undefined names that tests treated as false.
+_UNDEFINED_TESTS: ContextVar[list[str] | None] = ContextVar("undefined_tests", default=None)
+
+
+class Condition(NamedTuple):
+    """A rendered condition: whether it holds, and what undefined names made it false."""
+
+    holds: bool
+    undefined: tuple[str, ...]
 
 
 class _Missing(enum.Enum):
@@ -47,6 +61,7 @@ class _Missing(enum.Enum):
 
 MISSING: Final = _Missing.MISSING
 """Sentinel meaning "name not bound" (e.g. no `result` because the step failed)."""
+_FALSE: Final = object()  # a condition whose whole value is undefined
 
 # Names always read leniently; step names are added per context by `build_context`.
 _LENIENT_ALWAYS: Final = frozenset({"result", "response"})
@@ -218,13 +233,21 @@ def _plain(value: Any) -> Any:
 
 
 class _Undefined(ChainableUndefined, StrictUndefined):
-    """Strict on use (output, tests, arithmetic, iteration) but chainable on access.
+    """Strict on use (output, comparison, arithmetic, iteration) but chainable on access,
+    and false as a truth value.
 
     `a.b.c` with `a` missing stays undefined, so `is defined` and `default` still work on
-    the chain, and using it raises naming the first missing name.
+    the chain, and using it raises naming the first missing name. In a test (`if`, `and`,
+    `or`, `not`, a `when`) it is false, as in NoETL, and the name is noted for `condition`.
     """
 
     __slots__ = ()
+
+    def __bool__(self) -> bool:  # type: ignore[override]  # StrictUndefined raises instead
+        notes = _UNDEFINED_TESTS.get()
+        if notes is not None:
+            notes.append(self._undefined_message)
+        return False
 
     @property
     def _undefined_message(self) -> str:
@@ -508,6 +531,28 @@ def evaluate(expression_template: str, context: Mapping[str, Any], *, where: str
     return render(expression_template, context, where=where)
 
 
+def condition(template: str, context: Mapping[str, Any], *, where: str = "") -> Condition:
+    """Render a condition (a `when`, `continue_while`, a case rule) and say whether it holds.
+
+    An undefined name used as a truth value, alone (`{{ flag }}`) or in `if`/`and`/`or`/`not`,
+    is false rather than an error, as in NoETL; `Condition.undefined` says which (for a
+    warning). Any other error (an undefined name compared or printed, a sandbox refusal)
+    raises RenderError as `render` does.
+    """
+    notes: list[str] = []
+    token = _UNDEFINED_TESTS.set(notes)
+    try:
+        value = (
+            _render_string(template, context, where, test=True)
+            if is_template(template)
+            else template
+        )
+        holds = value is not _FALSE and truthy(value)
+    finally:
+        _UNDEFINED_TESTS.reset(token)
+    return Condition(holds, tuple(dict.fromkeys(notes)))
+
+
 def truthy(value: Any) -> bool:
     """Whether a rendered `when` holds: Python truthiness, except that the strings "false",
     "0", "none", "null" (any case, surrounding blanks ignored) and "" are false."""
@@ -578,7 +623,7 @@ def build_context(
 # -- internals ------------------------------------------------------------------------------
 
 
-def _render_string(text: str, context: Mapping[str, Any], where: str) -> Any:
+def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool = False) -> Any:
     try:
         template, native, lookup = _compile(text)
     except TemplateSyntaxError as exc:
@@ -598,6 +643,9 @@ def _render_string(text: str, context: Mapping[str, Any], where: str) -> Any:
         value = jinja_context.vars[_VALUE]
         if type(value) in _SCALARS:
             return value
+        if test and isinstance(value, Undefined):
+            bool(value)  # notes the name
+            return _FALSE
         if lookup:
             # No walk: it would cost O(size) for a big list read straight from the context.
             if isinstance(value, Undefined):

@@ -15,6 +15,7 @@ from noetl.errors import RenderError
 from noetl.render import (
     MISSING,
     build_context,
+    condition,
     evaluate,
     is_template,
     referenced_names,
@@ -458,7 +459,6 @@ def test_defined_names_are_capped() -> None:
         ("{{ [1, nope] }}", "'nope' is undefined"),
         ("a {{ {'k': nope} }}", "'nope' is undefined"),
         ("{{ nope + 1 }}", "'nope' is undefined"),
-        ("{% if nope %}x{% endif %}", "'nope' is undefined"),
         ("{% for x in nope %}{% endfor %}", "'nope' is undefined"),
         ("{{ nope | tojson }}", "'nope' is undefined"),
         ("{{ nope == 1 }}", "'nope' is undefined"),
@@ -468,6 +468,43 @@ def test_undefined_is_an_error(template: str, expected: str) -> None:
     message = render_error(template)
     assert expected in message
     assert "Defined names:" in message
+
+
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        ("{% if nope %}x{% else %}y{% endif %}", "y"),
+        ("{{ 1 if nope.deeper else 2 }}", 2),
+        ("{{ n and nope or 'fallback' }}", "fallback"),
+        ("{{ not nope }}", True),
+    ],
+)
+def test_an_undefined_name_in_a_test_is_false_as_in_noetl(template: str, rendered: Any) -> None:
+    assert render(template, {"n": 1}) == rendered
+
+
+@pytest.mark.parametrize(
+    ("template", "holds"),
+    [
+        ("{{ flag }}", False),
+        ("{{ flag.deep.er }}", False),
+        ("{{ flag and n == 1 }}", False),
+        ("{{ flag or n == 1 }}", True),
+        ("{% if flag %}true{% endif %}", False),
+        ("{{ n == 1 }}", True),
+    ],
+)
+def test_condition_treats_undefined_as_false_and_names_it(template: str, holds: bool) -> None:
+    found = condition(template, {"n": 1})
+    assert found.holds is holds
+    assert found.undefined == (() if "flag" not in template else ("'flag' is undefined",))
+
+
+def test_condition_still_fails_on_other_errors() -> None:
+    with pytest.raises(RenderError, match="'flag' is undefined"):
+        condition("{{ flag > 1 }}", {"n": 1})
+    with pytest.raises(RenderError, match="syntax error"):
+        condition("{{ n == }}", {"n": 1})
 
 
 @pytest.mark.parametrize(
