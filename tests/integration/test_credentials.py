@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from noetl.cli import CliState
+from noetl.cli_core import CliState
 from noetl.cli_credentials import credential
 from noetl.config import Settings
 from noetl.crypto import KEY_FILE, generate_key, load_key
