@@ -34,9 +34,9 @@ from noetl.errors import (
     ToolError,
 )
 from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
-from noetl.secrets import Masker, resolve_secrets, secret_names_in, secret_values
+from noetl.secrets import Masker, secret_names_in, secret_values
 from noetl.store import Store, outcome_key
-from noetl.store.credentials import CredentialStore, parse_bindings
+from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
 from plugins.base import ToolContext, ToolPlugin, until_done
 from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from noetl.secrets import Masker
+
 
 @dataclass(eq=False)
 class ToolContext:
@@ -36,6 +38,14 @@ class ToolContext:
     # Secret values handed to this call; the runner masks them in everything it records.
     secrets: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    _masker: Masker = field(default_factory=Masker, init=False, repr=False)
+
+    def mask(self, text: str) -> str:
+        """`text` with every secret of this call (`secrets`) masked by the runtime's one
+        `Masker`: use it on whatever a plugin puts in an error, since servers and drivers
+        echo connection strings and tokens back."""
+        self._masker.update(self.secrets.values())
+        return self._masker.mask_text(text)
 
     async def credential(self, name: str) -> Mapping[str, Any]:
         """The decrypted data of the credential `name`."""

@@ -32,7 +32,6 @@ from plugins.sql import (
     postgres_params,
     quote_ident,
     resolve_auth,
-    scrub,
     split_statements,
     sql_text,
     statement_params,
@@ -76,7 +75,7 @@ class DuckdbTool:
         try:
             return await in_thread(ctx, work, "duckdb tool", session.interrupt)
         except ToolError as exc:
-            masked = scrub(ctx, str(exc))  # ATTACH errors may quote the connection string
+            masked = ctx.mask(str(exc))  # ATTACH errors may quote the connection string
             if masked == str(exc):
                 raise
             raise ToolError(masked, error_type=exc.error_type, **exc.details) from None

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -553,29 +553,6 @@ def add_secret(ctx: ToolContext, label: str, field: str, value: Any) -> None:
     """Tell the runner to mask `value` (a secret used by this call)."""
     if value is not None and str(value):
         ctx.secrets[f"{label}.{field}"] = str(value)
-
-
-def scrub(ctx: ToolContext, text: str) -> str:
-    """`text` with every secret of this call masked (drivers may echo connection details)."""
-    for secret in sorted(ctx.secrets.values(), key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def mask_dsn(dsn: str) -> str:
-    """`dsn` with its password replaced by `***` (for naming a server in a message)."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<connection string>"
 
 
 def postgres_params(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import builtins
 import difflib
 import json
+import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -19,7 +20,8 @@ import asyncpg
 import msgspec
 
 from noetl.crypto import decrypt, encrypt
-from noetl.errors import ConfigError, StoreError
+from noetl.errors import ConfigError, RenderError, StoreError
+from noetl.secrets import secret_env_name, secret_value
 
 __all__ = [
     "KNOWN_TYPES",
@@ -28,6 +30,7 @@ __all__ = [
     "CredentialStore",
     "parse_auth",
     "parse_bindings",
+    "resolve_secrets",
     "validate_credential",
     "validate_name",
 ]
@@ -418,3 +421,37 @@ class CredentialStore:
             "DELETE FROM noetl.credential WHERE name = $1 RETURNING true", name
         )
         return bool(deleted)
+
+
+# -- {{ secret.NAME }} ----------------------------------------------------------------------
+
+
+async def resolve_secrets(
+    names: Iterable[str],
+    store: CredentialStore | None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The value of each secret name, for the template name `secret`: the credential's
+    secret value (see `secret_value`) when a credential has the name, else the variable
+    `secret_env_name(name)` of `env` (default: the process environment).
+
+    Raises RenderError naming the secret and both ways to define it when neither exists.
+    """
+    source = os.environ if env is None else env
+    resolved: dict[str, str] = {}
+    for name in sorted(set(names)):
+        if store is not None:
+            credential = await store.find(name)
+            if credential is not None:
+                resolved[name] = secret_value(name, credential.data)
+                continue
+        variable = secret_env_name(name)
+        value = source.get(variable)
+        if value is None:
+            raise RenderError(
+                f"secret `{name}` is not defined: create a credential with "
+                f"`noetl-runtime credential set {name} --type secret --data "
+                f'\'{{"value": "..."}}\'`, or set {variable} in the runner\'s environment'
+            )
+        resolved[name] = value
+    return resolved

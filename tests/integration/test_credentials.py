@@ -16,9 +16,8 @@ from noetl.cli_credentials import credential
 from noetl.config import Settings
 from noetl.crypto import KEY_FILE, generate_key, load_key
 from noetl.errors import ConfigError, RenderError, StoreError
-from noetl.secrets import resolve_secrets
 from noetl.store import Store
-from noetl.store.credentials import CredentialStore
+from noetl.store.credentials import CredentialStore, resolve_secrets
 
 PASSWORD = "pg-Pa55word-xyz"
 

@@ -36,7 +36,6 @@ from plugins.sql import (
     in_thread,
     json_safe,
     key_columns,
-    mask_dsn,
     match_columns,
     params_of,
     parse_table_name,
@@ -45,7 +44,6 @@ from plugins.sql import (
     quote_name,
     resolve_auth,
     row_keys,
-    scrub,
     sink_mode,
     snowflake_params,
     split_statements,
@@ -408,12 +406,15 @@ def test_postgres_params_registers_secrets_and_never_names_them() -> None:
         postgres_params(ctx, "bad", {"dsn": "mysql://x"}, "postgres tool")
 
 
-def test_mask_dsn_and_scrub() -> None:
-    assert mask_dsn("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
-    assert mask_dsn("postgresql://h/db") == "postgresql://h/db"
+def test_errors_are_masked_by_the_context() -> None:
     ctx = make_ctx()
+    dsn = "postgresql://etl:pa%40ss-word@db:5432/w"
+    postgres_params(ctx, "pg", {"dsn": dsn}, "postgres tool")
+    # A driver naming the server by its DSN, or quoting the decoded password.
+    message = ctx.mask(f"cannot reach {dsn}; password pa@ss-word rejected")
+    assert message == "cannot reach ***; password *** rejected"
     ctx.secrets.update({"a": "hunter2", "b": "hunter22"})
-    assert scrub(ctx, "pw hunter22 and hunter2") == "pw *** and ***"
+    assert ctx.mask("pw hunter22 and hunter2") == "pw *** and ***"
 
 
 def test_snowflake_params_with_password_and_private_key() -> None:
