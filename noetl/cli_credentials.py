@@ -7,7 +7,6 @@ started like for any other command.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -30,7 +29,6 @@ from noetl.cli_core import (
     settings,
     with_store,
 )
-from noetl.crypto import load_key
 from noetl.errors import ConfigError
 from noetl.secrets import redact
 from noetl.store import Store
@@ -53,8 +51,7 @@ def _run(body: Body) -> None:
 
     async def with_credentials(store: Store) -> int:
         await store.init_schema()
-        key = await asyncio.to_thread(load_key, config, announce=say)
-        return await body(CredentialStore(store.pool, key))
+        return await body(await CredentialStore.open(store.pool, config, announce=say))
 
     run_command(with_store(config, with_credentials))
 

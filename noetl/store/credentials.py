@@ -6,6 +6,7 @@ A credential is a name, a type and a JSON object of data. Known types are valida
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import difflib
 import json
@@ -19,7 +20,8 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from noetl.crypto import decrypt, encrypt
+from noetl.config import Settings
+from noetl.crypto import decrypt, encrypt, load_key
 from noetl.errors import ConfigError, RenderError, StoreError
 from noetl.secrets import secret_env_name, secret_value
 
@@ -347,6 +349,21 @@ class CredentialStore:
     def __init__(self, pool: asyncpg.Pool, key: bytes) -> None:
         self.pool = pool
         self._key = key
+
+    @classmethod
+    async def open(
+        cls,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        *,
+        announce: Callable[[str], None] | None = None,
+    ) -> CredentialStore:
+        """The store with the key of `settings` (`noetl.crypto.load_key`). A key file is
+        generated only while no credential is stored, so stored credentials are never
+        orphaned by a new key: a missing key file then raises MissingKeyError."""
+        stored = await pool.fetchval("SELECT count(*) FROM noetl.credential")
+        key = await asyncio.to_thread(load_key, settings, stored=stored, announce=announce)
+        return cls(pool, key)
 
     async def set(self, name: str, type: str, data: Mapping[str, Any]) -> bool:
         """Create or replace credential `name` (validated); True if it was created.

@@ -12,7 +12,7 @@ import pytest
 
 from noetl import crypto
 from noetl.config import Settings
-from noetl.errors import ConfigError, RenderError
+from noetl.errors import ConfigError, MissingKeyError, RenderError
 from noetl.secrets import (
     MASK,
     Masker,
@@ -396,6 +396,21 @@ def test_key_file_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     assert crypto.load_key(settings, announce=notices.append) == key
     assert len(notices) == 1
     assert [p.name for p in home.iterdir()] == [crypto.KEY_FILE]  # no temporary left over
+
+
+def test_no_key_is_generated_while_credentials_are_stored(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with pytest.raises(MissingKeyError) as info:
+        crypto.load_key(settings, stored=3)
+    path = tmp_path / crypto.KEY_FILE
+    assert info.value.path == str(path) and info.value.stored == 3
+    assert "restore the file from your backup" in str(info.value)
+    assert "NOETL_ENCRYPTION_KEY" in str(info.value)
+    assert not path.exists()
+    # The configured key needs no file.
+    raw = os.urandom(32)
+    configured = Settings(home=tmp_path, encryption_key=base64.b64encode(raw).decode())
+    assert crypto.load_key(configured, stored=3) == raw
 
 
 def test_concurrent_first_use_agrees_on_one_key(tmp_path: Path) -> None:
