@@ -245,8 +245,10 @@ async def test_a_lost_key_file_never_orphans_stored_credentials(
         assert done.exit_code == 2, done.output
         assert f"the encryption key file {path} is missing" in done.stderr
         assert "NOETL_ENCRYPTION_KEY" in done.stderr
+    without_key = await CredentialStore.open(store.pool, Settings(home=noetl_home))
     with pytest.raises(MissingKeyError):
-        await CredentialStore.open(store.pool, Settings(home=noetl_home))
+        await without_key.find("tok")
+    assert [c.name for c in await without_key.list()] == ["tok"]
     assert not path.exists()
 
     # Restored from the backup, the old credential decrypts as it was.
@@ -254,7 +256,12 @@ async def test_a_lost_key_file_never_orphans_stored_credentials(
     path.chmod(0o600)
     creds = await CredentialStore.open(store.pool, Settings(home=noetl_home))
     assert (await creds.get("tok")).data == {"token": "kept-secret-1"}
-    assert [c.name for c in await creds.list()] == ["tok"]
+
+    # Given up on purpose: once none is stored, the next command makes a new key.
+    path.unlink()
+    assert (await asyncio.to_thread(_cli, pg_dsn, noetl_home, "delete", "tok")).exit_code == 0
+    again = await asyncio.to_thread(_cli, pg_dsn, noetl_home, *args)
+    assert again.exit_code == 0 and "generated a new encryption key" in again.stderr
 
 
 @pytest.mark.parametrize(
