@@ -20,13 +20,12 @@ from typing import Any
 import duckdb
 
 from noetl.errors import ToolError
-from plugins.base import ToolContext
+from plugins.base import ToolContext, in_thread
 from plugins.sql import (
     ROW_KEYWORDS,
     TRANSACTION_KEYWORDS,
     Statement,
     command_result,
-    in_thread,
     json_safe,
     params_of,
     postgres_params,

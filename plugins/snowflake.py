@@ -17,13 +17,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins.base import ToolContext
+from plugins.base import ToolContext, in_thread
 from plugins.sql import (
     ROW_KEYWORDS,
     TRANSACTION_KEYWORDS,
     Statement,
     command_result,
-    in_thread,
     json_safe,
     params_of,
     resolve_auth,

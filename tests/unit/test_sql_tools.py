@@ -24,8 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins import sql
-from plugins.base import ToolContext, until_done
+from plugins.base import ToolContext, in_thread, until_done
 from plugins.postgres import coerce_params, coercer
 from plugins.sinks import SINK_CLASSES, Sink, get_sink, rows_of
 from plugins.sinks.file import encode_rows, format_of
@@ -33,7 +32,6 @@ from plugins.sql import (
     Statement,
     dedupe_last,
     describe_postgres,
-    in_thread,
     json_safe,
     key_columns,
     match_columns,
@@ -560,8 +558,7 @@ async def test_until_done_times_out_and_cancels() -> None:
     assert await until_done(make_ctx(), asyncio.sleep(0, "done"), "x") == "done"
 
 
-async def test_in_thread_interrupts_on_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "TIMEOUT_GRACE", 0.5)
+async def test_in_thread_interrupts_on_timeout() -> None:
     stop = threading.Event()
     ctx = make_ctx(timeout=0.05)
     started = time.monotonic()
