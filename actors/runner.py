@@ -23,7 +23,6 @@ from actors.base import Actor
 from noetl import blobs, render
 from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject
 from noetl.config import Settings
-from noetl.crypto import load_key
 from noetl.engine import Event
 from noetl.engine import events as ev
 from noetl.errors import (
@@ -34,9 +33,9 @@ from noetl.errors import (
     ToolError,
 )
 from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
-from noetl.secrets import Masker, resolve_secrets, secret_names_in, secret_values
+from noetl.secrets import Masker, secret_names_in, secret_values
 from noetl.store import Store, outcome_key
-from noetl.store.credentials import CredentialStore, parse_bindings
+from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
 from plugins.base import ToolContext, ToolPlugin, until_done
 from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of
@@ -64,8 +63,7 @@ class Runner(Actor):
 
     async def start(self) -> None:
         """Join the pool's work queue."""
-        key = await asyncio.to_thread(load_key, self.settings)
-        self.credentials = CredentialStore(self.store.pool, key)
+        self.credentials = await CredentialStore.open(self.store.pool, self.settings)
         await super().start()
         pool = self.settings.runner_pool
         await self.bus.serve(f"{CANCEL_PREFIX}.*", self._on_cancel, queue="")

@@ -1,7 +1,10 @@
-"""Command line: `noetl-runtime` (alias `noetl`).
+"""Command line: `noetl-runtime` (alias `noetl`): the root group `main` and the commands that
+run and inspect executions. What every command shares (settings, exit codes, `--json`,
+tables, opening a client) is in `noetl.cli_core`; each other area has its own module
+`noetl/cli_<area>.py` registered at the end of this file with one `main.add_command(...)`.
 
 Exit codes: 0 success (execution completed), 1 execution failed or cancelled or a runtime
-error, 2 invalid playbook or usage.
+error, 2 invalid playbook or usage (see `noetl.cli_core`).
 """
 
 from __future__ import annotations
@@ -12,60 +15,36 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
-from rich.console import Console
-from rich.table import Table
 
 from noetl import dsl, local
+from noetl.cli_core import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliState,
+    err,
+    json_option,
+    out,
+    print_json,
+    print_table,
+    read_json,
+    run_command,
+    say,
+    settings,
+    with_client,
+    with_store,
+)
 from noetl.cli_credentials import credential
 from noetl.client import Client
-from noetl.config import ROLES, Settings
-from noetl.errors import ConfigError, NoetlError, PlaybookError
+from noetl.config import ROLES
+from noetl.store import Store
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
-
-
-class CliState(msgspec.Struct):
-    """Options given before the command."""
-
-    overrides: dict[str, Any]
-
-    def settings(self) -> Settings:
-        return Settings.from_env(**self.overrides)
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> None:
-    """Run a command's coroutine and exit with its code; errors become clear messages."""
-    try:
-        code = asyncio.run(coro)
-    except PlaybookError as exc:
-        for problem in exc.problems:
-            err.print(problem, markup=False)
-        sys.exit(2)
-    except ConfigError as exc:
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(2)
-    except NoetlError as exc:
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
-
-
-def _say(line: str) -> None:
-    err.print(line, markup=False)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+__all__ = ["main"]
 
 
 def _parse_workload(workload: str | None, assignments: tuple[str, ...]) -> dict[str, Any]:
@@ -73,16 +52,7 @@ def _parse_workload(workload: str | None, assignments: tuple[str, ...]) -> dict[
     when they parse as JSON, else strings)."""
     data: dict[str, Any] = {}
     if workload:
-        text = workload
-        if workload.startswith("@"):
-            try:
-                text = Path(workload[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise click.UsageError(f"--workload {workload}: {exc}") from exc
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise click.UsageError(f"--workload is not valid JSON: {exc}") from exc
+        loaded = read_json(workload, "--workload")
         if not isinstance(loaded, dict):
             raise click.UsageError("--workload must be a JSON object")
         data.update(loaded)
@@ -124,22 +94,6 @@ def main(ctx: click.Context, nats_url: str | None, pg_dsn: str | None, home: str
     ctx.obj = CliState(overrides={"nats_url": nats_url, "pg_dsn": pg_dsn, "home": home})
 
 
-def _settings(ctx: click.Context) -> Settings:
-    state: CliState = ctx.obj
-    return state.settings()
-
-
-async def _with_client(
-    settings: Settings, body: Callable[[Client], Awaitable[int]], *, relaxed: bool = False
-) -> int:
-    """Connect, run `body`, close. `relaxed` when this process may host a runner."""
-    client = await Client.connect(settings, announce=_say, relaxed=relaxed)
-    try:
-        return await body(client)
-    finally:
-        await client.close()
-
-
 # -- validate -------------------------------------------------------------------------
 
 
@@ -153,12 +107,12 @@ def validate(files: tuple[str, ...]) -> None:
     for file in files:
         report = dsl.check_file(file, known_kinds=known_kinds())
         for problem in [*report.errors, *report.warnings]:
-            err.print(str(problem), markup=False)
+            say(str(problem))
         if report.errors:
             failed = True
         else:
-            err.print(f"{file}: valid", markup=False)
-    sys.exit(2 if failed else 0)
+            say(f"{file}: valid")
+    sys.exit(EXIT_USAGE if failed else EXIT_OK)
 
 
 def _load_or_exit(file: str) -> dsl.Playbook:
@@ -166,9 +120,9 @@ def _load_or_exit(file: str) -> dsl.Playbook:
 
     report = dsl.check_file(file, known_kinds=known_kinds())
     for problem in [*report.errors, *report.warnings]:
-        err.print(str(problem), markup=False)
+        say(str(problem))
     if report.errors or report.playbook is None:
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     return report.playbook
 
 
@@ -189,14 +143,13 @@ def _load_or_exit(file: str) -> dsl.Playbook:
     envvar="NOETL_API_PORT",
     help="Port of the REST API (default 8082; 0 picks a free one).",
 )
-@click.pass_context
-def up(ctx: click.Context, roles: tuple[str, ...], api_port: int | None) -> None:
+def up(roles: tuple[str, ...], api_port: int | None) -> None:
     """Start the mesh (and the REST API) and run until SIGTERM/SIGINT, then drain."""
     from actors.mesh import Mesh
     from noetl.api import ApiServer
 
     chosen = (*ROLES, "api") if not roles or "all" in roles else roles
-    settings = _settings(ctx)
+    config = settings()
 
     async def body(client: Client) -> int:
         mesh = Mesh(client.bus, client.store, client.settings, [r for r in chosen if r != "api"])
@@ -211,15 +164,15 @@ def up(ctx: click.Context, roles: tuple[str, ...], api_port: int | None) -> None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         serving = f"; REST API on port {api.port}" if api is not None else ""
-        _say(f"noetl: mesh up ({', '.join(mesh.roles) or 'no actors'}){serving}; Ctrl-C stops it")
+        say(f"noetl: mesh up ({', '.join(mesh.roles) or 'no actors'}){serving}; Ctrl-C stops it")
         await stop.wait()
-        _say("noetl: draining")
+        say("noetl: draining")
         if api is not None:
             await api.stop()
         await mesh.stop()
-        return 0
+        return EXIT_OK
 
-    _run(_with_client(settings, body, relaxed=True))
+    run_command(with_client(config, body, relaxed=True))
 
 
 # -- run / execute --------------------------------------------------------------------
@@ -275,10 +228,10 @@ async def _execute(
     eid = await client.start(path, version=version, workload=workload, timeout=timeout)
     if not wait:
         if as_json:
-            _print_json({"execution_id": str(eid), "path": path, "status": "started"})
+            print_json({"execution_id": str(eid), "path": path, "status": "started"})
         else:
             out.print(f"execution {eid} started ({path})")
-        return 0
+        return EXIT_OK
     if not as_json:
         err.print(f"execution [bold]{eid}[/] of {path}")
     try:
@@ -290,12 +243,12 @@ async def _execute(
             "message": f"still {doc['status']} after {timeout}s",
         }
     _show_document(doc, as_json)
-    return 0 if doc["status"] == "completed" else 1
+    return EXIT_OK if doc["status"] == "completed" else EXIT_FAILED
 
 
 def _show_document(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(doc)
+        print_json(doc)
         return
     colour = {"completed": "green", "failed": "red"}.get(doc["status"], "yellow")
     out.print(
@@ -311,11 +264,9 @@ def _show_document(doc: dict[str, Any], as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--workload", help="Workload as JSON, or @file.json.")
 @click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option("Print one JSON document.")
 @click.option("--timeout", type=float, help="Seconds to wait for the execution.")
-@click.pass_context
 def run(
-    ctx: click.Context,
     file: str,
     workload: str | None,
     assignments: tuple[str, ...],
@@ -325,7 +276,7 @@ def run(
     """Validate, register and execute a playbook file, showing each step."""
     _load_or_exit(file)
     data = _parse_workload(workload, assignments)
-    settings = _settings(ctx)
+    config = settings()
 
     async def body(client: Client) -> int:
         async with _hosted(client, ROLES):
@@ -334,7 +285,7 @@ def run(
                 client, reply.path, reply.version, data, wait=True, as_json=as_json, timeout=timeout
             )
 
-    _run(_with_client(settings, body, relaxed=True))
+    run_command(with_client(config, body, relaxed=True))
 
 
 @main.command()
@@ -343,11 +294,9 @@ def run(
 @click.option("--workload", help="Workload as JSON, or @file.json.")
 @click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
 @click.option("--wait", is_flag=True, help="Wait for the end and print the result.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.option("--timeout", type=float, help="Seconds to wait (with --wait).")
-@click.pass_context
 def execute(
-    ctx: click.Context,
     path: str,
     version: int | None,
     workload: str | None,
@@ -358,7 +307,7 @@ def execute(
 ) -> None:
     """Start an execution of a registered playbook."""
     data = _parse_workload(workload, assignments)
-    settings = _settings(ctx)
+    config = settings()
 
     async def body(client: Client) -> int:
         # Without --wait nothing needs hosting: a later `up` picks the execution up.
@@ -367,29 +316,28 @@ def execute(
                 client, path, version, data, wait=wait, as_json=as_json, timeout=timeout
             )
 
-    _run(_with_client(settings, body, relaxed=True))
+    run_command(with_client(config, body, relaxed=True))
 
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def register(ctx: click.Context, file: str, as_json: bool) -> None:
+@json_option()
+def register(file: str, as_json: bool) -> None:
     """Validate and register a playbook in the catalog."""
     _load_or_exit(file)
-    settings = _settings(ctx)
+    config = settings()
 
     async def body(client: Client) -> int:
         async with _hosted(client, ["catalog"]):
             reply = await client.register(Path(file))
         if as_json:
-            _print_json({"path": reply.path, "version": reply.version, "created": reply.created})
+            print_json({"path": reply.path, "version": reply.version, "created": reply.created})
         else:
             what = "registered" if reply.created else "unchanged"
             out.print(f"{what}: {reply.path} version {reply.version}")
-        return 0
+        return EXIT_OK
 
-    _run(_with_client(settings, body))
+    run_command(with_client(config, body))
 
 
 # -- reading --------------------------------------------------------------------------
@@ -408,11 +356,9 @@ def _execution_id(value: str) -> int:
 @click.option("--workload", help="Workload keys to change, as JSON or @file.json.")
 @click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
 @click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the new execution's document.")
+@json_option("Print the new execution's document.")
 @click.option("--timeout", type=float, help="Seconds to wait.")
-@click.pass_context
 def restart(
-    ctx: click.Context,
     execution_id: str,
     from_step: str | None,
     workload: str | None,
@@ -430,19 +376,19 @@ def restart(
             new_id = await client.restart(eid, from_step=from_step, workload=data)
             if not wait:
                 if as_json:
-                    _print_json({"execution_id": str(new_id), "restarted_from": str(eid)})
+                    print_json({"execution_id": str(new_id), "restarted_from": str(eid)})
                 else:
                     out.print(f"execution {new_id} restarts {eid}")
-                return 0
+                return EXIT_OK
             if not as_json:
                 err.print(f"execution [bold]{new_id}[/] restarts {eid}")
             doc = await client.wait(
                 new_id, on_event=None if as_json else _Progress(), timeout=timeout
             )
         _show_document(doc, as_json)
-        return 0 if doc["status"] == "completed" else 1
+        return EXIT_OK if doc["status"] == "completed" else EXIT_FAILED
 
-    _run(_with_client(_settings(ctx), body, relaxed=True))
+    run_command(with_client(settings(), body, relaxed=True))
 
 
 @main.command()
@@ -451,9 +397,8 @@ def restart(
 @click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait until the execution has ended."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the execution document.")
-@click.pass_context
-def cancel(ctx: click.Context, execution_id: str, reason: str, wait: bool, as_json: bool) -> None:
+@json_option("Print the execution document.")
+def cancel(execution_id: str, reason: str, wait: bool, as_json: bool) -> None:
     """Cancel an execution: no new commands, running ones stopped, children cancelled."""
     eid = _execution_id(execution_id)
 
@@ -461,102 +406,106 @@ def cancel(ctx: click.Context, execution_id: str, reason: str, wait: bool, as_js
         await client.cancel(eid, reason)
         if not wait:
             err.print(f"cancellation of {eid} requested")
-            return 0
+            return EXIT_OK
         async with _hosted(client, ["coordinator"]):
             doc = await client.wait(eid, timeout=60)
         _show_document(doc, as_json)
-        return 0 if doc["status"] in ("cancelled", "completed", "failed") else 1
+        return EXIT_OK if doc["status"] in ("cancelled", "completed", "failed") else EXIT_FAILED
 
-    _run(_with_client(_settings(ctx), body))
+    run_command(with_client(settings(), body))
 
 
 @main.command()
 @click.argument("execution_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def status(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+@json_option()
+def status(execution_id: str, as_json: bool) -> None:
     """Show an execution: status, result, steps, vars."""
     eid = _execution_id(execution_id)
 
     async def body(client: Client) -> int:
         doc = await client.store.describe(eid)
         if as_json:
-            _print_json(doc)
+            print_json(doc)
         else:
             _show_document(doc, False)
-            table = Table("step", "result")
-            for step, result in doc["steps"].items():
-                table.add_row(step, json.dumps(result, default=str)[:120])
-            out.print(table)
-        return 0
+            print_table(
+                ("step", "result"),
+                [
+                    (step, json.dumps(result, default=str)[:120])
+                    for step, result in doc["steps"].items()
+                ],
+            )
+        return EXIT_OK
 
-    _run(_with_client(_settings(ctx), body))
+    run_command(with_client(settings(), body))
 
 
 @main.command()
 @click.argument("execution_id")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.pass_context
-def events(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+@json_option("Print a JSON array.")
+def events(execution_id: str, as_json: bool) -> None:
     """List an execution's events, oldest first."""
     eid = _execution_id(execution_id)
 
     async def body(client: Client) -> int:
         rows = await client.store.list_events(eid)
         if as_json:
-            _print_json(rows)
-            return 0
-        table = Table("event_id", "type", "step", "status", "command_id", "created_at")
-        for r in rows:
-            table.add_row(
-                str(r["event_id"]),
-                r["event_type"],
-                r["step"] or "",
-                r["status"] or "",
-                r["command_id"] or "",
-                r["created_at"],
-            )
-        out.print(table)
-        return 0
+            print_json(rows)
+            return EXIT_OK
+        print_table(
+            ("event_id", "type", "step", "status", "command_id", "created_at"),
+            [
+                (
+                    str(r["event_id"]),
+                    r["event_type"],
+                    r["step"] or "",
+                    r["status"] or "",
+                    r["command_id"] or "",
+                    r["created_at"],
+                )
+                for r in rows
+            ],
+        )
+        return EXIT_OK
 
-    _run(_with_client(_settings(ctx), body))
+    run_command(with_client(settings(), body))
 
 
 @main.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.option("--limit", default=50, show_default=True, help="How many executions.")
-@click.pass_context
-def list_(ctx: click.Context, as_json: bool, limit: int) -> None:
+def list_(as_json: bool, limit: int) -> None:
     """List recent executions."""
 
     async def body(client: Client) -> int:
         rows = await client.store.list_executions(limit)
         if as_json:
-            _print_json(rows)
-            return 0
-        table = Table("execution_id", "path", "version", "status", "started_at", "ended_at")
-        for r in rows:
-            table.add_row(
-                r["execution_id"],
-                r["path"],
-                str(r["version"]),
-                r["status"],
-                r["started_at"],
-                r["ended_at"] or "",
-            )
-        out.print(table)
-        return 0
+            print_json(rows)
+            return EXIT_OK
+        print_table(
+            ("execution_id", "path", "version", "status", "started_at", "ended_at"),
+            [
+                (
+                    r["execution_id"],
+                    r["path"],
+                    str(r["version"]),
+                    r["status"],
+                    r["started_at"],
+                    r["ended_at"] or "",
+                )
+                for r in rows
+            ],
+        )
+        return EXIT_OK
 
-    _run(_with_client(_settings(ctx), body))
+    run_command(with_client(settings(), body))
 
 
 @main.command()
-@click.pass_context
-def down(ctx: click.Context) -> None:
+def down() -> None:
     """Stop the embedded NATS and PostgreSQL servers of NOETL_HOME."""
-    settings = _settings(ctx)
-    stopped = local.stop_local(settings.home)
-    err.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    stopped = local.stop_local(settings().home)
+    say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 # -- db -------------------------------------------------------------------------------
@@ -568,48 +517,32 @@ def db() -> None:
 
 
 @db.command(name="init")
-@click.pass_context
-def db_init(ctx: click.Context) -> None:
+def db_init() -> None:
     """Create or upgrade the schema (idempotent)."""
 
-    async def body() -> int:
-        from noetl.store import Store
+    async def body(store: Store) -> int:
+        applied = await store.init_schema()
+        say(f"applied migrations {applied}" if applied else "schema is up to date")
+        return EXIT_OK
 
-        settings = _settings(ctx.find_root())
-        services = local.resolve(settings, announce=_say)
-        store = await Store.connect(services.pg_dsn)
-        try:
-            applied = await store.init_schema()
-        finally:
-            await store.close()
-        err.print(f"applied migrations {applied}" if applied else "schema is up to date")
-        return 0
-
-    _run(body())
+    run_command(with_store(settings(), body))
 
 
 @db.command(name="validate")
-@click.pass_context
-def db_validate(ctx: click.Context) -> None:
+def db_validate() -> None:
     """Say what is missing or different in the schema (exit 1 if anything)."""
 
-    async def body() -> int:
-        from noetl.store import Store
-
-        settings = _settings(ctx.find_root())
-        services = local.resolve(settings, announce=_say)
-        store = await Store.connect(services.pg_dsn)
-        try:
-            problems = await store.check_schema()
-        finally:
-            await store.close()
+    async def body(store: Store) -> int:
+        problems = await store.check_schema()
         for problem in problems:
-            err.print(problem, markup=False)
+            say(problem)
         if not problems:
-            err.print("schema is valid")
-        return 1 if problems else 0
+            say("schema is valid")
+        return EXIT_FAILED if problems else EXIT_OK
 
-    _run(body())
+    run_command(with_store(settings(), body))
 
+
+# -- the other areas: one line each (see noetl.cli_core) ------------------------------
 
 main.add_command(credential)

@@ -7,22 +7,29 @@ started like for any other command.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from noetl import local
-from noetl.config import Settings
-from noetl.crypto import load_key
-from noetl.errors import ConfigError, NoetlError
+from noetl.cli_core import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    json_option,
+    out,
+    print_json,
+    print_table,
+    read_json,
+    run_command,
+    say,
+    settings,
+    with_store,
+)
+from noetl.errors import ConfigError
 from noetl.secrets import redact
 from noetl.store import Store
 from noetl.store.credentials import (
@@ -35,72 +42,18 @@ from noetl.store.credentials import (
 
 __all__ = ["credential"]
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_out = Console(highlight=False, soft_wrap=True)
-
 Body = Callable[[CredentialStore], Awaitable[int]]
 
 
-def _say(line: str) -> None:
-    _err.print(line, markup=False)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    _say(f"error: {message}")
-    sys.exit(code)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _settings() -> Settings:
-    """Settings from the environment and the root command's options (`--pg-dsn`, ...)."""
-    root = click.get_current_context().find_root()
-    overrides: dict[str, Any] = getattr(root.obj, "overrides", None) or {}
-    return Settings.from_env(**overrides)
-
-
-async def _with_store(settings: Settings, key: bytes, body: Body) -> int:
-    services = await asyncio.to_thread(local.resolve, settings, announce=_say)
-    store = await Store.connect(services.pg_dsn, max_size=2)
-    try:
-        await store.init_schema()
-        return await body(CredentialStore(store.pool, key))
-    finally:
-        await store.close()
-
-
 def _run(body: Body) -> None:
-    """Connect to the database, run `body`, exit with its code; errors become messages."""
-    try:
-        settings = _settings()
-        key = load_key(settings, announce=_say)
-        code = asyncio.run(_with_store(settings, key, body))
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-    except NoetlError as exc:
-        _fail(str(exc), 1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
+    """Open the credential store (PostgreSQL only, no NATS), run `body`, exit with its code."""
+    config = settings()
 
+    async def with_credentials(store: Store) -> int:
+        await store.init_schema()
+        return await body(await CredentialStore.open(store.pool, config, announce=say))
 
-def _read_data(value: str) -> Any:
-    """`--data`: JSON text, `@file.json`, or `@-` for standard input."""
-    text = value
-    if value == "@-":
-        text = sys.stdin.read()
-    elif value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.UsageError(f"--data {value}: {exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.UsageError(f"--data is not valid JSON: {exc}") from exc
+    run_command(with_store(config, with_credentials))
 
 
 def _info(item: CredentialInfo) -> dict[str, Any]:
@@ -139,26 +92,26 @@ def credential() -> None:
 )
 def set_credential(name: str, type_: str, data: str) -> None:
     """Create or replace credential NAME."""
-    payload = _read_data(data)
+    payload = read_json(data, "--data", stdin=True)
     try:
         validate_name(name)
         kind, clean = validate_credential(type_, payload)
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), EXIT_USAGE)
 
     async def body(store: CredentialStore) -> int:
         created = await store.set(name, kind, clean)
-        _out.print(
+        out.print(
             f"{'created' if created else 'updated'} credential `{name}` ({kind})", markup=False
         )
-        return 0
+        return EXIT_OK
 
     _run(body)
 
 
 @credential.command(name="get")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 def get_credential(name: str, as_json: bool) -> None:
     """Show credential NAME, its secret values masked."""
 
@@ -166,7 +119,7 @@ def get_credential(name: str, as_json: bool) -> None:
         found = await store.get(name)
         shown = redact(found.data)
         if as_json:
-            _print_json(
+            print_json(
                 {
                     "name": found.name,
                     "type": found.type,
@@ -175,36 +128,37 @@ def get_credential(name: str, as_json: bool) -> None:
                     "updated_at": found.updated_at.isoformat(),
                 }
             )
-            return 0
-        table = Table("field", "value", title=f"{found.name} ({found.type})")
-        for field, value in shown.items():
-            table.add_row(field, value if isinstance(value, str) else json.dumps(value))
-        _out.print(table)
-        _out.print(
+            return EXIT_OK
+        print_table(
+            ("field", "value"),
+            [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in shown.items()],
+            title=f"{found.name} ({found.type})",
+        )
+        out.print(
             f"created {_when(found.created_at)}, updated {_when(found.updated_at)}", markup=False
         )
-        return 0
+        return EXIT_OK
 
     _run(body)
 
 
 @credential.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@json_option("Print a JSON array.")
 def list_credentials(as_json: bool) -> None:
     """List credentials (names and types, never data)."""
 
     async def body(store: CredentialStore) -> int:
         items = await store.list()
         if as_json:
-            _print_json([_info(item) for item in items])
+            print_json([_info(item) for item in items])
         elif not items:
-            _say("no credentials; create one with `noetl-runtime credential set`")
+            say("no credentials; create one with `noetl-runtime credential set`")
         else:
-            table = Table("name", "type", "created", "updated")
-            for item in items:
-                table.add_row(item.name, item.type, _when(item.created_at), _when(item.updated_at))
-            _out.print(table)
-        return 0
+            print_table(
+                ("name", "type", "created", "updated"),
+                [(i.name, i.type, _when(i.created_at), _when(i.updated_at)) for i in items],
+            )
+        return EXIT_OK
 
     _run(body)
 
@@ -216,9 +170,9 @@ def delete_credential(name: str) -> None:
 
     async def body(store: CredentialStore) -> int:
         if not await store.delete(name):
-            _say(f"error: credential `{name}` does not exist")
-            return 1
-        _out.print(f"deleted credential `{name}`", markup=False)
-        return 0
+            say(f"error: credential `{name}` does not exist")
+            return EXIT_FAILED
+        out.print(f"deleted credential `{name}`", markup=False)
+        return EXIT_OK
 
     _run(body)

@@ -11,7 +11,9 @@ keeps reading the old ones.
 The key comes from `NOETL_ENCRYPTION_KEY`: either 32 random bytes in base64 (URL-safe or
 standard alphabet, padding optional), or any other text as a passphrase (at least
 `MIN_PASSPHRASE` characters) stretched with scrypt. Without it, a key is generated once into
-`NOETL_HOME/encryption.key` (mode 0600) and reused.
+`NOETL_HOME/encryption.key` (mode 0600) and reused. Only while no credential is stored: a
+missing key file with credentials in the database is MissingKeyError, never a new key
+(`noetl.store.credentials.CredentialStore.open` counts them before loading the key).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from noetl.config import Settings
-from noetl.errors import ConfigError
+from noetl.errors import ConfigError, MissingKeyError
 
 __all__ = [
     "KEY_FILE",
@@ -79,15 +81,23 @@ def parse_key(text: str) -> bytes:
     return _derive(text)
 
 
-def load_key(settings: Settings, *, announce: Callable[[str], None] | None = None) -> bytes:
+def load_key(
+    settings: Settings,
+    *,
+    stored: int = 0,
+    announce: Callable[[str], None] | None = None,
+) -> bytes:
     """The credential encryption key: from `settings.encryption_key` when set, else from
     `settings.home`/encryption.key, generated there on first use (`announce` is then called
-    with a one-line notice). Raises ConfigError."""
+    with a one-line notice) when no credential is `stored` yet. Raises MissingKeyError when
+    the file is missing while credentials are stored, ConfigError when a key is unusable."""
     if settings.encryption_key:
         return parse_key(settings.encryption_key)
     home = Path(os.path.abspath(settings.home.expanduser()))
     path = home / KEY_FILE
     if not path.exists():
+        if stored:
+            raise MissingKeyError(str(path), stored)
         created = _create_key_file(path)
         if created and announce is not None:
             announce(

@@ -14,6 +14,22 @@ class ConfigError(NoetlError):
     """The configuration (environment or flags) is unusable."""
 
 
+class MissingKeyError(ConfigError):
+    """Credentials are stored but the key file that encrypted them is gone (and
+    NOETL_ENCRYPTION_KEY is unset): generating a new key would orphan every one of them."""
+
+    def __init__(self, path: str, stored: int) -> None:
+        self.path = path
+        self.stored = stored
+        super().__init__(
+            f"the encryption key file {path} is missing, but {stored} stored credential(s) "
+            f"were encrypted with a key: restore the file from your backup to {path} "
+            "(mode 0600), or set NOETL_ENCRYPTION_KEY to the key they were encrypted with. "
+            "No new key is generated, since the stored credentials could never be decrypted "
+            "with it; to start over, delete them with `noetl-runtime credential delete NAME`"
+        )
+
+
 class LocalModeError(NoetlError):
     """The embedded NATS or PostgreSQL server could not be started or reached."""
 

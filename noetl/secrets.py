@@ -1,5 +1,9 @@
 """Secret values: which values of a credential are secret, masking them (`***`) in anything
-recorded or shown, and resolving `{{ secret.NAME }}` for templates.
+recorded or shown, and which names `{{ secret.NAME }}` templates read. Pure: no I/O here
+(looking the names up is `noetl.store.credentials.resolve_secrets`).
+
+Every plugin masks through `Masker` (plugins through `ToolContext.mask`): there is no other
+scrubber, so a guarantee tested here holds for every tool.
 
 What counts as secret in a credential (`secret_values`): every string anywhere in its data,
 except under the public fields in `PUBLIC_FIELDS` (host, port, user, database, account,
@@ -19,28 +23,22 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from typing import Any, Final
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from jinja2 import Environment, nodes
 from jinja2.exceptions import TemplateSyntaxError
 
 from noetl.errors import RenderError
 
-if TYPE_CHECKING:
-    from noetl.store.credentials import CredentialStore
-
 __all__ = [
     "MASK",
     "MIN_MASK_LENGTH",
     "PUBLIC_FIELDS",
     "Masker",
-    "mask_dsn",
     "redact",
-    "resolve_secrets",
     "secret_env_name",
     "secret_names_in",
     "secret_value",
@@ -74,7 +72,6 @@ _PREFERRED: Final = (
 _SCHEME_PREFIX: Final = re.compile(r"^(?:bearer|basic|token)\s+(\S+)$", re.I)
 # key/value DSN: password=secret or password='it''s secret' (libpq quoting).
 _KV_PASSWORD: Final = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.|'')*'|\S+)", re.I)
-_URL_PASSWORD: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:)([^/?#]*)(@)")
 _SECRET_ROOT: Final = "secret"
 
 
@@ -181,13 +178,14 @@ class Masker:
         return bool(self._substrings or self._whole)
 
     def add(self, value: str) -> None:
-        """Mask `value` from now on (with its JSON-escaped and URL-encoded forms)."""
+        """Mask `value` from now on (with its JSON-escaped and URL-encoded forms, `%20` and
+        `+` for spaces)."""
         if not value:
             return
         if len(value) < MIN_MASK_LENGTH:
             self._whole.add(value)
             return
-        forms = {value, json.dumps(value)[1:-1], quote(value, safe="")}
+        forms = {value, json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value)}
         new = forms - self._substrings
         if new:
             self._substrings |= new
@@ -264,13 +262,6 @@ class Masker:
         return self._pattern, self._overlaps
 
 
-def mask_dsn(dsn: str) -> str:
-    """`dsn` with its password replaced by `***`, in URL form (`postgresql://u:pw@h/db`,
-    `?password=` included) and key/value form (`host=h password=pw`)."""
-    masked = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", dsn, count=1)
-    return _KV_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", masked)
-
-
 def redact(data: Mapping[str, Any]) -> dict[str, Any]:
     """A credential's data as it may be shown: public fields kept (with passwords inside
     URLs masked), `dsn` with its password masked, every other value `***`."""
@@ -288,7 +279,7 @@ def _redact(key: str, value: Any, masker: Masker) -> Any:
     if key.lower() in PUBLIC_FIELDS:
         return masker.mask(value)
     if key.lower() == "dsn" and isinstance(value, str):
-        return mask_dsn(value)
+        return Masker(_embedded_secrets(value)).mask_text(value)
     return MASK
 
 
@@ -300,37 +291,6 @@ def secret_env_name(name: str) -> str:
     name: `NOETL_SECRET_` and the name upper-cased, other characters than letters and
     digits turned into `_` (`api-key` -> `NOETL_SECRET_API_KEY`)."""
     return "NOETL_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
-
-
-async def resolve_secrets(
-    names: Iterable[str],
-    store: CredentialStore | None,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The value of each secret name, for the template name `secret`: the credential's
-    secret value (see `secret_value`) when a credential has the name, else the variable
-    `secret_env_name(name)` of `env` (default: the process environment).
-
-    Raises RenderError naming the secret and both ways to define it when neither exists.
-    """
-    source = os.environ if env is None else env
-    resolved: dict[str, str] = {}
-    for name in sorted(set(names)):
-        if store is not None:
-            credential = await store.find(name)
-            if credential is not None:
-                resolved[name] = secret_value(name, credential.data)
-                continue
-        variable = secret_env_name(name)
-        value = source.get(variable)
-        if value is None:
-            raise RenderError(
-                f"secret `{name}` is not defined: create a credential with "
-                f"`noetl-runtime credential set {name} --type secret --data "
-                f'\'{{"value": "..."}}\'`, or set {variable} in the runner\'s environment'
-            )
-        resolved[name] = value
-    return resolved
 
 
 _PARSER: Final = Environment(autoescape=False)

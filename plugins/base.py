@@ -1,21 +1,49 @@
-"""The plugin protocol: what a tool plugin implements and what the runner hands it."""
+"""The plugin protocol: what a tool plugin implements, what the runner hands it, and the
+helpers every plugin shares (bounding work by the step's timeout and cancellation, reading
+its spec into a typed struct). Third-party plugins import all of it from `noetl.plugin`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Protocol, TypeAlias, TypeVar, runtime_checkable
+
+import msgspec
+
+from noetl.errors import ToolError, ToolTimeout
+from noetl.secrets import Masker, secret_values
+
+#: A JSON value: what a tool returns, and what the runtime records and hands on.
+JSON: TypeAlias = str | int | float | bool | Sequence["JSON"] | Mapping[str, "JSON"] | None
+#: The step's rendered tool block, its `args` merged in (`kind` included). Free-form: a
+#: plugin reads it into its own typed struct with `parse_spec`.
+ToolSpec: TypeAlias = dict[str, Any]
+#: What `ToolPlugin.run` returns: JSON-like data, the step's `result`.
+ToolResult: TypeAlias = JSON
+
+#: Extra seconds `in_thread` lets a call run past the step's timeout before abandoning it:
+#: a server-side timeout fires first and gives the better error, and the runner's own bound
+#: (1 s past the timeout) comes after.
+TIMEOUT_GRACE: Final = 0.5
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 
 @dataclass(eq=False)
 class ToolContext:
     """What a plugin may use while it runs one command.
 
-    `in_progress` tells JetStream the command is still alive (call it during long work);
-    `cancelled` is set when the execution is cancelled or the runner shuts down.
+    `in_progress` tells JetStream the command is still alive (the runner calls it on a
+    timer too; `heartbeat` calls it now); `cancelled` is set when the execution is
+    cancelled or the runner shuts down.
+    Every secret the call handles goes into `secrets` (or comes from `credential`), so the
+    runner masks it in everything it records, and `mask` masks it in a plugin's messages.
     """
 
     execution_id: int
@@ -36,14 +64,23 @@ class ToolContext:
     # Secret values handed to this call; the runner masks them in everything it records.
     secrets: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    _masker: Masker = field(default_factory=Masker, init=False, repr=False)
+
+    def mask(self, text: str) -> str:
+        """`text` with every secret of this call (`secrets`, and credentials read through
+        `credential`) masked by the runtime's one `Masker`: use it on whatever a plugin puts
+        in an error, since servers and drivers echo connection strings and tokens back."""
+        self._masker.update(self.secrets.values())
+        return self._masker.mask_text(text)
 
     async def credential(self, name: str) -> Mapping[str, Any]:
-        """The decrypted data of the credential `name`."""
-        from noetl.errors import ToolError
-
+        """The decrypted data of the credential `name` (its secret values are masked from
+        then on). Raises ToolError when there is no such credential or no store."""
         if self.credentials is None:
             raise ToolError(f"credential {name!r} requested but no credential store is configured")
-        return await self.credentials(name)
+        data = await self.credentials(name)
+        self._masker.update(secret_values(data))
+        return data
 
     async def heartbeat(self) -> None:
         """Report that the command is still running (keeps JetStream from redelivering it)."""
@@ -55,7 +92,13 @@ class ToolContext:
         self.events.append({"kind": kind, **data})
 
 
-T = TypeVar("T")
+def parse_spec(spec: Mapping[str, Any], type_: type[S], who: str) -> S:
+    """`spec` read into `type_` (a msgspec Struct, dataclass or TypedDict; fields it does
+    not declare are ignored). Raises ToolError (type `validation`) naming the bad field."""
+    try:
+        return msgspec.convert(spec, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ToolError(f"{who}: {exc}", error_type="validation") from None
 
 
 async def until_done(
@@ -64,8 +107,6 @@ async def until_done(
     """`work`'s result; ToolError (type `cancelled`) as soon as the execution is cancelled,
     ToolTimeout past the step's timeout plus `grace` (so a server's or a worker's own
     timeout, which says more, answers first). `grace=None`: no time bound here."""
-    from noetl.errors import ToolError, ToolTimeout
-
     task = asyncio.ensure_future(work)
     cancelled = asyncio.ensure_future(ctx.cancelled.wait())
     limit = None if ctx.timeout is None or grace is None else ctx.timeout + grace
@@ -84,9 +125,41 @@ async def until_done(
     return task.result()
 
 
+async def in_thread(
+    ctx: ToolContext, fn: Callable[[], T], who: str, interrupt: Callable[[], None] | None = None
+) -> T:
+    """`fn()` run in a worker thread, bounded by the step's timeout and cancellation.
+
+    On either, `interrupt` (called from the event loop) is asked to stop the work, and the
+    thread gets a short grace to unwind before the call fails.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
+    try:
+        await asyncio.wait(
+            {task, cancelled}, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        cancelled.cancel()
+    if task.done():
+        return task.result()
+    if interrupt is not None:
+        with contextlib.suppress(Exception):
+            interrupt()
+    # The thread cannot be killed: wait a little for it to notice, then leave it be.
+    await asyncio.wait({task}, timeout=TIMEOUT_GRACE)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the interrupted call's own error says nothing new
+    if ctx.cancelled.is_set():
+        raise ToolError(f"{who}: cancelled", error_type="cancelled")
+    done = "interrupted" if interrupt is not None else "left to finish on its own"
+    raise ToolTimeout(f"{who}: still running after the step's timeout of {ctx.timeout:g}s; {done}")
+
+
 @runtime_checkable
 class ToolPlugin(Protocol):
-    """A tool kind. `spec` is the step's rendered tool block, its `args` merged in.
+    """A tool kind: a class instantiated without arguments, registered under the entry-point
+    group `noetl.plugins` with its kind as the name.
 
     Optional: `raw_fields` (a frozenset of tool fields the runner must not render, like the
     python tool's `code`) and `async aclose()`, called when the runner shuts down to release
@@ -95,6 +168,8 @@ class ToolPlugin(Protocol):
 
     kind: str
 
-    async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
-        """Run one call of the tool and return its result (JSON-like data)."""
+    async def run(self, ctx: ToolContext, spec: ToolSpec) -> ToolResult:
+        """Run one call of the tool and return its result (JSON-like data). Fail with
+        ToolError (its message through `ctx.mask`); any other exception is a plugin bug,
+        reported as an internal error of the step."""
         ...

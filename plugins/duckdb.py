@@ -20,19 +20,17 @@ from typing import Any
 import duckdb
 
 from noetl.errors import ToolError
-from plugins.base import ToolContext
+from plugins.base import ToolContext, in_thread
 from plugins.sql import (
     ROW_KEYWORDS,
     TRANSACTION_KEYWORDS,
     Statement,
     command_result,
-    in_thread,
     json_safe,
     params_of,
     postgres_params,
     quote_ident,
     resolve_auth,
-    scrub,
     split_statements,
     sql_text,
     statement_params,
@@ -76,7 +74,7 @@ class DuckdbTool:
         try:
             return await in_thread(ctx, work, "duckdb tool", session.interrupt)
         except ToolError as exc:
-            masked = scrub(ctx, str(exc))  # ATTACH errors may quote the connection string
+            masked = ctx.mask(str(exc))  # ATTACH errors may quote the connection string
             if masked == str(exc):
                 raise
             raise ToolError(masked, error_type=exc.error_type, **exc.details) from None

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import quote, quote_plus
 
 import aiohttp
 from multidict import CIMultiDict
@@ -75,16 +74,16 @@ class HttpTool:
                 if code >= 400 and code not in request.allow_status:
                     raw = await _read_at_most(resp, _ERROR_BODY_BYTES)
                     raise _status_error(ctx, method, final_url, resp, _text(raw, resp))
-                raw = await _read_capped(resp, request.max_bytes, method, _scrub(ctx, final_url))
+                raw = await _read_capped(resp, request.max_bytes, method, ctx.mask(final_url))
                 headers = _headers(resp)
                 data = _parse(raw, resp)
         except TimeoutError as exc:
             raise ToolTimeout(
-                _scrub(ctx, f"HTTP {method} {url} timed out after {request.timeout:g}s")
+                ctx.mask(f"HTTP {method} {url} timed out after {request.timeout:g}s")
             ) from exc
         except aiohttp.ClientError as exc:
             message = f"HTTP {method} {url} failed: {type(exc).__name__}: {exc}"
-            raise ToolError(_scrub(ctx, message), error_type="http", url=_scrub(ctx, url)) from exc
+            raise ToolError(ctx.mask(message), error_type="http", url=ctx.mask(url)) from exc
         return {
             "id": ctx.command_id,
             "status": "success",
@@ -344,13 +343,13 @@ def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
 def _status_error(
     ctx: ToolContext, method: str, url: str, resp: aiohttp.ClientResponse, body: str
 ) -> ToolError:
-    excerpt = _scrub(ctx, body[:_ERROR_BODY_CHARS])
+    excerpt = ctx.mask(body[:_ERROR_BODY_CHARS])
     details: dict[str, Any] = {"status_code": resp.status, "body": excerpt}
     retry_after = _retry_after(resp.headers.get("Retry-After"))
     if resp.status in (429, 503) and retry_after is not None:
         details["retry_after"] = retry_after
     return ToolError(
-        _scrub(ctx, f"HTTP {resp.status} from {method} {url}: {excerpt}"),
+        ctx.mask(f"HTTP {resp.status} from {method} {url}: {excerpt}"),
         error_type="http",
         **details,
     )
@@ -370,15 +369,3 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _scrub(ctx: ToolContext, text: str) -> str:
-    """`text` with every secret of this call masked, also as it appears quoted in a URL.
-
-    Servers may echo credentials back, and a URL may carry one in its query.
-    """
-    for secret in ctx.secrets.values():
-        if secret:
-            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-                text = text.replace(form, "***")
-    return text

@@ -36,7 +36,6 @@ from plugins.sql import (
     params_of,
     postgres_params,
     resolve_auth,
-    scrub,
     split_statements,
     sql_text,
     timeout_ms,
@@ -303,12 +302,12 @@ def statement_error(
     """The ToolError for a statement PostgreSQL refused, naming the statement and cause."""
     where = f" (statement {index + 1} of {count})" if count > 1 else ""
     sqlstate = getattr(exc, "sqlstate", None)
-    message = scrub(ctx, getattr(exc, "message", None) or str(exc))
+    message = ctx.mask(getattr(exc, "message", None) or str(exc))
     details: dict[str, Any] = {"sqlstate": sqlstate, "statement": index + 1}
     for attr in ("detail", "hint"):
         value = getattr(exc, attr, None)
         if value:
-            details[attr] = scrub(ctx, str(value))
+            details[attr] = ctx.mask(str(value))
     if sqlstate == QUERY_CANCELED and limit_ms is not None:
         timeout = ToolTimeout(
             f"postgres tool: statement timed out after {limit_ms / 1000:g}s{where}: {message}"
@@ -329,7 +328,7 @@ def connection_error(
     else:
         cause = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     what = "lost the connection to" if lost else "cannot connect to"
-    message = scrub(ctx, f"{who}: {what} {target}: {cause}")
+    message = ctx.mask(f"{who}: {what} {target}: {cause}")
     details = {"sqlstate": sqlstate} if sqlstate else {}
     return ToolError(message, error_type="postgres", **details)
 

@@ -17,17 +17,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins.base import ToolContext
+from plugins.base import ToolContext, in_thread
 from plugins.sql import (
     ROW_KEYWORDS,
     TRANSACTION_KEYWORDS,
     Statement,
     command_result,
-    in_thread,
     json_safe,
     params_of,
     resolve_auth,
-    scrub,
     snowflake_params,
     split_statements,
     sql_text,
@@ -189,7 +187,7 @@ def snowflake_error(ctx: ToolContext, exc: Any, what: str, who: str, where: str 
     errno, sqlstate = getattr(exc, "errno", None), getattr(exc, "sqlstate", None)
     cause = getattr(exc, "raw_msg", None) or getattr(exc, "msg", None) or str(exc)
     prefix = f"{who}: {what}: " if what else f"{who}: "
-    message = scrub(ctx, f"{prefix}{cause}{where}")
+    message = ctx.mask(f"{prefix}{cause}{where}")
     details = {"errno": errno, "sqlstate": sqlstate, "sfqid": getattr(exc, "sfqid", None)}
     if errno in _CANCELED_ERRNOS or sqlstate == "57014":
         timeout = ToolTimeout(message)

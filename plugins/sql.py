@@ -5,13 +5,12 @@
 - `json_safe` turns driver values into JSON values (see its docstring for each type).
 - `resolve_auth` reads `auth` / `connection_string`; `postgres_params` / `snowflake_params`
   turn a credential into connection arguments, adding every secret to `ctx.secrets`.
-- `in_thread` bounds a blocking call by the step's timeout and its cancellation
-  (`plugins.base.until_done` does it for coroutines).
+- blocking drivers run through `plugins.base.in_thread` (bounded by the step's timeout
+  and its cancellation).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -23,20 +22,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from noetl.errors import ToolError, ToolTimeout
+from noetl.errors import ToolError
 from plugins.base import ToolContext
 from plugins.sources import load_code
 
 T = TypeVar("T")
-
-#: Extra seconds a call may run past the step's timeout before it is abandoned: the
-#: server-side statement timeout fires first and gives the better error, and the runner's
-#: own bound (1 s past the timeout) comes after.
-TIMEOUT_GRACE = 0.5
 
 # Keywords whose statements return rows even where the driver cannot tell (DuckDB, Snowflake).
 ROW_KEYWORDS = frozenset(
@@ -555,29 +549,6 @@ def add_secret(ctx: ToolContext, label: str, field: str, value: Any) -> None:
         ctx.secrets[f"{label}.{field}"] = str(value)
 
 
-def scrub(ctx: ToolContext, text: str) -> str:
-    """`text` with every secret of this call masked (drivers may echo connection details)."""
-    for secret in sorted(ctx.secrets.values(), key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def mask_dsn(dsn: str) -> str:
-    """`dsn` with its password replaced by `***` (for naming a server in a message)."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<connection string>"
-
-
 def postgres_params(
     ctx: ToolContext, label: str, data: Mapping[str, Any], who: str
 ) -> dict[str, Any]:
@@ -721,34 +692,3 @@ def timeout_ms(ctx: ToolContext) -> int | None:
     if ctx.timeout is None or ctx.timeout <= 0:
         return None
     return max(1, math.ceil(ctx.timeout * 1000))
-
-
-async def in_thread(
-    ctx: ToolContext, fn: Callable[[], T], who: str, interrupt: Callable[[], None] | None = None
-) -> T:
-    """`fn()` run in a worker thread, bounded by the step's timeout and cancellation.
-
-    On either, `interrupt` (called from the event loop) is asked to stop the work, and the
-    thread gets a short grace to unwind before the call fails.
-    """
-    task = asyncio.ensure_future(asyncio.to_thread(fn))
-    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
-    try:
-        await asyncio.wait(
-            {task, cancelled}, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        cancelled.cancel()
-    if task.done():
-        return task.result()
-    if interrupt is not None:
-        with contextlib.suppress(Exception):
-            interrupt()
-    # The thread cannot be killed: wait a little for it to notice, then leave it be.
-    await asyncio.wait({task}, timeout=TIMEOUT_GRACE)
-    if task.done() and not task.cancelled():
-        task.exception()  # retrieved: the interrupted call's own error says nothing new
-    if ctx.cancelled.is_set():
-        raise ToolError(f"{who}: cancelled", error_type="cancelled")
-    done = "interrupted" if interrupt is not None else "left to finish on its own"
-    raise ToolTimeout(f"{who}: still running after the step's timeout of {ctx.timeout:g}s; {done}")

@@ -22,7 +22,6 @@ from nats.aio.msg import Msg
 
 from noetl.bus import CATALOG_REGISTER, events_subject
 from noetl.client import Client
-from noetl.crypto import load_key
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.errors import (
     CatalogError,
@@ -497,10 +496,11 @@ class _Gateway:
             # Loaded on first use, not at startup: a gateway that never touches credentials
             # needs no key (and does not create a key file in NOETL_HOME).
             try:
-                key = await asyncio.to_thread(load_key, self.client.settings)
+                self._credentials = await CredentialStore.open(
+                    self.client.store.pool, self.client.settings
+                )
             except ConfigError as exc:
                 raise _ApiError(500, f"credentials are unavailable: {exc}") from None
-            self._credentials = CredentialStore(self.client.store.pool, key)
         return self._credentials
 
     async def list_credentials(self, request: web.Request) -> web.Response:

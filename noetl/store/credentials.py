@@ -6,11 +6,13 @@ A credential is a name, a type and a JSON object of data. Known types are valida
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import difflib
 import json
+import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -18,8 +20,10 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from noetl.crypto import decrypt, encrypt
-from noetl.errors import ConfigError, StoreError
+from noetl.config import Settings
+from noetl.crypto import decrypt, encrypt, load_key
+from noetl.errors import ConfigError, MissingKeyError, RenderError, StoreError
+from noetl.secrets import secret_env_name, secret_value
 
 __all__ = [
     "KNOWN_TYPES",
@@ -28,6 +32,7 @@ __all__ = [
     "CredentialStore",
     "parse_auth",
     "parse_bindings",
+    "resolve_secrets",
     "validate_credential",
     "validate_name",
 ]
@@ -339,18 +344,47 @@ def _aad(name: str) -> bytes:
 
 
 class CredentialStore:
-    """Credentials in `noetl.credential` of the pool's database, encrypted with `key`."""
+    """Credentials in `noetl.credential` of the pool's database, encrypted with `key`.
 
-    def __init__(self, pool: asyncpg.Pool, key: bytes) -> None:
+    When `key` is the MissingKeyError saying why there is none (see `open`), listing and
+    deleting still work; reading or writing data raises that error.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, key: bytes | MissingKeyError) -> None:
         self.pool = pool
         self._key = key
+
+    @classmethod
+    async def open(
+        cls,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        *,
+        announce: Callable[[str], None] | None = None,
+    ) -> CredentialStore:
+        """The store with the key of `settings` (`noetl.crypto.load_key`). A key file is
+        generated only while no credential is stored, so stored credentials are never
+        orphaned by a new key: with the key file missing, the store can list and delete
+        them, and reading or writing data raises MissingKeyError (where the key belongs, how
+        to restore it). Raises ConfigError when the configured key is unusable."""
+        stored = await pool.fetchval("SELECT count(*) FROM noetl.credential")
+        try:
+            key = await asyncio.to_thread(load_key, settings, stored=stored, announce=announce)
+        except MissingKeyError as exc:
+            return cls(pool, exc)
+        return cls(pool, key)
+
+    def _usable_key(self) -> bytes:
+        if isinstance(self._key, MissingKeyError):
+            raise MissingKeyError(self._key.path, self._key.stored)
+        return self._key
 
     async def set(self, name: str, type: str, data: Mapping[str, Any]) -> bool:
         """Create or replace credential `name` (validated); True if it was created.
         Raises ConfigError on an invalid name, type or data."""
         validate_name(name)
         kind, clean = validate_credential(type, data)
-        blob = encrypt(self._key, msgspec.json.encode(clean), aad=_aad(name))
+        blob = encrypt(self._usable_key(), msgspec.json.encode(clean), aad=_aad(name))
         created = await self.pool.fetchval(
             """
             INSERT INTO noetl.credential (name, type, data) VALUES ($1, $2, $3)
@@ -370,8 +404,9 @@ class CredentialStore:
         )
         if row is None:
             return None
+        key = self._usable_key()
         try:
-            plain = decrypt(self._key, bytes(row["data"]), aad=_aad(name))
+            plain = decrypt(key, bytes(row["data"]), aad=_aad(name))
         except ConfigError as exc:
             raise ConfigError(f"credential `{name}`: {exc}") from None
         return Credential(
@@ -418,3 +453,41 @@ class CredentialStore:
             "DELETE FROM noetl.credential WHERE name = $1 RETURNING true", name
         )
         return bool(deleted)
+
+
+# -- {{ secret.NAME }} ----------------------------------------------------------------------
+
+
+async def resolve_secrets(
+    names: Iterable[str],
+    store: CredentialStore | None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The value of each secret name, for the template name `secret`: the credential's
+    secret value (see `secret_value`) when a credential has the name, else the variable
+    `secret_env_name(name)` of `env` (default: the process environment).
+
+    Raises RenderError naming the secret and both ways to define it when neither exists,
+    or saying why its credential cannot be decrypted.
+    """
+    source = os.environ if env is None else env
+    resolved: dict[str, str] = {}
+    for name in sorted(set(names)):
+        if store is not None:
+            try:
+                credential = await store.find(name)
+            except ConfigError as exc:  # no key, or not this key: the step fails, says why
+                raise RenderError(f"secret `{name}`: {exc}") from exc
+            if credential is not None:
+                resolved[name] = secret_value(name, credential.data)
+                continue
+        variable = secret_env_name(name)
+        value = source.get(variable)
+        if value is None:
+            raise RenderError(
+                f"secret `{name}` is not defined: create a credential with "
+                f"`noetl-runtime credential set {name} --type secret --data "
+                f'\'{{"value": "..."}}\'`, or set {variable} in the runner\'s environment'
+            )
+        resolved[name] = value
+    return resolved

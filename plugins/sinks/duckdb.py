@@ -15,12 +15,11 @@ from typing import Any
 import duckdb
 
 from noetl.errors import ToolError
-from plugins.base import ToolContext
+from plugins.base import ToolContext, in_thread
 from plugins.duckdb import MEMORY, Session, rollback
 from plugins.sql import (
     column_sources,
     dedupe_last,
-    in_thread,
     key_columns,
     match_columns,
     parse_table_name,

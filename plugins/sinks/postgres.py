@@ -42,7 +42,6 @@ from plugins.sql import (
     quote_name,
     resolve_auth,
     row_keys,
-    scrub,
     sink_mode,
     timeout_ms,
     value_of,
@@ -139,7 +138,7 @@ async def _write(
             return len(records)
     except (asyncpg.PostgresError, asyncpg.DataError) as exc:
         # DataError: asyncpg could not encode a value for COPY.
-        message = scrub(ctx, getattr(exc, "message", None) or str(exc))
+        message = ctx.mask(getattr(exc, "message", None) or str(exc))
         sqlstate = getattr(exc, "sqlstate", None)
         raise ToolError(
             f"{WHO}: writing {name}: {message}",

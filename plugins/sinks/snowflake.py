@@ -16,12 +16,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from plugins.base import ToolContext
+from plugins.base import ToolContext, in_thread
 from plugins.snowflake import SnowflakeSession, execute, query_timeout, rollback
 from plugins.sql import (
     column_sources,
     dedupe_last,
-    in_thread,
     key_columns,
     match_columns,
     parse_table_name,

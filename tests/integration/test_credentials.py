@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from noetl.cli import CliState
+from noetl.cli_core import CliState
 from noetl.cli_credentials import credential
 from noetl.config import Settings
 from noetl.crypto import KEY_FILE, generate_key, load_key
-from noetl.errors import ConfigError, RenderError, StoreError
-from noetl.secrets import resolve_secrets
+from noetl.errors import ConfigError, MissingKeyError, RenderError, StoreError
 from noetl.store import Store
-from noetl.store.credentials import CredentialStore
+from noetl.store.credentials import CredentialStore, resolve_secrets
 
 PASSWORD = "pg-Pa55word-xyz"
 
@@ -228,6 +227,41 @@ def test_cli_uses_a_configured_key(pg_dsn: str, noetl_home: Path) -> None:
     assert _cli(pg_dsn, noetl_home, "get", "s", key=key).exit_code == 0
     wrong = _cli(pg_dsn, noetl_home, "get", "s", key=generate_key())
     assert wrong.exit_code == 2 and "cannot decrypt" in wrong.stderr
+
+
+async def test_a_lost_key_file_never_orphans_stored_credentials(
+    pg_dsn: str, noetl_home: Path, store: Store
+) -> None:
+    data = '{"token": "kept-secret-1"}'
+    args = ("set", "tok", "--type", "bearer", "--data", data)
+    assert (await asyncio.to_thread(_cli, pg_dsn, noetl_home, *args)).exit_code == 0
+    path = noetl_home / KEY_FILE
+    saved = path.read_bytes()
+    path.unlink()
+
+    # Neither the CLI nor the runtime makes a new key: each says where the key belongs.
+    for command in (("get", "tok"), ("set", "other", "--type", "bearer", "--data", data)):
+        done = await asyncio.to_thread(_cli, pg_dsn, noetl_home, *command)
+        assert done.exit_code == 2, done.output
+        assert f"the encryption key file {path} is missing" in done.stderr
+        assert "NOETL_ENCRYPTION_KEY" in done.stderr
+    without_key = await CredentialStore.open(store.pool, Settings(home=noetl_home))
+    with pytest.raises(MissingKeyError):
+        await without_key.find("tok")
+    assert [c.name for c in await without_key.list()] == ["tok"]
+    assert not path.exists()
+
+    # Restored from the backup, the old credential decrypts as it was.
+    path.write_bytes(saved)
+    path.chmod(0o600)
+    creds = await CredentialStore.open(store.pool, Settings(home=noetl_home))
+    assert (await creds.get("tok")).data == {"token": "kept-secret-1"}
+
+    # Given up on purpose: once none is stored, the next command makes a new key.
+    path.unlink()
+    assert (await asyncio.to_thread(_cli, pg_dsn, noetl_home, "delete", "tok")).exit_code == 0
+    again = await asyncio.to_thread(_cli, pg_dsn, noetl_home, *args)
+    assert again.exit_code == 0 and "generated a new encryption key" in again.stderr
 
 
 @pytest.mark.parametrize(

@@ -12,19 +12,23 @@ import pytest
 
 from noetl import crypto
 from noetl.config import Settings
-from noetl.errors import ConfigError, RenderError
+from noetl.errors import ConfigError, MissingKeyError, RenderError
 from noetl.secrets import (
     MASK,
     Masker,
-    mask_dsn,
     redact,
-    resolve_secrets,
     secret_env_name,
     secret_names_in,
     secret_value,
     secret_values,
 )
-from noetl.store.credentials import parse_auth, parse_bindings, validate_credential, validate_name
+from noetl.store.credentials import (
+    parse_auth,
+    parse_bindings,
+    resolve_secrets,
+    validate_credential,
+    validate_name,
+)
 
 # -- Masker -------------------------------------------------------------------------------------
 
@@ -139,17 +143,32 @@ def test_secret_values_of_header_aws_and_nested_service_account() -> None:
     assert secret_values({"pin": 123456, "retries": 3, "flag": True}) == {"123456"}
 
 
-def test_mask_dsn() -> None:
-    assert mask_dsn("postgresql://etl:hunter2@db:5432/w") == "postgresql://etl:***@db:5432/w"
-    assert mask_dsn("postgres://etl:p@ss@db/w?sslmode=require") == (
-        "postgres://etl:***@db/w?sslmode=require"
-    )
-    assert mask_dsn("postgresql://db/w?user=etl&password=hunter2") == (
-        "postgresql://db/w?user=etl&password=***"
-    )
-    assert mask_dsn("host=db password='a b' dbname=w") == "host=db password=*** dbname=w"
+def test_dsn_passwords_are_masked_in_shown_data_and_in_errors() -> None:
+    cases = [  # dsn, its password, as shown
+        ("postgresql://etl:hunter2@db:5432/w", "hunter2", "postgresql://etl:***@db:5432/w"),
+        ("postgres://etl:p@ss@db/w?sslmode=x", "p@ss", "postgres://etl:***@db/w?sslmode=x"),
+        (
+            "postgresql://db/w?user=e&password=hunter2",
+            "hunter2",
+            "postgresql://db/w?user=e&password=***",
+        ),
+        ("host=db password='s3 cret' dbname=w", "s3 cret", "host=db password=*** dbname=w"),
+    ]
+    for dsn, password, shown in cases:
+        assert redact({"dsn": dsn}) == {"dsn": shown}
+        # A driver error quoting the DSN, or only its password, masked by the one Masker.
+        masker = Masker(secret_values({"dsn": dsn}))
+        error = masker.mask_text(f"cannot connect to {dsn}: password {password} refused")
+        assert error == "cannot connect to ***: password *** refused"
     for unchanged in ("postgresql://etl@db:5432/w", "postgresql://db:5432/w", "host=db"):
-        assert mask_dsn(unchanged) == unchanged
+        assert redact({"dsn": unchanged}) == {"dsn": unchanged}
+
+
+def test_url_encoded_forms_are_masked_both_ways() -> None:
+    masker = Masker(["s3cret word&x"])
+    assert masker.mask_text("q=s3cret%20word%26x") == "q=***"
+    assert masker.mask_text("q=s3cret+word%26x") == "q=***"
+    assert masker.mask_text('{"t": "s3cret word&x"}') == '{"t": "***"}'
 
 
 def test_redact_shows_public_fields_only() -> None:
@@ -377,6 +396,21 @@ def test_key_file_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     assert crypto.load_key(settings, announce=notices.append) == key
     assert len(notices) == 1
     assert [p.name for p in home.iterdir()] == [crypto.KEY_FILE]  # no temporary left over
+
+
+def test_no_key_is_generated_while_credentials_are_stored(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    with pytest.raises(MissingKeyError) as info:
+        crypto.load_key(settings, stored=3)
+    path = tmp_path / crypto.KEY_FILE
+    assert info.value.path == str(path) and info.value.stored == 3
+    assert "restore the file from your backup" in str(info.value)
+    assert "NOETL_ENCRYPTION_KEY" in str(info.value)
+    assert not path.exists()
+    # The configured key needs no file.
+    raw = os.urandom(32)
+    configured = Settings(home=tmp_path, encryption_key=base64.b64encode(raw).decode())
+    assert crypto.load_key(configured, stored=3) == raw
 
 
 def test_concurrent_first_use_agrees_on_one_key(tmp_path: Path) -> None:

@@ -24,8 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins import sql
-from plugins.base import ToolContext, until_done
+from plugins.base import ToolContext, in_thread, until_done
 from plugins.postgres import coerce_params, coercer
 from plugins.sinks import SINK_CLASSES, Sink, get_sink, rows_of
 from plugins.sinks.file import encode_rows, format_of
@@ -33,10 +32,8 @@ from plugins.sql import (
     Statement,
     dedupe_last,
     describe_postgres,
-    in_thread,
     json_safe,
     key_columns,
-    mask_dsn,
     match_columns,
     params_of,
     parse_table_name,
@@ -45,7 +42,6 @@ from plugins.sql import (
     quote_name,
     resolve_auth,
     row_keys,
-    scrub,
     sink_mode,
     snowflake_params,
     split_statements,
@@ -408,12 +404,15 @@ def test_postgres_params_registers_secrets_and_never_names_them() -> None:
         postgres_params(ctx, "bad", {"dsn": "mysql://x"}, "postgres tool")
 
 
-def test_mask_dsn_and_scrub() -> None:
-    assert mask_dsn("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
-    assert mask_dsn("postgresql://h/db") == "postgresql://h/db"
+def test_errors_are_masked_by_the_context() -> None:
     ctx = make_ctx()
+    dsn = "postgresql://etl:pa%40ss-word@db:5432/w"
+    postgres_params(ctx, "pg", {"dsn": dsn}, "postgres tool")
+    # A driver naming the server by its DSN, or quoting the decoded password.
+    message = ctx.mask(f"cannot reach {dsn}; password pa@ss-word rejected")
+    assert message == "cannot reach ***; password *** rejected"
     ctx.secrets.update({"a": "hunter2", "b": "hunter22"})
-    assert scrub(ctx, "pw hunter22 and hunter2") == "pw *** and ***"
+    assert ctx.mask("pw hunter22 and hunter2") == "pw *** and ***"
 
 
 def test_snowflake_params_with_password_and_private_key() -> None:
@@ -559,8 +558,7 @@ async def test_until_done_times_out_and_cancels() -> None:
     assert await until_done(make_ctx(), asyncio.sleep(0, "done"), "x") == "done"
 
 
-async def test_in_thread_interrupts_on_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "TIMEOUT_GRACE", 0.5)
+async def test_in_thread_interrupts_on_timeout() -> None:
     stop = threading.Event()
     ctx = make_ctx(timeout=0.05)
     started = time.monotonic()
