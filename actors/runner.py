@@ -54,7 +54,7 @@ class Runner(Actor):
         plugins: dict[str, ToolPlugin] | None = None,
     ) -> None:
         super().__init__(bus, store, settings)
-        self.plugins = load_plugins() if plugins is None else plugins
+        self.plugins = load_plugins(settings) if plugins is None else plugins
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
         self._running: dict[int, set[ToolContext]] = {}
         self.credentials: CredentialStore | None = None

@@ -38,7 +38,15 @@ class Settings(msgspec.Struct, kw_only=True):
     idle_evict: float = 60.0
     # Seconds between reconciler sweeps for executions with lost or stalled work.
     reconcile_every: float = 15.0
+    # Concurrent python calls per runner (0: one per CPU); bounds python loops' concurrency.
     python_workers: int = 0
+    # The account python steps run as when the runtime runs as root.
+    python_user: str = "nobody"
+    # Each python worker's data size limit in MiB (0: none): runaway allocation fails the step.
+    python_memory_mb: int = 0
+    # Modules (comma-separated) imported once by the workers' template: faster steps, and
+    # under a root runtime, packages the unprivileged account could not read itself.
+    python_preload: str = ""
     # Where a runner reads relative `file` scripts that did not travel with their playbook.
     script_root: str | None = None
     allow_absolute_scripts: bool = False

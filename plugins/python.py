@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from noetl.config import Settings
 from noetl.errors import ToolError
 from plugins.base import ToolContext
 from plugins.python_pool import WorkerPool
@@ -22,14 +23,21 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 
 
 class PythonTool:
-    """Tool kind `python`; `workers` bounds the concurrent calls (0: one per CPU)."""
+    """Tool kind `python`. Concurrent calls are bounded by `workers`, else by the settings'
+    `python_workers` (`NOETL_PYTHON_WORKERS`), else by the number of CPUs."""
 
     kind = "python"
     # Code is Python, not a template: `{{` in an f-string must reach the interpreter intact.
     raw_fields = frozenset({"code", "code_b64"})
 
-    def __init__(self, workers: int = 0) -> None:
-        self.pool = WorkerPool(workers or os.cpu_count() or 1)
+    def __init__(self, workers: int = 0, *, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        self.pool = WorkerPool(
+            workers or settings.python_workers or os.cpu_count() or 1,
+            user=settings.python_user,
+            memory_bytes=settings.python_memory_mb * 1024 * 1024,
+            preload=settings.python_preload,
+        )
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
         """Run the code of one call in a worker process and return its result."""
@@ -47,7 +55,11 @@ class PythonTool:
                 ctx.logger.warning("step %s: heartbeat failed: %s", ctx.step, exc)
 
         payload = await self.pool.call(
-            request, timeout=ctx.timeout, cancelled=ctx.cancelled, heartbeat=heartbeat
+            request,
+            owner=ctx.execution_id,
+            timeout=ctx.timeout,
+            cancelled=ctx.cancelled,
+            heartbeat=heartbeat,
         )
         reply = _reply_decoder.decode(payload)
         if reply.stdout or reply.stderr:

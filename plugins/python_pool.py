@@ -1,37 +1,54 @@
-"""A pool of long-lived python worker processes, driven from asyncio without blocking it.
+"""A pool of python worker processes, forked from a clean template, driven from asyncio.
 
-Each worker is a fresh interpreter (`python -P -c ...`, not a fork of this asyncio process)
-with its own session, holding one end of a socket pair. The pool writes a request frame and
-the event loop reads the reply when the socket is readable, so a worker that hangs, spins or
-dies never stalls the loop. Workers start on demand, up to `size`, and are reused; one that
-times out, is cancelled or dies is discarded, and the next call needing it starts a new one.
+The pool starts one template process (`plugins.python_zygote`: a fresh interpreter with a
+scrubbed environment, `NOETL_*` removed) and asks it to fork each worker, holding one end of
+a socket pair per worker. The pool writes a request frame and the event loop reads the reply
+when the socket is readable, so a worker that hangs, spins or dies never stalls the loop.
+
+Workers belong to one execution: a worker is reused only by calls of the execution it first
+served, so nothing one execution's code does to its process (a patched module, a cached
+secret) reaches another's. Forking from the template costs about a millisecond, against tens
+for a fresh interpreter. At most `size` workers live at once; a new one makes room by
+stopping an idle worker of another execution. A worker that times out, is cancelled or dies
+is discarded. Running as root, workers switch to an unprivileged account before any code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins import python_worker
+from plugins import python_worker, python_zygote
 from plugins.python_worker import HEADER
+from plugins.python_zygote import MESSAGE
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats while a call runs
 WATCH_AFTER = 0.05  # seconds into a call before cancellation is watched (and heartbeats begin)
 EXIT_GRACE = 2.0  # seconds a worker that closed its socket gets to exit before it is killed
+_PR_SET_DUMPABLE = 4
 
-# Runs in the worker: take the parent's import path (as multiprocessing's spawn does), then
+# Runs in the template: take the parent's import path (as multiprocessing's spawn does), then
 # serve. `-P` keeps the current directory from shadowing modules before the path is set.
 _BOOTSTRAP = (
-    "import sys; fd, parent, *sys.path[:] = sys.argv[1:]; sys.argv[:] = ['']; "
-    f"from {python_worker.__name__} import serve; serve(int(fd), int(parent))"
+    "import sys; fd, parent, user, memory, preload, *sys.path[:] = sys.argv[1:]; "
+    f"sys.argv[:] = ['']; from {python_zygote.__name__} import zygote; "
+    "zygote(int(fd), int(parent), user, int(memory), preload)"
 )
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What step code may see of the runner's environment: everything but `NOETL_*` (the API
+    token, the encryption key, the store's DSN, `NOETL_SECRET_*`)."""
+    return {name: value for name, value in environ.items() if not name.startswith("NOETL_")}
 
 
 class _Gone(Exception):
@@ -76,13 +93,146 @@ class _Channel(asyncio.Protocol):
             self.reply.set_exception(_Gone())
 
 
-class _Worker:
-    """One worker process, its socket and a future resolved with its exit status once reaped."""
+class _Zygote:
+    """The template process, its control socket, and the workers it forked and not yet reaped.
 
-    def __init__(self, proc: asyncio.subprocess.Process, channel: _Channel) -> None:
+    `exits[pid]` resolves with a worker's exit code (minus the signal number when killed) once
+    the template reaps it, or with None if the template itself is gone.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, control: socket.socket) -> None:
         self.proc = proc
+        self.control = control
+        self.exits: dict[int, asyncio.Future[int | None]] = {}
+        self._starting: collections.deque[asyncio.Future[int]] = collections.deque()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(control.fileno(), self._readable)
+        self.alive = True
+
+    @classmethod
+    async def start(cls, user: str, memory_bytes: int, preload: str) -> _Zygote:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            command = [
+                sys.executable,
+                "-P",
+                "-c",
+                _BOOTSTRAP,
+                str(theirs.fileno()),
+                str(os.getpid()),
+                user,
+                str(memory_bytes),
+                preload,
+                *sys.path,
+            ]
+            try:
+                # A new session: a terminal's Ctrl-C does not reach it (the pool stops it).
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    pass_fds=(theirs.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=worker_environment(os.environ),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                ours.close()
+                raise ToolError(
+                    f"could not start the python worker template process: {exc}",
+                    error_type="python",
+                ) from exc
+            except BaseException:
+                ours.close()
+                raise
+        ours.setblocking(False)
+        zygote = cls(proc, ours)
+        asyncio.ensure_future(proc.wait()).add_done_callback(lambda _: zygote.lost())
+        return zygote
+
+    async def fork(self, fd: int) -> int:
+        """Have the template fork a worker serving the socket `fd`; its pid."""
+        started: asyncio.Future[int] = self._loop.create_future()
+        self._send(b"F", 0, fds=[fd])
+        self._starting.append(started)
+        return await started
+
+    def kill(self, pid: int) -> None:
+        """Kill the worker `pid` and its process group, unless it was already reaped."""
+        if self.alive:
+            self._send(b"K", pid)
+        elif pid in self.exits:  # no template to ask: its death signal is on the way anyway
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Kill the template (its workers die with it) and stop reading its socket."""
+        self.lost()
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def lost(self) -> None:
+        """The template is gone: no worker can start, no exit can be reported any more."""
+        if not self.alive:
+            return
+        self.alive = False
+        self._loop.remove_reader(self.control.fileno())
+        self.control.close()
+        while self._starting:
+            _fail_started(self._starting.popleft())
+        for done in self.exits.values():
+            if not done.done():
+                done.set_result(None)
+
+    def _send(self, kind: bytes, pid: int, fds: list[int] | None = None) -> None:
+        try:
+            socket.send_fds(self.control, [MESSAGE.pack(kind, pid, 0)], fds or [])
+        except OSError as exc:
+            self.lost()
+            raise ToolError(
+                f"the python worker template process is gone: {exc}", error_type="python"
+            ) from exc
+
+    def _readable(self) -> None:
+        while self.alive:
+            try:
+                message = self.control.recv(MESSAGE.size)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self.lost()
+                return
+            kind, pid, code = MESSAGE.unpack(message)
+            if kind == b"S":
+                self.exits[pid] = self._loop.create_future()
+                started = self._starting.popleft()
+                if started.done():  # its caller was cancelled meanwhile: nobody will use it
+                    self._send(b"K", pid)
+                else:
+                    started.set_result(pid)
+            elif kind == b"X":
+                done = self.exits.pop(pid, None)
+                if done is not None and not done.done():
+                    done.set_result(code)
+
+
+def _fail_started(started: asyncio.Future[int]) -> None:
+    if not started.done():
+        started.set_exception(
+            ToolError("the python worker template process died", error_type="python")
+        )
+
+
+class _Worker:
+    """One worker process of one execution (`owner`), its socket and its exit."""
+
+    def __init__(self, pid: int, owner: object, channel: _Channel, zygote: _Zygote) -> None:
+        self.pid = pid
+        self.owner = owner
         self.channel = channel
-        self.exited = asyncio.ensure_future(proc.wait())
+        self.zygote = zygote
+        self.exited = zygote.exits[pid]
         # Also covers a worker that exits while a process it started still holds the socket.
         self.exited.add_done_callback(lambda _: channel.gone())
 
@@ -101,16 +251,23 @@ class _Worker:
 
     def kill(self) -> None:
         """Kill the worker and whatever its code started (its whole process group)."""
-        if self.proc.returncode is None:  # until it is reaped, its pid and group are its own
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if not self.exited.done():
+            with contextlib.suppress(ToolError):  # a gone template already took its workers
+                self.zygote.kill(self.pid)
         if self.channel.transport is not None:
             self.channel.transport.close()
 
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code (minus the signal number when killed), once known."""
+        return self.exited.result() if self.exited.done() else None
+
     def how_it_ended(self) -> str:
         """`exit code N` or `signal NAME`, for error messages."""
-        code = self.proc.returncode
-        if code is not None and code < 0:
+        code = self.exit_code
+        if code is None:
+            return "an unknown status"
+        if code < 0:
             with contextlib.suppress(ValueError):
                 return f"signal {signal.Signals(-code).name}"
             return f"signal {-code}"
@@ -118,26 +275,40 @@ class _Worker:
 
 
 class WorkerPool:
-    """Up to `size` worker processes, started on demand and reused; callers queue in FIFO order."""
+    """Up to `size` worker processes, forked on demand from a clean template; a worker is
+    reused only by its own execution; callers queue in FIFO order.
 
-    def __init__(self, size: int) -> None:
+    `user`: the account workers run as when the runtime runs as root (ignored otherwise).
+    `memory_bytes`: each worker's data size limit (0: none). `preload`: comma-separated
+    modules the template imports once, so that workers start with them.
+    """
+
+    def __init__(
+        self, size: int, *, user: str = "nobody", memory_bytes: int = 0, preload: str = ""
+    ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, not {size}")
         self.size = size
+        self.user = user
+        self.memory_bytes = memory_bytes
+        self.preload = preload
         self._slots = asyncio.Semaphore(size)
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()
+        self._zygote: _Zygote | None = None
+        self._zygote_lock = asyncio.Lock()
         self._closed = False
 
     async def call(
         self,
         payload: bytes,
         *,
+        owner: object,
         timeout: float | None,
         cancelled: asyncio.Event,
         heartbeat: Callable[[], Awaitable[None]],
     ) -> bytes:
-        """Send `payload` to a free worker and return its reply.
+        """Send `payload` to a free worker of `owner` (an execution) and return its reply.
 
         Raises ToolTimeout after `timeout` seconds and ToolError (`cancelled`) once `cancelled`
         is set, killing the worker in both cases; ToolError if the worker dies meanwhile.
@@ -146,7 +317,12 @@ class WorkerPool:
         async with self._slots:
             if self._closed:
                 raise ToolError("the python tool is closed", error_type="python")
-            worker = self._take_idle() or await self._start()
+            try:
+                worker = self._take_idle(owner) or await self._start(owner)
+            except ToolError:
+                if self._closed:
+                    raise self._closed_meanwhile() from None
+                raise
             reply = worker.send(payload)
             try:
                 answer = await _wait(reply, timeout, cancelled, heartbeat)
@@ -163,58 +339,63 @@ class WorkerPool:
             return answer
 
     async def aclose(self) -> None:
-        """Kill every worker and wait until each is reaped; later calls fail."""
+        """Kill every worker and the template, and wait until each worker is reaped."""
         self._closed = True
         self._idle.clear()
         workers = list(self._workers)
         for worker in workers:
             worker.kill()
         await asyncio.gather(*(worker.exited for worker in workers))
+        async with self._zygote_lock:  # a template still starting is stopped too
+            if self._zygote is not None:
+                self._zygote.stop()
+                await self._zygote.proc.wait()
 
-    def _take_idle(self) -> _Worker | None:
-        while self._idle:
-            worker = self._idle.pop()  # the most recently used: its caches are warmest
-            if worker.alive:
+    @staticmethod
+    def _closed_meanwhile() -> ToolError:
+        return ToolError("the python tool was closed while the code ran", error_type="python")
+
+    def _take_idle(self, owner: object) -> _Worker | None:
+        # The most recently used first: its caches are warmest.
+        for index in range(len(self._idle) - 1, -1, -1):
+            worker = self._idle[index]
+            if worker.owner == owner and worker.alive:
+                del self._idle[index]
                 return worker
         return None
 
-    async def _start(self) -> _Worker:
+    async def _start(self, owner: object) -> _Worker:
+        # Make room: at most `size` processes, idle ones of other executions stopped first
+        # (the oldest first). Those of this execution that died are dropped along the way.
+        self._idle = [worker for worker in self._idle if worker.alive]
+        excess = max(0, len(self._workers) + 1 - self.size)
+        for worker in self._idle[:excess]:
+            worker.kill()
+        del self._idle[:excess]
+        zygote = await self._template()
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        with theirs:  # the worker's end: once started, the worker holds its own copy
-            # The channel comes first, so nothing awaits between starting the process and
-            # registering it: a caller cancelled in between cannot leave a worker behind.
+        with theirs:  # the worker's end: once forked, the worker holds its own copy
             transport, channel = await loop.create_unix_connection(_Channel, sock=ours)
-            command = [
-                sys.executable,
-                "-P",
-                "-c",
-                _BOOTSTRAP,
-                str(theirs.fileno()),
-                str(os.getpid()),
-                *sys.path,
-            ]
             try:
-                # A new session: a terminal's Ctrl-C does not reach the workers (the pool
-                # stops them), and killing the group also ends processes the code started.
-                proc = await asyncio.create_subprocess_exec(
-                    *command,
-                    pass_fds=(theirs.fileno(),),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                transport.close()
-                raise ToolError(
-                    f"could not start a python worker process: {exc}", error_type="python"
-                ) from exc
-            except BaseException:  # cancelled: asyncio has already killed the process
+                pid = await zygote.fork(theirs.fileno())
+            except BaseException:
                 transport.close()
                 raise
-        worker = _Worker(proc, channel)
+        worker = _Worker(pid, owner, channel, zygote)
         self._workers.add(worker)
         worker.exited.add_done_callback(lambda _: self._workers.discard(worker))
         return worker
+
+    async def _template(self) -> _Zygote:
+        async with self._zygote_lock:
+            if self._closed:
+                raise self._closed_meanwhile()
+            if self._zygote is None or not self._zygote.alive:
+                if os.geteuid() != 0:
+                    _protect_this_process()
+                self._zygote = await _Zygote.start(self.user, self.memory_bytes, self.preload)
+            return self._zygote
 
     async def _died(self, worker: _Worker) -> ToolError:
         # The socket closed first; the exit status follows within moments, unless the code
@@ -225,13 +406,20 @@ class WorkerPool:
             worker.kill()
             await worker.exited
         if self._closed:
-            return ToolError("the python tool was closed while the code ran", error_type="python")
+            return self._closed_meanwhile()
         how = worker.how_it_ended()
         return ToolError(
             f"the python worker process died with {how} while running the code",
             error_type="python",
-            exit_code=worker.proc.returncode,
+            exit_code=worker.exit_code,
         )
+
+
+def _protect_this_process() -> None:
+    """Make this process's memory and `/proc/<pid>/environ` unreadable to other processes of
+    the same user, step code included (they hold the API token and the encryption key)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0)
 
 
 async def _wait(

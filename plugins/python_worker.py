@@ -1,6 +1,6 @@
 """The worker process of the python tool: runs step code sent by the pool, one call at a time.
 
-`plugins.python_pool` starts it as `python -P -c <bootstrap>`, which calls `serve`. Every
+`plugins.python_zygote` forks it from a clean template process and calls `serve`. Every
 message on the socket is a frame: an 8-byte little-endian length, then the payload. Requests
 are msgpack (`Request`), replies JSON (`Reply`): JSON because a result must be JSON-like, so
 the conversion happens here, where the result's own classes live. This module imports only
@@ -61,7 +61,7 @@ def frame(payload: bytes) -> bytes:
 
 def serve(fd: int, parent: int) -> None:
     """Answer requests on the socket `fd` until the pool closes it (then exit quietly)."""
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     os.set_inheritable(fd, False)  # subprocesses of user code must not hold the channel open
     reader = open(fd, "rb", closefd=False)  # noqa: SIM115 - lives as long as the process
     decoder = msgspec.msgpack.Decoder(Request)
@@ -243,9 +243,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _exit_with_parent(parent: int) -> None:
-    # An orphaned worker stuck in a loop would run forever: have the kernel kill it with its
-    # parent (Linux), and give up at once if the parent is already gone.
+def exit_with_parent(parent: int) -> None:
+    """Die with `parent`: an orphaned worker stuck in a loop would run forever. The kernel
+    kills this process when its parent dies (Linux); if the parent is already gone, exit."""
     if sys.platform == "linux":
         import ctypes
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
+from noetl.config import Settings
 from noetl.errors import UnknownToolKind
 from plugins.base import ToolPlugin
 
@@ -26,12 +28,14 @@ def known_kinds() -> frozenset[str]:
     return frozenset(plugin_classes()) | ENGINE_KINDS
 
 
-def load_plugins() -> dict[str, ToolPlugin]:
-    """Instantiate every installed plugin, by kind."""
+def load_plugins(settings: Settings | None = None) -> dict[str, ToolPlugin]:
+    """Instantiate every installed plugin, by kind. A plugin class whose constructor takes a
+    `settings` keyword gets the runtime's settings."""
     plugins: dict[str, ToolPlugin] = {}
     for kind, entry in plugin_classes().items():
         cls = entry.load()
-        plugin = cls()
+        takes_settings = "settings" in inspect.signature(cls).parameters
+        plugin = cls(settings=settings) if takes_settings and settings is not None else cls()
         if not isinstance(plugin, ToolPlugin):
             raise UnknownToolKind(f"plugin {entry.value} for `{kind}` lacks `kind`/`run`")
         plugins[kind] = plugin

@@ -107,3 +107,15 @@ def settings(nats_url: str, pg_dsn: str, noetl_home: Path) -> Settings:
     return Settings(
         nats_url=nats_url, pg_dsn=pg_dsn, home=noetl_home, ack_wait=2.0, reconcile_every=1.0
     )
+
+
+@pytest.fixture
+def shared_path() -> Iterator[Path]:
+    """A directory that step code may write to whoever it runs as (as root, python steps run
+    as `nobody`, who cannot enter pytest's private tmp_path)."""
+    path = Path(tempfile.mkdtemp(prefix="noetl-shared-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -74,11 +74,11 @@ async def test_loop_resumes_after_sigkill(settings: Settings, tmp_path: Path) ->
 
 
 async def test_pending_retry_survives_sigkill_and_fires_once(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, shared_path: Path
 ) -> None:
     client = await Client.connect(settings)
     log = tmp_path / "mesh.log"
-    counter = tmp_path / "attempts"
+    counter = shared_path / "attempts"
     mesh = start_mesh(settings, log)
     try:
         reply = await register_when_up(

@@ -258,9 +258,9 @@ async def test_a_closed_stream_drops_its_subscription(
 
 
 async def test_restart_a_failed_execution(
-    http: TestClient[Any, Any], mesh: Mesh, tmp_path: Path
+    http: TestClient[Any, Any], mesh: Mesh, shared_path: Path
 ) -> None:
-    flag = tmp_path / "fixed"
+    flag = shared_path / "fixed"
     await register(
         http,
         playbook(

@@ -79,8 +79,10 @@ async def test_child_failure_fails_the_parent_step(
     assert "child broke" in doc["error"]["child_error"]["message"]
 
 
-async def test_retry_with_backoff_on_the_mesh(client: Client, mesh: Mesh, tmp_path: Path) -> None:
-    counter = tmp_path / "attempts"
+async def test_retry_with_backoff_on_the_mesh(
+    client: Client, mesh: Mesh, tmp_path: Path, shared_path: Path
+) -> None:
+    counter = shared_path / "attempts"
     doc = await run(
         client,
         write(
@@ -190,9 +192,11 @@ async def _exists(client: Client, eid: int) -> bool:
     )
 
 
-async def test_restart_from_the_failed_step(client: Client, mesh: Mesh, tmp_path: Path) -> None:
-    ran = tmp_path / "start_runs"
-    flag = tmp_path / "fixed"
+async def test_restart_from_the_failed_step(
+    client: Client, mesh: Mesh, tmp_path: Path, shared_path: Path
+) -> None:
+    ran = shared_path / "start_runs"
+    flag = shared_path / "fixed"
     doc = await run(
         client,
         write(

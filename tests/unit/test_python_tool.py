@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import pwd
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from noetl.config import Settings
 from noetl.errors import ToolError, ToolTimeout
 from plugins import python_pool
 from plugins.base import ToolContext
@@ -32,17 +35,28 @@ async def run(tool: PythonTool, code: str, ctx: ToolContext | None = None, **spe
 
 
 def worker_pids() -> set[int]:
-    """Pids of this process's live python workers."""
+    """Pids of this process's live python workers (children of the pools' templates)."""
     pids = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "python_worker" in " ".join(
-                child.cmdline()
+            if (
+                child.status() != psutil.STATUS_ZOMBIE
+                and child.ppid() != os.getpid()  # the template itself
+                and "python_zygote" in " ".join(child.cmdline())
             ):
                 pids.add(child.pid)
         except psutil.NoSuchProcess:
             continue
     return pids
+
+
+def template_pids() -> set[int]:
+    """Pids of this process's live python worker templates."""
+    return {
+        child.pid
+        for child in psutil.Process().children()
+        if running(child.pid) and "python_zygote" in " ".join(child.cmdline())
+    }
 
 
 def running(pid: int) -> bool:
@@ -132,11 +146,14 @@ async def test_each_call_gets_fresh_globals(tool: PythonTool) -> None:
     assert await run(tool, "result = 'leaked' in globals()") is False
 
 
-async def test_working_directory_and_argv_do_not_leak(tool: PythonTool, tmp_path: Path) -> None:
+async def test_working_directory_and_argv_do_not_leak(tool: PythonTool) -> None:
+    start = await run(tool, "import os\nresult = os.getcwd()")
+    # The runner's own directory, or the worker's private one when it runs as another user.
+    assert start == (os.getcwd() if os.geteuid() != 0 else start)
     for _ in range(4):  # more calls than workers
-        await run(tool, "import os\nos.chdir(target)", args={"target": str(tmp_path)})
+        await run(tool, "import os\nos.chdir('/')")
     cwd, argv = await run(tool, "import os, sys\nresult = [os.getcwd(), sys.argv]")
-    assert (cwd, argv) == (os.getcwd(), [""])
+    assert (cwd, argv) == (start, [""])
 
 
 async def test_large_args_and_results_cross_the_boundary(tool: PythonTool) -> None:
@@ -174,7 +191,7 @@ async def test_invalid_spec(tool: PythonTool) -> None:
 async def test_worker_that_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     tool = PythonTool(workers=1)
-    with pytest.raises(ToolError, match="could not start a python worker process"):
+    with pytest.raises(ToolError, match="could not start the python worker template process"):
         await run(tool, "result = 1")
     await tool.aclose()
 
@@ -330,11 +347,13 @@ async def test_timeout_kills_a_busy_worker_and_the_pool_recovers() -> None:
 async def test_timeout_also_kills_processes_the_code_started(tmp_path: Path) -> None:
     before = worker_pids()
     tool = PythonTool(workers=1)
-    pid_file = tmp_path / "child.pid"
+    shared = Path(tempfile.mkdtemp())  # writable by the unprivileged account code may run as
+    os.chmod(shared, 0o777)
+    pid_file = shared / "child.pid"
     try:
         code = (
-            "import pathlib, subprocess, sys\n"
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "import pathlib, subprocess\n"
+            "child = subprocess.Popen(['sleep', '60'])\n"
             "pathlib.Path(pid_file).write_text(str(child.pid))\n"
             "child.wait()"
         )
@@ -518,3 +537,124 @@ async def test_aclose_during_a_call_fails_that_call() -> None:
 
 async def test_workers_default_to_the_cpu_count() -> None:
     assert PythonTool().pool.size == (os.cpu_count() or 1)
+
+
+async def test_worker_count_comes_from_the_settings() -> None:
+    assert PythonTool(settings=Settings(python_workers=7)).pool.size == 7
+    assert PythonTool(3, settings=Settings(python_workers=7)).pool.size == 3
+
+
+# --- isolation -----------------------------------------------------------------------------
+
+
+def ctx_of(execution_id: int) -> ToolContext:
+    return ToolContext(execution_id=execution_id, command_id="c", step="s", timeout=10.0)
+
+
+async def test_a_worker_serves_one_execution_only() -> None:
+    tool = PythonTool(workers=2)
+    try:
+        code = "import os\nresult = os.getpid()"
+        first = await run(tool, code, ctx_of(1))
+        assert await run(tool, code, ctx_of(1)) == first  # reused within its execution
+        other = await run(tool, code, ctx_of(2))
+        assert other != first
+        # With both slots held by other executions, a third evicts an idle one.
+        third = await run(tool, code, ctx_of(3))
+        assert third not in (first, other)
+        await asyncio.sleep(0.1)
+        assert len(worker_pids() & {first, other, third}) == 2
+    finally:
+        await tool.aclose()
+
+
+async def test_state_left_by_one_execution_never_reaches_the_next() -> None:
+    tool = PythonTool(workers=2)
+    try:
+        # The attack of the review: patch a module of the worker to capture later args.
+        patch = (
+            "import json\nseen = []\nreal = json.dumps\n"
+            "def spy(value, *a, **k):\n    seen.append(value)\n    return real(value, *a, **k)\n"
+            "json.dumps = spy\njson.seen = seen\nresult = 'patched'"
+        )
+        assert await run(tool, patch, ctx_of(1)) == "patched"
+        probe = "import json\nresult = [json.dumps(secret), hasattr(json, 'seen')]"
+        assert await run(tool, probe, ctx_of(2), args={"secret": "s3cr3t"}) == ['"s3cr3t"', False]
+        # Within the first execution the patch stays: it is that execution's own process.
+        assert await run(tool, "import json\nresult = hasattr(json, 'seen')", ctx_of(1)) is True
+    finally:
+        await tool.aclose()
+
+
+async def test_step_code_sees_no_noetl_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOETL_API_TOKEN", "tok-zz9")
+    monkeypatch.setenv("NOETL_ENCRYPTION_KEY", "key-zz9")
+    monkeypatch.setenv("NOETL_SECRET_DB", "pw-zz9")
+    monkeypatch.setenv("LANG_PROBE", "kept")
+    before = template_pids()
+    tool = PythonTool(workers=1)
+    try:
+        code = (
+            "import os, pathlib\n"
+            "raw = pathlib.Path('/proc/self/environ').read_bytes()\n"
+            "result = [sorted(k for k in os.environ if k.startswith('NOETL_')),"
+            " b'zz9' in raw, os.environ.get('LANG_PROBE')]"
+        )
+        assert await run(tool, code) == [[], False, "kept"]
+        # The template the worker was forked from never had them either.
+        (template,) = template_pids() - before
+        assert not any("zz9" in value for value in psutil.Process(template).environ().values())
+    finally:
+        await tool.aclose()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root runtime switches users")
+async def test_as_root_step_code_runs_unprivileged_and_cannot_read_root_files(
+    tmp_path: Path,
+) -> None:
+    key = tmp_path / "encryption.key"
+    key.write_text("top secret")
+    key.chmod(0o600)
+    tool = PythonTool(workers=1)
+    try:
+        code = (
+            "import os\n"
+            "try:\n    open(key).read()\n    leaked = True\n"
+            "except PermissionError:\n    leaked = False\n"
+            "try:\n    open(f'/proc/{runner}/environ').read()\n    environ = True\n"
+            "except PermissionError:\n    environ = False\n"
+            "open('scratch.txt', 'w').write('x')  # its own private working directory\n"
+            "result = [os.geteuid(), leaked, environ, os.getcwd() == os.environ['HOME']]"
+        )
+        uid, leaked, environ, private_cwd = await run(
+            tool, code, args={"key": str(key), "runner": os.getpid()}
+        )
+        assert uid != 0 and uid == pwd.getpwnam("nobody").pw_uid
+        assert leaked is False and environ is False and private_cwd is True
+    finally:
+        await tool.aclose()
+
+
+async def test_runaway_allocation_fails_the_step_and_the_pool_recovers() -> None:
+    tool = PythonTool(workers=1, settings=Settings(python_memory_mb=256))
+    try:
+        with pytest.raises(ToolError, match="MemoryError"):
+            await run(tool, "blocks = []\nwhile True:\n    blocks.append(bytearray(2**24))")
+        assert await run(tool, "result = 'next'") == "next"
+    finally:
+        await tool.aclose()
+
+
+async def test_a_killed_template_is_replaced() -> None:
+    before = template_pids()
+    tool = PythonTool(workers=1)
+    try:
+        await run(tool, "result = 1")
+        (template,) = template_pids() - before
+        os.kill(template, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        assert await run(tool, "result = 'again'", ctx_of(9)) == "again"
+        assert template not in template_pids()
+    finally:
+        await tool.aclose()
+    assert template_pids() == before

@@ -1,0 +1,179 @@
+"""The template process of the python tool: forks a clean worker for each request.
+
+`plugins.python_pool` starts one zygote per pool as a fresh interpreter with a scrubbed
+environment; the zygote imports the worker module and then only forks. It never runs step
+code, so every worker it forks starts from the same clean state, whatever earlier workers'
+code did to theirs. Only the standard library and `plugins.python_worker` are imported here.
+
+The control socket (AF_UNIX, SOCK_SEQPACKET: one message per send) carries, pool to zygote:
+`F` with one file descriptor attached (fork a worker serving that socket) and `K pid` (kill
+that worker's process group); zygote to pool: `S pid` (started, in request order) and
+`X pid code` (exited: the exit code, or minus the signal number), sent when it reaps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+import pkgutil
+import pwd
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+
+from plugins.python_worker import exit_with_parent, serve
+
+MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
+_PR_SET_DUMPABLE = 4
+
+
+def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: str) -> None:
+    """Fork workers on request until the pool closes the control socket, then exit.
+
+    `user` (when this process runs as root): the account workers switch to before any step
+    code runs; the standard library is imported first, since that account may not be able to
+    read the interpreter's files. `memory_bytes` (when positive): each worker's data size
+    limit, so code that allocates without end gets MemoryError instead of the whole machine.
+    `preload`: comma-separated modules imported once here, so every worker starts with them.
+    """
+    exit_with_parent(parent)
+    switching = bool(user) and os.geteuid() == 0
+    if switching:
+        _import_standard_library()
+    for name in filter(None, (part.strip() for part in preload.split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the steps that need it will fail with the reason
+            sys.stderr.write(f"python workers: cannot preload {name!r}: {exc!r}\n")
+    control = socket.socket(fileno=control_fd)
+    control.set_inheritable(False)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd is written
+    account = pwd.getpwnam(user) if switching else None
+    homes: dict[int, str] = {}
+    me = os.getpid()
+    while True:
+        try:
+            ready, _, _ = select.select([control.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            os.read(wake_r, 512)
+            _reap(control, homes)
+        if control.fileno() not in ready:
+            continue
+        message, fds, _, _ = socket.recv_fds(control, MESSAGE.size, 1)
+        if not message:  # the pool is gone: workers die with us (their death signal)
+            os._exit(0)
+        kind, pid, _ = MESSAGE.unpack(message)
+        if kind == b"K":
+            if pid in homes:  # not reaped yet: the pid and its group are still the worker's
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            continue
+        (fd,) = fds
+        home = tempfile.mkdtemp(prefix="noetl-python-")
+        if account is not None:
+            os.chown(home, account.pw_uid, account.pw_gid)
+        child = os.fork()
+        if child == 0:
+            _become_worker(control, wake_r, wake_w, fd, home, account, memory_bytes, me)
+        os.close(fd)
+        homes[child] = home
+        control.send(MESSAGE.pack(b"S", child, 0))
+
+
+def _become_worker(
+    control: socket.socket,
+    wake_r: int,
+    wake_w: int,
+    fd: int,
+    home: str,
+    account: pwd.struct_passwd | None,
+    memory_bytes: int,
+    zygote_pid: int,
+) -> None:
+    """In the forked child: drop what the zygote holds, isolate, then serve; never returns."""
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        # Its own session: killing the group also ends processes the step code started.
+        os.setsid()
+        if memory_bytes > 0:
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+        os.environ["HOME"] = home
+        os.environ["TMPDIR"] = home
+        tempfile.tempdir = None
+        if account is not None:
+            # Root's files (the key, NOETL_HOME, other users' data) are out of reach from here.
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            # Switching users made the process non-dumpable: its own /proc entries would be
+            # root's. It holds nothing of root's now, so let it read them again.
+            ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 1)
+            os.environ["USER"] = os.environ["LOGNAME"] = account.pw_name
+            os.chdir(home)
+        serve(fd, zygote_pid)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"python worker failed to start: {exc!r}\n")
+        os._exit(70)
+    os._exit(0)
+
+
+# Not imported ahead of a user switch: GUI, test-suite, installer and platform-specific
+# modules, and those with effects on import.
+_NOT_PRELOADED = frozenset(
+    {
+        "__main__", "__phello__", "_aix_support", "_crypt", "_ctypes_test", "_curses",
+        "_msi", "_osx_support", "_overlapped", "_pydecimal", "_pyio", "_scproxy", "_testbuffer",
+        "_testcapi", "_testclinic", "_testimportmultiple", "_testinternalcapi",
+        "_testmultiphase", "_tkinter", "_winapi", "_xxsubinterpreters", "_xxtestfuzz",
+        "antigravity", "crypt", "curses", "distutils", "ensurepip", "idle_test", "idlelib",
+        "lib2to3", "msilib", "msvcrt", "nis", "nt", "ossaudiodev", "pydoc_data", "readline",
+        "spwd", "test", "tests", "this", "tkinter", "turtle", "turtledemo", "venv", "winreg",
+        "winsound", "xxlimited", "xxlimited_35", "xxsubtype",
+    }
+)  # fmt: skip
+
+
+def _import_standard_library() -> None:
+    """Import every standard module and submodule that imports here: after the switch to an
+    unprivileged account, `import json` must not need to read root's interpreter files."""
+    for name in sorted(sys.stdlib_module_names - _NOT_PRELOADED):
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # not built on this platform
+            continue
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), f"{name}."):
+            if _NOT_PRELOADED.isdisjoint(info.name.split(".")):
+                with contextlib.suppress(Exception):
+                    importlib.import_module(info.name)
+
+
+def _reap(control: socket.socket, homes: dict[int, str]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        home = homes.pop(pid, None)
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            control.send(MESSAGE.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
