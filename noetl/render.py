@@ -72,6 +72,10 @@ _BUILTINS: Final = frozenset({"workload", "vars", "execution_id", "args"})
 # Where a native single-expression template stores its value.
 _VALUE: Final = "__noetl_value__"
 _FALSE_STRINGS: Final = frozenset({"false", "0", "", "none", "null"})
+MAX_RENDERED_CHARS: Final = 16 * 1024 * 1024
+"""The longest string a template may render to (and the largest sequence `*` may build)."""
+MAX_INT_BITS: Final = 4096
+"""The largest integer `**` may compute, in bits."""
 _MAX_NAMES: Final = 30
 _MAX_TEXT: Final = 300
 _CACHE_SIZE: Final = 8192
@@ -268,7 +272,21 @@ class _Undefined(ChainableUndefined, StrictUndefined):
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, with dict keys winning over attributes and lenient result proxies."""
+    """The sandbox, with dict keys winning over attributes and lenient result proxies, and
+    `*` / `**` refused when their result would be huge (a template must not be able to freeze
+    or exhaust the process that renders it with `{{ 10 ** 10 ** 9 }}` or `{{ 'x' * 10**10 }}`).
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """`left * right` or `left ** right`, after checking the size of the result."""
+        if operator == "**":
+            _check_power(left, right)
+        else:
+            _check_repeat(left, right)
+            _check_repeat(right, left)
+        return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """`obj.attribute`: a key of a mapping first, then a (safe) attribute."""
@@ -283,6 +301,28 @@ class _Environment(ImmutableSandboxedEnvironment):
         if value is not MISSING:
             return value
         return super().getitem(obj, argument)
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and abs(base) > 1
+        and exponent * abs(base).bit_length() > MAX_INT_BITS
+    ):
+        raise SecurityError(f"{base} ** {exponent} would have more than {MAX_INT_BITS} bits")
+
+
+def _check_repeat(sequence: Any, count: Any) -> None:
+    if (
+        isinstance(sequence, str | list | tuple | bytes)
+        and isinstance(count, int)
+        and len(sequence) * count > MAX_RENDERED_CHARS
+    ):
+        raise SecurityError(
+            f"repeating {len(sequence)} items {count:,} times would exceed "
+            f"{MAX_RENDERED_CHARS:,} items"
+        )
 
 
 def _key(obj: Any, key: Any) -> Any:
@@ -637,7 +677,7 @@ def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool
         scope = cast(dict[str, Any], _Scope(context))
         jinja_context = _Context(_ENV, scope, None, template.blocks)
         if not native:
-            return "".join(template.root_render_func(jinja_context))
+            return _bounded("".join(template.root_render_func(jinja_context)))
         for _ in template.root_render_func(jinja_context):
             pass
         value = jinja_context.vars[_VALUE]
@@ -658,6 +698,14 @@ def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool
         _fail(where, text, exc, f"refused by the sandbox: {exc}")
     except Exception as exc:
         _fail(where, text, exc, f"{type(exc).__name__}: {exc}")
+
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_RENDERED_CHARS:
+        raise SecurityError(
+            f"the template renders {len(text):,} characters, more than {MAX_RENDERED_CHARS:,}"
+        )
+    return text
 
 
 def _fail(where: str, text: str, exc: Exception, detail: str) -> NoReturn:

@@ -788,3 +788,24 @@ def test_rendering_is_fast() -> None:
         render("{{ workload.x + 1 }}", ctx)
     # ~2-4 µs a call on a developer machine; a generous bound against CI noise.
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ 10 ** 5000 }}", "10 ** 5000 would have more than 4096 bits"),
+        ("{{ 'x' * 10 ** 9 }}", "repeating 1 items 1,000,000,000 times would exceed"),
+        ("{{ 10 ** 9 * [0] }}", "repeating 1 items 1,000,000,000 times would exceed"),
+        ("a{{ 'x' * 10 ** 7 }}b{{ 'y' * 10 ** 7 }}", "the template renders 20,000,002 characters"),
+    ],
+)
+def test_huge_values_are_refused_before_they_are_built(template: str, expected: str) -> None:
+    message = render_error(template)
+    assert "refused by the sandbox" in message and expected in message
+
+
+def test_ordinary_arithmetic_still_works() -> None:
+    assert render("{{ 2 ** 100 }}", {}) == 2**100
+    assert render("{{ 'ab' * 3 }}", {}) == "ababab"
+    assert render("{{ [0] * 3 }}", {}) == [0, 0, 0]
+    assert render("{{ 1.5 ** 2 }}", {}) == 2.25
