@@ -23,6 +23,7 @@ from actors.base import Actor
 from noetl import blobs, render
 from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject
 from noetl.config import Settings
+from noetl.egress import EgressPolicy
 from noetl.engine import Event
 from noetl.engine import events as ev
 from noetl.errors import (
@@ -55,6 +56,7 @@ class Runner(Actor):
     ) -> None:
         super().__init__(bus, store, settings)
         self.plugins = load_plugins(settings) if plugins is None else plugins
+        self._egress = EgressPolicy.from_settings(settings.http_deny, settings.http_allow)
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
         self._running: dict[int, set[ToolContext]] = {}
         self.credentials: CredentialStore | None = None
@@ -174,6 +176,7 @@ class Runner(Actor):
             files=command.files,
             script_root=self._script_root,
             allow_absolute_scripts=self.settings.allow_absolute_scripts,
+            egress=self._egress,
         )
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)

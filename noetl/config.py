@@ -47,6 +47,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # Modules (comma-separated) imported once by the workers' template: faster steps, and
     # under a root runtime, packages the unprivileged account could not read itself.
     python_preload: str = ""
+    # Egress policy of http tools and script sources: comma-separated CIDRs, addresses and
+    # host names (`*.example.com`); link-local and metadata ranges are always denied.
+    http_deny: str = ""
+    http_allow: str = ""
     # Where a runner reads relative `file` scripts that did not travel with their playbook.
     script_root: str | None = None
     allow_absolute_scripts: bool = False

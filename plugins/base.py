@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import msgspec
 
+from noetl.egress import EgressPolicy
 from noetl.errors import ToolError, ToolTimeout
 from noetl.secrets import Masker, secret_values
 
@@ -64,6 +65,8 @@ class ToolContext:
     # Secret values handed to this call; the runner masks them in everything it records.
     secrets: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # Where http script sources may connect (the runner's NOETL_HTTP_DENY / _ALLOW).
+    egress: EgressPolicy = field(default_factory=EgressPolicy.from_settings)
     _masker: Masker = field(default_factory=Masker, init=False, repr=False)
 
     def mask(self, text: str) -> str:

@@ -19,8 +19,11 @@ from typing import Any, TypeVar
 import aiohttp
 from multidict import CIMultiDict
 
+from noetl.config import Settings
+from noetl.egress import EgressPolicy
 from noetl.errors import ToolError, ToolTimeout
 from plugins.base import ToolContext, until_done
+from plugins.egress import session_options
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -37,14 +40,18 @@ class HttpTool:
 
     kind = "http"
 
-    def __init__(self) -> None:
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        self._policy = EgressPolicy.from_settings(settings.http_deny, settings.http_allow)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # No cookie jar: one runner serves many executions, whose cookies must not mix.
             self._session = aiohttp.ClientSession(
-                cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False
+                cookie_jar=aiohttp.DummyCookieJar(),
+                raise_for_status=False,
+                **session_options(self._policy),
             )
         return self._session
 

@@ -9,6 +9,7 @@ import aiohttp
 
 from noetl.errors import ToolError, ToolTimeout
 from plugins.base import ToolContext
+from plugins.egress import session_options
 from plugins.http import auth_headers
 
 DEFAULT_TIMEOUT = 30.0
@@ -26,7 +27,9 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
     timeout = float(source.get("timeout") or DEFAULT_TIMEOUT)
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout), **session_options(ctx.egress)
+            ) as session,
             session.request(method, url, headers=headers) as resp,
         ):
             if not 200 <= resp.status < 300:
