@@ -44,6 +44,12 @@ def read_playbook(path: Path) -> tuple[str, dict[str, str]]:
     files = {}
     for uri in sorted(dsl.script_files(playbook)):
         script = path.parent / uri
+        link = _symlink_in(path.parent, uri)
+        if link is not None:
+            # A link could carry any file of this machine into the catalog (/etc/passwd).
+            raise PlaybookError(
+                [f"{path}: script `{uri}` is not uploaded: {link} is a symbolic link"]
+            )
         try:
             files[uri] = script.read_text(encoding="utf-8")
         except OSError as exc:
@@ -51,6 +57,16 @@ def read_playbook(path: Path) -> tuple[str, dict[str, str]]:
                 [f"{path}: script `{uri}` cannot be read: {exc.strerror or exc}"]
             ) from exc
     return content, files
+
+
+def _symlink_in(base: Path, relative: str) -> Path | None:
+    """The first symbolic link on the way from `base` to `base / relative`, if any."""
+    current = base
+    for part in Path(relative).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
 
 
 class Client:
