@@ -57,6 +57,7 @@ class Runner(Actor):
         super().__init__(bus, store, settings)
         self.plugins = load_plugins(settings) if plugins is None else plugins
         self._egress = EgressPolicy.from_settings(settings.http_deny, settings.http_allow)
+        self._data_root = Path(settings.data_root).expanduser() if settings.data_root else None
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
         self._running: dict[int, set[ToolContext]] = {}
         self.credentials: CredentialStore | None = None
@@ -177,6 +178,7 @@ class Runner(Actor):
             script_root=self._script_root,
             allow_absolute_scripts=self.settings.allow_absolute_scripts,
             egress=self._egress,
+            data_root=self._data_root,
         )
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)

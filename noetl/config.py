@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # host names (`*.example.com`); link-local and metadata ranges are always denied.
     http_deny: str = ""
     http_allow: str = ""
+    # When set, the file sink and DuckDB read and write local files only under this folder.
+    data_root: str | None = None
     # Where a runner reads relative `file` scripts that did not travel with their playbook.
     script_root: str | None = None
     allow_absolute_scripts: bool = False

@@ -65,6 +65,8 @@ class ToolContext:
     # Secret values handed to this call; the runner masks them in everything it records.
     secrets: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # With a data root (NOETL_DATA_ROOT), local files are read and written only under it.
+    data_root: Path | None = None
     # Where http script sources may connect (the runner's NOETL_HTTP_DENY / _ALLOW).
     egress: EgressPolicy = field(default_factory=EgressPolicy.from_settings)
     _masker: Masker = field(default_factory=Masker, init=False, repr=False)

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from noetl.errors import ToolError
 from plugins.base import ToolContext, in_thread
+from plugins.paths import confined
 from plugins.sql import (
     ROW_KEYWORDS,
     TRANSACTION_KEYWORDS,
@@ -64,11 +67,14 @@ class DuckdbTool:
                 "duckdb tool: `database` must be a file path or :memory:", error_type="duckdb"
             )
         attachments = await attachments_of(ctx, spec.get("attach"))
-        session = Session(database, read_only=bool(spec.get("read_only")))
+        if database != MEMORY:
+            database = confined(database, ctx.data_root, "duckdb tool")
+        session = Session(database, read_only=bool(spec.get("read_only")), data_root=ctx.data_root)
 
         def work() -> Any:
             with session:
                 session.attach(attachments)
+                session.confine()
                 return run_statements(session.conn, statements, params)
 
         try:
@@ -83,9 +89,12 @@ class DuckdbTool:
 class Session:
     """One DuckDB connection, opened in the worker thread, interruptible from the loop."""
 
-    def __init__(self, database: str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, database: str, *, read_only: bool = False, data_root: Path | None = None
+    ) -> None:
         self.database = database
         self.read_only = read_only
+        self.data_root = data_root
         self.conn: duckdb.DuckDBPyConnection
         self._lock = threading.Lock()
         self._open = False
@@ -107,6 +116,17 @@ class Session:
         with self._lock:
             self._open = False
             self.conn.close()
+
+    def confine(self) -> None:
+        """With a data root: SQL may read and write files under it only (`read_csv`, `COPY`,
+        `ATTACH` of files, named by their full path), and cannot lift that limit (the
+        configuration is locked)."""
+        if self.data_root is None:
+            return
+        root = os.path.realpath(self.data_root)
+        self.conn.execute("SET allowed_directories = ?", [[root]])
+        self.conn.execute("SET enable_external_access = false")
+        self.conn.execute("SET lock_configuration = true")
 
     def interrupt(self) -> None:
         """Stop the running statement (the thread then raises InterruptException)."""

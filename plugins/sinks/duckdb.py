@@ -17,6 +17,7 @@ import duckdb
 from noetl.errors import ToolError
 from plugins.base import ToolContext, in_thread
 from plugins.duckdb import MEMORY, Session, rollback
+from plugins.paths import confined
 from plugins.sql import (
     column_sources,
     dedupe_last,
@@ -57,7 +58,7 @@ class DuckdbSink:
         key = key_columns(spec, mode, keys, WHO)
         if not rows and mode != "replace":
             return {"rows": 0, "table": name, "mode": mode}
-        session = Session(database)
+        session = Session(confined(database, ctx.data_root, WHO))
 
         def work() -> int:
             with session:

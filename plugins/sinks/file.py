@@ -24,6 +24,7 @@ import duckdb
 
 from noetl.errors import ToolError
 from plugins.base import ToolContext
+from plugins.paths import confined, file_mode
 from plugins.sql import json_safe, row_keys
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
@@ -152,8 +153,8 @@ class FileSink:
                 f"file sink: cannot append to a {fmt} file (only jsonl and csv); use mode replace",
                 error_type="sink",
             )
-        target = Path(path)
-        lock = self._locks.setdefault(path, asyncio.Lock())
+        target = Path(confined(path, ctx.data_root, "file sink"))
+        lock = self._locks.setdefault(str(target), asyncio.Lock())
         async with lock:
             try:
                 size = await asyncio.to_thread(_append if append else _replace, target, rows, fmt)
@@ -176,6 +177,8 @@ def _replace(target: Path, rows: list[dict[str, Any]], fmt: str) -> int:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            # mkstemp made it 0600; the file gets what the umask gives any other new file.
+            os.fchmod(out.fileno(), file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
