@@ -99,30 +99,48 @@ def main(ctx: click.Context, nats_url: str | None, pg_dsn: str | None, home: str
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
-    """Check playbooks: every problem as FILE:LINE:COL: message. Exit 2 if any error."""
+@click.option("--strict", is_flag=True, help="Count every warning as an error.")
+def validate(files: tuple[str, ...], strict: bool) -> None:
+    """Check playbooks: every problem as FILE:LINE:COL: message, in file order, then a count
+    line. Exit 2 if any error (with --strict, any warning too)."""
     from plugins.registry import known_kinds
 
     failed = False
     for file in files:
         report = dsl.check_file(file, known_kinds=known_kinds())
-        for problem in [*report.errors, *report.warnings]:
+        if strict:
+            report = report.strict()
+        for problem in report.findings:
             say(str(problem))
-        if report.errors:
-            failed = True
-        else:
-            say(f"{file}: valid")
+        say(f"{file}: {_tally(report)}")
+        failed = failed or bool(report.errors)
     sys.exit(EXIT_USAGE if failed else EXIT_OK)
 
 
+def _tally(report: dsl.Report) -> str:
+    """`valid`, `valid, 2 warnings` or `3 errors, 1 warning`."""
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    head = count(len(report.errors), "error") if report.errors else "valid"
+    return f"{head}, {count(len(report.warnings), 'warning')}" if report.warnings else head
+
+
 def _load_or_exit(file: str) -> dsl.Playbook:
+    """The playbook, or exit 2 after its errors; warnings are shown and never stop a run."""
     from plugins.registry import known_kinds
 
     report = dsl.check_file(file, known_kinds=known_kinds())
-    for problem in [*report.errors, *report.warnings]:
-        say(str(problem))
     if report.errors or report.playbook is None:
+        for problem in report.findings:
+            say(str(problem))
+        say(f"{file}: {_tally(report)}")
         sys.exit(EXIT_USAGE)
+    if report.warnings:
+        say(f"{file}: {_tally(report)} (it runs; `validate --strict` would refuse it)")
+        for problem in report.warnings:
+            say(str(problem))
     return report.playbook
 
 

@@ -8,6 +8,7 @@ tool blocks) have hooks of their own.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 from collections.abc import Callable, Collection, Iterator
@@ -596,10 +597,24 @@ class _Checker:
         if needs and not any(tool.get(key) is not None for key in needs):
             wanted = " or ".join(f"`{key}`" for key in needs)
             self._error(path, f"the `{kind}` tool needs {wanted}", at_key=True)
+        if kind == "python" and isinstance(tool.get("code"), str):
+            self._python(tool["code"], (*path, "code"))
         if kind == "workbook" and isinstance(tool.get("name"), str):
             self.task_refs.append(_Ref("workbook", tool["name"], (*path, "name")))
         if kind == "iterator" and isinstance(tool.get("task"), dict):
             self._tool_block(tool["task"], (*path, "task"))
+
+    def _python(self, code: str, path: NodePath) -> None:
+        """Report a syntax error in python `code` at its line in the file."""
+        try:
+            ast.parse(code)  # a top-level `return` parses: the tool runs such code as a body
+        except SyntaxError as exc:
+            line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
+            if (exc.lineno and exc.lineno > 1) or path in self.doc.block_scalars:
+                col += max((exc.offset or 1) - 1, 0)
+            self.errors.append(
+                Problem(self.filename, line, col, f"Python syntax error in `code`: {exc.msg}")
+            )
 
     # -- whole-document rules ------------------------------------------------------------
 

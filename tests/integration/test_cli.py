@@ -124,10 +124,12 @@ def test_broken_playbooks_never_reach_the_mesh(
     assert words in ran.stderr
 
 
-def test_validate_accepts_the_good_fixtures(settings: Settings) -> None:
-    files = [str(fixture(n)) for n in ("hello_world", "control_flow_workbook", "error_routing")]
-    done = cli(settings, "validate", *files)
+def test_validate_accepts_the_good_fixtures_even_strictly(settings: Settings) -> None:
+    files = sorted(str(p) for p in FIXTURES.glob("*/*.yaml") if p.parent.name != "broken")
+    assert len(files) == 9
+    done = cli(settings, "validate", "--strict", *files)
     assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [f"{file}: valid" for file in files]
 
 
 def test_db_init_is_idempotent_and_validate_reports(settings: Settings) -> None:
@@ -141,3 +143,59 @@ def test_db_init_is_idempotent_and_validate_reports(settings: Settings) -> None:
 def test_usage_errors_exit_2(settings: Settings) -> None:
     assert cli(settings, "status", "not-a-number").returncode == 2
     assert cli(settings, "run", str(fixture("hello_world")), "--workload", "[1]").returncode == 2
+
+
+LOOSE = """\
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: loose, labels: {team: data}}
+workflow:
+  - step: start
+    desc: first
+    desc: second
+    assert: {expected: 1}
+    tool: {kind: python, code: "result = 1", pool: big}
+"""
+
+
+def test_validate_lists_findings_in_file_order_then_a_count(
+    settings: Settings, tmp_path: Path
+) -> None:
+    playbook = tmp_path / "loose.yaml"
+    playbook.write_text(LOOSE)
+    done = cli(settings, "validate", str(playbook))
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert [line.split(":")[1] for line in lines[:-1]] == ["6", "8", "9"]
+    assert all(": warning: " in line for line in lines[:-1])
+    assert lines[-1] == f"{playbook}: valid, 3 warnings"
+
+    strict = cli(settings, "validate", "--strict", str(playbook))
+    assert strict.returncode == 2
+    lines = strict.stderr.strip().splitlines()
+    assert lines[-1] == f"{playbook}: 3 errors"
+    assert not any("warning:" in line for line in lines)
+
+
+def test_validate_reports_python_syntax_errors_at_their_file_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    playbook = tmp_path / "broken_code.yaml"
+    playbook.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: b}\nworkflow:\n"
+        "  - step: start\n    tool:\n      kind: python\n      code: |\n"
+        "        x = 1\n        if x\n            result = 2\n"
+    )
+    done = cli(settings, "validate", str(playbook))
+    assert done.returncode == 2
+    assert f"{playbook}:10:13: Python syntax error in `code`: expected ':'" in done.stderr
+
+
+def test_warnings_never_stop_a_run(settings: Settings, tmp_path: Path) -> None:
+    playbook = tmp_path / "loose.yaml"
+    playbook.write_text(LOOSE)
+    done = cli(settings, "run", str(playbook), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == 1
+    first = done.stderr.strip().splitlines()[0]
+    assert first == f"{playbook}: valid, 3 warnings (it runs; `validate --strict` would refuse it)"
