@@ -15,9 +15,9 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -37,14 +37,28 @@ from noetl.cli_core import (
     say,
     settings,
     with_client,
-    with_store,
 )
 from noetl.cli_credentials import credential
+from noetl.cli_db import db
 from noetl.client import Client
 from noetl.config import ROLES
-from noetl.store import Store
 
 __all__ = ["main"]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _workload_options(about: str = "Workload as JSON, or @file.json.") -> Callable[[F], F]:
+    """`--workload` and `--set`, passed as `workload` and `assignments` (see `_parse_workload`)."""
+
+    def decorate(command: F) -> F:
+        command = click.option(
+            "--set", "assignments", multiple=True, help="key=value (repeatable)."
+        )(command)
+        return click.option("--workload", help=about)(command)
+
+    return decorate
 
 
 def _parse_workload(workload: str | None, assignments: tuple[str, ...]) -> dict[str, Any]:
@@ -280,8 +294,7 @@ def _show_document(doc: dict[str, Any], as_json: bool) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--workload", help="Workload as JSON, or @file.json.")
-@click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
+@_workload_options()
 @json_option("Print one JSON document.")
 @click.option("--timeout", type=float, help="Seconds to wait for the execution.")
 def run(
@@ -309,8 +322,7 @@ def run(
 @main.command()
 @click.argument("path")
 @click.option("--version", "version", type=int, help="Catalog version (default latest).")
-@click.option("--workload", help="Workload as JSON, or @file.json.")
-@click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
+@_workload_options()
 @click.option("--wait", is_flag=True, help="Wait for the end and print the result.")
 @json_option()
 @click.option("--timeout", type=float, help="Seconds to wait (with --wait).")
@@ -371,8 +383,7 @@ def _execution_id(value: str) -> int:
 @main.command()
 @click.argument("execution_id")
 @click.option("--from", "from_step", help="Step to run again (default: the one that failed).")
-@click.option("--workload", help="Workload keys to change, as JSON or @file.json.")
-@click.option("--set", "assignments", multiple=True, help="key=value (repeatable).")
+@_workload_options("Workload keys to change, as JSON or @file.json.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @json_option("Print the new execution's document.")
 @click.option("--timeout", type=float, help="Seconds to wait.")
@@ -526,41 +537,7 @@ def down() -> None:
     say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
-# -- db -------------------------------------------------------------------------------
-
-
-@main.group()
-def db() -> None:
-    """Database schema commands."""
-
-
-@db.command(name="init")
-def db_init() -> None:
-    """Create or upgrade the schema (idempotent)."""
-
-    async def body(store: Store) -> int:
-        applied = await store.init_schema()
-        say(f"applied migrations {applied}" if applied else "schema is up to date")
-        return EXIT_OK
-
-    run_command(with_store(settings(), body))
-
-
-@db.command(name="validate")
-def db_validate() -> None:
-    """Say what is missing or different in the schema (exit 1 if anything)."""
-
-    async def body(store: Store) -> int:
-        problems = await store.check_schema()
-        for problem in problems:
-            say(problem)
-        if not problems:
-            say("schema is valid")
-        return EXIT_FAILED if problems else EXIT_OK
-
-    run_command(with_store(settings(), body))
-
-
 # -- the other areas: one line each (see noetl.cli_core) ------------------------------
 
 main.add_command(credential)
+main.add_command(db)

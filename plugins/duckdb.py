@@ -31,13 +31,12 @@ from plugins.sql import (
     command_result,
     json_safe,
     params_of,
-    postgres_params,
     quote_ident,
-    resolve_auth,
     split_statements,
     sql_text,
     statement_params,
 )
+from plugins.sql_auth import postgres_params, resolve_auth
 
 MEMORY = ":memory:"
 

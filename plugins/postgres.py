@@ -31,15 +31,13 @@ from plugins.base import ToolContext, until_done
 from plugins.sql import (
     TRANSACTION_KEYWORDS,
     command_result,
-    describe_postgres,
     json_safe,
     params_of,
-    postgres_params,
-    resolve_auth,
     split_statements,
     sql_text,
     timeout_ms,
 )
+from plugins.sql_auth import describe_postgres, postgres_params, resolve_auth
 
 #: A pool unused for this long is closed (checked whenever the instance is used).
 IDLE_SECONDS = 300.0

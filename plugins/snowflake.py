@@ -25,12 +25,11 @@ from plugins.sql import (
     command_result,
     json_safe,
     params_of,
-    resolve_auth,
-    snowflake_params,
     split_statements,
     sql_text,
     statement_params,
 )
+from plugins.sql_auth import resolve_auth, snowflake_params
 
 if TYPE_CHECKING:
     from snowflake.connector import SnowflakeConnection

@@ -19,7 +19,7 @@ from typing import Any
 from noetl.errors import ToolError, ToolTimeout
 from plugins.base import ToolContext
 from plugins.sinks.file import CONTENT_TYPES, encode_rows, format_of
-from plugins.sql import add_secret
+from plugins.sql_auth import add_secret
 
 DEFAULT_TIMEOUT = 60
 

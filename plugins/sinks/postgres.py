@@ -33,19 +33,17 @@ from plugins.postgres import (
 from plugins.sql import (
     column_sources,
     dedupe_last,
-    describe_postgres,
     key_columns,
     match_columns,
     parse_table_name,
-    postgres_params,
     quote_ident,
     quote_name,
-    resolve_auth,
     row_keys,
     sink_mode,
     timeout_ms,
     value_of,
 )
+from plugins.sql_auth import describe_postgres, postgres_params, resolve_auth
 
 WHO = "postgres sink"
 DEFAULT_CONNECT_TIMEOUT = 10.0

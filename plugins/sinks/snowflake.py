@@ -26,12 +26,11 @@ from plugins.sql import (
     parse_table_name,
     quote_ident,
     quote_name,
-    resolve_auth,
     row_keys,
     sink_mode,
-    snowflake_params,
     value_of,
 )
+from plugins.sql_auth import resolve_auth, snowflake_params
 
 if TYPE_CHECKING:
     from snowflake.connector import SnowflakeConnection

@@ -31,24 +31,21 @@ from plugins.sinks.file import encode_rows, format_of
 from plugins.sql import (
     Statement,
     dedupe_last,
-    describe_postgres,
     json_safe,
     key_columns,
     match_columns,
     params_of,
     parse_table_name,
-    postgres_params,
     quote_ident,
     quote_name,
-    resolve_auth,
     row_keys,
     sink_mode,
-    snowflake_params,
     split_statements,
     sql_text,
     statement_params,
     timeout_ms,
 )
+from plugins.sql_auth import describe_postgres, postgres_params, resolve_auth, snowflake_params
 
 
 def make_ctx(
