@@ -19,14 +19,8 @@ import pytest
 
 from noetl.config import Settings
 from noetl.errors import LocalModeError
-from noetl.local import (
-    Services,
-    ensure_local,
-    nats_server_binary,
-    resolve,
-    start_nats,
-    stop_local,
-)
+from noetl.local import Services, ensure_local, resolve, stop_local
+from noetl.servers.nats import nats_server_binary, start_nats
 from tests.support.services import free_port, kill_processes_under
 
 pytestmark = pytest.mark.timeout(180)

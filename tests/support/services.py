@@ -21,14 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psutil
 
-from noetl.local import (
-    NatsProcess,
-    PostgresProcess,
-    free_port,
-    init_postgres,
-    start_nats,
-    start_postgres,
-)
+from noetl.servers.nats import NatsProcess, start_nats
+from noetl.servers.postgres import PostgresProcess, init_postgres, start_postgres
+from noetl.servers.procs import free_port
 
 __all__ = [
     "TEST_PG_SETTINGS",

@@ -1,0 +1,491 @@
+"""The embedded PostgreSQL 16 of `pgserver`: initdb, start, probe, the `noetl` system user.
+
+PostgreSQL refuses to run as root, so when euid is 0 its programs run as the unprivileged
+system user `noetl` (created if missing), which owns the data directory. Sessions (the
+readiness probe, creating the database) go through psycopg.
+
+Everything here blocks: call it from async code through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from importlib.util import find_spec
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+import psycopg
+from psycopg import sql
+
+from noetl.errors import LocalModeError
+from noetl.servers import procs
+from noetl.servers.procs import HOST, PortInUse
+
+__all__ = [
+    "EMBEDDED_PG_SETTINGS",
+    "PG_DATABASE",
+    "PG_OS_USER",
+    "PG_SUPERUSER",
+    "PostgresProcess",
+    "ensure_database",
+    "init_postgres",
+    "live_postmaster",
+    "pg_dsn",
+    "pg_ready",
+    "pidfile_port",
+    "postgres_bin_dir",
+    "start_postgres",
+    "wait_pg_ready",
+]
+
+#: OS account PostgreSQL runs as when we are root (PostgreSQL refuses to run as root).
+PG_OS_USER = "noetl"
+#: Database superuser created by initdb, and the database noetl-runtime uses.
+PG_SUPERUSER = "noetl"
+PG_DATABASE = "noetl"
+#: Settings of the embedded server. fsync stays on: durability is the product.
+EMBEDDED_PG_SETTINGS: Mapping[str, str] = {
+    "max_connections": "200",
+    "shared_buffers": "128MB",
+    "fsync": "on",
+}
+
+_START_TIMEOUT = 300.0  # includes crash recovery after an unclean stop
+# The kernel limits unix socket paths to 108 bytes (sun_path), terminator included.
+_MAX_SOCKET_PATH = 107
+
+
+class PostgresProcess(subprocess.Popen[bytes]):
+    """A postmaster started by `start_postgres`; `port` says where it listens."""
+
+    port: int
+    data_dir: Path
+    log_path: Path | None
+
+    def dsn(self, database: str = PG_DATABASE) -> str:
+        """A DSN (asyncpg/libpq URI) for `database` on this server."""
+        return pg_dsn(self.port, database)
+
+
+class _ShmemBusy(LocalModeError):
+    """Processes of a killed server still hold its shared memory."""
+
+
+def postgres_bin_dir() -> Path:
+    """The directory with the PostgreSQL 16 programs (initdb, postgres) of `pgserver`."""
+    # find_spec does not import pgserver: its import is slow and warns about XDG dirs.
+    spec = find_spec("pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            bindir = Path(location) / "pginstall" / "bin"
+            if (bindir / "postgres").is_file():
+                return bindir
+    found = shutil.which("postgres")
+    if found and (Path(found).parent / "initdb").is_file():
+        return Path(found).parent
+    raise LocalModeError(
+        "PostgreSQL programs not found: install the `pgserver` package (bundled PostgreSQL 16), "
+        "or set NOETL_NATS_URL and NOETL_PG_DSN to use existing servers"
+    )
+
+
+def pg_dsn(port: int, database: str = PG_DATABASE) -> str:
+    """DSN of `database` on an embedded (trust-auth, loopback) server listening on `port`."""
+    return f"postgresql://{PG_SUPERUSER}@{HOST}:{port}/{database}"
+
+
+def init_postgres(
+    data_dir: Path,
+    *,
+    settings: Mapping[str, str] = EMBEDDED_PG_SETTINGS,
+    sync: bool = True,
+) -> None:
+    """Create a PostgreSQL data directory at `data_dir` (which must not exist or be empty).
+
+    Superuser `noetl`, UTF-8 with the C locale, trust authentication for loopback and the
+    unix socket only, `settings` appended to postgresql.conf. initdb runs in a sibling temp
+    directory that is renamed into place at the end, so a crash never leaves a half-made
+    cluster at `data_dir`. `sync=False` skips initdb's fsync (for throwaway test servers).
+    """
+    data_dir = procs.absolute(data_dir)
+    if data_dir.exists():
+        if any(data_dir.iterdir()):
+            raise LocalModeError(
+                f"cannot create a PostgreSQL data directory at {data_dir}: it exists and is "
+                "not empty (move it away, or start the server it holds)"
+            )
+        data_dir.rmdir()
+    owner = _pg_owner()
+    staging = data_dir.with_name(data_dir.name + ".initdb")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted initdb
+    staging.mkdir(mode=0o700, parents=True)
+    _hand_over(staging, owner)
+    cmd = [
+        str(postgres_bin_dir() / "initdb"),
+        "-D", str(staging),
+        "-U", PG_SUPERUSER,
+        "--locale=C",
+        "--encoding=UTF8",
+        "--auth-local=trust",
+        "--auth-host=trust",
+    ]  # fmt: skip
+    if not sync:
+        cmd.append("--no-sync")
+    try:
+        result = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+            check=False,
+            **_as_owner(owner),
+        )
+    except PermissionError as exc:
+        raise _not_executable(exc, owner) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LocalModeError(f"initdb for {data_dir} took more than 600 s") from exc
+    if result.returncode != 0:
+        output = result.stdout.decode(errors="replace").strip()
+        raise LocalModeError(
+            f"initdb failed for {data_dir} (exit code {result.returncode}):\n"
+            f"{procs.tail_text(output)}"
+        )
+    # Loopback only, no passwords: the server listens on 127.0.0.1 and its socket sits in
+    # the owner-only data directory.
+    hba = (
+        "# noetl-runtime embedded server: trust on the unix socket and loopback only\n"
+        "local all all trust\n"
+        "host all all 127.0.0.1/32 trust\n"
+        "local replication all trust\n"
+        "host replication all 127.0.0.1/32 trust\n"
+    )
+    lines = ["", "# noetl-runtime", "listen_addresses = '127.0.0.1'"]
+    lines += [
+        f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()
+    ]
+    _write_file(staging / "pg_hba.conf", hba, "w", sync)
+    _write_file(staging / "postgresql.conf", "\n".join(lines) + "\n", "a", sync)
+    os.replace(staging, data_dir)
+    procs.fsync_dir(data_dir.parent)  # the rename itself is durable too
+
+
+def start_postgres(
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    log: Path | None = None,
+    settings: Mapping[str, str] | None = None,
+    detach: bool = False,
+) -> PostgresProcess:
+    """Start the postmaster of an initialised `data_dir`, return once it accepts sessions.
+
+    Listens on 127.0.0.1 only (`port=None` picks a free port, retrying if it gets taken)
+    with its unix socket in the data directory; `settings` are extra `-c` options. A
+    postmaster.pid left by a dead server is removed; a live server on the same data
+    directory is an error. Raises LocalModeError with the log tail if it fails.
+    """
+    data_dir = procs.absolute(data_dir)
+    if not (data_dir / "PG_VERSION").is_file():
+        raise LocalModeError(f"{data_dir} is not a PostgreSQL data directory (no PG_VERSION)")
+    owner = _pg_owner()
+    _prepare_data_dir(data_dir, owner)
+    running = live_postmaster(data_dir)
+    if running is not None:
+        raise LocalModeError(
+            f"a PostgreSQL server (pid {running.pid}) is already running on {data_dir}"
+        )
+    _remove_stale_pidfile(data_dir)
+    deadline = time.monotonic() + _START_TIMEOUT
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return _spawn(
+                data_dir, port or procs.free_port(), log, settings or {}, detach, owner, deadline
+            )
+        except PortInUse:
+            if port is not None or attempt >= procs.PORT_ATTEMPTS:
+                raise
+        except _ShmemBusy:
+            # Backends of a killed postmaster still hold its shared memory; they notice
+            # the postmaster's death and exit within moments.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def pg_ready(port: int, database: str = "postgres", timeout: float = 2.0) -> bool:
+    """True if the server on `port` opens a session on `database`."""
+    try:
+        with _connect(port, database, timeout):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def ensure_database(port: int, database: str = PG_DATABASE) -> None:
+    """Create `database` on the server on `port` unless it exists."""
+    try:
+        with _connect(port, "postgres", 120.0) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    except psycopg.errors.DuplicateDatabase:
+        pass  # created by a concurrent caller
+    except psycopg.OperationalError as exc:
+        raise LocalModeError(f"PostgreSQL on port {port} stopped answering: {exc}") from exc
+    except psycopg.Error as exc:
+        raise LocalModeError(f"cannot create database {database}: {exc}") from exc
+
+
+def _connect(port: int, database: str, timeout: float) -> psycopg.Connection[Any]:
+    # Every parameter given: a user's PG* variables or service file cannot redirect us.
+    return psycopg.connect(
+        host=HOST,
+        port=port,
+        user=PG_SUPERUSER,
+        dbname=database,
+        application_name="noetl-local",
+        sslmode="disable",
+        connect_timeout=max(1, round(timeout)),
+        autocommit=True,
+    )
+
+
+def live_postmaster(data_dir: Path) -> psutil.Process | None:
+    """The live postmaster that holds `data_dir`/postmaster.pid, if any."""
+    pid = _pidfile_field(data_dir, 0)
+    if pid is None or not pid.isdigit():
+        return None
+    try:
+        proc = psutil.Process(int(pid))
+        if procs.is_zombie(proc) or proc.name() != "postgres":
+            return None  # dead, or the pid was reused by an unrelated process
+        return proc
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        # Alive but unreadable: cannot tell, so assume it is a postmaster.
+        return psutil.Process(int(pid))
+
+
+def pidfile_port(data_dir: Path) -> int | None:
+    """The port recorded in `data_dir`/postmaster.pid (its line 4)."""
+    value = _pidfile_field(data_dir, 3)
+    return int(value) if value and value.isdigit() else None
+
+
+def wait_pg_ready(
+    data_dir: Path,
+    port: int,
+    proc: subprocess.Popen[bytes] | psutil.Process,
+    log_file: Path | None,
+    sink: tuple[IO[bytes], int] | None,
+    deadline: float,
+) -> None:
+    """Poll until the server on `port` opens a session; raise with the log tail if it dies."""
+
+    def tail() -> str:
+        if sink is not None:
+            return procs.read_tail(sink[0], sink[1])
+        return procs.tail_text(log_file.read_text(errors="replace")) if log_file else ""
+
+    delay = 0.002
+    while True:
+        exited = (
+            proc.poll() is not None
+            if isinstance(proc, subprocess.Popen)
+            else (not proc.is_running() or procs.is_zombie(proc))
+        )
+        if exited:
+            text = tail()
+            code = proc.returncode if isinstance(proc, subprocess.Popen) else None
+            what = f"PostgreSQL exited with code {code} while starting"
+            lowered = text.lower()
+            if "address already in use" in lowered:
+                raise PortInUse(f"{what}: port {port} is taken\n{text}")
+            if "pre-existing shared memory block" in lowered:
+                raise _ShmemBusy(f"{what}: {text}")
+            raise LocalModeError(f"{what}; log:\n{text}")
+        # postmaster.pid says "ready" once sessions are accepted: probing only then keeps
+        # "the database system is starting up" out of the log.
+        if _pidfile_field(data_dir, 7) in (None, "ready") and pg_ready(port):
+            return
+        if time.monotonic() > deadline:
+            raise LocalModeError(
+                f"PostgreSQL did not accept sessions on port {port} in time; log:\n{tail()}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+def _spawn(
+    data_dir: Path,
+    port: int,
+    log: Path | None,
+    settings: Mapping[str, str],
+    detach: bool,
+    owner: tuple[int, int] | None,
+    deadline: float,
+) -> PostgresProcess:
+    socket_dir = str(data_dir)
+    if len(f"{socket_dir}/.s.PGSQL.{port}") > _MAX_SOCKET_PATH:
+        socket_dir = ""  # too long for a unix socket: TCP only (all we use anyway)
+    # A quoted list element (the path may hold commas or spaces), inner quotes doubled.
+    quoted = socket_dir.replace('"', '""')
+    options = {
+        "listen_addresses": HOST,
+        "unix_socket_directories": f'"{quoted}"' if socket_dir else "",
+        **settings,
+    }
+    cmd = [str(postgres_bin_dir() / "postgres"), "-D", str(data_dir), "-p", str(port)]
+    for name, value in options.items():
+        cmd += ["-c", f"{name}={value}"]
+    sink, offset, log_path = procs.open_log(log)
+    try:
+        proc = PostgresProcess(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=detach,
+            **_as_owner(owner),
+        )
+    except PermissionError as exc:
+        sink.close()
+        raise _not_executable(exc, owner) from exc
+    except OSError as exc:
+        sink.close()
+        raise LocalModeError(f"cannot run {cmd[0]}: {exc}") from exc
+    proc.port = port
+    proc.data_dir = data_dir
+    proc.log_path = log_path
+    procs.adopt_child(proc)
+    try:
+        wait_pg_ready(data_dir, port, proc, None, (sink, offset), deadline)
+        return proc
+    except BaseException:
+        if proc.poll() is None:
+            procs.kill(proc)
+        procs.drop_child(proc.pid)
+        raise
+    finally:
+        sink.close()
+
+
+def _write_file(path: Path, text: str, mode: str, sync: bool) -> None:
+    """Write (or append) `text`, fsynced when `sync`; the file keeps its owner."""
+    with path.open(mode) as handle:
+        handle.write(text)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _remove_stale_pidfile(data_dir: Path) -> None:
+    """Delete postmaster.pid when the server that wrote it is dead (killed, host crashed)."""
+    pidfile = data_dir / "postmaster.pid"
+    if pidfile.exists() and live_postmaster(data_dir) is None:
+        pidfile.unlink(missing_ok=True)
+
+
+def _pidfile_field(data_dir: Path, index: int) -> str | None:
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return None
+    return lines[index].strip() if len(lines) > index else None
+
+
+def _pg_owner() -> tuple[int, int] | None:
+    """(uid, gid) PostgreSQL must run as: None when not root, else the `noetl` system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(PG_OS_USER)
+    except KeyError:
+        _create_system_user(PG_OS_USER)
+        entry = pwd.getpwnam(PG_OS_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _create_system_user(name: str) -> None:
+    attempts = [
+        ["useradd", "--system", "--user-group", "--no-create-home",
+         "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", "-s", "/sbin/nologin", name],
+    ]  # fmt: skip
+    errors = []
+    for cmd in attempts:
+        if shutil.which(cmd[0]) is None:
+            errors.append(f"{cmd[0]}: not found")
+            continue
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)  # created, here or by a concurrent caller
+            return
+        errors.append(f"{' '.join(cmd)}: {result.stderr.strip() or result.returncode}")
+    raise LocalModeError(
+        f"PostgreSQL refuses to run as root and the system user {name!r} could not be "
+        f"created ({'; '.join(errors)}): create it, or run noetl-runtime as a normal user"
+    )
+
+
+def _prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Make `data_dir` usable by the server's user: owned by it, reachable through its path."""
+    if owner is None:
+        return
+    if data_dir.stat().st_uid != owner[0]:
+        # Made by another user (e.g. before running as root): hand it to the server's user.
+        for root, dirs, files in os.walk(data_dir):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(root, name), *owner)
+        os.chown(data_dir, *owner)
+    _make_traversable(data_dir.parent, owner[0])
+
+
+def _make_traversable(directory: Path, uid: int) -> None:
+    """Add o+x to `directory` and its ancestors where `uid` could not pass through them."""
+    for path in (directory, *directory.parents):
+        st = path.stat()
+        if st.st_uid == uid or st.st_mode & stat.S_IXOTH:
+            continue
+        # Search (x) only, not read: the server's user can reach its data dir, not list ours.
+        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+
+
+def _hand_over(path: Path, owner: tuple[int, int] | None) -> None:
+    if owner is not None:
+        os.chown(path, *owner)
+        _make_traversable(path.parent, owner[0])
+
+
+def _as_owner(owner: tuple[int, int] | None) -> dict[str, Any]:
+    """Popen arguments that run a PostgreSQL program as `owner` (when we are root)."""
+    # cwd "/": the unprivileged user may not be able to enter our working directory.
+    # PG* variables are dropped so a user's PGDATA/PGPORT cannot redirect the programs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    args: dict[str, Any] = {"cwd": "/", "env": env}
+    if owner is not None:
+        args.update(user=owner[0], group=owner[1], extra_groups=[])
+    return args
+
+
+def _not_executable(exc: OSError, owner: tuple[int, int] | None) -> LocalModeError:
+    who = f"user {PG_OS_USER!r}" if owner is not None else "this user"
+    return LocalModeError(
+        f"the PostgreSQL programs in {postgres_bin_dir()} are not executable by {who} "
+        f"({exc}); PostgreSQL refuses to run as root, so every directory on that path must "
+        "be readable and searchable (o+rx) by that user"
+    )
