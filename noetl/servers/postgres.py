@@ -1,23 +1,20 @@
-"""The embedded PostgreSQL 16 of `pgserver`: initdb, start, probe, the `noetl` system user.
+"""The embedded PostgreSQL 16 of `pgserver`: initdb, start, probe.
 
-PostgreSQL refuses to run as root, so when euid is 0 its programs run as the unprivileged
-system user `noetl` (created if missing), which owns the data directory. Sessions (the
-readiness probe, creating the database) go through psycopg.
+Its programs run as the user `noetl.servers.pgowner` says (the `noetl` system user when we
+are root), with the data directory as working directory, named `/proc/self/cwd`: so the
+server works wherever NOETL_HOME lives. Sessions (the readiness probe, creating the
+database) go through psycopg.
 
 Everything here blocks: call it from async code through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import shutil
-import stat
 import subprocess
 import time
 from collections.abc import Mapping
-from importlib.util import find_spec
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,12 +24,12 @@ from psycopg import sql
 
 from noetl.errors import LocalModeError
 from noetl.servers import procs
+from noetl.servers.pgowner import SELF_CWD, as_owner, bin_dir, not_executable, pg_owner
 from noetl.servers.procs import HOST, PortInUse
 
 __all__ = [
     "EMBEDDED_PG_SETTINGS",
     "PG_DATABASE",
-    "PG_OS_USER",
     "PG_SUPERUSER",
     "PostgresProcess",
     "ensure_database",
@@ -41,13 +38,10 @@ __all__ = [
     "pg_dsn",
     "pg_ready",
     "pidfile_port",
-    "postgres_bin_dir",
     "start_postgres",
     "wait_pg_ready",
 ]
 
-#: OS account PostgreSQL runs as when we are root (PostgreSQL refuses to run as root).
-PG_OS_USER = "noetl"
 #: Database superuser created by initdb, and the database noetl-runtime uses.
 PG_SUPERUSER = "noetl"
 PG_DATABASE = "noetl"
@@ -59,8 +53,6 @@ EMBEDDED_PG_SETTINGS: Mapping[str, str] = {
 }
 
 _START_TIMEOUT = 300.0  # includes crash recovery after an unclean stop
-# The kernel limits unix socket paths to 108 bytes (sun_path), terminator included.
-_MAX_SOCKET_PATH = 107
 
 
 class PostgresProcess(subprocess.Popen[bytes]):
@@ -77,24 +69,6 @@ class PostgresProcess(subprocess.Popen[bytes]):
 
 class _ShmemBusy(LocalModeError):
     """Processes of a killed server still hold its shared memory."""
-
-
-def postgres_bin_dir() -> Path:
-    """The directory with the PostgreSQL 16 programs (initdb, postgres) of `pgserver`."""
-    # find_spec does not import pgserver: its import is slow and warns about XDG dirs.
-    spec = find_spec("pgserver")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            bindir = Path(location) / "pginstall" / "bin"
-            if (bindir / "postgres").is_file():
-                return bindir
-    found = shutil.which("postgres")
-    if found and (Path(found).parent / "initdb").is_file():
-        return Path(found).parent
-    raise LocalModeError(
-        "PostgreSQL programs not found: install the `pgserver` package (bundled PostgreSQL 16), "
-        "or set NOETL_NATS_URL and NOETL_PG_DSN to use existing servers"
-    )
 
 
 def pg_dsn(port: int, database: str = PG_DATABASE) -> str:
@@ -123,14 +97,16 @@ def init_postgres(
                 "not empty (move it away, or start the server it holds)"
             )
         data_dir.rmdir()
-    owner = _pg_owner()
+    owner = pg_owner()
     staging = data_dir.with_name(data_dir.name + ".initdb")
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted initdb
     staging.mkdir(mode=0o700, parents=True)
-    _hand_over(staging, owner)
+    if owner is not None:
+        os.chown(staging, *owner)
+    initdb = bin_dir(owner) / "initdb"
     cmd = [
-        str(postgres_bin_dir() / "initdb"),
-        "-D", str(staging),
+        str(initdb),
+        "-D", SELF_CWD,
         "-U", PG_SUPERUSER,
         "--locale=C",
         "--encoding=UTF8",
@@ -147,10 +123,10 @@ def init_postgres(
             stdin=subprocess.DEVNULL,
             timeout=600,
             check=False,
-            **_as_owner(owner),
+            **as_owner(owner, staging),
         )
     except PermissionError as exc:
-        raise _not_executable(exc, owner) from exc
+        raise not_executable(exc, initdb, owner) from exc
     except subprocess.TimeoutExpired as exc:
         raise LocalModeError(f"initdb for {data_dir} took more than 600 s") from exc
     if result.returncode != 0:
@@ -196,7 +172,7 @@ def start_postgres(
     data_dir = procs.absolute(data_dir)
     if not (data_dir / "PG_VERSION").is_file():
         raise LocalModeError(f"{data_dir} is not a PostgreSQL data directory (no PG_VERSION)")
-    owner = _pg_owner()
+    owner = pg_owner()
     _prepare_data_dir(data_dir, owner)
     running = live_postmaster(data_dir)
     if running is not None:
@@ -339,17 +315,11 @@ def _spawn(
     owner: tuple[int, int] | None,
     deadline: float,
 ) -> PostgresProcess:
-    socket_dir = str(data_dir)
-    if len(f"{socket_dir}/.s.PGSQL.{port}") > _MAX_SOCKET_PATH:
-        socket_dir = ""  # too long for a unix socket: TCP only (all we use anyway)
-    # A quoted list element (the path may hold commas or spaces), inner quotes doubled.
-    quoted = socket_dir.replace('"', '""')
-    options = {
-        "listen_addresses": HOST,
-        "unix_socket_directories": f'"{quoted}"' if socket_dir else "",
-        **settings,
-    }
-    cmd = [str(postgres_bin_dir() / "postgres"), "-D", str(data_dir), "-p", str(port)]
+    # The unix socket sits in the owner-only data directory, whose path may be too long for
+    # a socket address (108 bytes): the server names it through its working directory.
+    options = {"listen_addresses": HOST, "unix_socket_directories": SELF_CWD, **settings}
+    postgres = bin_dir(owner) / "postgres"
+    cmd = [str(postgres), "-D", SELF_CWD, "-p", str(port)]
     for name, value in options.items():
         cmd += ["-c", f"{name}={value}"]
     sink, offset, log_path = procs.open_log(log)
@@ -360,11 +330,11 @@ def _spawn(
             stdout=sink,
             stderr=sink,
             start_new_session=detach,
-            **_as_owner(owner),
+            **as_owner(owner, data_dir),
         )
     except PermissionError as exc:
         sink.close()
-        raise _not_executable(exc, owner) from exc
+        raise not_executable(exc, postgres, owner) from exc
     except OSError as exc:
         sink.close()
         raise LocalModeError(f"cannot run {cmd[0]}: {exc}") from exc
@@ -408,84 +378,11 @@ def _pidfile_field(data_dir: Path, index: int) -> str | None:
     return lines[index].strip() if len(lines) > index else None
 
 
-def _pg_owner() -> tuple[int, int] | None:
-    """(uid, gid) PostgreSQL must run as: None when not root, else the `noetl` system user."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(PG_OS_USER)
-    except KeyError:
-        _create_system_user(PG_OS_USER)
-        entry = pwd.getpwnam(PG_OS_USER)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _create_system_user(name: str) -> None:
-    attempts = [
-        ["useradd", "--system", "--user-group", "--no-create-home",
-         "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-        ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", "-s", "/sbin/nologin", name],
-    ]  # fmt: skip
-    errors = []
-    for cmd in attempts:
-        if shutil.which(cmd[0]) is None:
-            errors.append(f"{cmd[0]}: not found")
-            continue
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(name)  # created, here or by a concurrent caller
-            return
-        errors.append(f"{' '.join(cmd)}: {result.stderr.strip() or result.returncode}")
-    raise LocalModeError(
-        f"PostgreSQL refuses to run as root and the system user {name!r} could not be "
-        f"created ({'; '.join(errors)}): create it, or run noetl-runtime as a normal user"
-    )
-
-
 def _prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
-    """Make `data_dir` usable by the server's user: owned by it, reachable through its path."""
-    if owner is None:
+    """Make `data_dir` the server user's: made by another user (before running as root)."""
+    if owner is None or data_dir.stat().st_uid == owner[0]:
         return
-    if data_dir.stat().st_uid != owner[0]:
-        # Made by another user (e.g. before running as root): hand it to the server's user.
-        for root, dirs, files in os.walk(data_dir):
-            for name in (*dirs, *files):
-                os.lchown(os.path.join(root, name), *owner)
-        os.chown(data_dir, *owner)
-    _make_traversable(data_dir.parent, owner[0])
-
-
-def _make_traversable(directory: Path, uid: int) -> None:
-    """Add o+x to `directory` and its ancestors where `uid` could not pass through them."""
-    for path in (directory, *directory.parents):
-        st = path.stat()
-        if st.st_uid == uid or st.st_mode & stat.S_IXOTH:
-            continue
-        # Search (x) only, not read: the server's user can reach its data dir, not list ours.
-        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
-
-
-def _hand_over(path: Path, owner: tuple[int, int] | None) -> None:
-    if owner is not None:
-        os.chown(path, *owner)
-        _make_traversable(path.parent, owner[0])
-
-
-def _as_owner(owner: tuple[int, int] | None) -> dict[str, Any]:
-    """Popen arguments that run a PostgreSQL program as `owner` (when we are root)."""
-    # cwd "/": the unprivileged user may not be able to enter our working directory.
-    # PG* variables are dropped so a user's PGDATA/PGPORT cannot redirect the programs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    args: dict[str, Any] = {"cwd": "/", "env": env}
-    if owner is not None:
-        args.update(user=owner[0], group=owner[1], extra_groups=[])
-    return args
-
-
-def _not_executable(exc: OSError, owner: tuple[int, int] | None) -> LocalModeError:
-    who = f"user {PG_OS_USER!r}" if owner is not None else "this user"
-    return LocalModeError(
-        f"the PostgreSQL programs in {postgres_bin_dir()} are not executable by {who} "
-        f"({exc}); PostgreSQL refuses to run as root, so every directory on that path must "
-        "be readable and searchable (o+rx) by that user"
-    )
+    for root, dirs, files in os.walk(data_dir):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), *owner)
+    os.chown(data_dir, *owner)

@@ -45,14 +45,15 @@ def servers_of(home: Path) -> tuple[list[int], list[int]]:
     """Pids of the nats-servers and postmasters running on `home`'s data."""
     store, data = str(home / "nats"), str(home / "pg")
     nats_pids, pg_pids = [], []
-    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+    for proc in psutil.process_iter(["name", "cmdline", "status", "cwd"]):
         cmdline = proc.info["cmdline"] or []
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if proc.info["name"] == "nats-server" and store in cmdline:
             nats_pids.append(proc.pid)
-        # Only the postmaster keeps "-D <data>" in its title; its children rewrite theirs.
-        if proc.info["name"] == "postgres" and data in cmdline:
+        # PostgreSQL runs in its data dir; only the postmaster keeps "-D" in its title (its
+        # children rewrite theirs).
+        if proc.info["name"] == "postgres" and proc.info["cwd"] == data and "-D" in cmdline:
             pg_pids.append(proc.pid)
     return nats_pids, pg_pids
 

@@ -106,13 +106,19 @@ def stop_process(
 
 
 def kill_processes_under(path: Path) -> list[int]:
-    """SIGKILL every process whose command line mentions `path` (strays of a failed test)."""
+    """SIGKILL every process whose command line or working directory is under `path`.
+
+    For the strays of a failed test: PostgreSQL names its data directory by its working
+    directory, so only the latter shows where it runs.
+    """
     needle = str(path)
     killed = []
     me = os.getpid()
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
         with contextlib.suppress(psutil.Error):
-            if proc.pid != me and any(needle in arg for arg in proc.info["cmdline"] or []):
+            cwd = proc.info["cwd"] or ""
+            mentions = any(needle in arg for arg in proc.info["cmdline"] or [])
+            if proc.pid != me and (mentions or cwd == needle or cwd.startswith(needle + "/")):
                 proc.kill()
                 killed.append(proc.pid)
     return killed
