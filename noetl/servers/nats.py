@@ -1,5 +1,9 @@
 """The nats-server binary with JetStream: start one, probe it, find the ones serving a store.
 
+A server started with `auth` requires that user and password from every client; they are
+written to an owner-only config file next to the store, never on the command line (which
+every local user can read).
+
 Everything here blocks: call it from async code through `asyncio.to_thread`.
 """
 
@@ -16,6 +20,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -23,13 +28,23 @@ from noetl.errors import LocalModeError
 from noetl.servers import procs
 from noetl.servers.procs import HOST, PortInUse
 
-__all__ = ["NatsProcess", "nats_answers", "nats_processes", "nats_server_binary", "start_nats"]
+__all__ = [
+    "NatsProcess",
+    "nats_info",
+    "nats_processes",
+    "nats_server_binary",
+    "nats_url",
+    "start_nats",
+]
 
 _START_TIMEOUT = 30.0
 
 
 class NatsProcess(subprocess.Popen[bytes]):
-    """A nats-server process started by `start_nats`; `port` and `url` say where it listens."""
+    """A nats-server process started by `start_nats`; `port` and `url` say where it listens.
+
+    `url` carries the credentials when the server requires them.
+    """
 
     port: int
     url: str
@@ -53,51 +68,66 @@ def nats_server_binary() -> Path:
     )
 
 
+def nats_url(port: int, auth: tuple[str, str] | None = None) -> str:
+    """The URL of a server on 127.0.0.1:`port`, with `auth` (user, password) in it if given."""
+    userinfo = f"{auth[0]}:{auth[1]}@" if auth else ""
+    return f"nats://{userinfo}{HOST}:{port}"
+
+
 def start_nats(
     store_dir: Path,
     *,
     port: int | None = None,
     log: Path | None = None,
     detach: bool = False,
+    auth: tuple[str, str] | None = None,
 ) -> NatsProcess:
     """Start nats-server with JetStream on 127.0.0.1 and return once it accepts clients.
 
     `port=None` picks a free port (retrying if another process grabs it first). `log`
     receives the server's log (appended), else it is kept in an anonymous temp file for
     error messages. `detach` puts the server in its own session so it survives this process
-    and the terminal's signals. Raises LocalModeError, with the log tail, if it fails.
+    and the terminal's signals. `auth` (user, password) is required from every client; it
+    goes to `<store_dir>.conf` (0600). The store is made 0700. Raises LocalModeError, with
+    the log tail, if it fails.
     """
     store_dir = procs.absolute(store_dir)
-    store_dir.mkdir(parents=True, exist_ok=True)
+    procs.private_dirs(store_dir)
+    config = None
+    if auth is not None:
+        config = store_dir.with_name(store_dir.name + ".conf")
+        user, password = (json.dumps(value) for value in auth)
+        text = f"authorization {{\n  user: {user}\n  password: {password}\n}}\n"
+        procs.write_private(config, text.encode())
     for attempt in range(procs.PORT_ATTEMPTS):
         try:
-            return _spawn(store_dir, port or procs.free_port(), log, detach)
+            return _spawn(store_dir, port or procs.free_port(), log, detach, config, auth)
         except PortInUse:
             if port is not None or attempt == procs.PORT_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def nats_answers(port: int, timeout: float = 1.0) -> bool:
-    """True if a NATS server with JetStream enabled greets us on `port`."""
+def nats_info(port: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The INFO greeting of a NATS server with JetStream enabled on `port`, else None."""
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             data = b""
             while b"\r\n" not in data and len(data) < 65536:
                 chunk = sock.recv(4096)
                 if not chunk:
-                    return False
+                    return None
                 data += chunk
     except OSError:
-        return False
+        return None
     line = data.split(b"\r\n", 1)[0]
     if not line.startswith(b"INFO "):
-        return False
+        return None
     try:
         info = json.loads(line[5:])
     except ValueError:
-        return False
-    return bool(info.get("jetstream"))
+        return None
+    return info if isinstance(info, dict) and info.get("jetstream") else None
 
 
 def nats_processes(store: Path, recorded: psutil.Process | None) -> list[psutil.Process]:
@@ -118,9 +148,17 @@ def nats_processes(store: Path, recorded: psutil.Process | None) -> list[psutil.
     return list(found.values())
 
 
-def _spawn(store: Path, port: int, log: Path | None, detach: bool) -> NatsProcess:
+def _spawn(
+    store: Path,
+    port: int,
+    log: Path | None,
+    detach: bool,
+    config: Path | None,
+    auth: tuple[str, str] | None,
+) -> NatsProcess:
     cmd = [
         str(nats_server_binary()),
+        *(["--config", str(config)] if config else []),
         "--jetstream",
         "--store_dir", str(store),
         "--addr", HOST,
@@ -143,7 +181,7 @@ def _spawn(store: Path, port: int, log: Path | None, detach: bool) -> NatsProces
         sink.close()
         raise LocalModeError(f"cannot run {cmd[0]}: {exc}") from exc
     proc.port = port
-    proc.url = f"nats://{HOST}:{port}"
+    proc.url = nats_url(port, auth)
     proc.log_path = log_path
     procs.adopt_child(proc)
     deadline = time.monotonic() + _START_TIMEOUT
@@ -157,11 +195,11 @@ def _spawn(store: Path, port: int, log: Path | None, detach: bool) -> NatsProces
                     raise PortInUse(f"{what}: port {port} is taken\n{tail}")
                 raise LocalModeError(f"{what} ({' '.join(cmd)}); log:\n{tail}")
             # A short probe timeout: whatever else might hold the port never greets us.
-            if nats_answers(port, timeout=0.25):
+            if nats_info(port, timeout=0.25) is not None:
                 return proc
             if time.monotonic() > deadline:
                 raise LocalModeError(
-                    f"nats-server did not accept clients on {proc.url} within "
+                    f"nats-server did not accept clients on {nats_url(port)} within "
                     f"{_START_TIMEOUT:.0f} s; log:\n{procs.read_tail(sink, offset)}"
                 )
             time.sleep(delay)

@@ -5,6 +5,10 @@ are root), with the data directory as working directory, named `/proc/self/cwd`:
 server works wherever NOETL_HOME lives. Sessions (the readiness probe, creating the
 database) go through psycopg.
 
+Every connection, on loopback TCP or the unix socket, authenticates with scram-sha-256 as
+the superuser `noetl` and its generated password: no trust, no peer. The statements are
+never logged (`log_statement`, `log_min_error_statement`): they may quote secrets.
+
 Everything here blocks: call it from async code through `asyncio.to_thread`.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +43,7 @@ __all__ = [
     "pg_dsn",
     "pg_ready",
     "pidfile_port",
+    "reset_password",
     "start_postgres",
     "wait_pg_ready",
 ]
@@ -53,6 +59,22 @@ EMBEDDED_PG_SETTINGS: Mapping[str, str] = {
 }
 
 _START_TIMEOUT = 300.0  # includes crash recovery after an unclean stop
+# Set at every start, so that data directories made before they existed get them too.
+_ALWAYS: Mapping[str, str] = {
+    "listen_addresses": HOST,
+    "password_encryption": "scram-sha-256",
+    "log_statement": "none",
+    "log_min_error_statement": "panic",
+    "log_min_duration_statement": "-1",
+}
+# Every connection must prove the password: on the socket and on loopback TCP.
+_HBA = (
+    "# noetl-runtime embedded server: scram-sha-256 on the unix socket and loopback only\n"
+    "local all all scram-sha-256\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "local replication all scram-sha-256\n"
+    "host replication all 127.0.0.1/32 scram-sha-256\n"
+)
 
 
 class PostgresProcess(subprocess.Popen[bytes]):
@@ -61,31 +83,34 @@ class PostgresProcess(subprocess.Popen[bytes]):
     port: int
     data_dir: Path
     log_path: Path | None
+    password: str
 
     def dsn(self, database: str = PG_DATABASE) -> str:
-        """A DSN (asyncpg/libpq URI) for `database` on this server."""
-        return pg_dsn(self.port, database)
+        """A DSN (asyncpg/libpq URI, with the password) for `database` on this server."""
+        return pg_dsn(self.port, self.password, database)
 
 
 class _ShmemBusy(LocalModeError):
     """Processes of a killed server still hold its shared memory."""
 
 
-def pg_dsn(port: int, database: str = PG_DATABASE) -> str:
-    """DSN of `database` on an embedded (trust-auth, loopback) server listening on `port`."""
-    return f"postgresql://{PG_SUPERUSER}@{HOST}:{port}/{database}"
+def pg_dsn(port: int, password: str | None, database: str = PG_DATABASE) -> str:
+    """DSN of `database` on an embedded (loopback) server on `port`; None: no password in it."""
+    userinfo = f"{PG_SUPERUSER}:{password}" if password is not None else PG_SUPERUSER
+    return f"postgresql://{userinfo}@{HOST}:{port}/{database}"
 
 
 def init_postgres(
     data_dir: Path,
     *,
+    password: str,
     settings: Mapping[str, str] = EMBEDDED_PG_SETTINGS,
     sync: bool = True,
 ) -> None:
     """Create a PostgreSQL data directory at `data_dir` (which must not exist or be empty).
 
-    Superuser `noetl`, UTF-8 with the C locale, trust authentication for loopback and the
-    unix socket only, `settings` appended to postgresql.conf. initdb runs in a sibling temp
+    Superuser `noetl` with `password`, UTF-8 with the C locale, scram-sha-256 for loopback
+    and the unix socket only, `settings` appended to postgresql.conf. initdb runs in a sibling temp
     directory that is renamed into place at the end, so a crash never leaves a half-made
     cluster at `data_dir`. `sync=False` skips initdb's fsync (for throwaway test servers).
     """
@@ -110,21 +135,22 @@ def init_postgres(
         "-U", PG_SUPERUSER,
         "--locale=C",
         "--encoding=UTF8",
-        "--auth-local=trust",
-        "--auth-host=trust",
+        "--auth=scram-sha-256",
+        "--pwfile=/dev/stdin",
     ]  # fmt: skip
     if not sync:
         cmd.append("--no-sync")
     try:
-        result = subprocess.run(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            timeout=600,
-            check=False,
-            **as_owner(owner, staging),
-        )
+        with _password_file(password, owner) as pwfile:
+            result = subprocess.run(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=pwfile,
+                timeout=600,
+                check=False,
+                **as_owner(owner, staging),
+            )
     except PermissionError as exc:
         raise not_executable(exc, initdb, owner) from exc
     except subprocess.TimeoutExpired as exc:
@@ -135,28 +161,54 @@ def init_postgres(
             f"initdb failed for {data_dir} (exit code {result.returncode}):\n"
             f"{procs.tail_text(output)}"
         )
-    # Loopback only, no passwords: the server listens on 127.0.0.1 and its socket sits in
-    # the owner-only data directory.
-    hba = (
-        "# noetl-runtime embedded server: trust on the unix socket and loopback only\n"
-        "local all all trust\n"
-        "host all all 127.0.0.1/32 trust\n"
-        "local replication all trust\n"
-        "host replication all 127.0.0.1/32 trust\n"
-    )
-    lines = ["", "# noetl-runtime", "listen_addresses = '127.0.0.1'"]
+    lines = ["", "# noetl-runtime"]
     lines += [
-        f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()
+        f"{name} = '{value.replace(chr(39), chr(39) * 2)}'"
+        for name, value in {**_ALWAYS, **settings}.items()
     ]
-    _write_file(staging / "pg_hba.conf", hba, "w", sync)
+    _write_file(staging / "pg_hba.conf", _HBA, "w", sync)
     _write_file(staging / "postgresql.conf", "\n".join(lines) + "\n", "a", sync)
     os.replace(staging, data_dir)
     procs.fsync_dir(data_dir.parent)  # the rename itself is durable too
 
 
+def reset_password(data_dir: Path, password: str) -> None:
+    """Give the superuser `password` and require it everywhere, on a stopped server.
+
+    For a data directory whose password is lost, or made when the embedded server trusted
+    local users: single-user mode needs no login, and rewrites the role's password.
+    """
+    data_dir = procs.absolute(data_dir)
+    owner = pg_owner()
+    _prepare_data_dir(data_dir, owner)
+    _remove_stale_pidfile(data_dir)
+    _write_file(data_dir / "pg_hba.conf", _HBA, "w", True)
+    postgres = bin_dir(owner) / "postgres"
+    statement = f"ALTER ROLE {PG_SUPERUSER} PASSWORD '{password}'\n"  # url-safe: no quotes
+    try:
+        result = subprocess.run(
+            [str(postgres), "--single", "-D", SELF_CWD, "postgres"],
+            input=statement.encode(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=_START_TIMEOUT,
+            check=False,
+            **as_owner(owner, data_dir),
+        )
+    except PermissionError as exc:
+        raise not_executable(exc, postgres, owner) from exc
+    output = result.stdout.decode(errors="replace")
+    if result.returncode != 0 or "ERROR:" in output:
+        raise LocalModeError(
+            f"cannot set the password of {PG_SUPERUSER} on {data_dir} (exit code "
+            f"{result.returncode}):\n{procs.tail_text(output.replace(password, '***'))}"
+        )
+
+
 def start_postgres(
     data_dir: Path,
     *,
+    password: str,
     port: int | None = None,
     log: Path | None = None,
     settings: Mapping[str, str] | None = None,
@@ -165,7 +217,8 @@ def start_postgres(
     """Start the postmaster of an initialised `data_dir`, return once it accepts sessions.
 
     Listens on 127.0.0.1 only (`port=None` picks a free port, retrying if it gets taken)
-    with its unix socket in the data directory; `settings` are extra `-c` options. A
+    with its unix socket in the data directory; `password` is the superuser's (for the
+    readiness probe and the DSN); `settings` are extra `-c` options. A
     postmaster.pid left by a dead server is removed; a live server on the same data
     directory is an error. Raises LocalModeError with the log tail if it fails.
     """
@@ -186,7 +239,14 @@ def start_postgres(
         attempt += 1
         try:
             return _spawn(
-                data_dir, port or procs.free_port(), log, settings or {}, detach, owner, deadline
+                data_dir,
+                port or procs.free_port(),
+                password,
+                log,
+                settings or {},
+                detach,
+                owner,
+                deadline,
             )
         except PortInUse:
             if port is not None or attempt >= procs.PORT_ATTEMPTS:
@@ -199,19 +259,19 @@ def start_postgres(
             time.sleep(0.2)
 
 
-def pg_ready(port: int, database: str = "postgres", timeout: float = 2.0) -> bool:
-    """True if the server on `port` opens a session on `database`."""
+def pg_ready(port: int, password: str, database: str = "postgres", timeout: float = 2.0) -> bool:
+    """True if the server on `port` opens a session on `database` with `password`."""
     try:
-        with _connect(port, database, timeout):
+        with _connect(port, password, database, timeout):
             return True
     except psycopg.Error:
         return False
 
 
-def ensure_database(port: int, database: str = PG_DATABASE) -> None:
+def ensure_database(port: int, password: str, database: str = PG_DATABASE) -> None:
     """Create `database` on the server on `port` unless it exists."""
     try:
-        with _connect(port, "postgres", 120.0) as conn:
+        with _connect(port, password, "postgres", 120.0) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
             ).fetchone()
@@ -225,12 +285,13 @@ def ensure_database(port: int, database: str = PG_DATABASE) -> None:
         raise LocalModeError(f"cannot create database {database}: {exc}") from exc
 
 
-def _connect(port: int, database: str, timeout: float) -> psycopg.Connection[Any]:
+def _connect(port: int, password: str, database: str, timeout: float) -> psycopg.Connection[Any]:
     # Every parameter given: a user's PG* variables or service file cannot redirect us.
     return psycopg.connect(
         host=HOST,
         port=port,
         user=PG_SUPERUSER,
+        password=password,
         dbname=database,
         application_name="noetl-local",
         sslmode="disable",
@@ -266,6 +327,7 @@ def wait_pg_ready(
     data_dir: Path,
     port: int,
     proc: subprocess.Popen[bytes] | psutil.Process,
+    password: str,
     log_file: Path | None,
     sink: tuple[IO[bytes], int] | None,
     deadline: float,
@@ -296,7 +358,7 @@ def wait_pg_ready(
             raise LocalModeError(f"{what}; log:\n{text}")
         # postmaster.pid says "ready" once sessions are accepted: probing only then keeps
         # "the database system is starting up" out of the log.
-        if _pidfile_field(data_dir, 7) in (None, "ready") and pg_ready(port):
+        if _pidfile_field(data_dir, 7) in (None, "ready") and pg_ready(port, password):
             return
         if time.monotonic() > deadline:
             raise LocalModeError(
@@ -309,6 +371,7 @@ def wait_pg_ready(
 def _spawn(
     data_dir: Path,
     port: int,
+    password: str,
     log: Path | None,
     settings: Mapping[str, str],
     detach: bool,
@@ -317,7 +380,7 @@ def _spawn(
 ) -> PostgresProcess:
     # The unix socket sits in the owner-only data directory, whose path may be too long for
     # a socket address (108 bytes): the server names it through its working directory.
-    options = {"listen_addresses": HOST, "unix_socket_directories": SELF_CWD, **settings}
+    options = {**_ALWAYS, "unix_socket_directories": SELF_CWD, **settings}
     postgres = bin_dir(owner) / "postgres"
     cmd = [str(postgres), "-D", SELF_CWD, "-p", str(port)]
     for name, value in options.items():
@@ -341,9 +404,10 @@ def _spawn(
     proc.port = port
     proc.data_dir = data_dir
     proc.log_path = log_path
+    proc.password = password
     procs.adopt_child(proc)
     try:
-        wait_pg_ready(data_dir, port, proc, None, (sink, offset), deadline)
+        wait_pg_ready(data_dir, port, proc, password, None, (sink, offset), deadline)
         return proc
     except BaseException:
         if proc.poll() is None:
@@ -361,6 +425,21 @@ def _write_file(path: Path, text: str, mode: str, sync: bool) -> None:
         if sync:
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _password_file(password: str, owner: tuple[int, int] | None) -> IO[bytes]:
+    """An unlinked file holding `password`, readable by `owner` only, for initdb's stdin.
+
+    initdb reopens its --pwfile by name (/dev/stdin): a pipe made by root would refuse the
+    unprivileged user, a file of its own does not.
+    """
+    handle = tempfile.TemporaryFile()  # noqa: SIM115  (the caller closes it)
+    handle.write(password.encode() + b"\n")
+    handle.flush()
+    handle.seek(0)
+    if owner is not None:
+        os.fchown(handle.fileno(), *owner)
+    return handle
 
 
 def _remove_stale_pidfile(data_dir: Path) -> None:

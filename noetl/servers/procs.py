@@ -37,10 +37,12 @@ __all__ = [
     "kill",
     "open_log",
     "port_free",
+    "private_dirs",
     "read_tail",
     "send_signal",
     "tail_text",
     "wait_or_kill",
+    "write_private",
 ]
 
 #: The embedded servers listen on loopback only.
@@ -184,9 +186,37 @@ def open_log(log: Path | None) -> tuple[IO[bytes], int, Path | None]:
     if log is None:
         # Anonymous file: nothing on disk, but the tail is still there for error messages.
         return tempfile.TemporaryFile(), 0, None
-    log.parent.mkdir(parents=True, exist_ok=True)
-    handle = log.open("ab")
+    private_dirs(log.parent)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, 0o600)  # a log we made before logs were private
+    handle = os.fdopen(fd, "ab")
     return handle, handle.tell(), log
+
+
+def private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents as 0700 directories; existing ones are left."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+            os.chmod(directory, 0o700)  # whatever the umask
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` in an owner-only (0600) file, written then renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover tmp file keeps its old mode otherwise
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_tail(handle: IO[bytes], offset: int) -> str:
