@@ -86,7 +86,7 @@ class Client:
         relaxed: bool = False,
     ) -> Client:
         """Connect (starting embedded servers in local mode) and bring the schema up to date."""
-        services = local.resolve(settings, announce=announce)
+        services = await asyncio.to_thread(local.resolve, settings, announce=announce)
         settings = msgspec.structs.replace(
             settings, nats_url=services.nats_url, pg_dsn=services.pg_dsn
         )

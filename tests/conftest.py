@@ -89,11 +89,12 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def noetl_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def noetl_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """A fresh, empty NOETL_HOME (also exported as NOETL_HOME for this test)."""
-    # Not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to 0700,
-    # which would lock the unprivileged PostgreSQL user out of a data dir under it.
-    home = Path(tempfile.mkdtemp(prefix="noetl-home-"))
+    # Under pytest's private (0700) basetemp: the embedded servers work in any folder.
+    home = tmp_path_factory.mktemp("noetl-home")
     monkeypatch.setenv("NOETL_HOME", str(home))
     try:
         yield home

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats
@@ -19,14 +20,8 @@ import pytest
 
 from noetl.config import Settings
 from noetl.errors import LocalModeError
-from noetl.local import (
-    Services,
-    ensure_local,
-    nats_server_binary,
-    resolve,
-    start_nats,
-    stop_local,
-)
+from noetl.local import CREDENTIALS_FILE, Services, ensure_local, resolve, stop_local
+from noetl.servers.nats import nats_server_binary, start_nats
 from tests.support.services import free_port, kill_processes_under
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,16 +46,31 @@ def servers_of(home: Path) -> tuple[list[int], list[int]]:
     """Pids of the nats-servers and postmasters running on `home`'s data."""
     store, data = str(home / "nats"), str(home / "pg")
     nats_pids, pg_pids = [], []
-    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+    for proc in psutil.process_iter(["name", "cmdline", "status", "cwd"]):
         cmdline = proc.info["cmdline"] or []
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if proc.info["name"] == "nats-server" and store in cmdline:
             nats_pids.append(proc.pid)
-        # Only the postmaster keeps "-D <data>" in its title; its children rewrite theirs.
-        if proc.info["name"] == "postgres" and data in cmdline:
+        # PostgreSQL runs in its data dir; only the postmaster keeps "-D" in its title (its
+        # children rewrite theirs).
+        if proc.info["name"] == "postgres" and proc.info["cwd"] == data and "-D" in cmdline:
             pg_pids.append(proc.pid)
     return nats_pids, pg_pids
+
+
+def bare(url: str) -> str:
+    """`url` without its password, as the local mode prints it."""
+    parts = urlsplit(url)
+    assert parts.password, url  # the embedded servers require credentials
+    return urlunsplit(parts._replace(netloc=f"noetl@{parts.hostname}:{parts.port}"))
+
+
+def on_port(url: str, other: str) -> str:
+    """`url` (with its credentials) pointed at the port of `other`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit(":", 1)[0] + f":{urlsplit(other).port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def port_open(port: int) -> bool:
@@ -96,13 +106,16 @@ async def test_cold_start_then_reuse(home: Path) -> None:
     cold = time.perf_counter() - started
 
     assert first.embedded
-    assert first.nats_url.startswith("nats://127.0.0.1:")
-    assert first.pg_dsn.startswith("postgresql://noetl@127.0.0.1:")
+    assert first.nats_url.startswith("nats://noetl:")
+    assert first.pg_dsn.startswith("postgresql://noetl:")
     assert first.pg_dsn.endswith("/noetl")
     assert len(lines) == 1
     assert lines[0].startswith("noetl: started embedded NATS (")
-    for part in (first.nats_url, first.pg_dsn, str(home), "`noetl-runtime down` stops them"):
+    nats_shown = f"nats://127.0.0.1:{urlsplit(first.nats_url).port}"
+    for part in (nats_shown, bare(first.pg_dsn), str(home), "`noetl-runtime down` stops them"):
         assert part in lines[0]
+    for secret in (urlsplit(first.nats_url).password, urlsplit(first.pg_dsn).password):
+        assert secret and secret not in lines[0]
     assert "\n" not in lines[0]
     assert (home / "pg" / "PG_VERSION").is_file()
     assert (home / "nats" / "jetstream").is_dir()
@@ -149,8 +162,11 @@ async def test_stop_local_stops_both_and_a_restart_keeps_the_ports(home: Path) -
 
     stopped = await asyncio.to_thread(stop_local, home)
     assert len(stopped) == 2
-    assert stopped[0].startswith(f"NATS {first.nats_url} (pid {state['nats']['pid']})")
-    assert stopped[1].startswith(f"PostgreSQL {first.pg_dsn} (pid {state['postgres']['pid']})")
+    nats_shown = f"nats://127.0.0.1:{nats_port}"
+    assert stopped[0].startswith(f"NATS {nats_shown} (pid {state['nats']['pid']})")
+    assert stopped[1].startswith(
+        f"PostgreSQL {bare(first.pg_dsn)} (pid {state['postgres']['pid']})"
+    )
     assert servers_of(home) == ([], [])
     assert not port_open(nats_port) and not port_open(pg_port)
     assert not (home / "pg" / "postmaster.pid").exists()  # a clean shutdown
@@ -158,9 +174,39 @@ async def test_stop_local_stops_both_and_a_restart_keeps_the_ports(home: Path) -
 
     lines: list[str] = []
     again = await asyncio.to_thread(ensure_local, home, announce=lines.append)
-    assert again == first  # same ports, so DSNs handed out before still work
+    assert again == first  # same ports and credentials: DSNs handed out before still work
     assert len(lines) == 1
     await check_services(again)
+
+
+async def test_lost_credentials_are_replaced_and_the_old_ones_refused(home: Path) -> None:
+    # Also what a NOETL_HOME made before the servers required credentials goes through.
+    first = await asyncio.to_thread(ensure_local, home)
+    conn = await asyncpg.connect(first.pg_dsn)
+    try:
+        await conn.execute("create table survivor (x int); insert into survivor values (7)")
+    finally:
+        await conn.close()
+    (home / CREDENTIALS_FILE).unlink()
+
+    second = await asyncio.to_thread(ensure_local, home)
+    assert second != first
+    assert (home / CREDENTIALS_FILE).is_file()
+    await check_services(second)
+    conn = await asyncpg.connect(second.pg_dsn)
+    try:
+        assert await conn.fetchval("select x from survivor") == 7
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(on_port(first.pg_dsn, second.pg_dsn))
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            on_port(first.nats_url, second.nats_url),
+            connect_timeout=5,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+        )
 
 
 def test_stop_local_on_a_home_that_never_ran(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def pg_fields(dsn: str, password: str | None = None) -> dict[str, Any]:
         "host": parts.hostname,
         "port": parts.port,
         "user": parts.username,
-        "password": password,
+        "password": parts.password if password is None else password,
         "database": parts.path.lstrip("/"),
     }
 
@@ -334,10 +334,10 @@ async def test_postgres_wrong_password(pg_tool: PostgresTool, password_pg: str) 
 
 
 async def test_postgres_credential_forms_and_secrets(pg_tool: PostgresTool, pg_dsn: str) -> None:
-    ctx = make_ctx({"as_dsn": {"dsn": pg_dsn}, "as_fields": pg_fields(pg_dsn, "unused-pw")})
+    ctx = make_ctx({"as_dsn": {"dsn": pg_dsn}, "as_fields": pg_fields(pg_dsn)})
     for auth in ("as_dsn", "as_fields", {"type": "postgres", "credential": "as_dsn"}):
         assert await pg_tool.run(ctx, {"auth": auth, "command": "SELECT 1 AS one"}) == [{"one": 1}]
-    assert ctx.secrets["as_fields.password"] == "unused-pw"
+    assert ctx.secrets["as_fields.password"] == urlsplit(pg_dsn).password
     assert ctx.secrets["as_dsn.dsn"] == pg_dsn
     encoded = base64.b64encode(b"SELECT 'b64' AS src").decode()
     assert await pg_tool.run(ctx, {"auth": "as_dsn", "query_b64": encoded}) == [{"src": "b64"}]

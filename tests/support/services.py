@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,14 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psutil
 
-from noetl.local import (
-    NatsProcess,
-    PostgresProcess,
-    free_port,
-    init_postgres,
-    start_nats,
-    start_postgres,
-)
+from noetl.servers.nats import NatsProcess, start_nats
+from noetl.servers.postgres import PostgresProcess, init_postgres, start_postgres
+from noetl.servers.procs import free_port
 
 __all__ = [
     "TEST_PG_SETTINGS",
@@ -76,12 +72,18 @@ class PgServer:
 
 
 def start_test_postgres(base_dir: Path | None = None) -> PgServer:
-    """Create and start a throwaway PostgreSQL 16 (fsync off) under `base_dir` (a new temp dir)."""
+    """Create and start a throwaway PostgreSQL 16 (fsync off) under `base_dir` (a new temp dir).
+
+    Like the local mode's, it asks every client for a generated password: `admin_dsn` has it.
+    """
     base = base_dir or Path(tempfile.mkdtemp(prefix="noetl-test-pg-"))
     data = base / "pg"
+    password = secrets.token_urlsafe(24)
     try:
-        init_postgres(data, settings=TEST_PG_SETTINGS, sync=False)
-        proc = start_postgres(data, log=base / "postgres.log", settings=TEST_PG_SETTINGS)
+        init_postgres(data, password=password, settings=TEST_PG_SETTINGS, sync=False)
+        proc = start_postgres(
+            data, password=password, log=base / "postgres.log", settings=TEST_PG_SETTINGS
+        )
     except BaseException:
         if base_dir is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -92,8 +94,12 @@ def start_test_postgres(base_dir: Path | None = None) -> PgServer:
 
 
 def start_test_nats(store_dir: Path) -> NatsProcess:
-    """Start a nats-server with JetStream on a free port, its store and log in `store_dir`."""
-    return start_nats(store_dir / "store", log=store_dir / "nats.log")
+    """Start a nats-server with JetStream on a free port, its store and log in `store_dir`.
+
+    Like the local mode's, it requires a generated user and password: its `url` has them.
+    """
+    auth = ("noetl", secrets.token_urlsafe(24))
+    return start_nats(store_dir / "store", log=store_dir / "nats.log", auth=auth)
 
 
 def stop_process(
@@ -111,13 +117,19 @@ def stop_process(
 
 
 def kill_processes_under(path: Path) -> list[int]:
-    """SIGKILL every process whose command line mentions `path` (strays of a failed test)."""
+    """SIGKILL every process whose command line or working directory is under `path`.
+
+    For the strays of a failed test: PostgreSQL names its data directory by its working
+    directory, so only the latter shows where it runs.
+    """
     needle = str(path)
     killed = []
     me = os.getpid()
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
         with contextlib.suppress(psutil.Error):
-            if proc.pid != me and any(needle in arg for arg in proc.info["cmdline"] or []):
+            cwd = proc.info["cwd"] or ""
+            mentions = any(needle in arg for arg in proc.info["cmdline"] or [])
+            if proc.pid != me and (mentions or cwd == needle or cwd.startswith(needle + "/")):
                 proc.kill()
                 killed.append(proc.pid)
     return killed
