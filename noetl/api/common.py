@@ -72,7 +72,8 @@ class Route:
     """One operation: how aiohttp serves it and how the OpenAPI document describes it.
 
     `body` is the type the handler decodes its JSON body with and `responses` the types it
-    encodes its answers with (None: no body), so the document cannot drift from the code.
+    encodes its answers with (None: no body; a tuple: one of these), so the document cannot
+    drift from the code.
     """
 
     method: Literal["GET", "POST", "PUT", "DELETE"]

@@ -280,7 +280,6 @@ class NoetlExecutions:
             )
             for r in rows[:limit]
         ]
-        more = len(rows) > limit
-        return json_response(
-            EventPage(items=items, has_more=more, next_after=items[-1].event_id if more else None)
-        )
+        # Without new events the cursor stays where it was, so a follower can poll with it.
+        last = items[-1].event_id if items else after_text
+        return json_response(EventPage(items=items, has_more=len(rows) > limit, next_after=last))

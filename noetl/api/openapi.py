@@ -46,9 +46,10 @@ def _operation_id(route: Route) -> str:
 def _types(routes: Iterable[Route]) -> list[Any]:
     found: list[Any] = [ErrorBody]
     for route in routes:
-        for kind in (route.body, *route.responses.values()):
-            if kind is not None and kind not in found:
-                found.append(kind)
+        for answer in (route.body, *route.responses.values()):
+            for kind in answer if isinstance(answer, tuple) else (answer,):
+                if kind is not None and kind not in found:
+                    found.append(kind)
     return found
 
 
@@ -78,7 +79,10 @@ def build_document(routes: list[Route], *, title: str, version: str) -> dict[str
         responses: dict[str, Any] = {}
         for status, kind in sorted(route.responses.items()):
             answer: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "")}
-            if kind is not None:
+            if isinstance(kind, tuple):  # one of several bodies
+                either = {"anyOf": [schema_of[id(k)] for k in kind]}
+                answer["content"] = {"application/json": {"schema": either}}
+            elif kind is not None:
                 answer["content"] = {"application/json": {"schema": schema_of[id(kind)]}}
             elif status < 300 and status != 204:
                 json_doc = route.media == "application/json"

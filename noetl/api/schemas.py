@@ -273,7 +273,8 @@ class EventItem(msgspec.Struct):
 
 
 class EventPage(msgspec.Struct):
-    """One page of events; pass `next_after` as `after` for the next one."""
+    """One page of events; pass `next_after` as `after` for the next one (it stays the same
+    while nothing new is written; `has_more` says more are there already)."""
 
     items: list[EventItem]
     has_more: bool

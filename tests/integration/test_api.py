@@ -20,18 +20,10 @@ from noetl.api import stream as api_stream
 from noetl.client import Client
 from noetl.errors import ConfigError
 from tests.integration.conftest import FIXTURES, fixture
+from tests.support.api import AUTH, TOKEN, http_fixture  # noqa: F401  (fixture `http`)
 
-TOKEN = "s3cret-api-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HELLO = fixture("hello_world")
 YAML = {"Content-Type": "text/yaml"}
-
-
-@pytest.fixture
-async def http(client: Client) -> AsyncIterator[TestClient[Any, Any]]:
-    """A test client of the API over `client`, sending the right token by default."""
-    async with TestClient(TestServer(make_app(client, token=TOKEN)), headers=AUTH) as c:
-        yield c
 
 
 def playbook(name: str, steps: str) -> str:
