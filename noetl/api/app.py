@@ -40,7 +40,12 @@ def _version() -> str:
 
 
 def route_table(
-    client: Client, *, token: str | None, sql: bool, sql_timeout: float = 30.0
+    client: Client,
+    *,
+    token: str | None,
+    sql: bool,
+    sql_timeout: float = 30.0,
+    sql_rows: int = 1000,
 ) -> tuple[list[Route], Streams, OpenApi]:
     """Every route of the API (with the stream registry and the OpenAPI server, which the
     application needs too)."""
@@ -57,7 +62,9 @@ def route_table(
         *streams.routes(),
         *Credentials(client).routes(),
         *NoetlCatalog(client).routes(),
-        *SqlEndpoint(client, enabled=sql, has_token=bool(token), timeout=sql_timeout).routes(),
+        *SqlEndpoint(
+            client, enabled=sql, has_token=bool(token), timeout=sql_timeout, row_cap=sql_rows
+        ).routes(),
     ]
     spec.build(routes, _version())
     return routes, streams, spec
@@ -69,14 +76,18 @@ def make_app(
     token: str | None = None,
     sql: bool | None = None,
     sql_timeout: float = 30.0,
+    sql_rows: int = 1000,
 ) -> web.Application:
     """The API application over `client`. With `token`, every `/api` route but the probes and
     the OpenAPI document requires `Authorization: Bearer <token>` (`/health` and `/metrics`
     never do). `sql` turns `/api/postgres/execute` on (default: `NOETL_API_SQL=on`); it
-    still needs the token."""
+    still needs the token; each statement runs at most `sql_timeout` seconds and answers at
+    most `sql_rows` rows."""
     if sql is None:
         sql = os.environ.get("NOETL_API_SQL", "off").strip().lower() == "on"
-    routes, streams, _ = route_table(client, token=token, sql=sql, sql_timeout=sql_timeout)
+    routes, streams, _ = route_table(
+        client, token=token, sql=sql, sql_timeout=sql_timeout, sql_rows=sql_rows
+    )
     public = frozenset(r.path for r in routes if r.public)
     middlewares: list[Middleware] = [middleware.count_requests, middleware.errors]
     if token:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -90,7 +90,6 @@ class Route:
     headers: tuple[Param, ...] = ()
     public: bool = False  # served without the bearer token
     media: str = "application/json"  # the media type of the success response
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def body(request: web.Request, kind: type[T], *, optional: bool = False) -> T:

@@ -109,7 +109,12 @@ class NoetlCatalog:
                 self.register,
                 "Register a playbook (NoETL): YAML plain or base64 in `content`",
                 tag,
-                {200: CatalogRegistered, 400: (CatalogRefused, ErrorBody), 503: ErrorBody, 504: ErrorBody},
+                {
+                    200: CatalogRegistered,
+                    400: (CatalogRefused, ErrorBody),
+                    503: ErrorBody,
+                    504: ErrorBody,
+                },
                 body=CatalogRegisterBody,
             ),
             Route(
