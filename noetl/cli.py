@@ -40,6 +40,8 @@ from noetl.cli_core import (
     with_store,
 )
 from noetl.cli_credentials import credential
+from noetl.cli_inspect import catalog, execution
+from noetl.cli_server import server, worker
 from noetl.client import Client
 from noetl.config import ROLES
 from noetl.store import Store
@@ -546,3 +548,7 @@ def db_validate() -> None:
 # -- the other areas: one line each (see noetl.cli_core) ------------------------------
 
 main.add_command(credential)
+main.add_command(server)
+main.add_command(worker)
+main.add_command(catalog)
+main.add_command(execution)
