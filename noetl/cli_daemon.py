@@ -116,23 +116,27 @@ class Daemon:
         return None if self._alive(info) else -1
 
     def stop(self, *, grace: float, force: bool) -> bool:
-        """SIGTERM (the daemon drains), wait up to `grace` seconds, then SIGKILL when `force`.
-        True when the process is gone (and its pid file removed)."""
+        """SIGTERM (the daemon drains), wait up to `grace` seconds, then SIGKILL its process
+        group when `force`. True when the process is gone (and its pid file removed)."""
         info = self.running()
         if info is None:
             return True
         self._signal(info, signal.SIGTERM)
         if not self._wait_gone(info, grace) and force:
-            self._signal(info, signal.SIGKILL)
+            # The whole process group: what the daemon started goes with it.
+            self._signal(info, signal.SIGKILL, group=True)
             self._wait_gone(info, 10.0)
         gone = not self._alive(info)
         if gone:
             self.pid_file.unlink(missing_ok=True)
         return gone
 
-    def _signal(self, info: DaemonInfo, sig: signal.Signals) -> None:
+    def _signal(self, info: DaemonInfo, sig: signal.Signals, *, group: bool = False) -> None:
         try:
-            os.kill(info.pid, sig)
+            if group and os.getpgid(info.pid) == info.pid:  # spawned as a session leader
+                os.killpg(info.pid, sig)
+            else:
+                os.kill(info.pid, sig)
         except ProcessLookupError:
             pass
         except PermissionError as exc:

@@ -40,6 +40,7 @@ class Source(Protocol):
     async def executions(self, limit: int) -> list[dict[str, Any]]: ...
     async def execution(self, eid: int) -> dict[str, Any]: ...
     async def cancel(self, eid: int, reason: str) -> None: ...
+    async def start(self, path: str, version: int | None, workload: dict[str, Any]) -> str: ...
 
 
 class Direct:
@@ -63,6 +64,9 @@ class Direct:
 
     async def cancel(self, eid: int, reason: str) -> None:
         await self.client.cancel(eid, reason)
+
+    async def start(self, path: str, version: int | None, workload: dict[str, Any]) -> str:
+        return str(await self.client.start(path, version=version, workload=workload))
 
 
 class Remote:
@@ -101,6 +105,12 @@ class Remote:
 
     async def cancel(self, eid: int, reason: str) -> None:
         await self._call("POST", f"/api/executions/{eid}/cancel", {"reason": reason})
+
+    async def start(self, path: str, version: int | None, workload: dict[str, Any]) -> str:
+        body: dict[str, Any] = {"path": path, "workload": workload}
+        if version is not None:
+            body["version"] = version
+        return str((await self._call("POST", "/api/executions", body))["execution_id"])
 
 
 def _run(ctx: click.Context, server: str | None, body: Callable[[Source], Awaitable[None]]) -> None:
@@ -206,7 +216,41 @@ def catalog_get(
 
 @click.group()
 def execution() -> None:
-    """Executions: list, read, cancel."""
+    """Executions: start, list, read, cancel."""
+
+
+@execution.command(name="start")
+@click.argument("path")
+@click.option("--version", type=click.IntRange(1), help="Catalog version (default latest).")
+@click.option("--workload", default="{}", help="Workload as a JSON object.")
+@_SERVER
+@_JSON
+@click.pass_context
+def execution_start(
+    ctx: click.Context,
+    path: str,
+    version: int | None,
+    workload: str,
+    server: str | None,
+    as_json: bool,
+) -> None:
+    """Start an execution of a registered playbook and return at once (the running mesh,
+    or the server's, runs it)."""
+    try:
+        data = json.loads(workload)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--workload is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.UsageError("--workload must be a JSON object")
+
+    async def body(source: Source) -> None:
+        eid = await source.start(path, version, data)
+        if as_json:
+            _print_json({"execution_id": eid, "path": path, "status": "started"})
+        else:
+            out.print(f"execution {eid} started ({path})")
+
+    _run(ctx, server, body)
 
 
 @execution.command(name="list")

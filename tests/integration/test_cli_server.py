@@ -68,6 +68,14 @@ def running(pid: int) -> bool:
         return False
 
 
+def in_group(proc: psutil.Process, group: int) -> bool:
+    """True when `proc` is alive in process group `group`."""
+    try:
+        return os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.Error):
+        return False
+
+
 def write_pid_file(home: Path, name: str, info: DaemonInfo) -> Path:
     path = home / f"{name}.pid"
     path.write_text(json.dumps({"pid": info.pid, "created": info.created, "started_at": 0}))
@@ -137,10 +145,32 @@ def test_server_and_worker_lifecycle(daemons: Settings) -> None:
     assert (wrong.returncode, "refused the token" in wrong.stderr) == (1, True)
     cancel = cli(settings, "execution", "cancel", eid, "--json", NOETL_SERVER_URL=server)
     assert json.loads(cancel.stdout) == {"execution_id": eid, "status": "cancelling"}
+    started = cli(
+        settings,
+        "execution",
+        "start",
+        "examples/hello_world",
+        "--workload",
+        '{"message": "Yo"}',
+        "--json",
+        NOETL_SERVER_URL=server,
+    )
+    assert started.returncode == 0, started.stderr
+    again = json.loads(started.stdout)["execution_id"]
+    doc = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        with contextlib.suppress(urllib.error.HTTPError):
+            doc = api(server, "GET", f"/api/executions/{again}")
+            if doc["status"] == "completed":
+                break
+        time.sleep(0.3)
+    assert doc["result"] == {"final": "Yo!", "length": 3}
 
     stopped = cli(settings, "worker", "stop", "--force", "--grace", "0")
     assert stopped.returncode == 0, stopped.stderr
     assert not running(worker_pid)
+    assert not [p for p in psutil.process_iter() if in_group(p, worker_pid)]
     stopped = cli(settings, "server", "stop")
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped (pid {first['pid']})" in stopped.stdout
