@@ -4,7 +4,6 @@ NOETL_SERVER_URL), by a remote API (bearer token from NOETL_API_TOKEN)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -13,23 +12,25 @@ from urllib.parse import quote
 
 import aiohttp
 import click
-from rich.console import Console
-from rich.table import Table
 
+from noetl.cli_core import (
+    EXIT_OK,
+    json_option,
+    out,
+    print_json,
+    print_table,
+    read_json,
+    run_command,
+    say,
+    settings,
+    with_client,
+)
 from noetl.client import Client
-from noetl.config import Settings
-from noetl.errors import ConfigError, NoetlError
+from noetl.errors import NoetlError
 
 __all__ = ["catalog", "execution"]
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
-
 _REMOTE_SECONDS = 30.0
-
-
-class _State(Protocol):
-    def settings(self) -> Settings: ...
 
 
 class Source(Protocol):
@@ -113,38 +114,35 @@ class Remote:
         return str((await self._call("POST", "/api/executions", body))["execution_id"])
 
 
-def _run(ctx: click.Context, server: str | None, body: Callable[[Source], Awaitable[None]]) -> None:
-    """Run `body` over the chosen source; errors become a message and exit code 1 (2 for
-    the configuration)."""
+def _run(server: str | None, body: Callable[[Source], Awaitable[None]]) -> None:
+    """Run `body` over NATS/PostgreSQL, or over the API at `server`; exits with the CLI's
+    codes (`noetl.cli_core`)."""
+    config = settings()
 
-    async def direct() -> None:
-        state: _State = ctx.find_root().obj
-        client = await Client.connect(state.settings(), announce=lambda line: err.print(line))
-        try:
-            await body(Direct(client))
-        finally:
-            await client.close()
+    async def direct(client: Client) -> int:
+        await body(Direct(client))
+        return EXIT_OK
 
-    async def remote(url: str) -> None:
-        settings = ctx.find_root().obj.settings()
-        token = settings.api_token
+    async def remote(url: str) -> int:
+        token = config.api_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         timeout = aiohttp.ClientTimeout(total=_REMOTE_SECONDS)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
             await body(Remote(session, url))
+        return EXIT_OK
 
-    try:
-        asyncio.run(direct() if server is None else remote(server))
-    except ConfigError as exc:
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(2)
-    except NoetlError as exc:
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(1)
+    run_command(with_client(config, direct) if server is None else remote(server))
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+def _summary(row: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        row["execution_id"],
+        row["path"],
+        str(row["version"]),
+        row["status"],
+        row["started_at"],
+        row["ended_at"] or "",
+    )
 
 
 def _id(value: str) -> int:
@@ -158,7 +156,7 @@ _SERVER = click.option(
     envvar="NOETL_SERVER_URL",
     help="Ask this noetl-runtime API (e.g. http://host:8082) instead of NATS/PostgreSQL.",
 )
-_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_JSON = json_option()
 
 
 # -- catalog --------------------------------------------------------------------------------
@@ -172,21 +170,20 @@ def catalog() -> None:
 @catalog.command(name="list")
 @_SERVER
 @_JSON
-@click.pass_context
-def catalog_list(ctx: click.Context, server: str | None, as_json: bool) -> None:
+def catalog_list(server: str | None, as_json: bool) -> None:
     """Every registered path with its latest version."""
 
     async def body(source: Source) -> None:
         rows = await source.playbooks()
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
-        table = Table("path", "version", "updated_at")
-        for r in rows:
-            table.add_row(r["path"], str(r["version"]), r["updated_at"])
-        out.print(table)
+        print_table(
+            ("path", "version", "updated_at"),
+            [(r["path"], str(r["version"]), r["updated_at"]) for r in rows],
+        )
 
-    _run(ctx, server, body)
+    _run(server, body)
 
 
 @catalog.command(name="get")
@@ -194,21 +191,18 @@ def catalog_list(ctx: click.Context, server: str | None, as_json: bool) -> None:
 @click.option("--version", type=click.IntRange(1), help="Catalog version (default latest).")
 @_SERVER
 @_JSON
-@click.pass_context
-def catalog_get(
-    ctx: click.Context, path: str, version: int | None, server: str | None, as_json: bool
-) -> None:
+def catalog_get(path: str, version: int | None, server: str | None, as_json: bool) -> None:
     """A playbook's YAML as registered (a version, or the latest)."""
 
     async def body(source: Source) -> None:
         doc = await source.playbook(path, version)
         if as_json:
-            _print_json(doc)
+            print_json(doc)
         else:
-            err.print(f"{doc['path']} version {doc['version']}", markup=False)
+            say(f"{doc['path']} version {doc['version']}")
             sys.stdout.write(doc["content"])
 
-    _run(ctx, server, body)
+    _run(server, body)
 
 
 # -- execution ------------------------------------------------------------------------------
@@ -222,12 +216,10 @@ def execution() -> None:
 @execution.command(name="start")
 @click.argument("path")
 @click.option("--version", type=click.IntRange(1), help="Catalog version (default latest).")
-@click.option("--workload", default="{}", help="Workload as a JSON object.")
+@click.option("--workload", default="{}", help="Workload as a JSON object, or @file.json.")
 @_SERVER
 @_JSON
-@click.pass_context
 def execution_start(
-    ctx: click.Context,
     path: str,
     version: int | None,
     workload: str,
@@ -236,76 +228,63 @@ def execution_start(
 ) -> None:
     """Start an execution of a registered playbook and return at once (the running mesh,
     or the server's, runs it)."""
-    try:
-        data = json.loads(workload)
-    except json.JSONDecodeError as exc:
-        raise click.UsageError(f"--workload is not valid JSON: {exc}") from None
+    data = read_json(workload, "--workload")
     if not isinstance(data, dict):
         raise click.UsageError("--workload must be a JSON object")
 
     async def body(source: Source) -> None:
         eid = await source.start(path, version, data)
         if as_json:
-            _print_json({"execution_id": eid, "path": path, "status": "started"})
+            print_json({"execution_id": eid, "path": path, "status": "started"})
         else:
             out.print(f"execution {eid} started ({path})")
 
-    _run(ctx, server, body)
+    _run(server, body)
 
 
 @execution.command(name="list")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @_SERVER
 @_JSON
-@click.pass_context
-def execution_list(ctx: click.Context, limit: int, server: str | None, as_json: bool) -> None:
+def execution_list(limit: int, server: str | None, as_json: bool) -> None:
     """The most recent executions, newest first."""
 
     async def body(source: Source) -> None:
         rows = await source.executions(limit)
         if as_json:
-            _print_json(rows)
+            print_json(rows)
             return
-        table = Table("execution_id", "path", "version", "status", "started_at", "ended_at")
-        for r in rows:
-            table.add_row(
-                r["execution_id"],
-                r["path"],
-                str(r["version"]),
-                r["status"],
-                r["started_at"],
-                r["ended_at"] or "",
-            )
-        out.print(table)
+        print_table(
+            ("execution_id", "path", "version", "status", "started_at", "ended_at"),
+            [_summary(r) for r in rows],
+        )
 
-    _run(ctx, server, body)
+    _run(server, body)
 
 
 @execution.command(name="get")
 @click.argument("execution_id")
 @_SERVER
 @_JSON
-@click.pass_context
-def execution_get(ctx: click.Context, execution_id: str, server: str | None, as_json: bool) -> None:
+def execution_get(execution_id: str, server: str | None, as_json: bool) -> None:
     """The execution document: status, result, each step's result, vars."""
     eid = _id(execution_id)
 
     async def body(source: Source) -> None:
         doc = await source.execution(eid)
         if as_json:
-            _print_json(doc)
+            print_json(doc)
             return
-        table = Table("field", "value")
-        for key in ("execution_id", "path", "version", "status", "started_at", "ended_at"):
-            table.add_row(key, str(doc.get(key) or ""))
+        keys = ("execution_id", "path", "version", "status", "started_at", "ended_at")
+        rows = [(key, str(doc.get(key) or "")) for key in keys]
         if doc.get("error"):
-            table.add_row("error", str(doc["error"].get("message", doc["error"])))
-        table.add_row("result", json.dumps(doc.get("result"), default=str)[:200])
+            rows.append(("error", str(doc["error"].get("message", doc["error"]))))
+        rows.append(("result", json.dumps(doc.get("result"), default=str)[:200]))
         for step, result in (doc.get("steps") or {}).items():
-            table.add_row(f"step {step}", json.dumps(result, default=str)[:120])
-        out.print(table)
+            rows.append((f"step {step}", json.dumps(result, default=str)[:120]))
+        print_table(("field", "value"), rows)
 
-    _run(ctx, server, body)
+    _run(server, body)
 
 
 @execution.command(name="cancel")
@@ -313,18 +292,15 @@ def execution_get(ctx: click.Context, execution_id: str, server: str | None, as_
 @click.option("--reason", default="cancelled by user", show_default=True)
 @_SERVER
 @_JSON
-@click.pass_context
-def execution_cancel(
-    ctx: click.Context, execution_id: str, reason: str, server: str | None, as_json: bool
-) -> None:
+def execution_cancel(execution_id: str, reason: str, server: str | None, as_json: bool) -> None:
     """Ask for an execution's cancellation (it ends as `cancelled` shortly after)."""
     eid = _id(execution_id)
 
     async def body(source: Source) -> None:
         await source.cancel(eid, reason)
         if as_json:
-            _print_json({"execution_id": str(eid), "status": "cancelling"})
+            print_json({"execution_id": str(eid), "status": "cancelling"})
         else:
             out.print(f"cancellation of {eid} requested")
 
-    _run(ctx, server, body)
+    _run(server, body)

@@ -14,56 +14,47 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Protocol
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from noetl.cli_core import (
+    EXIT_FAILED,
+    EXIT_OK,
+    fail,
+    json_option,
+    out,
+    print_json,
+    print_table,
+    run_command,
+    say,
+    settings,
+    with_store,
+)
 from noetl.cli_daemon import Daemon, DaemonInfo, mesh_command
 from noetl.config import Settings
 from noetl.errors import NoetlError
+from noetl.store import Store
 
 __all__ = ["server", "worker"]
-
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 # Seconds `server start` waits for `/api/ready`, and `worker start` for the mesh to be up.
 START_SECONDS = 120.0
 _WORKER_UP = "noetl: mesh up"
 
 
-class _State(Protocol):
-    def settings(self) -> Settings: ...
-
-
-def _settings(ctx: click.Context) -> Settings:
-    state: _State = ctx.find_root().obj
-    return state.settings()
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
+def _env(config: Settings, **extra: str) -> dict[str, str]:
     """The daemon's environment: this one, with the CLI's global options made variables."""
     env = dict(os.environ)
     for name, value in (
-        ("NOETL_NATS_URL", settings.nats_url),
-        ("NOETL_PG_DSN", settings.pg_dsn),
-        ("NOETL_HOME", str(settings.home)),
+        ("NOETL_NATS_URL", config.nats_url),
+        ("NOETL_PG_DSN", config.pg_dsn),
+        ("NOETL_HOME", str(config.home)),
     ):
         if value is not None:
             env[name] = value
     env.update(extra)
     return env
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"error: {message}", markup=False)
-    sys.exit(code)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _ready(port: int) -> tuple[bool, dict[str, Any] | None]:
@@ -88,12 +79,12 @@ def _wait_for(daemon: Daemon, info: DaemonInfo, done: Any, what: str) -> None:
         if code is not None:
             daemon.pid_file.unlink(missing_ok=True)
             tail = daemon.log_tail()
-            _fail(f"{daemon.name} exited with code {code} before {what}; its log ends:\n{tail}")
+            fail(f"{daemon.name} exited with code {code} before {what}; its log ends:\n{tail}")
         if done():
             return
         time.sleep(0.2)
     daemon.stop(grace=10.0, force=True)
-    _fail(f"{daemon.name} was not {what} within {START_SECONDS:g} s (see {daemon.log_file})")
+    fail(f"{daemon.name} was not {what} within {START_SECONDS:g} s (see {daemon.log_file})")
 
 
 # -- server ---------------------------------------------------------------------------------
@@ -108,44 +99,35 @@ def server() -> None:
 @server.command(name="start")
 @click.option("--port", type=int, help="Port of the REST API (default NOETL_API_PORT, 8082).")
 @click.option("--init-db", is_flag=True, help="Create or upgrade the schema first, here.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def server_start(ctx: click.Context, port: int | None, init_db: bool, as_json: bool) -> None:
+@json_option()
+def server_start(port: int | None, init_db: bool, as_json: bool) -> None:
     """Start the server in the background; returns once `/api/ready` answers."""
-    settings = _settings(ctx)
-    daemon = Daemon(settings.home, "server")
+    config = settings()
+    daemon = Daemon(config.home, "server")
     running = daemon.running()
     if running is not None:
         _report_start(running, as_json, already=True)
         return
     if init_db:
-        _init_db(ctx)
-    chosen = settings.api_port if port is None else port
-    argv = mesh_command(
-        "up",
-        "--role",
-        "api",
-        "--role",
-        "catalog",
-        "--role",
-        "coordinator",
-        "--api-port",
-        str(chosen),
-    )
-    info = daemon.spawn(argv, _env(settings), port=chosen)
+        _init_db(config)
+    chosen = config.api_port if port is None else port
+    roles = ("--role", "api", "--role", "catalog", "--role", "coordinator")
+    argv = mesh_command("up", *roles, "--api-port", str(chosen))
+    info = daemon.spawn(argv, _env(config), port=chosen)
     _wait_for(daemon, info, lambda: _ready(chosen)[0], "ready")
     _report_start(info, as_json, already=False)
 
 
-def _init_db(ctx: click.Context) -> None:
-    """Run the CLI's own `db init` here, so that a schema problem shows on this terminal."""
-    root = ctx.find_root().command
-    db = root.get_command(ctx, "db") if isinstance(root, click.Group) else None
-    init = db.get_command(ctx, "init") if isinstance(db, click.Group) else None
-    if init is None:
-        raise click.UsageError("this build has no `db init`")
+def _init_db(config: Settings) -> None:
+    """Create or upgrade the schema here, so that a problem shows on this terminal."""
+
+    async def body(store: Store) -> int:
+        applied = await store.init_schema()
+        say(f"applied migrations {applied}" if applied else "schema is up to date")
+        return EXIT_OK
+
     try:
-        ctx.invoke(init)
+        run_command(with_store(config, body))
     except SystemExit as exc:
         if exc.code:
             raise
@@ -153,7 +135,7 @@ def _init_db(ctx: click.Context) -> None:
 
 def _report_start(info: DaemonInfo, as_json: bool, *, already: bool) -> None:
     if as_json:
-        _print_json({"status": "running", "already": already, "pid": info.pid, "port": info.port})
+        print_json({"status": "running", "already": already, "pid": info.pid, "port": info.port})
     elif already:
         out.print(f"noetl server is already running (pid {info.pid}, port {info.port})")
     else:
@@ -163,10 +145,9 @@ def _report_start(info: DaemonInfo, as_json: bool, *, already: bool) -> None:
 @server.command(name="stop")
 @click.option("--force", is_flag=True, help="SIGKILL when the drain takes longer than --grace.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to drain.")
-@click.pass_context
-def server_stop(ctx: click.Context, force: bool, grace: float) -> None:
+def server_stop(force: bool, grace: float) -> None:
     """Stop the server: SIGTERM, which drains the work in hand."""
-    _stop(Daemon(_settings(ctx).home, "server"), "noetl server", force=force, grace=grace)
+    _stop(Daemon(settings().home, "server"), "noetl server", force=force, grace=grace)
 
 
 def _stop(daemon: Daemon, what: str, *, force: bool, grace: float) -> None:
@@ -177,25 +158,24 @@ def _stop(daemon: Daemon, what: str, *, force: bool, grace: float) -> None:
     try:
         gone = daemon.stop(grace=grace, force=force)
     except NoetlError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not gone:
-        _fail(f"{what} (pid {info.pid}) is still draining after {grace:g} s; use --force")
+        fail(f"{what} (pid {info.pid}) is still draining after {grace:g} s; use --force")
     out.print(f"{what} stopped (pid {info.pid})")
 
 
 @server.command(name="status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def server_status(ctx: click.Context, as_json: bool) -> None:
+@json_option()
+def server_status(as_json: bool) -> None:
     """Whether the server runs, and what its readiness probe says. Exit 1 when it is not
     running."""
-    settings = _settings(ctx)
-    info = Daemon(settings.home, "server").running()
-    workers = _workers(settings)
+    config = settings()
+    info = Daemon(config.home, "server").running()
+    workers = _workers(config)
     if info is None:
         doc: dict[str, Any] = {"status": "stopped"}
     else:
-        ready, probe = _ready(info.port or settings.api_port)
+        ready, probe = _ready(info.port or config.api_port)
         doc = {
             "status": "running",
             "pid": info.pid,
@@ -206,38 +186,33 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
         }
     doc["workers"] = [{"pool": w.pool, "pid": w.pid} for w in workers]
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
-        table = Table("what", "state")
-        table.add_row("server", doc["status"])
-        for key in ("pid", "port", "uptime_seconds", "ready"):
-            if key in doc:
-                table.add_row(key, str(doc[key]))
-        for name, state in (doc.get("checks") or {}).items():
-            table.add_row(f"  {name}", str(state))
-        for w in workers:
-            table.add_row(f"worker {w.pool}", f"running (pid {w.pid})")
-        out.print(table)
-    sys.exit(0 if info is not None else 1)
+        rows = [("server", str(doc["status"]))]
+        rows += [(k, str(doc[k])) for k in ("pid", "port", "uptime_seconds", "ready") if k in doc]
+        rows += [(f"  {k}", str(v)) for k, v in (doc.get("checks") or {}).items()]
+        rows += [(f"worker {w.pool}", f"running (pid {w.pid})") for w in workers]
+        print_table(("what", "state"), rows)
+    sys.exit(EXIT_OK if info is not None else EXIT_FAILED)
 
 
 # -- worker ---------------------------------------------------------------------------------
 
 
-def _workers(settings: Settings) -> list[DaemonInfo]:
+def _workers(config: Settings) -> list[DaemonInfo]:
     found = []
-    for pid_file in sorted(settings.home.glob("worker-*.pid")):
-        info = Daemon(settings.home, pid_file.stem).running()
+    for pid_file in sorted(config.home.glob("worker-*.pid")):
+        info = Daemon(config.home, pid_file.stem).running()
         if info is not None:
             found.append(info)
     return found
 
 
-def _worker(settings: Settings, pool: str | None) -> tuple[Daemon, str]:
-    chosen = pool or settings.runner_pool
+def _worker(config: Settings, pool: str | None) -> tuple[Daemon, str]:
+    chosen = pool or config.runner_pool
     if not chosen.replace("-", "").replace("_", "").isalnum():
         raise click.UsageError(f"--pool is letters, digits, - and _, got {chosen!r}")
-    return Daemon(settings.home, f"worker-{chosen}"), chosen
+    return Daemon(config.home, f"worker-{chosen}"), chosen
 
 
 @click.group()
@@ -247,21 +222,20 @@ def worker() -> None:
 
 @worker.command(name="start")
 @click.option("--pool", help="Runner pool (default NOETL_RUNNER_POOL, `default`).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def worker_start(ctx: click.Context, pool: str | None, as_json: bool) -> None:
+@json_option()
+def worker_start(pool: str | None, as_json: bool) -> None:
     """Start a runner for `pool` in the background; returns once it takes commands."""
-    settings = _settings(ctx)
-    daemon, chosen = _worker(settings, pool)
+    config = settings()
+    daemon, chosen = _worker(config, pool)
     info = daemon.running()
     already = info is not None
     if info is None:
         argv = mesh_command("up", "--role", "runner")
         offset = daemon.log_size()  # the log is appended to: only this run's lines count
-        info = daemon.spawn(argv, _env(settings, NOETL_RUNNER_POOL=chosen), pool=chosen)
+        info = daemon.spawn(argv, _env(config, NOETL_RUNNER_POOL=chosen), pool=chosen)
         _wait_for(daemon, info, lambda: _WORKER_UP in daemon.log_since(offset), "up")
     if as_json:
-        _print_json({"status": "running", "already": already, "pid": info.pid, "pool": chosen})
+        print_json({"status": "running", "already": already, "pid": info.pid, "pool": chosen})
     elif already:
         out.print(f"noetl worker {chosen} is already running (pid {info.pid})")
     else:
@@ -272,8 +246,7 @@ def worker_start(ctx: click.Context, pool: str | None, as_json: bool) -> None:
 @click.option("--pool", help="Runner pool (default NOETL_RUNNER_POOL, `default`).")
 @click.option("--force", is_flag=True, help="SIGKILL when the drain takes longer than --grace.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to drain.")
-@click.pass_context
-def worker_stop(ctx: click.Context, pool: str | None, force: bool, grace: float) -> None:
+def worker_stop(pool: str | None, force: bool, grace: float) -> None:
     """Stop the worker of `pool`: SIGTERM, which finishes the commands in hand."""
-    daemon, chosen = _worker(_settings(ctx), pool)
+    daemon, chosen = _worker(settings(), pool)
     _stop(daemon, f"noetl worker {chosen}", force=force, grace=grace)
