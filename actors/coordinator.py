@@ -51,6 +51,7 @@ from noetl.messages import (
     decode_start,
     encode,
 )
+from noetl.metrics import EXECUTIONS_ENDED, EXECUTIONS_STARTED
 from noetl.store import Projection, Store, outcome_key
 from plugins.registry import known_kinds
 
@@ -431,7 +432,13 @@ class CoordinatorHost(Actor):
         await asyncio.gather(*(self.bus.publish(pool, data, cid) for cid, data in payloads))
 
     async def announce(self, execution_id: int, events: list[Event]) -> None:
-        """Tell live watchers what was just committed (best effort, core NATS)."""
+        """Tell live watchers what was just committed (best effort, core NATS), and count
+        the executions that started or ended."""
+        for e in events:
+            if e.type == ev.EXECUTION_STARTED:
+                EXECUTIONS_STARTED.inc()
+            elif e.type.startswith("execution.") and e.status in ev.TERMINAL_STATUSES:
+                EXECUTIONS_ENDED.labels(e.status).inc()
         brief: list[dict[str, Any]] = [
             {"type": e.type, "step": e.step, "status": e.status, "error": e.error}
             for e in events

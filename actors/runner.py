@@ -34,6 +34,7 @@ from noetl.errors import (
     ToolError,
 )
 from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
+from noetl.metrics import COMMANDS_IN_FLIGHT, STEP_SECONDS
 from noetl.secrets import Masker, secret_names_in, secret_values
 from noetl.store import Store, outcome_key
 from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
@@ -183,6 +184,8 @@ class Runner(Actor):
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)
         beat = asyncio.create_task(self._keep_alive(msg))
+        COMMANDS_IN_FLIGHT.inc()
+        began = time.monotonic()
         payload: dict[str, Any] = {}
         try:
             # Plugins enforce the timeout themselves (the python tool kills its worker); this
@@ -216,6 +219,8 @@ class Runner(Actor):
             }
         finally:
             beat.cancel()
+            COMMANDS_IN_FLIGHT.dec()
+            STEP_SECONDS.labels(command.kind).observe(time.monotonic() - began)
             running = self._running.get(command.execution_id)
             if running is not None:
                 running.discard(ctx)

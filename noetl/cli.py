@@ -40,6 +40,8 @@ from noetl.cli_core import (
 )
 from noetl.cli_credentials import credential
 from noetl.cli_db import db
+from noetl.cli_inspect import catalog, execution
+from noetl.cli_server import server, worker
 from noetl.client import Client
 from noetl.config import ROLES
 
@@ -541,3 +543,7 @@ def down() -> None:
 
 main.add_command(credential)
 main.add_command(db)
+main.add_command(server)
+main.add_command(worker)
+main.add_command(catalog)
+main.add_command(execution)

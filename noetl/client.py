@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from noetl import dsl, local
 from noetl.bus import CATALOG_REGISTER, START_SUBJECT, Bus, events_subject
@@ -20,7 +21,7 @@ from noetl.config import Settings
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.engine.ids import new_execution_id
 from noetl.engine.restart import default_restart_step, restart_snapshot
-from noetl.errors import NoetlError, PlaybookError
+from noetl.errors import CatalogUnavailable, NoetlError, PlaybookError
 from noetl.messages import (
     CancelExecution,
     CatalogReply,
@@ -32,6 +33,9 @@ from noetl.store import Store
 from plugins.registry import known_kinds
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+# Seconds a registration waits for the catalog actor.
+REGISTER_TIMEOUT = 30.0
 
 
 def read_playbook(path: Path) -> tuple[str, dict[str, str]]:
@@ -109,10 +113,29 @@ class Client:
         await self.store.close()
 
     async def register(self, path: Path) -> CatalogReply:
-        """Register a playbook file through the catalog actor."""
+        """Register a playbook file (and the script files it names) through the catalog."""
         content, files = await asyncio.to_thread(read_playbook, path)
-        request = RegisterPlaybook(content=content, filename=str(path), files=files)
-        data = await self.bus.request(CATALOG_REGISTER, encode(request), timeout=30)
+        return await self.register_content(content, filename=str(path), files=files)
+
+    async def register_content(
+        self, content: str, *, filename: str = "<playbook>", files: dict[str, str] | None = None
+    ) -> CatalogReply:
+        """Validate and register playbook text through the catalog actor: the one path every
+        registration takes (CLI, API, programs). Raises PlaybookError with every problem,
+        CatalogUnavailable when no catalog actor answers."""
+        request = RegisterPlaybook(content=content, filename=filename, files=files or {})
+        try:
+            data = await self.bus.request(
+                CATALOG_REGISTER, encode(request), timeout=REGISTER_TIMEOUT
+            )
+        except nats.errors.NoRespondersError:
+            raise CatalogUnavailable(
+                "no catalog actor is running (start one with `noetl-runtime up --role catalog`)"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise CatalogUnavailable(
+                f"the catalog actor did not answer within {REGISTER_TIMEOUT:g} s", timed_out=True
+            ) from None
         reply = msgspec.msgpack.decode(data, type=CatalogReply)
         if not reply.ok:
             raise PlaybookError(reply.problems)
@@ -126,8 +149,11 @@ class Client:
         workload: dict[str, Any] | None = None,
         execution_id: int | None = None,
         timeout: float | None = None,
+        parent_execution_id: int | None = None,
     ) -> int:
-        """Publish a start request; return the new execution's id."""
+        """Publish a start request; return the new execution's id. A given `execution_id`
+        makes the start idempotent: a second start with it is dropped (JetStream dedup, then
+        the event table's dedup key)."""
         if version is not None:
             await self.store.get_playbook(path, version)  # fail early and clearly
         else:
@@ -141,6 +167,7 @@ class Client:
             version=version,
             workload=workload or {},
             timeout=timeout,
+            parent_execution_id=parent_execution_id,
         )
         await self.bus.publish(START_SUBJECT, encode(message), message.dedup_id)
         return eid

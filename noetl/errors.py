@@ -84,3 +84,11 @@ class VersionConflict(StoreError):
 
 class MessageError(NoetlError):
     """A message on the bus could not be decoded or has no meaning here."""
+
+
+class CatalogUnavailable(NoetlError):
+    """No catalog actor answered a registration (`timed_out`: one is there but too slow)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        self.timed_out = timed_out
+        super().__init__(message)

@@ -16,22 +16,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from actors.mesh import Mesh
 from noetl.api import ApiServer, make_app
-from noetl.api import app as api_app
+from noetl.api import stream as api_stream
 from noetl.client import Client
 from noetl.errors import ConfigError
 from tests.integration.conftest import FIXTURES, fixture
+from tests.support.api import AUTH, TOKEN, http_fixture  # noqa: F401  (fixture `http`)
 
-TOKEN = "s3cret-api-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HELLO = fixture("hello_world")
 YAML = {"Content-Type": "text/yaml"}
-
-
-@pytest.fixture
-async def http(client: Client) -> AsyncIterator[TestClient[Any, Any]]:
-    """A test client of the API over `client`, sending the right token by default."""
-    async with TestClient(TestServer(make_app(client, token=TOKEN)), headers=AUTH) as c:
-        yield c
 
 
 def playbook(name: str, steps: str) -> str:
@@ -197,7 +189,7 @@ async def test_json_registration_carries_script_files(
 async def test_cancel_a_sleeping_execution(
     http: TestClient[Any, Any], mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_app, "KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(api_stream, "KEEPALIVE_SECONDS", 0.3)
     await register(http, SLEEPY)
     eid = await start(http, "tests/sleepy")
     seen: list[tuple[str, Any]] = []
@@ -397,7 +389,7 @@ async def test_without_a_token_the_api_is_open(client: Client) -> None:
 async def test_not_found_and_bad_requests(
     http: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_app, "APPEAR_SECONDS", 0.3)
+    monkeypatch.setattr(api_stream, "APPEAR_SECONDS", 0.3)
     missing = "1234567890"
     for method, url in (
         ("GET", f"/api/executions/{missing}"),
