@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from noetl import dsl, local
+from noetl.cli_check import db_check
 from noetl.cli_core import (
     EXIT_FAILED,
     EXIT_OK,
@@ -546,3 +547,4 @@ def db_validate() -> None:
 # -- the other areas: one line each (see noetl.cli_core) ------------------------------
 
 main.add_command(credential)
+db.add_command(db_check)
