@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from noetl import dsl, local
+from noetl.cli_bench import bench
 from noetl.cli_check import db_check
 from noetl.cli_core import (
     EXIT_FAILED,
@@ -548,3 +549,4 @@ def db_validate() -> None:
 
 main.add_command(credential)
 db.add_command(db_check)
+main.add_command(bench)
