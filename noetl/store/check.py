@@ -14,7 +14,7 @@ What the queries rely on, from the engine:
   coordinator decides nothing more (runners may still record the outcome of a command they
   were stopping: that is expected, not a violation);
 - a command's outcome is one runner event, or for a `playbook` command (payload `child`)
-  the end of the child execution.
+  the end of the child execution; the decision consuming it names the command too.
 """
 
 from __future__ import annotations
@@ -71,7 +71,11 @@ class CheckReport(msgspec.Struct, kw_only=True):
 
 
 _ENDS: Final = "('execution.completed', 'execution.failed', 'execution.cancelled')"
-_OUTCOMES: Final = "('command.completed', 'command.failed')"
+# A runner's outcome, or a decision that consumed one (a `playbook` command whose child
+# could not even be started is failed by the coordinator itself).
+_OUTCOMES: Final = (
+    "('command.completed', 'command.failed', 'step.item', 'step.completed', 'step.failed')"
+)
 
 
 def _scope(alias: str = "") -> str:

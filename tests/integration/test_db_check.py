@@ -191,10 +191,23 @@ async def _command_two_outcomes(pool: asyncpg.Pool, eid: int) -> None:
 
 
 async def _command_without_outcome(pool: asyncpg.Pool, eid: int) -> None:
-    await pool.execute(
-        "DELETE FROM noetl.event WHERE execution_id = $1 AND event_type = 'command.completed' "
-        "AND step = 'join'",
+    # A second attempt of `join` issued just before the end, never answered.
+    end = await pool.fetchval(
+        "SELECT version FROM noetl.event WHERE execution_id = $1 "
+        "AND event_type = 'execution.completed'",
         eid,
+    )
+    await _make_room(pool, eid, end)
+    command = f"{eid}:join:1:2"
+    await _insert(
+        pool,
+        eid,
+        version=end,
+        event_type="command.issued",
+        step="join",
+        command_id=command,
+        dedup_key=f"command.issued:{command}",
+        payload={"activation": 1, "attempt": 2, "args": {}, "kind": "python"},
     )
 
 
