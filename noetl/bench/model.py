@@ -35,7 +35,7 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     throughput_executions: int = 500
     replay_events: int = 100_000
     history_events: int = 10_000_000
-    history_runs: int = 3
+    history_runs: int = 5
     wide_loop_items: int = 10_000
     sink_rows: int = 100_000
 
