@@ -1,11 +1,10 @@
 """`noetl-runtime bench`: measure the runtime on the configured or embedded servers.
 
-Exit codes: 0 measured, 1 a workload failed (or a runtime error), 2 usage.
+Exit codes: 0 measured, 1 a workload failed (or a runtime error), 2 usage or configuration.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -13,23 +12,14 @@ from typing import Any
 
 import click
 import msgspec
-from rich.console import Console
 
 from noetl.bench import ALL_WORKLOADS, DEFAULT_WORKLOADS, Workload, run_bench
 from noetl.bench.report import comparable, table
-from noetl.config import Settings
-from noetl.errors import ConfigError, NoetlError
+from noetl.cli_core import EXIT_OK, json_option, out, run_command, say, settings
 
 __all__ = ["bench"]
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_out = Console(highlight=False)
-
 DEFAULT_BASELINE = Path("tests/bench/baseline.json")
-
-
-def _say(line: str) -> None:
-    _err.print(line, markup=False)
 
 
 def _baseline(path: Path | None) -> dict[str, Any] | None:
@@ -55,7 +45,7 @@ def _baseline(path: Path | None) -> dict[str, Any] | None:
     help=f"Run this workload only (repeatable; default: {', '.join(DEFAULT_WORKLOADS)}).",
 )
 @click.option("--quick", is_flag=True, help="Small sizes: a quick check, not a measurement.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option("Print one JSON document.")
 @click.option(
     "--baseline",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -71,23 +61,16 @@ def bench(
     temporary home. Each figure is printed with its ratio to the baseline.
     """
     previous = _baseline(baseline)
-    root = click.get_current_context().find_root()
-    overrides: dict[str, Any] = getattr(root.obj, "overrides", None) or {}
-    try:
-        settings = Settings.from_env(**overrides)
-        document = asyncio.run(
-            run_bench(settings, workloads or DEFAULT_WORKLOADS, quick=quick, say=_say)
-        )
-    except ConfigError as exc:
-        _say(f"error: {exc}")
-        sys.exit(2)
-    except NoetlError as exc:
-        _say(f"error: {exc}")
-        sys.exit(1)
-    if as_json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(document)).decode() + "\n")
-        return
-    _out.print(table(document, previous))
-    warning = comparable(document, previous)
-    if warning:
-        _say(f"note: {warning}")
+
+    async def body() -> int:
+        document = await run_bench(settings(), workloads or DEFAULT_WORKLOADS, quick=quick, say=say)
+        if as_json:
+            sys.stdout.write(msgspec.json.format(msgspec.json.encode(document)).decode() + "\n")
+            return EXIT_OK
+        out.print(table(document, previous))
+        warning = comparable(document, previous)
+        if warning:
+            say(f"note: {warning}")
+        return EXIT_OK
+
+    run_command(body())
