@@ -53,9 +53,8 @@ def with_database(dsn: str, database: str) -> str:
 class BenchEnv:
     """The servers, the scratch database, the mesh processes and a client on them."""
 
-    def __init__(self, client: Client, admin_dsn: str, home: Path) -> None:
+    def __init__(self, client: Client, home: Path) -> None:
         self.client = client
-        self.admin_dsn = admin_dsn
         self.home = home
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -213,7 +212,7 @@ async def bench_env(settings: Settings, say: Say) -> AsyncIterator[BenchEnv]:
                 settings, nats_url=nats_url, pg_dsn=with_database(admin_dsn, scratch), home=home
             )
             client = await Client.connect(bench_settings)
-            env = BenchEnv(client, admin_dsn, home)
+            env = BenchEnv(client, home)
             try:
                 if len(await missing_roles(client.bus, ROLES)) < len(ROLES):
                     raise ConfigError(
