@@ -27,9 +27,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The contract's figures, each with its ratio to tests/bench/baseline.json; the extra
+# workloads run with `noetl-runtime bench --workload wide_loop --workload sink`.
 bench: install
-	$(BIN)/python -m tests.bench
-	$(BIN)/python -m tests.bench.sink_bench
+	$(BIN)/noetl-runtime bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import click
 
 from noetl import dsl, local
+from noetl.cli_bench import bench
+from noetl.cli_check import db_check
 from noetl.cli_core import (
     EXIT_FAILED,
     EXIT_OK,
@@ -543,7 +545,9 @@ def down() -> None:
 
 main.add_command(credential)
 main.add_command(db)
+db.add_command(db_check)
 main.add_command(server)
 main.add_command(worker)
 main.add_command(catalog)
 main.add_command(execution)
+main.add_command(bench)

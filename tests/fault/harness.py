@@ -16,6 +16,8 @@ from noetl.client import Client
 from noetl.config import Settings
 from noetl.errors import ExecutionNotFound
 from noetl.messages import CatalogReply
+from noetl.store import Store
+from noetl.store.check import check_events
 
 CLI = str(Path(sys.executable).parent / "noetl-runtime")
 
@@ -92,3 +94,17 @@ async def register_when_up(client: Client, path: Path) -> CatalogReply:
                 return await client.register(path)
             except Exception:
                 await asyncio.sleep(0.2)
+
+
+async def assert_db_clean(store: Store, seconds: float = 30) -> None:
+    """`db check` over the whole event table comes back clean within `seconds`.
+
+    Commands a run was stopping may record their outcome a moment after the execution ended,
+    so a report is retried until clean; a lasting violation fails the test with the report.
+    """
+    report = await check_events(store.pool, settle=0)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not report.clean and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.5)
+        report = await check_events(store.pool, settle=0)
+    assert report.clean, "\n".join(f"{v.invariant}: {v.message}" for v in report.violations)

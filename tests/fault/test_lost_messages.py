@@ -13,7 +13,7 @@ from actors.mesh import Mesh
 from noetl.bus import CMD_STREAM, EXEC_STREAM
 from noetl.client import Client
 from noetl.config import Settings
-from tests.fault.harness import events_of, wait_until
+from tests.fault.harness import assert_db_clean, events_of, wait_until
 
 
 async def test_purged_command_is_republished_by_the_reconciler(
@@ -55,6 +55,7 @@ async def test_purged_command_is_republished_by_the_reconciler(
         doc = await asyncio.wait_for(client.wait(eid), timeout=60)
         assert doc["status"] == "completed", doc
         assert doc["result"] == 2
+        await assert_db_clean(client.store)
     finally:
         if runner is not None:
             await runner.stop()
@@ -112,6 +113,7 @@ async def test_purged_outcome_is_republished_by_the_reconciler(
         doc = await asyncio.wait_for(client.wait(eid), timeout=60)
         assert doc["status"] == "completed", doc
         assert doc["steps"] == {"start": 1, "second": 2}
+        await assert_db_clean(client.store)
     finally:
         await runner.stop()
         await coordinator.stop()

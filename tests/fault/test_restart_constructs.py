@@ -11,6 +11,7 @@ from pathlib import Path
 from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import (
+    assert_db_clean,
     events_of,
     kill_hard,
     register_when_up,
@@ -68,6 +69,7 @@ async def test_loop_resumes_after_sigkill(settings: Settings, tmp_path: Path) ->
         rows = await events_of(client, eid)
         items = Counter(r["payload"]["index"] for r in rows if r["event_type"] == "step.item")
         assert items == Counter(range(12))
+        await assert_db_clean(client.store)
     finally:
         kill_hard(mesh)
         await client.close()
@@ -119,6 +121,7 @@ async def test_pending_retry_survives_sigkill_and_fires_once(
         kinds = Counter(r["event_type"] for r in rows)
         assert kinds["timer.scheduled"] == 1 and kinds["timer.fired"] == 1
         assert counter.read_text() == "2"
+        await assert_db_clean(client.store)
     finally:
         kill_hard(mesh)
         await client.close()
@@ -166,6 +169,7 @@ async def test_pagination_resumes_at_its_page_after_sigkill(
         assert pages == Counter(range(7))  # 35 items, 5 a page: each page recorded once
         first_page = [q for _, q, _ in api.requests if "page=1&" in q]
         assert len(first_page) == 1  # resumed where it was, not at page one
+        await assert_db_clean(client.store)
     finally:
         kill_hard(mesh)
         await client.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import (
+    assert_db_clean,
     count_events,
     events_of,
     kill_hard,
@@ -85,6 +86,7 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
             if r["event_type"] in ("command.completed", "command.failed")
         )
         assert set(outcomes.values()) == {1}
+        await assert_db_clean(client.store)
         # A graceful stop drains and exits cleanly.
         assert stop_gracefully(mesh) == 0, log.read_text()[-3000:]
     finally:

@@ -9,6 +9,7 @@ from collections import Counter
 from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.config import Settings
+from tests.fault.harness import assert_db_clean
 from tests.integration.conftest import fixture
 
 
@@ -40,6 +41,7 @@ async def test_two_hosts_run_loops_without_duplicating_decisions(settings: Setti
                 )
             ]
             assert versions == list(range(1, len(versions) + 1))
+        await assert_db_clean(first.store)
     finally:
         for mesh in meshes:
             await mesh.stop()

@@ -8,7 +8,8 @@ from pathlib import Path
 import aiohttp
 
 from noetl.config import Settings
-from tests.fault.harness import kill_hard, start_mesh, stop_gracefully
+from noetl.store import Store
+from tests.fault.harness import assert_db_clean, kill_hard, start_mesh, stop_gracefully
 from tests.support.services import free_port
 
 
@@ -35,5 +36,10 @@ async def test_up_serves_the_api_and_drains_on_sigterm(settings: Settings, tmp_p
                 assert listed.status == 200 and await listed.json() == []
         assert "REST API on port" in log.read_text()
         assert stop_gracefully(proc) == 0, log.read_text()
+        store = await Store.connect(str(settings.pg_dsn))
+        try:
+            await assert_db_clean(store)
+        finally:
+            await store.close()
     finally:
         kill_hard(proc)
