@@ -40,6 +40,7 @@ from noetl.cli_core import (
     with_store,
 )
 from noetl.cli_credentials import credential
+from noetl.cli_deploy import build, k8s
 from noetl.client import Client
 from noetl.config import ROLES
 from noetl.store import Store
@@ -546,3 +547,5 @@ def db_validate() -> None:
 # -- the other areas: one line each (see noetl.cli_core) ------------------------------
 
 main.add_command(credential)
+main.add_command(build)
+main.add_command(k8s)
