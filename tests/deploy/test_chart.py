@@ -95,9 +95,9 @@ def test_lint_finds_no_error(name: str) -> None:
     report = helm.lint(CHART, VALUE_SETS[name], kube_version=f"v{kube_version()}")
     assert report["errors"] == []
     warnings = [m["error"] for m in report["messages"] if m["severity"] >= WARNING]
-    # The optional NATS chart is fetched by `helm upgrade --dependency-update`; nothing
-    # can be downloaded here, so lint sees it missing, and only that.
-    assert warnings == ["chart directory is missing these dependencies: nats"]
+    # The optional NATS chart is fetched by `helm upgrade --dependency-update` into charts/
+    # (not committed): lint may see it missing, and nothing else.
+    assert set(warnings) <= {"chart directory is missing these dependencies: nats"}
 
 
 def test_the_nats_dependency_is_optional() -> None:
