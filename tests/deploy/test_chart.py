@@ -281,27 +281,31 @@ def test_every_pod_runs_as_non_root_on_a_read_only_root() -> None:
             assert mount["mountPath"] == "/tmp" and "emptyDir" in volume, where
 
 
-def test_secrets_reach_the_pods_by_reference_only() -> None:
+def test_secrets_reach_the_pods_by_reference_and_only_where_needed() -> None:
+    variables = {
+        "NOETL_PG_DSN": "pg-dsn",
+        "NOETL_API_TOKEN": "api-token",
+        "NOETL_ENCRYPTION_KEY": "encryption-key",
+    }
+    needs = {
+        "api": set(variables),  # serves the token-guarded API and the credentials routes
+        "coordinator": {"NOETL_PG_DSN"},  # secrets never reach a coordinator
+        "runner-default": {"NOETL_PG_DSN", "NOETL_ENCRYPTION_KEY"},  # decrypts credentials
+    }
     for values, secret_name in (({}, "noetl-runtime"), ({"secret": INLINE_SECRET}, FULLNAME)):
         objects = render(values)
         for deployment in of_kind(objects, "Deployment"):
+            role = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
             env = {e["name"]: e for e in _container(deployment)["env"]}
-            for variable, key in (
-                ("NOETL_PG_DSN", "pg-dsn"),
-                ("NOETL_API_TOKEN", "api-token"),
-                ("NOETL_ENCRYPTION_KEY", "encryption-key"),
-            ):
+            assert set(env) & set(variables) == needs[role], role
+            for variable in needs[role]:
                 assert "value" not in env[variable]
                 ref = env[variable]["valueFrom"]["secretKeyRef"]
-                assert (ref["name"], ref["key"]) == (secret_name, key)
+                assert (ref["name"], ref["key"]) == (secret_name, variables[variable])
         config = named(objects, "ConfigMap", FULLNAME)["data"]
         assert not any(INLINE_SECRET["pgDsn"] in str(v) for v in config.values())
     inline = render({"secret": INLINE_SECRET})
-    assert set(named(inline, "Secret", FULLNAME)["data"]) == {
-        "pg-dsn",
-        "api-token",
-        "encryption-key",
-    }
+    assert set(named(inline, "Secret", FULLNAME)["data"]) == set(variables.values())
 
 
 def test_runner_pools_scale_on_jetstream_consumer_lag() -> None:

@@ -59,29 +59,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Secret-backed variables; `secret` is the Secret's name. */}}
+{{/*
+Secret-backed variables: (dict "root" $ "secret" NAME "keys" LIST), LIST naming which of
+pgDsn, apiToken, encryptionKey the role needs (least privilege: the coordinator gets no
+token and no key).
+*/}}
 {{- define "noetl.secretEnv" -}}
-- name: NOETL_PG_DSN
+{{- $vars := dict "pgDsn" "NOETL_PG_DSN" "apiToken" "NOETL_API_TOKEN" "encryptionKey" "NOETL_ENCRYPTION_KEY" }}
+{{- range .keys }}
+- name: {{ get $vars . }}
   valueFrom:
     secretKeyRef:
-      name: {{ .secret }}
-      key: {{ .root.Values.secret.keys.pgDsn }}
-- name: NOETL_API_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ .secret }}
-      key: {{ .root.Values.secret.keys.apiToken }}
+      name: {{ $.secret }}
+      key: {{ get $.root.Values.secret.keys . }}
+      {{- if eq . "apiToken" }}
       optional: true
-- name: NOETL_ENCRYPTION_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ .secret }}
-      key: {{ .root.Values.secret.keys.encryptionKey }}
+      {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
 A pod template of one role: (dict "root" $ "component" NAME "args" LIST "env" LIST
-"resources" MAP "ports" LIST "probes" MAP "scheduling" MAP).
+"secrets" LIST "resources" MAP "ports" LIST "probes" MAP "scheduling" MAP).
 */}}
 {{- define "noetl.podTemplate" -}}
 {{- $root := .root -}}
@@ -119,7 +118,7 @@ spec:
         - configMapRef:
             name: {{ include "noetl.fullname" $root }}
       env:
-        {{- include "noetl.secretEnv" (dict "root" $root "secret" (include "noetl.secretName" $root)) | nindent 8 }}
+        {{- include "noetl.secretEnv" (dict "root" $root "secret" (include "noetl.secretName" $root) "keys" .secrets) | nindent 8 }}
         {{- with .env }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
