@@ -6,6 +6,7 @@ queue groups, `Nats-Msg-Id` dedup and core request/reply.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -40,6 +41,9 @@ START_SUBJECT: Final = "noetl.start"
 CATALOG_REGISTER: Final = "noetl.catalog.register"
 CATALOG_GET: Final = "noetl.catalog.get"
 PING_PREFIX: Final = "noetl.mesh.ping"
+# JetStream's "consumer name already in use" and "consumer already exists".
+_CONSUMER_EXISTS: Final = frozenset({10013, 10148})
+_CREATE_ATTEMPTS: Final = 5
 
 
 def exec_subject(partition: int) -> str:
@@ -184,16 +188,25 @@ class Bus:
             max_deliver=max_deliver,
             filter_subject=subject,
         )
-        sub = await self.js.subscribe(
-            subject,
-            queue=durable,
-            durable=durable,
-            stream=stream,
-            cb=handler,
-            manual_ack=True,
-            config=config,
-            pending_msgs_limit=max(1024, max_in_flight * 4),
-        )
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                sub = await self.js.subscribe(
+                    subject,
+                    queue=durable,
+                    durable=durable,
+                    stream=stream,
+                    cb=handler,
+                    manual_ack=True,
+                    config=config,
+                    pending_msgs_limit=max(1024, max_in_flight * 4),
+                )
+                break
+            except BadRequestError as exc:
+                # On a cluster, processes starting together race to create the durable
+                # consumer and the losers are refused; the next try binds to it.
+                if exc.err_code not in _CONSUMER_EXISTS or attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
         self._subs.append(sub)
 
     async def serve(self, subject: str, handler: Handler, *, queue: str) -> None:

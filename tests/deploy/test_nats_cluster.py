@@ -81,9 +81,12 @@ async def test_a_cluster_loses_and_regains_a_node_mid_run(pg_dsn: str, tmp_path:
             for _ in range(count):
                 expected[await client.start(path, version=version)] = result
 
-        # A node dies with work in flight: its clients move to the others, its stream and
-        # consumer replicas are gone until it comes back.
-        victim = cluster.nodes[0]
+        # A node dies with work in flight: its clients (this one at least) move to the
+        # others; its stream and consumer replicas (R3: one of each) are gone until it
+        # comes back.
+        connected = client.bus.nc.connected_url
+        assert connected is not None
+        (victim,) = [node for node in cluster.nodes if node.port == connected.port]
         await _until_completed(pg_dsn, at_least=20)
         cluster.kill(victim)
         await _until_completed(pg_dsn, at_least=120)
