@@ -435,19 +435,16 @@ def remove(release: str, namespace: str, source: str | None, dry_run: bool) -> N
     _execute("k8s remove", [plan.uninstall()], dry_run)
 
 
-_api_options = [
-    click.option("--api-url", default=DEFAULT_API_URL, show_default=True, help="The API."),
-    click.option("--token", envvar="NOETL_API_TOKEN", help="API token (NOETL_API_TOKEN)."),
-    click.option("--smoke-timeout", default=180.0, show_default=True, help="Seconds."),
-]
+_api_url = click.option("--api-url", default=DEFAULT_API_URL, show_default=True, help="The API.")
+_token = click.option("--token", envvar="NOETL_API_TOKEN", help="API token (NOETL_API_TOKEN).")
 
 
 @k8s.command()
 @_release_options
 @click.option("--image", help="Image to deploy (default: the chart's).")
-@_api_options[0]
-@_api_options[1]
-@_api_options[2]
+@_api_url
+@_token
+@click.option("--smoke-timeout", default=180.0, show_default=True, help="Seconds to wait.")
 def reset(
     release: str,
     namespace: str,
@@ -475,8 +472,8 @@ def reset(
 
 
 @k8s.command()
-@click.option("--api-url", default=DEFAULT_API_URL, show_default=True, help="The API.")
-@click.option("--token", envvar="NOETL_API_TOKEN", help="API token (NOETL_API_TOKEN).")
+@_api_url
+@_token
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait.")
 def smoke(api_url: str, token: str | None, timeout: float) -> None:
     """Register and run a two-step playbook through the API; exit 0 once it completed."""
