@@ -6,6 +6,7 @@ queue groups, `Nats-Msg-Id` dedup and core request/reply.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -40,6 +41,9 @@ START_SUBJECT: Final = "noetl.start"
 CATALOG_REGISTER: Final = "noetl.catalog.register"
 CATALOG_GET: Final = "noetl.catalog.get"
 PING_PREFIX: Final = "noetl.mesh.ping"
+# JetStream's "consumer name already in use" and "consumer already exists".
+_CONSUMER_EXISTS: Final = frozenset({10013, 10148})
+_CREATE_ATTEMPTS: Final = 5
 
 
 def exec_subject(partition: int) -> str:
@@ -78,22 +82,40 @@ class Bus:
     """A connection to NATS with the runtime's streams declared."""
 
     def __init__(
-        self, nc: Client, js: JetStreamContext, *, ack_wait: float, dedup_window: float
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        *,
+        ack_wait: float,
+        dedup_window: float,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
         self.js = js
         self.ack_wait = ack_wait
         self.dedup_window = dedup_window
+        self.replicas = replicas
         self._subs: list[Subscription] = []
 
     @classmethod
     async def connect(
-        cls, url: str, *, name: str = "noetl", ack_wait: float = 30.0, dedup_window: float = 120.0
+        cls,
+        url: str,
+        *,
+        name: str = "noetl",
+        ack_wait: float = 30.0,
+        dedup_window: float = 120.0,
+        replicas: int = 1,
     ) -> Bus:
-        """Connect and make sure the streams exist."""
+        """Connect and make sure the streams exist, each with `replicas` copies.
+
+        `url` may list the servers of a cluster, comma-separated: the client connects to one
+        and moves to another when it goes away.
+        """
+        servers = [server.strip() for server in url.split(",") if server.strip()]
         try:
             nc = await nats.connect(
-                url,
+                servers,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -101,8 +123,14 @@ class Bus:
             )
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise ConfigError(f"cannot connect to NATS at {url}: {exc}") from exc
-        bus = cls(nc, nc.jetstream(), ack_wait=ack_wait, dedup_window=dedup_window)
-        await bus.ensure_streams()
+        bus = cls(
+            nc, nc.jetstream(), ack_wait=ack_wait, dedup_window=dedup_window, replicas=replicas
+        )
+        try:
+            await bus.ensure_streams()
+        except BaseException:
+            await nc.close()
+            raise
         return bus
 
     async def ensure_streams(self) -> None:
@@ -120,6 +148,7 @@ class Bus:
                 storage=StorageType.FILE,
                 duplicate_window=self.dedup_window,
                 max_age=7 * 86400 if retention == RetentionPolicy.LIMITS else None,
+                num_replicas=self.replicas,
             )
             try:
                 await self.js.add_stream(config)
@@ -159,16 +188,25 @@ class Bus:
             max_deliver=max_deliver,
             filter_subject=subject,
         )
-        sub = await self.js.subscribe(
-            subject,
-            queue=durable,
-            durable=durable,
-            stream=stream,
-            cb=handler,
-            manual_ack=True,
-            config=config,
-            pending_msgs_limit=max(1024, max_in_flight * 4),
-        )
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                sub = await self.js.subscribe(
+                    subject,
+                    queue=durable,
+                    durable=durable,
+                    stream=stream,
+                    cb=handler,
+                    manual_ack=True,
+                    config=config,
+                    pending_msgs_limit=max(1024, max_in_flight * 4),
+                )
+                break
+            except BadRequestError as exc:
+                # On a cluster, processes starting together race to create the durable
+                # consumer and the losers are refused; the next try binds to it.
+                if exc.err_code not in _CONSUMER_EXISTS or attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
         self._subs.append(sub)
 
     async def serve(self, subject: str, handler: Handler, *, queue: str) -> None:

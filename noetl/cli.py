@@ -42,6 +42,7 @@ from noetl.cli_core import (
 )
 from noetl.cli_credentials import credential
 from noetl.cli_db import db
+from noetl.cli_deploy import build, k8s
 from noetl.cli_inspect import catalog, execution
 from noetl.cli_server import server, worker
 from noetl.client import Client
@@ -551,3 +552,5 @@ main.add_command(worker)
 main.add_command(catalog)
 main.add_command(execution)
 main.add_command(bench)
+main.add_command(build)
+main.add_command(k8s)

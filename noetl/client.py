@@ -95,7 +95,10 @@ class Client:
             settings, nats_url=services.nats_url, pg_dsn=services.pg_dsn
         )
         bus = await Bus.connect(
-            services.nats_url, ack_wait=settings.ack_wait, dedup_window=settings.dedup_window
+            services.nats_url,
+            ack_wait=settings.ack_wait,
+            dedup_window=settings.dedup_window,
+            replicas=settings.js_replicas,
         )
         try:
             store = await Store.connect(

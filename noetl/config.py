@@ -21,6 +21,8 @@ class Settings(msgspec.Struct, kw_only=True):
     pg_dsn: str | None = None
     api_port: int = 8082
     partitions: int = 8
+    # Replicas of every JetStream stream: 1 on one server, 3 on a 3-node cluster.
+    js_replicas: int = 1
     runner_pool: str = "default"
     runner_concurrency: int = 16
     api_token: str | None = None
@@ -82,6 +84,8 @@ class Settings(msgspec.Struct, kw_only=True):
             settings.home = Path(str(home)).expanduser()
         if settings.partitions < 1:
             raise ConfigError("NOETL_PARTITIONS must be at least 1")
+        if not 1 <= settings.js_replicas <= 5:
+            raise ConfigError("NOETL_JS_REPLICAS must be between 1 and 5 (JetStream's limit)")
         if (settings.nats_url is None) != (settings.pg_dsn is None):
             missing = "NOETL_PG_DSN" if settings.pg_dsn is None else "NOETL_NATS_URL"
             raise ConfigError(
