@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from nats.aio.msg import Msg
 
+from noetl.api.console import setup_console
 from noetl.bus import CATALOG_REGISTER, events_subject
 from noetl.client import Client
 from noetl.engine.events import TERMINAL_STATUSES
@@ -552,4 +553,5 @@ def make_app(client: Client, *, token: str | None = None) -> web.Application:
     gateway = _Gateway(client)
     app.add_routes(gateway.routes())
     app.on_shutdown.append(gateway.close_streams)
+    setup_console(app, client)
     return app
