@@ -7,6 +7,7 @@ guards the console's routes like every other API route, and the pages themselves
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +26,11 @@ __all__ = ["STATIC_DIR", "setup_console"]
 
 STATIC_DIR: Final = Path(__file__).with_name("console")
 
+_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 _STATUSES: Final = frozenset({"running", "completed", "failed", "cancelled"})
 _MAX_PAGE: Final = 200
 _MAX_OFFSET: Final = 10_000_000
@@ -38,12 +44,34 @@ def setup_console(app: web.Application, client: Client) -> None:
     """Serve the console at `/` (files under `/console/`) and its routes on `app`."""
     routes = _ConsoleRoutes(client)
     app.router.add_get("/", _index)
-    app.router.add_static("/console/", STATIC_DIR, append_version=False)
+    app.router.add_get("/console/{name}", _static)
     app.add_routes(routes.routes())
 
 
 async def _index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return _file("index.html")
+
+
+async def _static(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in _files():
+        raise web.HTTPNotFound(reason=f"no console file {name!r}")
+    return _file(name)
+
+
+@functools.cache
+def _files() -> frozenset[str]:
+    """The files the console serves: those in its directory, nothing under it."""
+    return frozenset(p.name for p in STATIC_DIR.iterdir() if p.suffix in _TYPES)
+
+
+def _file(name: str) -> web.FileResponse:
+    # Explicit types: the system's MIME table may lack `.js`, and modules need a JS type.
+    # `no-cache` revalidates with ETag/Last-Modified, so an upgrade is seen at once.
+    return web.FileResponse(
+        STATIC_DIR / name,
+        headers={"Content-Type": _TYPES[Path(name).suffix], "Cache-Control": "no-cache"},
+    )
 
 
 def _bad(message: str) -> web.HTTPBadRequest:

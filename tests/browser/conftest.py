@@ -48,9 +48,7 @@ async def browser() -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def page(
-    browser: Any, artifacts: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Any]:
+async def page(browser: Any, artifacts: Path, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """A laptop-sized page that fails the test on any uncaught script error; its last state
     is saved as `last-<test>.png` (what a failed test saw)."""
     context = await browser.new_context(viewport={"width": 1360, "height": 860})

@@ -126,6 +126,16 @@ async def test_run_watch_fail_restart_cancel(
     assert "Hi from the console!" in await page.inner_text(".detail")
     await shot(page, artifacts, "execution")
 
+    # A loop: its node counts the items, a timeline bar per item.
+    loop = await client.register(fixture("loop_async"))
+    looped = await client.start(loop.path, version=loop.version)
+    await client.wait(looped, timeout=60)
+    await page.goto(f"{server}/#/executions/{looped}")
+    await page.wait_for_selector(f"section[data-execution='{looped}']")
+    await page.wait_for_selector(".graph .node[data-step=start][data-state=completed]")
+    assert "10/10 items" in (await page.text_content(".graph .node[data-step=start]") or "")
+    assert await page.eval_on_selector_all(".tl-item", "bars => bars.length") == 10
+
     # A failing execution: its step is red, and the traceback names the line that failed.
     await page.goto(f"{server}/#/playbooks/console%2Fdivide?tab=run")
     await page.click("#start-form button[type=submit]")
@@ -137,6 +147,9 @@ async def test_run_watch_fail_restart_cancel(
     assert "return n / d" in trace
     assert await page.get_attribute(".graph .node[data-step=end]", "data-state") == "skipped"
     await shot(page, artifacts, "execution-failed")
+    await page.click("#theme")
+    await shot(page, artifacts, "execution-failed-dark")
+    await page.click("#theme")
 
     # Restart from `divide`: a new execution keeps `start` and fails the same way.
     await page.select_option("select[name=from]", "divide")
@@ -181,7 +194,7 @@ async def test_run_watch_fail_restart_cancel(
     # The list shows them all, filters by status, and opens one with the keyboard.
     await page.goto(f"{server}/#/executions")
     await page.wait_for_selector(f"tr[data-id='{hello}']")
-    assert await page.get_attribute("[data-total]", "data-total") == "5"
+    assert await page.get_attribute("[data-total]", "data-total") == "6"
     await shot(page, artifacts, "executions")
     await page.select_option("select[name=status]", "failed")
     await page.wait_for_function("document.querySelector('[data-total]').dataset.total === '2'")
@@ -211,6 +224,7 @@ async def test_run_watch_fail_restart_cancel(
     await page.click("#editor button:has-text('Validate')")
     line = text.splitlines().index("    next: [nowhere]") + 1
     await page.wait_for_selector(f"#editor .ln.problem[data-line='{line}']")
+    await page.locator("#editor .ln.problem").first.scroll_into_view_if_needed()
     assert "nowhere" in await page.inner_text(f"#editor .ln.problem[data-line='{line}']")
     await page.click("#editor button:has-text('Register')")
     await page.wait_for_selector("#editor p.error:text('invalid')")
@@ -268,9 +282,7 @@ async def test_ten_thousand_executions(
     await page.goto(f"{server}/#/executions")
     await page.wait_for_selector("tbody tr[data-id='1']")
     # Milliseconds from navigation to the first page of rows in the DOM.
-    painted = await page.evaluate(
-        "performance.getEntriesByName('executions-rows')[0].startTime"
-    )
+    painted = await page.evaluate("performance.getEntriesByName('executions-rows')[0].startTime")
     wall = time.perf_counter() - started
     print(f"10,000 executions: first page of rows after {painted:.0f} ms ({wall:.2f} s wall)")
     (artifacts / "first-paint.txt").write_text(f"{painted:.0f} ms\n")

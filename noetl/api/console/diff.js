@@ -18,8 +18,9 @@ export function diffLines(oldText, newText) {
   let i = 0, j = 0;
   while (i < n || j < m) {
     if (i < n && j < m && a[i] === b[j]) { out.push({ op: " ", text: a[i], a: ++i, b: ++j }); }
-    else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) { out.push({ op: "+", text: b[j], a: null, b: ++j }); }
-    else { out.push({ op: "-", text: a[i], a: ++i, b: null }); }
+    // Removals before additions, as unified diffs show a changed line.
+    else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) { out.push({ op: "-", text: a[i], a: ++i, b: null }); }
+    else { out.push({ op: "+", text: b[j], a: null, b: ++j }); }
   }
   return out;
 }
