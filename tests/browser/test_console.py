@@ -135,6 +135,9 @@ async def test_run_watch_fail_restart_cancel(
     await page.wait_for_selector(".graph .node[data-step=start][data-state=completed]")
     assert "10/10 items" in (await page.text_content(".graph .node[data-step=start]") or "")
     assert await page.eval_on_selector_all(".tl-item", "bars => bars.length") == 10
+    await page.click(".graph .node[data-step=start]")
+    await page.wait_for_selector(".detail h2:text('Step start')")
+    await shot(page, artifacts, "execution-loop")
 
     # A failing execution: its step is red, and the traceback names the line that failed.
     await page.goto(f"{server}/#/playbooks/console%2Fdivide?tab=run")

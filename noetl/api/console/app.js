@@ -73,6 +73,8 @@ async function route() {
       if (!signal.aborted) {
         view.replaceChildren(page);
         page.dataset.page = nav;
+        // Keyboard and screen-reader users start at the new page, not at the old link.
+        if (!view.contains(document.activeElement)) view.focus({ preventScroll: true });
       }
     } catch (err) {
       if (signal.aborted || err.name === "AbortError" || err.status === 401) return;

@@ -8,6 +8,7 @@ const REFETCH_MS = 700;
 const APPEAR_MS = 10000;
 const MAX_JSON = 20000;
 const MAX_COMMAND_BARS = 300;
+const MAX_LANES = 16;
 
 function json(value) {
   const text = pretty(value);
@@ -137,17 +138,19 @@ export async function executionPage(id, signal) {
       ...ordered.map((s) => {
         const end = s.endedAt ?? t1;
         const bars = [];
-        if (s.startedAt) bars.push(h("div", { class: `tl-bar ${s.status}`, style: `left:${pct(s.startedAt)};width:${width(s.startedAt, end)}`, title: `${s.name}: ${s.status}` }));
         const commands = [...s.commands.values()];
-        if (commands.length > 1) {
-          for (const c of commands.slice(0, MAX_COMMAND_BARS)) {
+        // Loop items and retries get lanes under the step's bar, so concurrency shows.
+        const lanes = commands.length > 1 ? Math.min(commands.length, MAX_LANES) : 0;
+        if (s.startedAt) bars.push(h("div", { class: `tl-bar ${s.status}`, style: `left:${pct(s.startedAt)};width:${width(s.startedAt, end)}${lanes ? ";height:5px" : ""}`, title: `${s.name}: ${s.status}` }));
+        if (lanes) {
+          commands.slice(0, MAX_COMMAND_BARS).forEach((c, i) => {
             const a = c.startedAt ?? c.issuedAt, b = c.endedAt ?? t1;
-            bars.push(h("div", { class: `tl-bar tl-item ${c.status}`, style: `left:${pct(a)};width:${width(a, b)}`, title: `item ${c.index ?? ""} attempt ${c.attempt ?? 1}: ${c.status}` }));
-          }
+            bars.push(h("div", { class: `tl-bar tl-item ${c.status}`, style: `left:${pct(a)};width:${width(a, b)};top:${9 + (i % lanes) * 4}px`, title: `item ${c.index ?? ""} attempt ${c.attempt ?? 1}: ${c.status}` }));
+          });
         }
         return h("div", { class: "tl-row", role: "listitem" },
           h("button", { type: "button", onclick: () => { selected = s.name; graph?.select(s.name); renderDetail(); } }, s.name),
-          h("div", { class: "tl-track" }, bars),
+          h("div", { class: "tl-track", style: lanes ? `height:${12 + lanes * 4}px` : "" }, bars),
           h("span", { class: "muted" }, s.restored ? "kept" : s.startedAt ? duration((end - s.startedAt) / 1000) : ""));
       }),
       ordered.length ? "" : h("p", { class: "muted" }, "No step has started yet."),
