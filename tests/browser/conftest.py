@@ -52,6 +52,7 @@ async def page(browser: Any, artifacts: Path, request: pytest.FixtureRequest) ->
     """A laptop-sized page that fails the test on any uncaught script error; its last state
     is saved as `last-<test>.png` (what a failed test saw)."""
     context = await browser.new_context(viewport={"width": 1360, "height": 860})
+    context.set_default_timeout(60_000)  # the test machine is shared and often loaded
     new_page = await context.new_page()
     errors: list[str] = []
     new_page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -153,6 +153,11 @@ async def test_run_watch_fail_restart_cancel(
     await page.click("#theme")
     await shot(page, artifacts, "execution-failed-dark")
     await page.click("#theme")
+    # The graph from the keyboard: arrows move between steps, Enter shows one.
+    await page.focus(".graph .node[data-step=divide]")
+    await page.keyboard.press("ArrowLeft")
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector(".detail h2:text('Step start')")
 
     # Restart from `divide`: a new execution keeps `start` and fails the same way.
     await page.select_option("select[name=from]", "divide")

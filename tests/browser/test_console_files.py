@@ -60,6 +60,9 @@ async def test_pages_are_public_and_routes_need_the_token(http: TestClient[Any, 
     script = await http.get("/console/app.js")
     assert script.status == 200
     assert script.content_type == "text/javascript"
+    again = await http.get("/console/app.js", headers={"If-None-Match": script.headers["ETag"]})
+    assert again.status == 304
+    assert (await http.get("/console/../console.py")).status == 404
     assert (await http.get("/api/console/executions")).status == 401
     auth = {"Authorization": f"Bearer {TOKEN}"}
     listed = await http.get("/api/console/executions?status=running", headers=auth)
