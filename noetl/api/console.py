@@ -172,7 +172,7 @@ def check(content: str) -> dict[str, Any]:
     report = dsl.check_text(content, filename="<playbook>", known_kinds=known_kinds())
     problems = [
         {"line": p.line, "col": p.col, "message": p.message, "severity": p.severity}
-        for p in [*report.errors, *report.warnings]
+        for p in report.findings
     ]
     playbook = report.playbook
     return {
