@@ -32,6 +32,17 @@ _TYPES: Final = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
+# The page keeps the token in session storage, so no script but the console's may run: no
+# inline script, nothing from elsewhere, no framing.
+_SECURITY: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _STATUSES: Final = frozenset({"running", "completed", "failed", "cancelled"})
 _MAX_PAGE: Final = 200
 _MAX_OFFSET: Final = 10_000_000
@@ -75,7 +86,7 @@ def _file(request: web.Request, name: str) -> web.Response:
         raise web.HTTPNotFound(reason=f"no console file {name!r}")
     data, etag = found
     # `no-cache` revalidates by ETag, so an upgraded package is seen at once.
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    headers = {"ETag": etag, "Cache-Control": "no-cache", **_SECURITY}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     # Explicit types: the system's MIME table may lack `.js`, and modules need a JS type.

@@ -162,10 +162,7 @@ async def test_run_watch_fail_restart_cancel(
     # Restart from `divide`: a new execution keeps `start` and fails the same way.
     await page.select_option("select[name=from]", "divide")
     await page.click("#restart")
-    await page.wait_for_function(
-        "id => document.querySelector('section[data-execution]')?.dataset.execution !== id",
-        arg=failed,
-    )
+    await page.wait_for_selector(f"section[data-execution]:not([data-execution='{failed}'])")
     restarted = await execution_id(page)
     await wait_status(page, "failed")
     assert f"restarted from {failed}" in await page.inner_text(".facts")
@@ -178,10 +175,7 @@ async def test_run_watch_fail_restart_cancel(
     await page.click("#run-again")
     await page.fill("dialog textarea", '{"d": 4}')
     await page.click("dialog button[type=submit]")
-    await page.wait_for_function(
-        "id => document.querySelector('section[data-execution]')?.dataset.execution !== id",
-        arg=restarted,
-    )
+    await page.wait_for_selector(f"section[data-execution]:not([data-execution='{restarted}'])")
     again = await execution_id(page)
     await wait_status(page, "completed")
     assert (await client.store.describe(int(again)))["steps"]["divide"] == {"ratio": 25.0}
@@ -205,7 +199,7 @@ async def test_run_watch_fail_restart_cancel(
     assert await page.get_attribute("[data-total]", "data-total") == "6"
     await shot(page, artifacts, "executions")
     await page.select_option("select[name=status]", "failed")
-    await page.wait_for_function("document.querySelector('[data-total]').dataset.total === '2'")
+    await page.wait_for_selector("[data-total='2']")
     ids = await page.eval_on_selector_all("tbody tr", "rs => rs.map(r => r.dataset.id)")
     assert sorted(ids) == sorted([failed, restarted])
     await page.focus(f"tr[data-id='{failed}']")
@@ -300,6 +294,6 @@ async def test_ten_thousand_executions(
     await page.wait_for_selector("tbody tr[data-id='51']")
     assert await page.inner_text("[data-total]") == "51\u2013100 of 10,000"
     await page.fill("input[name=q]", "bulk/p7")
-    await page.wait_for_function("document.querySelector('[data-total]').dataset.total === '500'")
+    await page.wait_for_selector("[data-total='500']")
     assert painted < 10_000  # a sanity bound, not the target (see documentation/docs/console.md)
     await shot(page, artifacts, "executions-10k")

@@ -198,18 +198,33 @@ export async function executionPage(id, signal) {
     );
   }
 
+  // A failed execution opens on its failed step, once (the user may then choose another).
+  let focusedFailure = false;
+  function selectFailure() {
+    const failed = [...state.steps.values()].find((s) => s.status === "failed" && !s.restored);
+    if (focusedFailure || selected || !failed || doc.status === "running") return;
+    focusedFailure = true;
+    selected = failed.name;
+    graph?.select(failed.name);
+  }
+
   function renderAll() {
+    selectFailure();
     renderHeader();
     renderGraph();
     renderTimeline();
     renderDetail();
   }
 
-  // Live: announced events recolour at once; the events are re-read for the details.
+  // Live: announced events recolour at once; the events are re-read for the details, no
+  // more often than every REFETCH_MS nor than twice the last read took (a long loop's log
+  // is large).
   let pending = null;
+  let gap = REFETCH_MS;
   const refetch = () => {
     if (pending || signal.aborted) return;
     pending = setTimeout(async () => {
+      const began = performance.now();
       try {
         const [fresh, more] = await Promise.all([
           api(`/api/executions/${id}/events`, { signal }),
@@ -220,8 +235,9 @@ export async function executionPage(id, signal) {
         info.children = more.children;
         renderAll();
       } catch { /* the next event or the end retries */ }
+      gap = Math.max(REFETCH_MS, 2 * (performance.now() - began));
       pending = null;
-    }, REFETCH_MS);
+    }, gap);
   };
   if (doc.status === "running") {
     const ticker = setInterval(() => { if (!document.hidden) { renderHeader(); renderTimeline(); } }, 1000);
@@ -233,19 +249,18 @@ export async function executionPage(id, signal) {
         renderGraph();
         refetch();
       },
-      onEnd: async (final) => {
+      onEnd: (final) => {
         clearInterval(ticker);
         doc = final;
         clearTimeout(pending);
         pending = null;
+        gap = 0; // the final state at once
         refetch();
       },
     }).catch((err) => { if (!signal.aborted) toast(`Live updates stopped: ${err.message}`, true); });
   }
 
   renderAll();
-  const failed = [...state.steps.values()].find((s) => s.status === "failed" && !s.restored);
-  if (failed) { selected = failed.name; graph?.select(failed.name); }
   return h("section", { "data-execution": id },
     header,
     h("div", { class: "row", style: "margin-bottom:12px" }, actions),
