@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/noetl-runtime run tests/fixtures/playbooks/hello_world/hello_world.yaml
 
+# The browser tests use Debian's Chromium: installed here when missing and run as root.
 test: install
+	$(BIN)/python -m tests.browser.chromium
 	$(BIN)/python -m pytest
 
 lint: install

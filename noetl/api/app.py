@@ -17,6 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from noetl.api import middleware
 from noetl.api.common import Route
+from noetl.api.console import setup_console
 from noetl.api.credentials import Credentials
 from noetl.api.executions import Executions
 from noetl.api.health import Probes
@@ -95,4 +96,5 @@ def make_app(
     app = web.Application(middlewares=middlewares)
     app.add_routes(web.route(r.method, r.path, r.handler) for r in routes)
     app.on_shutdown.append(streams.close_streams)
+    setup_console(app, client)
     return app
