@@ -3,13 +3,15 @@
     from noetl.plugin import ToolContext, ToolError, ToolResult, ToolSpec, parse_spec
 
 A plugin is a class with a `kind` and `async def run(self, ctx: ToolContext, spec: ToolSpec)
--> ToolResult`, instantiated without arguments and registered in its package's metadata
-under the entry-point group `ENTRY_POINT_GROUP` (`noetl.plugins`) with its kind as the name.
+-> ToolResult`, registered in its package's metadata under the entry-point group
+`ENTRY_POINT_GROUP` (`noetl.plugins`) with its kind as the name, and instantiated once per
+runner without arguments (or with `settings: Settings` when its constructor takes it).
 The guide with a complete example is documentation/docs/reference/plugins.md.
 
 Nothing is defined here: each name is re-exported from the module the runtime's own plugins
-use (`plugins.base`, `plugins.sources`, `noetl.secrets`, `noetl.errors`), so a third-party
-plugin runs on exactly the code the built-in tools run on. Invariants a plugin keeps:
+use (`plugins.base`, `plugins.sources`, `noetl.secrets`, `noetl.errors`, `noetl.config`),
+so a third-party plugin runs on exactly the code the built-in tools run on. Invariants a
+plugin keeps:
 
 - what `run` returns is JSON-like data (`ToolResult`); it becomes the step's `result`;
 - failures are `ToolError` (or `ToolTimeout`), their messages passed through `ctx.mask`;
@@ -22,6 +24,7 @@ plugin runs on exactly the code the built-in tools run on. Invariants a plugin k
 
 from __future__ import annotations
 
+from noetl.config import Settings
 from noetl.errors import ToolError, ToolTimeout
 from noetl.secrets import MASK, Masker, secret_values
 from plugins.base import (
@@ -44,6 +47,7 @@ __all__ = [
     "MASK",
     "TIMEOUT_GRACE",
     "Masker",
+    "Settings",
     "ToolContext",
     "ToolError",
     "ToolPlugin",

@@ -163,8 +163,9 @@ async def in_thread(
 
 @runtime_checkable
 class ToolPlugin(Protocol):
-    """A tool kind: a class instantiated without arguments, registered under the entry-point
-    group `noetl.plugins` with its kind as the name.
+    """A tool kind: a class registered under the entry-point group `noetl.plugins` with its
+    kind as the name, instantiated once per runner without arguments, or with the runtime's
+    `settings=` when its constructor takes that keyword.
 
     Optional: `raw_fields` (a frozenset of tool fields the runner must not render, like the
     python tool's `code`) and `async aclose()`, called when the runner shuts down to release
