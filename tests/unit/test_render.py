@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from noetl import render as render_module
+from noetl import render_values
 from noetl.errors import RenderError
 from noetl.render import (
     MISSING,
@@ -401,7 +402,7 @@ def test_build_context_builtins() -> None:
     assert render("{{ workload }}", ctx) == {"w": 1}
     assert render("{{ vars }}", ctx) == {"v": 2}
     assert "result" not in ctx
-    assert set(render_module._defined(ctx)) == {
+    assert set(render_values.defined(ctx)) == {
         "w",
         "v",
         "workload",
