@@ -25,8 +25,10 @@ from noetl.dsl.models import (
     When,
     WorkbookTask,
 )
+from noetl.dsl.report import Problem, Report
 from noetl.dsl.scripts import script_file, script_files
-from noetl.dsl.validate import BUILTIN_KINDS, Problem, Report, check_file, check_text
+from noetl.dsl.tool_fields import BUILTIN_KINDS
+from noetl.dsl.validate import check_file, check_text
 from noetl.errors import PlaybookError
 
 __all__ = [

@@ -14,10 +14,9 @@ import re
 from collections.abc import Callable, Collection, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jinja2
-import msgspec
 from msgspec import Struct
 from msgspec import inspect as mi
 
@@ -39,94 +38,10 @@ from noetl.dsl.models import (
     When,
     WorkbookTask,
 )
+from noetl.dsl.report import Problem, Report, Severity
+from noetl.dsl.tool_fields import BUILTIN_KINDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
 
 API_VERSION = "noetl.io/v2"
-_SQL_FIELDS = frozenset(
-    {
-        "kind",
-        "auth",
-        "connection_string",
-        "query",
-        "command",
-        "command_b64",
-        "query_b64",
-        "params",
-        "database",
-        "attach",
-        "script",
-        "args",
-        "timeout",
-    }
-)
-# Fields of the builtin tool kinds; kinds that plugins add are not field-checked.
-TOOL_FIELDS: dict[str, frozenset[str]] = {
-    "python": frozenset({"kind", "code", "code_b64", "script", "libs", "args", "auth", "timeout"}),
-    "http": frozenset(
-        {
-            "kind",
-            "method",
-            "url",
-            "endpoint",
-            "params",
-            "headers",
-            "json",
-            "body",
-            "data",
-            "payload",
-            "timeout",
-            "verify_ssl",
-            "follow_redirects",
-            "allow_status",
-            "auth",
-            "args",
-            "script",
-            "max_response_bytes",
-        }
-    ),
-    "postgres": _SQL_FIELDS,
-    "duckdb": _SQL_FIELDS,
-    "snowflake": _SQL_FIELDS,
-    "playbook": frozenset({"kind", "path", "version", "args", "return_step"}),
-    "workbook": frozenset({"kind", "name", "args"}),
-    "iterator": frozenset(
-        {"kind", "collection", "element", "mode", "max_concurrency", "task", "continue_on_error"}
-    ),
-}
-BUILTIN_KINDS = frozenset(TOOL_FIELDS)
-# A tool of these kinds needs at least one of the listed fields.
-_TOOL_NEEDS: dict[str, tuple[str, ...]] = {
-    "python": ("code", "code_b64", "script"),
-    "playbook": ("path",),
-    "workbook": ("name",),
-    "iterator": ("collection",),
-}
-# Expected types of common tool fields. The tool block is rendered before it runs, so a
-# template string is accepted wherever another type is expected.
-_TOOL_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "args": ((dict,), "a mapping"),
-    "libs": ((dict,), "a mapping"),
-    "headers": ((dict,), "a mapping"),
-    "code": ((str,), "a string"),
-    "code_b64": ((str,), "a string"),
-    "query": ((str,), "a string"),
-    "command": ((str,), "a string"),
-    "url": ((str,), "a string"),
-    "endpoint": ((str,), "a string"),
-    "method": ((str,), "a string"),
-    "path": ((str,), "a string"),
-    "name": ((str,), "a string"),
-    "element": ((str,), "a string"),
-    "return_step": ((str,), "a string"),
-    "timeout": ((int, float), "a number"),
-    "verify_ssl": ((bool,), "a boolean"),
-    "follow_redirects": ((bool,), "a boolean"),
-    "continue_on_error": ((bool,), "a boolean"),
-    "allow_status": ((list,), "a list"),
-    "attach": ((list,), "a list"),
-    "task": ((dict,), "a mapping"),
-    "auth": ((str, dict), "a credential name or a mapping"),
-    "script": ((dict, str), "a mapping or a string"),
-}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _LABELS: dict[type, str] = {
     Playbook: "the playbook",
@@ -143,49 +58,6 @@ _LABELS: dict[type, str] = {
 }
 # Only syntax is checked, which needs no filters or sandbox.
 _JINJA = jinja2.Environment()
-
-
-Severity = Literal["error", "warning"]
-
-
-class Problem(Struct):
-    """One finding, located in the file; `str()` gives `FILE:LINE:COL: message`."""
-
-    file: str
-    line: int
-    col: int
-    message: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}:{self.col}: {prefix}{self.message}"
-
-
-class Report(Struct):
-    """The outcome of a check: the playbook when there is no error, and every finding."""
-
-    playbook: Playbook | None
-    errors: list[Problem]
-    warnings: list[Problem]
-
-    @property
-    def ok(self) -> bool:
-        """True when no error was found (warnings allowed)."""
-        return not self.errors
-
-    @property
-    def findings(self) -> list[Problem]:
-        """Errors and warnings together, in file order."""
-        return sorted([*self.errors, *self.warnings], key=lambda p: (p.line, p.col))
-
-    def strict(self) -> Report:
-        """The same findings with every warning counted as an error (`validate --strict`)."""
-        if not self.warnings:
-            return self
-        promoted = [msgspec.structs.replace(p, severity="error") for p in self.warnings]
-        errors = sorted([*self.errors, *promoted], key=lambda p: (p.line, p.col))
-        return Report(None, errors, [])
 
 
 def check_text(
@@ -590,10 +462,10 @@ class _Checker:
                     at_key=True,
                 )
                 continue
-            types, expected = _TOOL_TYPES.get(key, ((object,), ""))
+            types, expected = TOOL_TYPES.get(key, ((object,), ""))
             if not isinstance(raw, types) and not _is_template(raw) and raw is not None:
                 self._wrong(where, key, expected, raw)
-        needs = _TOOL_NEEDS.get(kind, ())
+        needs = TOOL_NEEDS.get(kind, ())
         if needs and not any(tool.get(key) is not None for key in needs):
             wanted = " or ".join(f"`{key}`" for key in needs)
             self._error(path, f"the `{kind}` tool needs {wanted}", at_key=True)
