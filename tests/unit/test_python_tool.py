@@ -508,7 +508,8 @@ async def test_event_loop_stays_responsive_during_cpu_bound_code(tool: PythonToo
         await run(tool, "import time\nend = time.time() + 0.5\nwhile time.time() < end:\n    pass")
     finally:
         task.cancel()
-    assert ticks >= 20
+    # A blocked loop would tick at most once; a loaded machine still ticks several times.
+    assert ticks >= 5
 
 
 async def test_aclose_leaves_no_worker_processes() -> None:
