@@ -180,10 +180,21 @@ def _load_or_exit(file: str) -> dsl.Playbook:
     envvar="NOETL_API_PORT",
     help="Port of the REST API (default 8082; 0 picks a free one).",
 )
-def up(roles: tuple[str, ...], api_port: int | None) -> None:
+@click.option(
+    "--api-host",
+    envvar="NOETL_API_HOST",
+    help="Address the REST API listens on (default 127.0.0.1 without a token, else all).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="NOETL_API_INSECURE",
+    help="Serve the API without a token on a non-loopback address anyway.",
+)
+def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insecure: bool) -> None:
     """Start the mesh (and the REST API) and run until SIGTERM/SIGINT, then drain."""
     from actors.mesh import Mesh
-    from noetl.api import ApiServer
+    from noetl.api import ApiServer, allowed_hosts
 
     chosen = (*ROLES, "api") if not roles or "all" in roles else roles
     config = settings()
@@ -194,13 +205,24 @@ def up(roles: tuple[str, ...], api_port: int | None) -> None:
         api = None
         if "api" in chosen:
             port = client.settings.api_port if api_port is None else api_port
-            api = ApiServer(client, port=port, token=client.settings.api_token)
+            api = ApiServer(
+                client,
+                host=api_host or client.settings.api_host,
+                port=port,
+                token=client.settings.api_token,
+                insecure=insecure or client.settings.api_insecure,
+                allowed_hosts=allowed_hosts(client.settings.api_allowed_hosts),
+            )
             await api.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        serving = f"; REST API on port {api.port}" if api is not None else ""
+        serving = ""
+        if api is not None:
+            serving = f"; REST API on {api.host}:{api.port}"
+            if api.open:
+                serving += " (no token: set NOETL_API_TOKEN to require one)"
         say(f"noetl: mesh up ({', '.join(mesh.roles) or 'no actors'}){serving}; Ctrl-C stops it")
         await stop.wait()
         say("noetl: draining")

@@ -20,6 +20,12 @@ class Settings(msgspec.Struct, kw_only=True):
     nats_url: str | None = None
     pg_dsn: str | None = None
     api_port: int = 8082
+    # Where the API listens: 127.0.0.1 without a token, every address with one (default).
+    api_host: str | None = None
+    # Serve without a token on a non-loopback address anyway.
+    api_insecure: bool = False
+    # Host names the API answers to (comma-separated; empty: any): stops DNS rebinding.
+    api_allowed_hosts: str = ""
     partitions: int = 8
     # Replicas of every JetStream stream: 1 on one server, 3 on a 3-node cluster.
     js_replicas: int = 1

@@ -78,19 +78,25 @@ def make_app(
     sql: bool | None = None,
     sql_timeout: float = 30.0,
     sql_rows: int = 1000,
+    allowed_hosts: frozenset[str] = frozenset(),
 ) -> web.Application:
     """The API application over `client`. With `token`, every `/api` route but the probes and
     the OpenAPI document requires `Authorization: Bearer <token>` (`/health` and `/metrics`
-    never do). `sql` turns `/api/postgres/execute` on (default: `NOETL_API_SQL=on`); it
-    still needs the token; each statement runs at most `sql_timeout` seconds and answers at
-    most `sql_rows` rows."""
+    never do). Requests a web page could forge are refused (`middleware.guard`), and with
+    `allowed_hosts`, so are requests naming another host. `sql` turns `/api/postgres/execute`
+    on (default: `NOETL_API_SQL=on`); it still needs the token; each statement runs at most
+    `sql_timeout` seconds and answers at most `sql_rows` rows."""
     if sql is None:
         sql = os.environ.get("NOETL_API_SQL", "off").strip().lower() == "on"
     routes, streams, _ = route_table(
         client, token=token, sql=sql, sql_timeout=sql_timeout, sql_rows=sql_rows
     )
     public = frozenset(r.path for r in routes if r.public)
-    middlewares: list[Middleware] = [middleware.count_requests, middleware.errors]
+    middlewares: list[Middleware] = [
+        middleware.count_requests,
+        middleware.errors,
+        middleware.guard(allowed_hosts),
+    ]
     if token:
         middlewares.append(middleware.auth(token, public))
     app = web.Application(middlewares=middlewares)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Final
 
 import nats.errors
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from yarl import URL
 
 from noetl.api.common import ApiError, json_response
 from noetl.api.schemas import ErrorBody
 from noetl.errors import CatalogError, ExecutionNotFound, NoetlError, PlaybookError, StoreError
 from noetl.metrics import HTTP_REQUESTS
 
-__all__ = ["auth", "count_requests", "errors"]
+__all__ = ["auth", "count_requests", "errors", "guard"]
 
 log = logging.getLogger("noetl.api")
 
@@ -86,6 +88,61 @@ def auth(token: str, public: frozenset[str]) -> Middleware:
         return await handler(request)
 
     return check
+
+
+_UNSAFE: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What a browser may send across origins without asking first (a "simple" request) is
+# form data or text; a state-changing request from a page must be JSON or YAML instead.
+_BROWSER_BODY: Final = frozenset(
+    {"application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+)
+
+
+def guard(allowed_hosts: frozenset[str]) -> Middleware:
+    """Refuse what a web page could make a browser send: a request naming another `Host`
+    than those allowed (when `allowed_hosts` is set: DNS rebinding), and a state-changing
+    request from another origin, or from a page in a form or text body.
+
+    Browsers send `Origin` with every POST, PUT, PATCH and DELETE; scripts and CLIs (curl,
+    NoETL's clients) do not, and may send any content type, as NoETL's examples do.
+    """
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = (request.host or "").lower()
+        if allowed_hosts and _hostname(host) not in allowed_hosts:
+            raise ApiError(400, "the request's Host is not one this API serves")
+        if request.method in _UNSAFE:
+            origin = request.headers.get("Origin")
+            fetch_site = request.headers.get("Sec-Fetch-Site", "").lower()
+            if fetch_site == "cross-site" or (origin is not None and not _same(origin, host)):
+                raise ApiError(403, "cross-origin request refused")
+            if (
+                origin is not None
+                and request.can_read_body
+                and request.content_type not in _BROWSER_BODY
+            ):
+                raise ApiError(415, "a request from a page must send JSON or YAML")
+        return await handler(request)
+
+    return check
+
+
+def _hostname(host: str) -> str:
+    """`host` without its port (`[::1]:8082` -> `::1`)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _same(origin: str, host: str) -> bool:
+    """Whether `origin` (`scheme://host[:port]`) names the host the request was sent to."""
+    url = URL(origin)
+    if origin == "null" or not url.is_absolute() or url.host is None:
+        return False
+    port = "" if url.explicit_port is None else f":{url.explicit_port}"
+    name = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{name}{port}".lower() == host or url.host.lower() == host
 
 
 @web.middleware

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from noetl.api.app import make_app
 from noetl.client import Client
 from noetl.errors import ConfigError
 
-__all__ = ["ApiServer"]
+__all__ = ["ApiServer", "allowed_hosts"]
 
 log = logging.getLogger("noetl.api")
 
@@ -19,14 +20,32 @@ _SHUTDOWN_SECONDS = 5.0
 
 
 class ApiServer:
-    """The API gateway listening on `host`:`port` (`port=0` picks a free port)."""
+    """The API gateway listening on `host`:`port` (`port=0` picks a free port).
+
+    Without a token it listens on loopback only, and refuses any other address unless
+    `insecure`: anyone who reaches an open API runs code on the runners. With a token it
+    listens on every address by default.
+    """
 
     def __init__(
-        self, client: Client, *, host: str = "0.0.0.0", port: int = 8082, token: str | None = None
+        self,
+        client: Client,
+        *,
+        host: str | None = None,
+        port: int = 8082,
+        token: str | None = None,
+        insecure: bool = False,
+        allowed_hosts: frozenset[str] = frozenset(),
     ) -> None:
-        self.host = host
+        self.host = host or ("0.0.0.0" if token else "127.0.0.1")
+        if not token and not insecure and not _loopback(self.host):
+            raise ConfigError(
+                f"the API would serve anyone who reaches {self.host} without a token: set "
+                "NOETL_API_TOKEN, listen on 127.0.0.1, or pass --insecure to accept it"
+            )
         self.port = port
-        self._app = make_app(client, token=token)
+        self.open = not token
+        self._app = make_app(client, token=token, allowed_hosts=allowed_hosts)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -48,9 +67,31 @@ class ApiServer:
         # port of its own, and the first is reported.
         self.port = int(runner.addresses[0][1])
         log.info("API listening on %s:%d", self.host, self.port)
+        if self.open:
+            log.warning(
+                "the API has no token (NOETL_API_TOKEN): whoever reaches %s:%d may run code",
+                self.host,
+                self.port,
+            )
 
     async def stop(self) -> None:
         """Stop listening, end open streams and wait briefly for running requests."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(setting: str) -> frozenset[str]:
+    """The host names of `NOETL_API_ALLOWED_HOSTS` (comma-separated, ports ignored)."""
+    return frozenset(
+        name.strip().lower().rsplit(":", 1)[0] for name in setting.split(",") if name.strip()
+    )
