@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from noetl.bus import Bus
-from noetl.local import nats_server_binary
+from noetl.servers.nats import nats_server_binary
 from tests.support.services import free_port, stop_process
 
 CLUSTER = "noetl-test"
