@@ -34,9 +34,8 @@ from noetl.bus import (
     partition_of,
 )
 from noetl.config import Settings
-from noetl.engine import Decision, Engine, Event, ExecutionState, replay
+from noetl.engine import Decision, Engine, Event, ExecutionState, refuse_start, replay
 from noetl.engine import events as ev
-from noetl.engine.decide import refuse_start
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
     CancelExecution,

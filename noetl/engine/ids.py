@@ -1,10 +1,20 @@
-"""Deterministic identifiers: the same decision always names its commands the same way."""
+"""Deterministic identifiers and keys: every id and dedup key format, each built here once.
+
+The same decision always names its commands, messages and events the same way, which is
+what makes every publish (`Nats-Msg-Id`) and every write (`UNIQUE (execution_id,
+dedup_key)`) idempotent. These formats are stored in the event table and travel on the
+wire: changing one breaks the replay of stored executions and the dedup of messages in
+flight, so they only ever gain new functions.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import time
+from typing import Final
+
+# -- ids ----------------------------------------------------------------------------------
 
 
 def command_id(
@@ -15,7 +25,8 @@ def command_id(
     index: int | None = None,
     phase: str = "tool",
 ) -> str:
-    """The id of one tool call: stable across replays, unique within the mesh.
+    """The id of one tool call: stable across replays, unique within the mesh. It is also
+    the command message's dedup id.
 
     `index` is the loop item or page; `phase` tells a sink run apart from the tool call.
     """
@@ -38,3 +49,99 @@ def new_execution_id() -> int:
     """
     millis = int(time.time() * 1000)
     return (millis << 22) | int.from_bytes(os.urandom(3), "big") & 0x3FFFFF
+
+
+# -- message dedup ids (Nats-Msg-Id) ----------------------------------------------------------
+
+
+def start_id(execution_id: int) -> str:
+    """A StartExecution: one start per execution, whoever sends it."""
+    return f"start:{execution_id}"
+
+
+def cancel_id(execution_id: int) -> str:
+    """A CancelExecution: one cancellation per execution."""
+    return f"cancel:{execution_id}"
+
+
+def outcome_id(command_id: str) -> str:
+    """A command's outcome (CommandCompleted or CommandFailed): one per command."""
+    return f"{command_id}:outcome"
+
+
+def child_ended_id(child_execution_id: int) -> str:
+    """The ChildCompleted a child execution sends its parent when it ends."""
+    return f"child:{child_execution_id}"
+
+
+def timer_id(execution_id: int, name: str) -> str:
+    """The Timer message firing timer `name` of an execution."""
+    return f"timer:{execution_id}:{name}"
+
+
+def wake_id(execution_id: int, seq: int) -> str:
+    """The reconciler's Wake of an execution at version `seq` (one per version)."""
+    return f"wake:{execution_id}:{seq}"
+
+
+# -- timer names --------------------------------------------------------------------------
+
+EXECUTION_TIMEOUT: Final = "execution.timeout"
+
+
+def retry_timer(command_id: str) -> str:
+    """The timer that issues the next attempt after command `command_id` failed."""
+    return f"retry:{command_id}"
+
+
+# -- event dedup keys (unique per execution) --------------------------------------------------
+
+EXECUTION_STARTED_KEY: Final = "execution.started"
+# completed, failed and cancelled share it: an execution ends once.
+EXECUTION_ENDED_KEY: Final = "execution.ended"
+TIMER_FIRED_PREFIX: Final = "timer.fired:"
+
+
+def step_started_key(step: str, activation: int) -> str:
+    """step.started of one activation of a step."""
+    return f"step.started:{step}:{activation}"
+
+
+def step_completed_key(step: str, activation: int) -> str:
+    """step.completed of one activation of a step."""
+    return f"step.completed:{step}:{activation}"
+
+
+def step_failed_key(step: str, activation: int) -> str:
+    """step.failed of one activation of a step."""
+    return f"step.failed:{step}:{activation}"
+
+
+def step_item_key(command_id: str) -> str:
+    """step.item: the end of the loop item, page or `case` call that `command_id` ran."""
+    return f"step.item:{command_id}"
+
+
+def command_issued_key(command_id: str) -> str:
+    """command.issued of one command."""
+    return f"command.issued:{command_id}"
+
+
+def timer_scheduled_key(name: str) -> str:
+    """timer.scheduled of timer `name`."""
+    return f"timer.scheduled:{name}"
+
+
+def timer_fired_key(name: str) -> str:
+    """timer.fired of timer `name` (the store finds pending timers by it)."""
+    return f"{TIMER_FIRED_PREFIX}{name}"
+
+
+def started_key(command_id: str) -> str:
+    """The runner's command.started of a command."""
+    return f"started:{command_id}"
+
+
+def outcome_key(command_id: str) -> str:
+    """Shared by command.completed and command.failed: one outcome per command."""
+    return f"outcome:{command_id}"

@@ -776,6 +776,9 @@ def test_case_retry_with_new_params_and_collect() -> None:
     state = sim.run()
     assert state.status == "completed"
     assert state.variables["pages"] == [1, 10, 2, 20, 3, 30]
+    # One engine serves every execution of its version: the second run collects the same
+    # (a rule's `set` without templates must not keep what the first run collected).
+    assert Sim(engine, api).run().variables["pages"] == [1, 10, 2, 20, 3, 30]
     assert [c.overrides for c in sim.issued if c.step == "start"] == [
         {},
         {"params": {"page": 2}},
