@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from actors.base import Actor
-from noetl import blobs, dsl
+from noetl import blobs, dsl, keys
 from noetl.bus import (
     CMD_STREAM,
     EXEC_STREAM,
@@ -40,6 +40,7 @@ from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConfl
 from noetl.messages import (
     CancelExecution,
     CommandCompleted,
+    CommandContext,
     CommandFailed,
     CommandIssued,
     ExecMessage,
@@ -51,7 +52,7 @@ from noetl.messages import (
     encode,
 )
 from noetl.metrics import EXECUTIONS_ENDED, EXECUTIONS_STARTED
-from noetl.store import Projection, Store, outcome_key
+from noetl.store import Projection, Store
 from plugins.registry import known_kinds
 
 # How many times a decision is retried after losing a race with another coordinator.
@@ -379,7 +380,7 @@ class CoordinatorHost(Actor):
         for child_id in decision.cancel_children:
             cancel = CancelExecution(
                 execution_id=child_id,
-                dedup_id=f"cancel:{child_id}",
+                dedup_id=keys.cancel_id(child_id),
                 at=now,
                 reason=f"parent execution {execution_id} ended",
             )
@@ -425,7 +426,8 @@ class CoordinatorHost(Actor):
             if len(data) > self.settings.large_result_bytes:
                 # Too big for a message (a loop's results going to its sink, say): the
                 # context travels as a stored value and the runner fetches it.
-                command.context = await self.store.put_blob(blobs.encode(command.context))
+                stored = await self.store.put_blob(blobs.encode(command.context))
+                command.context = CommandContext.stored(stored)
                 data = encode(command)
             payloads.append((command.command_id, data))
         await asyncio.gather(*(self.bus.publish(pool, data, cid) for cid, data in payloads))
@@ -481,7 +483,7 @@ class CoordinatorHost(Actor):
         lost: list[CommandIssued] = []
         commands_in_flight = (await self.bus.js.stream_info(CMD_STREAM)).state.messages
         for command_id, pending in state.pending.items():
-            outcome = await self.store.find_event(execution_id, outcome_key(command_id))
+            outcome = await self.store.find_event(execution_id, keys.outcome_key(command_id))
             if outcome is None:
                 # Only when no command message exists anywhere can this one be lost: one
                 # still in the stream is being run or will be redelivered.
@@ -492,7 +494,7 @@ class CoordinatorHost(Actor):
             if outcome.type == ev.COMMAND_COMPLETED:
                 message = CommandCompleted(
                     execution_id=execution_id,
-                    dedup_id=f"{command_id}:outcome",
+                    dedup_id=keys.outcome_id(command_id),
                     command_id=command_id,
                     step=pending.step,
                     result=(outcome.payload or {}).get("result"),
@@ -500,14 +502,14 @@ class CoordinatorHost(Actor):
             else:
                 message = CommandFailed(
                     execution_id=execution_id,
-                    dedup_id=f"{command_id}:outcome",
+                    dedup_id=keys.outcome_id(command_id),
                     command_id=command_id,
                     step=pending.step,
                     error=outcome.error or {},
                 )
             await self.bus.publish(reply_to, encode(message), message.dedup_id)
         if not state.pending and not state.timers:
-            wake = Wake(execution_id=execution_id, dedup_id=f"wake:{execution_id}:{state.seq}")
+            wake = Wake(execution_id=execution_id, dedup_id=keys.wake_id(execution_id, state.seq))
             await self.bus.publish(reply_to, encode(wake), wake.dedup_id)
         await self.publish_commands(lost, reply_to)
         for child in engine.pending_children(state):
@@ -572,7 +574,7 @@ class TimerWheel:
             self._known.discard((execution_id, name))
             timer = Timer(
                 execution_id=execution_id,
-                dedup_id=f"timer:{execution_id}:{name}",
+                dedup_id=keys.timer_id(execution_id, name),
                 at=time.time(),
                 name=name,
             )

@@ -6,14 +6,20 @@ message can be rebuilt at any time (republishing after a crash) and comes out th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from noetl import render
-from noetl.engine import ids
+from noetl import keys, render
 from noetl.engine.context import item_locals, loop_result, template_context
+from noetl.engine.events import TERMINAL_STATUSES
 from noetl.engine.plan import Plan
 from noetl.engine.state import ExecutionState
-from noetl.messages import ChildCompleted, CommandIssued, StartExecution
+from noetl.messages import (
+    ChildCompleted,
+    CommandContext,
+    CommandIssued,
+    StartExecution,
+    TerminalStatus,
+)
 
 
 def command_message(plan: Plan, state: ExecutionState, command_id: str) -> CommandIssued:
@@ -40,15 +46,12 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
             )
         )
     steps = state.steps
-    context: dict[str, Any] = {
-        "workload": state.workload,
-        "vars": state.variables,
-        "steps": {
-            n: steps[n].result for n in names if n in steps and steps[n].status == "completed"
-        },
-    }
-    if locals_:
-        context["locals"] = locals_
+    context = CommandContext(
+        workload=state.workload,
+        vars=state.variables,
+        steps={n: steps[n].result for n in names if n in steps and steps[n].status == "completed"},
+        locals=locals_ or None,
+    )
     return CommandIssued(
         execution_id=state.execution_id,
         dedup_id=command_id,
@@ -90,7 +93,7 @@ def child_message(plan: Plan, state: ExecutionState, command_id: str) -> StartEx
     version = render.render(tool.get("version"), context, where=f"{where} tool.version")
     return StartExecution(
         execution_id=pending.child,
-        dedup_id=ids.start_id(pending.child),
+        dedup_id=keys.start_id(pending.child),
         path=str(render.render(tool["path"], context, where=f"{where} tool.path")),
         version=None if version in (None, "") else int(version),
         workload=rendered,
@@ -108,13 +111,14 @@ def parent_notice(state: ExecutionState, now: float) -> ChildCompleted:
         returned = state.steps.get(state.return_step)
         result = returned.result if returned is not None else None
     assert state.parent_execution_id is not None and state.parent_command_id is not None
+    assert state.status in TERMINAL_STATUSES
     return ChildCompleted(
         execution_id=state.parent_execution_id,
-        dedup_id=ids.child_ended_id(state.execution_id),
+        dedup_id=keys.child_ended_id(state.execution_id),
         at=now,
         command_id=state.parent_command_id,
         child_execution_id=state.execution_id,
-        status=state.status,
+        status=cast(TerminalStatus, state.status),
         result=result,
         error=state.error,
     )

@@ -11,12 +11,19 @@ from typing import Any
 
 import msgspec
 
+from noetl import keys
 from noetl.engine import events as ev
-from noetl.engine import ids
 from noetl.engine.commands import parent_notice
 from noetl.engine.events import Event
+from noetl.engine.payloads import ExecutionEnded, ExecutionStarted, plain
 from noetl.engine.state import ExecutionState, TimerState, fold
-from noetl.messages import ChildCompleted, CommandIssued, StartExecution
+from noetl.messages import (
+    ChildCompleted,
+    CommandIssued,
+    ErrorInfo,
+    StartExecution,
+    TerminalStatus,
+)
 
 
 class Decision(msgspec.Struct, kw_only=True):
@@ -54,15 +61,22 @@ class Emitter:
         self.timers: list[TimerState] = []
         self.duplicate = False
 
-    def emit(self, event: Event) -> None:
-        """Give `event` the next version and fold it into the state."""
+    def emit(self, event: Event, payload: msgspec.Struct | None = None) -> None:
+        """Give `event` the next version and its typed `payload` (see payloads.py), and
+        fold it into the state."""
         self.state.seq += 1
         event.version = self.state.seq
+        if payload is not None:
+            event.payload = plain(payload)
         self.events.append(event)
-        fold(self.state, event)
+        fold(self.state, event, payload)
 
     def end_execution(
-        self, status: str, *, error: dict[str, Any] | None = None, result: Any = None
+        self,
+        status: TerminalStatus,
+        *,
+        error: ErrorInfo | None = None,
+        result: Any = None,
     ) -> None:
         """Record the execution's end (completed, failed or cancelled)."""
         kind = {
@@ -73,11 +87,11 @@ class Emitter:
         self.emit(
             Event(
                 type=kind,
-                dedup_key=ids.EXECUTION_ENDED_KEY,
+                dedup_key=keys.EXECUTION_ENDED_KEY,
                 status=status,
-                payload={"result": result} if status == "completed" else None,
-                error=error,
-            )
+                error=None if error is None else error.record(),
+            ),
+            ExecutionEnded(result=result) if status == "completed" else None,
         )
 
     def decision(self) -> Decision:
@@ -116,16 +130,16 @@ def refuse_start(state: ExecutionState, message: StartExecution, reason: str) ->
     run.emit(
         Event(
             type=ev.EXECUTION_STARTED,
-            dedup_key=ids.EXECUTION_STARTED_KEY,
+            dedup_key=keys.EXECUTION_STARTED_KEY,
             status="running",
-            payload={
-                "path": message.path,
-                "version": message.version or 0,
-                "workload": {},
-                "parent_execution_id": message.parent_execution_id,
-                "parent_command_id": message.parent_command_id,
-            },
-        )
+        ),
+        ExecutionStarted(
+            path=message.path,
+            version=message.version or 0,
+            workload={},
+            parent_execution_id=message.parent_execution_id,
+            parent_command_id=message.parent_command_id,
+        ),
     )
-    run.end_execution("failed", error={"type": "catalog", "message": reason})
+    run.end_execution("failed", error=ErrorInfo(type="catalog", message=reason))
     return run.decision()

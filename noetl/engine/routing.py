@@ -11,6 +11,7 @@ from typing import Any
 
 from noetl import render
 from noetl.dsl import Edge, Else, When
+from noetl.engine.payloads import Route
 from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState
 from noetl.errors import RenderError
@@ -19,17 +20,15 @@ END = "end"
 START = "start"
 
 
-def edges(targets: list[Edge], context: Mapping[str, Any]) -> list[dict[str, Any]]:
+def edges(targets: list[Edge], context: Mapping[str, Any]) -> list[Route]:
     """Routes to `targets`, each with its args rendered in `context`."""
     return [
-        {"step": e.step, "args": render.render(e.args, context, where=f"-> {e.step} args")}
+        Route(step=e.step, args=render.render(e.args, context, where=f"-> {e.step} args"))
         for e in targets
     ]
 
 
-def routes(
-    plan: Plan, step: StepPlan, context: Mapping[str, Any], *, failed: bool
-) -> list[dict[str, Any]]:
+def routes(plan: Plan, step: StepPlan, context: Mapping[str, Any], *, failed: bool) -> list[Route]:
     """Where the step goes next, with each edge's rendered args.
 
     On success every entry is evaluated in order (unconditional edges always fire, the
@@ -64,10 +63,10 @@ def routes(
     if not failed and not routes_somewhere and plan.has_end and step.name != END:
         fired.append(Edge(step=END))
     return [
-        {
-            "step": edge.step,
-            "args": render.render(edge.args, context, where=f"{where} -> {edge.step} args"),
-        }
+        Route(
+            step=edge.step,
+            args=render.render(edge.args, context, where=f"{where} -> {edge.step} args"),
+        )
         for edge in fired
     ]
 

@@ -10,19 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
+from msgspec import UNSET
 
-from noetl import render
+from noetl import keys, render
 from noetl.engine import events as ev
-from noetl.engine import ids, routing, rules
+from noetl.engine import routing, rules
 from noetl.engine.context import loop_result
 from noetl.engine.events import Event
 from noetl.engine.iteration import backoff_delay, deep_merge
+from noetl.engine.payloads import ExecutionStarted, Route, RuleCall, StepItem, TimerFired
 from noetl.engine.plan import StepPlan
 from noetl.engine.state import PendingCommand, TimerState
 from noetl.engine.steps import StepRun
 from noetl.errors import RenderError
-from noetl.messages import CancelExecution, ChildCompleted, StartExecution
+from noetl.messages import CancelExecution, ChildCompleted, ErrorInfo, StartExecution
 
 
 class Run(StepRun):
@@ -34,44 +35,40 @@ class Run(StepRun):
             self.duplicate = True
             return
         plan = self.plan
+        restored = message.restore
         failure = None
         try:
             workload = self._workload(message.workload)
         except RenderError as exc:
             workload = dict(message.workload)
-            failure = {"type": "render", "message": str(exc)}
+            failure = ErrorInfo(type="render", message=str(exc))
         if (
             failure is None
             and message.return_step is not None
             and message.return_step not in plan.steps
         ):
-            failure = {
-                "type": "return_step",
-                "message": f"return_step `{message.return_step}` is not a step of "
+            failure = ErrorInfo(
+                type="return_step",
+                message=f"return_step `{message.return_step}` is not a step of "
                 f"playbook `{plan.path}`",
-            }
+            )
         self.emit(
             Event(
                 type=ev.EXECUTION_STARTED,
-                dedup_key=ids.EXECUTION_STARTED_KEY,
+                dedup_key=keys.EXECUTION_STARTED_KEY,
                 status="running",
-                payload={
-                    "path": plan.path,
-                    "version": plan.version,
-                    "workload": workload,
-                    "parent_execution_id": message.parent_execution_id,
-                    "parent_command_id": message.parent_command_id,
-                    "return_step": message.return_step,
-                    **(
-                        {"restarted_from": message.restarted_from, "restore": message.restore}
-                        if message.restore is not None
-                        else {}
-                    ),
-                    "routes": []
-                    if failure or message.restore is not None
-                    else [{"step": routing.START, "args": {}}],
-                },
-            )
+            ),
+            ExecutionStarted(
+                path=plan.path,
+                version=plan.version,
+                workload=workload,
+                parent_execution_id=message.parent_execution_id,
+                parent_command_id=message.parent_command_id,
+                return_step=message.return_step,
+                restarted_from=UNSET if restored is None else message.restarted_from,
+                restore=UNSET if restored is None else restored,
+                routes=[] if failure or restored is not None else [Route(step=routing.START)],
+            ),
         )
         if failure is not None:
             self.end_execution("failed", error=failure)
@@ -80,7 +77,7 @@ class Run(StepRun):
         if timeout:
             self._schedule(
                 TimerState(
-                    name=ids.EXECUTION_TIMEOUT,
+                    name=keys.EXECUTION_TIMEOUT,
                     due_at=self.now + timeout,
                     action="execution_timeout",
                 )
@@ -123,7 +120,7 @@ class Run(StepRun):
         pending = self._pending(command_id)
         if pending is None:
             return
-        failure = {"type": "error", "message": "the tool failed", **error}
+        failure = ErrorInfo.of(error, type="error", message="the tool failed")
         if self._retry(command_id, pending, failure):
             return
         step = self.plan.steps[pending.step]
@@ -144,13 +141,15 @@ class Run(StepRun):
         child_error = message.error or {}
         self.failed(
             message.command_id,
-            {
-                "type": "child",
-                "message": f"child execution {message.child_execution_id} "
+            ErrorInfo(
+                type="child",
+                message=f"child execution {message.child_execution_id} "
                 f"{message.status}: {child_error.get('message', '')}".rstrip(": "),
-                "child_execution_id": str(message.child_execution_id),
-                "child_error": child_error,
-            },
+                details={
+                    "child_execution_id": str(message.child_execution_id),
+                    "child_error": child_error,
+                },
+            ).record(),
         )
 
     def timer(self, name: str) -> None:
@@ -166,7 +165,7 @@ class Run(StepRun):
         if not self.state.running:
             self.duplicate = True
             return
-        self.end_execution("cancelled", error={"type": "cancelled", "message": message.reason})
+        self.end_execution("cancelled", error=ErrorInfo(type="cancelled", message=message.reason))
 
     def wake(self) -> None:
         """Re-examine the execution (the reconciler's nudge): a duplicate if nothing moves."""
@@ -197,10 +196,10 @@ class Run(StepRun):
         self.emit(
             Event(
                 type=ev.TIMER_SCHEDULED,
-                dedup_key=ids.timer_scheduled_key(timer.name),
+                dedup_key=keys.timer_scheduled_key(timer.name),
                 step=timer.step,
-                payload=msgspec.to_builtins(timer),
-            )
+            ),
+            timer,
         )
         self.timers.append(timer)
 
@@ -208,14 +207,15 @@ class Run(StepRun):
         self.emit(
             Event(
                 type=ev.TIMER_FIRED,
-                dedup_key=ids.timer_fired_key(timer.name),
+                dedup_key=keys.timer_fired_key(timer.name),
                 step=timer.step,
-                payload={"name": timer.name},
-            )
+            ),
+            TimerFired(name=timer.name),
         )
         if timer.action == "execution_timeout":
             self.end_execution(
-                "failed", error={"type": "timeout", "message": "the execution ran past its timeout"}
+                "failed",
+                error=ErrorInfo(type="timeout", message="the execution ran past its timeout"),
             )
             return
         retry = timer.retry
@@ -230,8 +230,9 @@ class Run(StepRun):
             overrides=retry.get("overrides") or {},
         )
 
-    def _retry(self, command_id: str, pending: PendingCommand, error: dict[str, Any]) -> bool:
+    def _retry(self, command_id: str, pending: PendingCommand, failure: ErrorInfo) -> bool:
         """Schedule the next attempt if the step's retry policy wants one."""
+        error = failure.record()
         step = self.plan.steps[pending.step]
         policy = step.retry
         if policy is None or pending.attempt >= policy.max_attempts or pending.child:
@@ -254,7 +255,7 @@ class Run(StepRun):
             float(retry_after) if isinstance(retry_after, int | float) else None,
         )
         timer = TimerState(
-            name=ids.retry_timer(command_id),
+            name=keys.retry_timer(command_id),
             due_at=self.now + delay,
             action="retry",
             step=pending.step,
@@ -282,10 +283,11 @@ class Run(StepRun):
         command_id: str,
         pending: PendingCommand,
         result: Any,
-        error: dict[str, Any] | None,
+        failure: ErrorInfo | None,
     ) -> bool:
         """Apply the first rule matching the call's end (`call.done` / `call.error`);
         False when none matches."""
+        error = None if failure is None else failure.record()
         event = "call.done" if error is None else "call.error"
         result = self.value(result)
         extra = rules.rule_extra(result, error, event)
@@ -304,19 +306,19 @@ class Run(StepRun):
             routes = routing.edges(then.next, context)
         except (RenderError, KeyError) as exc:
             message = rules.collect_error(step, index, exc)
-            self.fail_step(step.name, command_id, {"type": "case", "message": message})
+            self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))
             return True
         if then.retry:
             call = pending.index or 0
             self.emit(
                 Event(
                     type=ev.STEP_ITEM,
-                    dedup_key=ids.step_item_key(command_id),
+                    dedup_key=keys.step_item_key(command_id),
                     step=step.name,
                     command_id=command_id,
-                    payload={"index": call, "vars": updates, "rule": index},
                     error=error,
-                )
+                ),
+                StepItem(index=call, vars=updates, rule=index),
             )
             self.issue(
                 step.name,
@@ -327,18 +329,18 @@ class Run(StepRun):
                 overrides=deep_merge(pending.overrides, overrides),
             )
             return True
-        if error is not None:
-            self.fail_step(step.name, command_id, error, handled=routes, updates=updates)
+        if failure is not None:
+            self.fail_step(step.name, command_id, failure, handled=routes, updates=updates)
             return True
         if then.sink is not None:
             self.emit(
                 Event(
                     type=ev.STEP_ITEM,
-                    dedup_key=ids.step_item_key(command_id),
+                    dedup_key=keys.step_item_key(command_id),
                     step=step.name,
                     command_id=command_id,
-                    payload={"index": pending.index or 0, "vars": updates, "rule": index},
-                )
+                ),
+                StepItem(index=pending.index or 0, vars=updates, rule=index),
             )
             self.issue(
                 step.name,
@@ -346,7 +348,7 @@ class Run(StepRun):
                 1,
                 {},
                 phase="sink",
-                data={"rule": index, "result": result},
+                data=RuleCall(rule=index, result=result),
             )
             return True
         self.complete_step(step, command_id, result, routes=routes, updates=updates)

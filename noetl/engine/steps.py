@@ -11,17 +11,30 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
-from noetl import blobs, render
+import msgspec
+
+from noetl import blobs, keys, render
 from noetl.engine import events as ev
-from noetl.engine import ids, routing, rules
+from noetl.engine import routing, rules
 from noetl.engine.commands import child_message, command_message
 from noetl.engine.context import loop_result, template_context
 from noetl.engine.emitter import Emitter
 from noetl.engine.events import Event
 from noetl.engine.loops import loop_failure, loop_items, page_outcome
+from noetl.engine.payloads import (
+    CommandIssuedPayload,
+    Paginate,
+    Route,
+    RuleCall,
+    StepCompleted,
+    StepFailed,
+    StepItem,
+    StepStarted,
+)
 from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState, PendingCommand
 from noetl.errors import RenderError
+from noetl.messages import ErrorInfo, Phase
 
 
 class StepRun(Emitter, ABC):
@@ -63,16 +76,16 @@ class StepRun(Emitter, ABC):
         step: StepPlan,
         *,
         result: Any,
-        error: dict[str, Any] | None,
+        error: ErrorInfo | None,
         variables: Mapping[str, Any],
         args: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Route]:
         """Where the step goes next (see `routing.routes`); `result` MISSING on failure."""
         extra: dict[str, Any] = {}
         if result is not render.MISSING:
             extra["result"] = result
         if error is not None:
-            extra["error"] = error
+            extra["error"] = error.record()
         context = self.context(args=args, extra=extra, variables=variables)
         return routing.routes(self.plan, step, context, failed=error is not None)
 
@@ -96,22 +109,22 @@ class StepRun(Emitter, ABC):
         for args in arrivals:
             edge_args.update(args)
         activation = self.state.step_state(name).activation + 1
-        payload: dict[str, Any] = {"activation": activation, "args": edge_args}
+        payload = StepStarted(activation=activation, args=edge_args)
         spec = step.loop
         failure = None
         if spec is not None and spec.paginate:
             assert step.step.loop is not None and step.step.loop.pagination is not None
-            payload["paginate"] = {"strategy": step.step.loop.pagination.merge_strategy}
+            payload.paginate = Paginate(strategy=step.step.loop.pagination.merge_strategy)
         elif spec is not None:
-            payload["items"], failure = loop_items(spec, name, self.context(args=edge_args))
+            payload.items, failure = loop_items(spec, name, self.context(args=edge_args))
         self.emit(
             Event(
                 type=ev.STEP_STARTED,
-                dedup_key=ids.step_started_key(name, activation),
+                dedup_key=keys.step_started_key(name, activation),
                 step=name,
                 status="running",
-                payload=payload,
-            )
+            ),
+            payload,
         )
         if failure is not None:
             self.fail_step(name, None, failure)
@@ -132,44 +145,45 @@ class StepRun(Emitter, ABC):
         args: dict[str, Any],
         *,
         index: int | None = None,
-        phase: str = "tool",
+        phase: Phase = "tool",
         overrides: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
+        data: RuleCall | None = None,
     ) -> None:
         """Record a command and build its message (a child start for a `playbook` call)."""
         step = self.plan.steps[name]
-        cid = ids.command_id(self.state.execution_id, name, activation, attempt, index, phase)
-        payload: dict[str, Any] = {
-            "activation": activation,
-            "attempt": attempt,
-            "args": args,
-            "kind": "sink" if phase == "sink" else step.kind,
-        }
+        cid = keys.command_id(self.state.execution_id, name, activation, attempt, index, phase)
+        payload = CommandIssuedPayload(
+            activation=activation,
+            attempt=attempt,
+            args=args,
+            kind="sink" if phase == "sink" else step.kind,
+        )
         if index is not None:
-            payload["index"] = index
+            payload.index = index
         if phase != "tool":
-            payload["phase"] = phase
+            payload.phase = phase
         if overrides:
-            payload["overrides"] = overrides
+            payload.overrides = overrides
         if data is not None:
-            payload["data"] = data
+            payload.data = data
         is_child = phase == "tool" and step.starts_child
         if is_child:
-            payload["child"] = ids.child_execution_id(cid)
+            payload.child = keys.child_execution_id(cid)
         self.emit(
             Event(
                 type=ev.COMMAND_ISSUED,
-                dedup_key=ids.command_issued_key(cid),
+                dedup_key=keys.command_issued_key(cid),
                 step=name,
                 command_id=cid,
-                payload=payload,
-            )
+            ),
+            payload,
         )
         if is_child:
             try:
                 self.children.append(child_message(self.plan, self.state, cid))
             except (RenderError, ValueError, KeyError) as exc:
-                self.failed(cid, {"type": "render", "message": f"step `{name}`: {exc}"})
+                failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
+                self.failed(cid, failure.record())
         else:
             self.commands.append(command_message(self.plan, self.state, cid))
 
@@ -197,7 +211,7 @@ class StepRun(Emitter, ABC):
         pending: PendingCommand,
         *,
         result: Any = None,
-        error: dict[str, Any] | None = None,
+        error: ErrorInfo | None = None,
         rows: int = 0,
     ) -> None:
         """Record one loop item's (or page's) end, then issue more or end the step."""
@@ -207,22 +221,22 @@ class StepRun(Emitter, ABC):
         if spec.paginate:
             self._page_done(step, command_id, pending, result, error, rows)
             return
-        payload: dict[str, Any] = {"index": pending.index}
+        payload = StepItem(index=pending.index)
         if error is None:
-            payload["result"] = result
+            payload.result = result
         elif spec.continue_on_error:
-            payload["tolerated"] = True
+            payload.tolerated = True
         if rows:
-            payload["rows"] = rows
+            payload.rows = rows
         self.emit(
             Event(
                 type=ev.STEP_ITEM,
-                dedup_key=ids.step_item_key(command_id),
+                dedup_key=keys.step_item_key(command_id),
                 step=step.name,
                 command_id=command_id,
-                payload=payload,
-                error=error,
-            )
+                error=None if error is None else error.record(),
+            ),
+            payload,
         )
         self.fill_loop(step)
         self.advance()
@@ -233,13 +247,13 @@ class StepRun(Emitter, ABC):
         command_id: str,
         pending: PendingCommand,
         response: Any,
-        error: dict[str, Any] | None,
+        error: ErrorInfo | None,
         rows: int,
     ) -> None:
         assert step.step.loop is not None and step.step.loop.pagination is not None
         index = pending.index
         assert index is not None
-        payload: dict[str, Any] = {"index": index}
+        payload = StepItem(index=index)
         next_overrides: dict[str, Any] | None = None
         if error is None:
             response = self.value(response)
@@ -252,23 +266,20 @@ class StepRun(Emitter, ABC):
                 pending.overrides,
                 per_page_sink=bool(step.step.sink and step.step.sink.get("per_page")),
             )
-            payload, next_overrides, error = (
-                outcome.payload,
-                outcome.next_overrides,
-                outcome.error,
-            )
+            payload.part, payload.capped = outcome.part, outcome.capped
+            next_overrides, error = outcome.next_overrides, outcome.error
         if rows:
-            payload["rows"] = rows
-        payload["last"] = next_overrides is None
+            payload.rows = rows
+        payload.last = next_overrides is None
         self.emit(
             Event(
                 type=ev.STEP_ITEM,
-                dedup_key=ids.step_item_key(command_id),
+                dedup_key=keys.step_item_key(command_id),
                 step=step.name,
                 command_id=command_id,
-                payload=payload,
-                error=error,
-            )
+                error=None if error is None else error.record(),
+            ),
+            payload,
         )
         if next_overrides is not None:
             self.issue(
@@ -296,10 +307,13 @@ class StepRun(Emitter, ABC):
             activation = self.state.step_state(step.name).activation
             self.issue(step.name, activation, 1, {}, phase="sink")
             return
-        extra: dict[str, Any] = {"sink": {"rows": loop.rows}} if step.per_item_sink else {}
-        if spec.paginate:
-            extra["pages"] = loop.done
-        self.complete_step(step, None, result, **extra)
+        self.complete_step(
+            step,
+            None,
+            result,
+            sink={"rows": loop.rows} if step.per_item_sink else None,
+            pages=loop.done if spec.paginate else None,
+        )
 
     # -- ending ------------------------------------------------------------------------
 
@@ -309,9 +323,9 @@ class StepRun(Emitter, ABC):
         command_id: str | None,
         result: Any,
         sink: dict[str, Any] | None = None,
-        routes: list[dict[str, Any]] | None = None,
+        routes: list[Route] | None = None,
         updates: dict[str, Any] | None = None,
-        **facts: Any,
+        pages: int | None = None,
     ) -> None:
         """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
         fired, else `step.exit` rules, else `next`)."""
@@ -326,26 +340,22 @@ class StepRun(Emitter, ABC):
             if routes is None:
                 routes = self.routes(step, result=shown, error=None, variables=variables)
         except RenderError as exc:
-            self.fail_step(step.name, command_id, {"type": "render", "message": str(exc)})
+            self.fail_step(step.name, command_id, ErrorInfo(type="render", message=str(exc)))
             return
-        payload: dict[str, Any] = {
-            "result": result,
-            "vars": variables,
-            "routes": routes,
-            "tool": True,
-            **facts,
-        }
+        payload = StepCompleted(result=result, vars=variables, routes=routes, tool=True)
+        if pages is not None:
+            payload.pages = pages
         if sink is not None:
-            payload["sink"] = sink
+            payload.sink = sink
         self.emit(
             Event(
                 type=ev.STEP_COMPLETED,
-                dedup_key=ids.step_completed_key(step.name, activation),
+                dedup_key=keys.step_completed_key(step.name, activation),
                 step=step.name,
                 command_id=command_id,
                 status="completed",
-                payload=payload,
-            )
+            ),
+            payload,
         )
         self.advance()
 
@@ -353,16 +363,17 @@ class StepRun(Emitter, ABC):
         self,
         name: str,
         command_id: str | None,
-        error: dict[str, Any],
+        error: ErrorInfo,
         *,
-        handled: list[dict[str, Any]] | None = None,
+        handled: list[Route] | None = None,
         updates: dict[str, Any] | None = None,
     ) -> None:
         """End a step that failed. `handled` are the routes of a `case` rule that matched
         the error (possibly none: the branch then ends without failing the execution)."""
         step = self.plan.steps[name]
         activation = self.state.step_state(name).activation
-        error = {"step": name, **error}
+        if error.step is None:
+            error = msgspec.structs.replace(error, step=name)
         routes = (
             handled
             if handled is not None
@@ -370,19 +381,19 @@ class StepRun(Emitter, ABC):
                 step, result=render.MISSING, error=error, variables=self.state.variables
             )
         )
-        payload: dict[str, Any] = {"routes": routes}
+        payload = StepFailed(routes=routes)
         if updates:
-            payload["vars"] = updates
+            payload.vars = updates
         self.emit(
             Event(
                 type=ev.STEP_FAILED,
-                dedup_key=ids.step_failed_key(name, activation),
+                dedup_key=keys.step_failed_key(name, activation),
                 step=name,
                 command_id=command_id,
                 status="failed",
-                payload=payload,
-                error=error,
-            )
+                error=error.record(),
+            ),
+            payload,
         )
         if not routes and handled is None:
             self.end_execution("failed", error=error)
@@ -397,21 +408,21 @@ class StepRun(Emitter, ABC):
             variables = self.step_vars(step, None, args=edge_args)
             routes = self.routes(step, result=None, error=None, variables=variables, args=edge_args)
         except RenderError as exc:
-            self.fail_step(step.name, None, {"type": "render", "message": str(exc)})
+            self.fail_step(step.name, None, ErrorInfo(type="render", message=str(exc)))
             return
         self.emit(
             Event(
                 type=ev.STEP_COMPLETED,
-                dedup_key=ids.step_completed_key(step.name, activation),
+                dedup_key=keys.step_completed_key(step.name, activation),
                 step=step.name,
                 status="completed",
-                payload={"result": None, "vars": variables, "routes": routes, "tool": False},
-            )
+            ),
+            StepCompleted(result=None, vars=variables, routes=routes, tool=False),
         )
 
     def _exit_rules(
         self, step: StepPlan, result: Any, variables: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    ) -> tuple[list[Route], dict[str, Any]] | None:
         """Routes of the first matching `step.exit` rule, and the vars with its `set`."""
         args = self.state.step_state(step.name).args
         seen = {**self.state.variables, **variables}
