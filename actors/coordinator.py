@@ -19,6 +19,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from actors.base import Actor
+from actors.outcome import outcome_message
 from noetl import blobs, dsl, keys
 from noetl.bus import (
     CMD_STREAM,
@@ -31,6 +32,7 @@ from noetl.bus import (
     encode_json,
     events_subject,
     exec_subject,
+    gave_up,
     partition_of,
 )
 from noetl.config import Settings
@@ -39,9 +41,7 @@ from noetl.engine import events as ev
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
     CancelExecution,
-    CommandCompleted,
     CommandContext,
-    CommandFailed,
     CommandIssued,
     ExecMessage,
     StartExecution,
@@ -162,14 +162,11 @@ class ExecutionActor:
     async def _retry_later(self, msg: Msg, exc: BaseException) -> None:
         """Have JetStream deliver the message again; a message that keeps failing is
         dead-lettered with the reason instead of looping forever."""
+        limit = self.host.settings.max_deliveries
+        if await self.host.bus.retry_later(msg, max_deliveries=limit):
+            return
         with contextlib.suppress(Exception):  # the connection may be gone: ack_wait covers it
-            limit = self.host.settings.max_deliveries
-            if msg.metadata.num_delivered >= limit:
-                await self.host.bus.dead_letter(
-                    msg, f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}"
-                )
-            else:
-                await msg.nak(delay=min(30.0, 2.0**msg.metadata.num_delivered))
+            await self.host.bus.dead_letter(msg, gave_up(limit, exc))
 
     async def _decide_all(
         self,
@@ -482,7 +479,7 @@ class CoordinatorHost(Actor):
         reply_to = exec_subject(partition_of(execution_id, self.settings.partitions))
         lost: list[CommandIssued] = []
         commands_in_flight = (await self.bus.js.stream_info(CMD_STREAM)).state.messages
-        for command_id, pending in state.pending.items():
+        for command_id in state.pending:
             outcome = await self.store.find_event(execution_id, keys.outcome_key(command_id))
             if outcome is None:
                 # Only when no command message exists anywhere can this one be lost: one
@@ -490,23 +487,7 @@ class CoordinatorHost(Actor):
                 if commands_in_flight == 0:
                     lost.append(engine.command_message(state, command_id))
                 continue
-            message: ExecMessage
-            if outcome.type == ev.COMMAND_COMPLETED:
-                message = CommandCompleted(
-                    execution_id=execution_id,
-                    dedup_id=keys.outcome_id(command_id),
-                    command_id=command_id,
-                    step=pending.step,
-                    result=(outcome.payload or {}).get("result"),
-                )
-            else:
-                message = CommandFailed(
-                    execution_id=execution_id,
-                    dedup_id=keys.outcome_id(command_id),
-                    command_id=command_id,
-                    step=pending.step,
-                    error=outcome.error or {},
-                )
+            message = outcome_message(execution_id, outcome, time.time())
             await self.bus.publish(reply_to, encode(message), message.dedup_id)
         if not state.pending and not state.timers:
             wake = Wake(execution_id=execution_id, dedup_id=keys.wake_id(execution_id, state.seq))

@@ -21,12 +21,14 @@ import msgspec
 from nats.aio.msg import Msg
 
 from actors.base import Actor
+from actors.outcome import outcome_message
 from noetl import blobs, keys, render
-from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject
+from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject, gave_up
 from noetl.config import Settings
 from noetl.egress import EgressPolicy
 from noetl.engine import Event
 from noetl.engine import events as ev
+from noetl.engine.iteration import deep_merge
 from noetl.engine.payloads import CommandDone, CommandStarted, plain
 from noetl.errors import (
     ConfigError,
@@ -36,9 +38,7 @@ from noetl.errors import (
     ToolError,
 )
 from noetl.messages import (
-    CommandCompleted,
     CommandContext,
-    CommandFailed,
     CommandIssued,
     ErrorInfo,
     decode_command,
@@ -121,13 +121,11 @@ class Runner(Actor):
                 "command %s: delivery %d failed", command.command_id, msg.metadata.num_delivered
             )
             limit = self.settings.max_deliveries
-            if msg.metadata.num_delivered < limit:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(30.0, 2.0**msg.metadata.num_delivered))
+            if await self.bus.retry_later(msg, max_deliveries=limit):
                 return
             error = ErrorInfo(
                 type="delivery",
-                message=f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}",
+                message=gave_up(limit, exc),
                 step=command.step,
                 kind=command.kind,
             ).record()
@@ -347,7 +345,7 @@ class Runner(Actor):
             for key, value in command.tool.items()
         }
         spec["args"] = args
-        return _deep_merge(spec, command.overrides) if command.overrides else spec
+        return deep_merge(spec, command.overrides) if command.overrides else spec
 
     async def _sink(
         self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
@@ -373,42 +371,9 @@ class Runner(Actor):
                 await msg.in_progress()
 
     async def _report(self, command: CommandIssued, outcome: Event) -> None:
-        message: CommandCompleted | CommandFailed
-        dedup = keys.outcome_id(command.command_id)
-        if outcome.type == ev.COMMAND_COMPLETED:
-            payload = outcome.payload or {}
-            meta = {"sink": payload["sink"]} if "sink" in payload else {}
-            message = CommandCompleted(
-                execution_id=command.execution_id,
-                dedup_id=dedup,
-                at=time.time(),
-                command_id=command.command_id,
-                step=command.step,
-                result=payload.get("result"),
-                meta=meta,
-            )
-        else:
-            message = CommandFailed(
-                execution_id=command.execution_id,
-                dedup_id=dedup,
-                at=time.time(),
-                command_id=command.command_id,
-                step=command.step,
-                error=outcome.error or {},
-            )
-        await self.bus.publish(command.reply_to, encode(message), dedup)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        current = merged.get(key)
-        merged[key] = (
-            _deep_merge(current, value)
-            if isinstance(value, dict) and isinstance(current, dict)
-            else value
-        )
-    return merged
+        """Send the recorded `outcome` to the execution's coordinator."""
+        message = outcome_message(command.execution_id, outcome, time.time())
+        await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
 
 
 def _error_of(exc: ToolError | RenderError) -> ErrorInfo:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from noetl import keys
 from noetl.engine import ExecutionState
+from noetl.engine.iteration import deep_merge
 from noetl.messages import (
     CommandCompleted,
     CommandContext,
@@ -507,3 +508,29 @@ def test_error_info_round_trips_its_flat_record() -> None:
     )
     assert info.record() == {**record, "kind": "http"}
     assert ErrorInfo.of({}, type="error", message="m").record() == {"type": "error", "message": "m"}
+
+
+_json_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=3)
+_json_map = st.recursive(
+    st.dictionaries(st.text(max_size=2), _json_leaf, max_size=3),
+    lambda inner: st.dictionaries(st.text(max_size=2), inner | _json_leaf, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(_json_map, _json_map)
+@settings(max_examples=60, deadline=None)
+def test_deep_merge_lays_the_update_over_the_base(base: dict, update: dict) -> None:
+    """The one deep merge (pagination overrides in the engine, tool blocks in the runner)."""
+    before = msgspec.json.encode([base, update])
+    merged = deep_merge(base, update)
+    assert msgspec.json.encode([base, update]) == before  # neither input is changed
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            assert merged[key] == deep_merge(base[key], value)
+        else:
+            assert merged[key] == value
+    assert {k: v for k, v in merged.items() if k not in update} == {
+        k: v for k, v in base.items() if k not in update
+    }
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
