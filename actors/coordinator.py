@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -19,7 +18,9 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from actors.base import Actor
-from noetl import blobs, dsl
+from actors.outcome import outcome_message
+from actors.timers import TimerWheel
+from noetl import blobs, dsl, keys
 from noetl.bus import (
     CMD_STREAM,
     EXEC_STREAM,
@@ -31,28 +32,26 @@ from noetl.bus import (
     encode_json,
     events_subject,
     exec_subject,
+    gave_up,
     partition_of,
 )
 from noetl.config import Settings
-from noetl.engine import Decision, Engine, Event, ExecutionState, replay
+from noetl.engine import Decision, Engine, Event, ExecutionState, refuse_start, replay
 from noetl.engine import events as ev
-from noetl.engine.decide import refuse_start
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
     CancelExecution,
-    CommandCompleted,
-    CommandFailed,
+    CommandContext,
     CommandIssued,
     ExecMessage,
     StartExecution,
-    Timer,
     Wake,
     decode_exec,
     decode_start,
     encode,
 )
 from noetl.metrics import EXECUTIONS_ENDED, EXECUTIONS_STARTED
-from noetl.store import Projection, Store, outcome_key
+from noetl.store import Projection, Store
 from plugins.registry import known_kinds
 
 # How many times a decision is retried after losing a race with another coordinator.
@@ -162,14 +161,11 @@ class ExecutionActor:
     async def _retry_later(self, msg: Msg, exc: BaseException) -> None:
         """Have JetStream deliver the message again; a message that keeps failing is
         dead-lettered with the reason instead of looping forever."""
+        limit = self.host.settings.max_deliveries
+        if await self.host.bus.retry_later(msg, max_deliveries=limit):
+            return
         with contextlib.suppress(Exception):  # the connection may be gone: ack_wait covers it
-            limit = self.host.settings.max_deliveries
-            if msg.metadata.num_delivered >= limit:
-                await self.host.bus.dead_letter(
-                    msg, f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}"
-                )
-            else:
-                await msg.nak(delay=min(30.0, 2.0**msg.metadata.num_delivered))
+            await self.host.bus.dead_letter(msg, gave_up(limit, exc))
 
     async def _decide_all(
         self,
@@ -380,7 +376,7 @@ class CoordinatorHost(Actor):
         for child_id in decision.cancel_children:
             cancel = CancelExecution(
                 execution_id=child_id,
-                dedup_id=f"cancel:{child_id}",
+                dedup_id=keys.cancel_id(child_id),
                 at=now,
                 reason=f"parent execution {execution_id} ended",
             )
@@ -426,7 +422,8 @@ class CoordinatorHost(Actor):
             if len(data) > self.settings.large_result_bytes:
                 # Too big for a message (a loop's results going to its sink, say): the
                 # context travels as a stored value and the runner fetches it.
-                command.context = await self.store.put_blob(blobs.encode(command.context))
+                stored = await self.store.put_blob(blobs.encode(command.context))
+                command.context = CommandContext.stored(stored)
                 data = encode(command)
             payloads.append((command.command_id, data))
         await asyncio.gather(*(self.bus.publish(pool, data, cid) for cid, data in payloads))
@@ -481,34 +478,18 @@ class CoordinatorHost(Actor):
         reply_to = exec_subject(partition_of(execution_id, self.settings.partitions))
         lost: list[CommandIssued] = []
         commands_in_flight = (await self.bus.js.stream_info(CMD_STREAM)).state.messages
-        for command_id, pending in state.pending.items():
-            outcome = await self.store.find_event(execution_id, outcome_key(command_id))
+        for command_id in state.pending:
+            outcome = await self.store.find_event(execution_id, keys.outcome_key(command_id))
             if outcome is None:
                 # Only when no command message exists anywhere can this one be lost: one
                 # still in the stream is being run or will be redelivered.
                 if commands_in_flight == 0:
                     lost.append(engine.command_message(state, command_id))
                 continue
-            message: ExecMessage
-            if outcome.type == ev.COMMAND_COMPLETED:
-                message = CommandCompleted(
-                    execution_id=execution_id,
-                    dedup_id=f"{command_id}:outcome",
-                    command_id=command_id,
-                    step=pending.step,
-                    result=(outcome.payload or {}).get("result"),
-                )
-            else:
-                message = CommandFailed(
-                    execution_id=execution_id,
-                    dedup_id=f"{command_id}:outcome",
-                    command_id=command_id,
-                    step=pending.step,
-                    error=outcome.error or {},
-                )
+            message = outcome_message(execution_id, outcome, time.time())
             await self.bus.publish(reply_to, encode(message), message.dedup_id)
         if not state.pending and not state.timers:
-            wake = Wake(execution_id=execution_id, dedup_id=f"wake:{execution_id}:{state.seq}")
+            wake = Wake(execution_id=execution_id, dedup_id=keys.wake_id(execution_id, state.seq))
             await self.bus.publish(reply_to, encode(wake), wake.dedup_id)
         await self.publish_commands(lost, reply_to)
         for child in engine.pending_children(state):
@@ -516,71 +497,3 @@ class CoordinatorHost(Actor):
                 self.mailbox_of(child.execution_id), encode(child), child.dedup_id
             )
         self.log.info("reconciled execution %s", execution_id)
-
-
-class TimerWheel:
-    """Fires durable timers: each due timer becomes a Timer message to its execution.
-
-    Timers live in the event table (`timer.scheduled` without `timer.fired`); this wheel is
-    only a cache of them, reloaded at start and on every reconciler sweep, so a restart
-    neither loses a timer nor fires one twice (the engine ignores a second Timer).
-    """
-
-    def __init__(self, host: CoordinatorHost) -> None:
-        self.host = host
-        self._heap: list[tuple[float, int, str]] = []
-        self._known: set[tuple[int, str]] = set()
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def schedule(self, execution_id: int, name: str, due_at: float) -> None:
-        """Fire `name` for `execution_id` at `due_at` (epoch seconds), once."""
-        if (execution_id, name) in self._known:
-            return
-        self._known.add((execution_id, name))
-        heapq.heappush(self._heap, (due_at, execution_id, name))
-        self._changed.set()
-
-    async def load(self) -> None:
-        """Pick up the pending timers of this host's partitions from the store."""
-        mine = set(self.host.partitions)
-        for execution_id, name, due_at in await self.host.store.pending_timers():
-            if partition_of(execution_id, self.host.settings.partitions) in mine:
-                self.schedule(execution_id, name, due_at)
-
-    def start(self) -> None:
-        """Begin firing."""
-        self._task = asyncio.create_task(self._run())
-
-    def stop(self) -> None:
-        """Stop firing (pending timers stay in the store)."""
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            self._changed.clear()
-            if not self._heap:
-                await self._changed.wait()
-                continue
-            due_at, execution_id, name = self._heap[0]
-            delay = due_at - time.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
-                continue
-            heapq.heappop(self._heap)
-            self._known.discard((execution_id, name))
-            timer = Timer(
-                execution_id=execution_id,
-                dedup_id=f"timer:{execution_id}:{name}",
-                at=time.time(),
-                name=name,
-            )
-            try:
-                await self.host.bus.publish(
-                    self.host.mailbox_of(execution_id), encode(timer), timer.dedup_id
-                )
-            except Exception:
-                self.host.log.exception("could not fire timer %s of %s", name, execution_id)
-                self.schedule(execution_id, name, time.time() + 1.0)

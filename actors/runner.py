@@ -17,15 +17,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 
 from actors.base import Actor
-from noetl import blobs, render
-from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject
+from actors.outcome import outcome_message
+from noetl import blobs, keys, render
+from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject, gave_up
 from noetl.config import Settings
 from noetl.egress import EgressPolicy
 from noetl.engine import Event
 from noetl.engine import events as ev
+from noetl.engine.iteration import deep_merge
+from noetl.engine.payloads import CommandDone, CommandStarted, plain
 from noetl.errors import (
     ConfigError,
     MessageError,
@@ -33,10 +37,16 @@ from noetl.errors import (
     StoreError,
     ToolError,
 )
-from noetl.messages import CommandCompleted, CommandFailed, CommandIssued, decode_command, encode
+from noetl.messages import (
+    CommandContext,
+    CommandIssued,
+    ErrorInfo,
+    decode_command,
+    encode,
+)
 from noetl.metrics import COMMANDS_IN_FLIGHT, STEP_SECONDS
 from noetl.secrets import Masker, secret_names_in, secret_values
-from noetl.store import Store, outcome_key
+from noetl.store import Store
 from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
 from plugins.base import ToolContext, ToolPlugin, until_done
 from plugins.registry import load_plugins
@@ -111,19 +121,17 @@ class Runner(Actor):
                 "command %s: delivery %d failed", command.command_id, msg.metadata.num_delivered
             )
             limit = self.settings.max_deliveries
-            if msg.metadata.num_delivered < limit:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(30.0, 2.0**msg.metadata.num_delivered))
+            if await self.bus.retry_later(msg, max_deliveries=limit):
                 return
-            error = {
-                "step": command.step,
-                "kind": command.kind,
-                "type": "delivery",
-                "message": f"gave up after {limit} deliveries: {type(exc).__name__}: {exc}",
-            }
+            error = ErrorInfo(
+                type="delivery",
+                message=gave_up(limit, exc),
+                step=command.step,
+                kind=command.kind,
+            ).record()
             failure = Event(
                 type=ev.COMMAND_FAILED,
-                dedup_key=outcome_key(command.command_id),
+                dedup_key=keys.outcome_key(command.command_id),
                 step=command.step,
                 command_id=command.command_id,
                 status="failed",
@@ -140,11 +148,11 @@ class Runner(Actor):
         eid, cid = command.execution_id, command.command_id
         started = Event(
             type=ev.COMMAND_STARTED,
-            dedup_key=f"started:{cid}",
+            dedup_key=keys.started_key(cid),
             step=command.step,
             command_id=cid,
             status="running",
-            payload={"attempt": command.attempt, "kind": command.kind},
+            payload=plain(CommandStarted(attempt=command.attempt, kind=command.kind)),
         )
         recorded = None
         if msg.metadata.num_delivered <= 1:
@@ -157,12 +165,12 @@ class Runner(Actor):
             await record
         else:
             if not await self.store.append_runner_event(eid, started, durable=False):
-                recorded = await self.store.find_event(eid, outcome_key(cid))
+                recorded = await self.store.find_event(eid, keys.outcome_key(cid))
             # Redelivered after its outcome was recorded: report that one, run nothing.
             outcome = recorded or await self._run(msg, command)
         if recorded is None and not await self.store.append_runner_event(eid, outcome):
             # Another delivery of this command recorded its outcome first: that one counts.
-            outcome = await self.store.find_event(eid, outcome_key(cid)) or outcome
+            outcome = await self.store.find_event(eid, keys.outcome_key(cid)) or outcome
         await self._report(command, outcome)
         await msg.ack()
 
@@ -186,22 +194,23 @@ class Runner(Actor):
         beat = asyncio.create_task(self._keep_alive(msg))
         COMMANDS_IN_FLIGHT.inc()
         began = time.monotonic()
-        payload: dict[str, Any] = {}
+        done = CommandDone()
         try:
             # Plugins enforce the timeout themselves (the python tool kills its worker); this
             # bound, a little later, catches plugins that do not.
             result = await until_done(
-                ctx, self._call(ctx, command, payload, masker), f"step `{ctx.step}`", grace=1.0
+                ctx, self._call(ctx, command, done, masker), f"step `{ctx.step}`", grace=1.0
             )
             masker.update(ctx.secrets.values())
             result = await self._stored_if_large(masker.mask(result))
+            done.facts = ctx.events
             return Event(
                 type=ev.COMMAND_COMPLETED,
-                dedup_key=outcome_key(command.command_id),
+                dedup_key=keys.outcome_key(command.command_id),
                 step=command.step,
                 command_id=command.command_id,
                 status="completed",
-                payload=masker.mask({**payload, "facts": ctx.events}) | {"result": result},
+                payload=masker.mask(plain(done)) | {"result": result},
             )
         except (ToolError, RenderError) as exc:
             error = _error_of(exc)
@@ -212,11 +221,11 @@ class Runner(Actor):
             self.log.error(
                 "command %s: plugin crashed\n%s", command.command_id, masker.mask_text(trace)
             )
-            error = {
-                "type": "internal",
-                "message": f"{type(exc).__name__}: {exc}",
-                "traceback": trace,
-            }
+            error = ErrorInfo(
+                type="internal",
+                message=f"{type(exc).__name__}: {exc}",
+                details={"traceback": trace},
+            )
         finally:
             beat.cancel()
             COMMANDS_IN_FLIGHT.dec()
@@ -227,19 +236,23 @@ class Runner(Actor):
                 if not running:
                     del self._running[command.execution_id]
         masker.update(ctx.secrets.values())
-        error = {"step": command.step, "kind": command.kind, **error}
-        message = str(error.get("message", ""))
+        error = msgspec.structs.replace(
+            error,
+            step=command.step if error.step is None else error.step,
+            kind=command.kind if error.kind is None else error.kind,
+        )
+        message = str(error.message)
         if not message.startswith("step `"):
             # Users read the message alone (CLI, logs): it names the step and the tool.
-            error["message"] = f"step `{command.step}` ({command.kind}): {message}"
+            error.message = f"step `{command.step}` ({command.kind}): {message}"
         return Event(
             type=ev.COMMAND_FAILED,
-            dedup_key=outcome_key(command.command_id),
+            dedup_key=keys.outcome_key(command.command_id),
             step=command.step,
             command_id=command.command_id,
             status="failed",
-            payload=masker.mask({"facts": ctx.events}),
-            error=masker.mask(error),
+            payload=masker.mask(plain(CommandDone(facts=ctx.events))),
+            error=masker.mask(error.record()),
         )
 
     def _credential_reader(self, masker: Masker) -> Callable[[str], Awaitable[Mapping[str, Any]]]:
@@ -266,11 +279,12 @@ class Runner(Actor):
         return await self.store.put_blob(data)
 
     async def _call(
-        self, ctx: ToolContext, command: CommandIssued, payload: dict[str, Any], masker: Masker
+        self, ctx: ToolContext, command: CommandIssued, done: CommandDone, masker: Masker
     ) -> Any:
-        """The tool call, then the sink that goes with it; sink facts land in `payload`."""
-        if blobs.is_ref(command.context):
-            command.context = await self.store.resolve(command.context)
+        """The tool call, then the sink that goes with it; sink facts land in `done`."""
+        stored = command.context.reference()
+        if stored is not None:
+            command.context = msgspec.convert(await self.store.resolve(stored), CommandContext)
         context = await self._context(command)
         names = (
             secret_names_in(command.tool)
@@ -283,7 +297,7 @@ class Runner(Actor):
             context["secret"] = dict(ctx.secrets)
         if command.kind == "sink":
             result = context.get("result")
-            payload["sink"] = await self._sink(ctx, command.tool, result, context)
+            done.sink = await self._sink(ctx, command.tool, result, context)
             return None
         plugin = self.plugins.get(command.kind)
         if plugin is None:
@@ -293,22 +307,21 @@ class Runner(Actor):
         spec = self._render(command, plugin, context)
         result = await plugin.run(ctx, spec)
         if command.sink is not None:
-            payload["sink"] = await self._sink(ctx, command.sink, result, context)
+            done.sink = await self._sink(ctx, command.sink, result, context)
         return result
 
     async def _context(self, command: CommandIssued) -> dict[str, Any]:
         """The template context of a command, large values fetched."""
         data = command.context
         steps = {
-            name: await self.store.resolve(value) for name, value in data.get("steps", {}).items()
+            name: await self.store.resolve(value) for name, value in (data.steps or {}).items()
         }
         locals_ = {
-            name: await self.store.resolve(value)
-            for name, value in (data.get("locals") or {}).items()
+            name: await self.store.resolve(value) for name, value in (data.locals or {}).items()
         }
         return render.build_context(
-            workload=data.get("workload", {}),
-            variables=data.get("vars", {}),
+            workload=data.workload or {},
+            variables=data.vars or {},
             steps=steps,
             execution_id=str(command.execution_id),
             extra=locals_,
@@ -332,7 +345,7 @@ class Runner(Actor):
             for key, value in command.tool.items()
         }
         spec["args"] = args
-        return _deep_merge(spec, command.overrides) if command.overrides else spec
+        return deep_merge(spec, command.overrides) if command.overrides else spec
 
     async def _sink(
         self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
@@ -358,45 +371,12 @@ class Runner(Actor):
                 await msg.in_progress()
 
     async def _report(self, command: CommandIssued, outcome: Event) -> None:
-        message: CommandCompleted | CommandFailed
-        dedup = f"{command.command_id}:outcome"
-        if outcome.type == ev.COMMAND_COMPLETED:
-            payload = outcome.payload or {}
-            meta = {"sink": payload["sink"]} if "sink" in payload else {}
-            message = CommandCompleted(
-                execution_id=command.execution_id,
-                dedup_id=dedup,
-                at=time.time(),
-                command_id=command.command_id,
-                step=command.step,
-                result=payload.get("result"),
-                meta=meta,
-            )
-        else:
-            message = CommandFailed(
-                execution_id=command.execution_id,
-                dedup_id=dedup,
-                at=time.time(),
-                command_id=command.command_id,
-                step=command.step,
-                error=outcome.error or {},
-            )
-        await self.bus.publish(command.reply_to, encode(message), dedup)
+        """Send the recorded `outcome` to the execution's coordinator."""
+        message = outcome_message(command.execution_id, outcome, time.time())
+        await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        current = merged.get(key)
-        merged[key] = (
-            _deep_merge(current, value)
-            if isinstance(value, dict) and isinstance(current, dict)
-            else value
-        )
-    return merged
-
-
-def _error_of(exc: ToolError | RenderError) -> dict[str, Any]:
+def _error_of(exc: ToolError | RenderError) -> ErrorInfo:
     if isinstance(exc, ToolError):
-        return {"type": exc.error_type, "message": str(exc), **exc.details}
-    return {"type": "render", "message": str(exc)}
+        return ErrorInfo.of(exc.details, type=exc.error_type, message=str(exc))
+    return ErrorInfo(type="render", message=str(exc))

@@ -44,6 +44,8 @@ PING_PREFIX: Final = "noetl.mesh.ping"
 # JetStream's "consumer name already in use" and "consumer already exists".
 _CONSUMER_EXISTS: Final = frozenset({10013, 10148})
 _CREATE_ATTEMPTS: Final = 5
+# Longest wait before a message whose handling failed is delivered again (seconds).
+_MAX_REDELIVERY_DELAY: Final = 30.0
 
 
 def exec_subject(partition: int) -> str:
@@ -213,6 +215,21 @@ class Bus:
         """Answer core NATS requests on `subject` (request/reply)."""
         self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=handler))
 
+    async def retry_later(self, msg: Msg, *, max_deliveries: int) -> bool:
+        """The one policy for a message whose handling failed (store or bus down, a bug):
+        have JetStream deliver it again after 2, 4, 8... seconds (at most 30), until it has
+        been delivered `max_deliveries` times.
+
+        Returns False then, leaving the message alone: the caller gives up on it (dead-
+        letters it, or records the failure and terminates it) with `gave_up(...)`.
+        """
+        delivered = msg.metadata.num_delivered
+        if delivered >= max_deliveries:
+            return False
+        with contextlib.suppress(Exception):  # the connection may be gone: ack_wait covers it
+            await msg.nak(delay=min(_MAX_REDELIVERY_DELAY, 2.0**delivered))
+        return True
+
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         """Keep an unusable message in the dead-letter stream with its reason, then ack it."""
         headers = {"Noetl-Reason": reason[:1000], "Noetl-Subject": msg.subject}
@@ -244,6 +261,11 @@ class Bus:
                 await self.nc.drain()
             except (TimeoutError, nats.errors.ConnectionClosedError):
                 await self.nc.close()
+
+
+def gave_up(max_deliveries: int, exc: BaseException) -> str:
+    """Why a message was given up on after `retry_later` said so."""
+    return f"gave up after {max_deliveries} deliveries: {type(exc).__name__}: {exc}"
 
 
 def encode_json(value: Any) -> bytes:

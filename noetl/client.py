@@ -19,9 +19,9 @@ from noetl import dsl, local
 from noetl.bus import CATALOG_REGISTER, START_SUBJECT, Bus, events_subject
 from noetl.config import Settings
 from noetl.engine.events import TERMINAL_STATUSES
-from noetl.engine.ids import new_execution_id
 from noetl.engine.restart import default_restart_step, restart_snapshot
 from noetl.errors import CatalogUnavailable, NoetlError, PlaybookError
+from noetl.keys import cancel_id, new_execution_id, start_id
 from noetl.messages import (
     CancelExecution,
     CatalogReply,
@@ -164,7 +164,7 @@ class Client:
         eid = execution_id if execution_id is not None else new_execution_id()
         message = StartExecution(
             execution_id=eid,
-            dedup_id=f"start:{eid}",
+            dedup_id=start_id(eid),
             at=time.time(),
             path=path,
             version=version,
@@ -193,7 +193,7 @@ class Client:
         eid = new_execution_id()
         message = StartExecution(
             execution_id=eid,
-            dedup_id=f"start:{eid}",
+            dedup_id=start_id(eid),
             at=time.time(),
             path=row["path"],
             version=row["version"],
@@ -209,7 +209,7 @@ class Client:
         await self.store.get_execution(execution_id)
         message = CancelExecution(
             execution_id=execution_id,
-            dedup_id=f"cancel:{execution_id}",
+            dedup_id=cancel_id(execution_id),
             at=time.time(),
             reason=reason,
         )

@@ -7,13 +7,103 @@ schema version so that a future format can be told apart.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import msgspec
 
 from noetl.errors import MessageError
+from noetl.keys import cancel_id, start_id
 
 SCHEMA = 1
+
+# -- shared vocabulary --------------------------------------------------------------------
+
+ExecutionStatus = Literal["new", "running", "completed", "failed", "cancelled"]
+# How an execution ends; also the status of the ChildCompleted it sends its parent.
+TerminalStatus = Literal["completed", "failed", "cancelled"]
+StepStatus = Literal["pending", "running", "completed", "failed"]
+# The `status` column of an event (decision and runner events alike).
+EventStatus = Literal["running", "completed", "failed", "cancelled"]
+# A command runs the step's tool, or the sink written once after a loop (or a rule's sink).
+Phase = Literal["tool", "sink"]
+TimerAction = Literal["retry", "execution_timeout"]
+
+_NAMED_ERROR_FIELDS = frozenset({"type", "message", "step", "kind"})
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why something failed: a step, a command, a loop, an execution.
+
+    On the wire, in events and in templates it is a flat map (`record()`): `type` and
+    `message` always, `step` and `kind` when known, then each of `details` beside them
+    (`status_code`, `retry_after`, `errors`, `child_error`...), so `error.status_code` reads
+    the same whichever tool failed. `of` parses such a map back.
+    """
+
+    type: str
+    message: str
+    step: str | None = None
+    kind: str | None = None
+    details: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any], **defaults: Any) -> ErrorInfo:
+        """Parse a record; `defaults` (of the named fields) apply where it has none."""
+        named = dict(defaults)
+        details: dict[str, Any] = {}
+        for key, value in record.items():
+            if key in _NAMED_ERROR_FIELDS:
+                named[key] = value
+            else:
+                details[key] = value
+        return cls(
+            type=named.get("type", "error"),
+            message=named.get("message", ""),
+            step=named.get("step"),
+            kind=named.get("kind"),
+            details=details,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The flat map stored in events and sent in messages."""
+        out: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.kind is not None:
+            out["kind"] = self.kind
+        out.update(self.details)
+        return out
+
+
+class CommandContext(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a command's templates may read, as the engine sends it to the runner.
+
+    `workload`, `vars` and the results of the `steps` the command's templates name;
+    `locals` are the loop variables of an item (the iterator name, `loop`) or the `result`
+    a sink writes. A context too large for a message travels stored: only `ref` and `size`
+    are set then (the blob reference, see `noetl.blobs`), and the runner fetches it.
+    The three maps are None only in such a reference; on the wire this is the same map as
+    the plain dict it replaced.
+    """
+
+    workload: dict[str, Any] | None = None
+    vars: dict[str, Any] | None = None
+    steps: dict[str, Any] | None = None
+    locals: dict[str, Any] | None = None
+    ref: str | None = msgspec.field(default=None, name="$noetl_ref")
+    size: int | None = None
+
+    @classmethod
+    def stored(cls, reference: Mapping[str, Any]) -> CommandContext:
+        """The context as a reference to its stored value (`Store.put_blob`'s answer)."""
+        return msgspec.convert(reference, cls)
+
+    def reference(self) -> dict[str, Any] | None:
+        """The blob reference this context is, or None when it is the context itself."""
+        if self.ref is None:
+            return None
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
 class Message(msgspec.Struct, tag_field="t", kw_only=True, omit_defaults=True):
@@ -56,7 +146,7 @@ class CommandIssued(Message, tag="command"):
     tool: dict[str, Any]
     args: dict[str, Any] = {}
     edge_args: dict[str, Any] = {}
-    context: dict[str, Any] = {}
+    context: CommandContext = msgspec.field(default_factory=CommandContext)
     timeout: float | None = None
     attempt: int = 1
     reply_to: str = ""
@@ -96,7 +186,7 @@ class ChildCompleted(Message, tag="child"):
 
     command_id: str
     child_execution_id: int
-    status: str
+    status: TerminalStatus
     result: Any = None
     error: dict[str, Any] | None = None
 
@@ -206,11 +296,11 @@ def decode_start(
         if not isinstance(raw.get("execution_id"), int | str):
             raise MessageError("a cancel request needs `execution_id`")
         raw["execution_id"] = int(raw["execution_id"])
-        raw.setdefault("dedup_id", msg_id or f"cancel:{raw['execution_id']}")
+        raw.setdefault("dedup_id", msg_id or cancel_id(raw["execution_id"]))
         target: type[StartExecution | CancelExecution] = CancelExecution
     elif kind == "start":
         raw.setdefault("execution_id", default_id)
-        raw.setdefault("dedup_id", msg_id or f"start:{raw['execution_id']}")
+        raw.setdefault("dedup_id", msg_id or start_id(raw["execution_id"]))
         target = StartExecution
     else:
         raise MessageError(f"`noetl.start` takes start or cancel requests, not `{kind}`")

@@ -33,8 +33,8 @@ from noetl.bus import events_subject
 from noetl.client import Client
 from noetl.config import ROLES, Settings
 from noetl.engine.events import TERMINAL_STATUSES
-from noetl.engine.ids import new_execution_id
 from noetl.errors import ConfigError, NoetlError
+from noetl.keys import new_execution_id
 
 Say = Callable[[str], None]
 

@@ -15,8 +15,8 @@ from noetl import dsl
 from noetl.bench.env import BenchEnv
 from noetl.bench.model import Replay
 from noetl.engine import Engine, Event, ExecutionState, replay
-from noetl.engine.ids import new_execution_id
 from noetl.errors import NoetlError
+from noetl.keys import new_execution_id, outcome_id, start_id
 from noetl.messages import CommandCompleted, StartExecution
 
 _PLAYBOOK = """
@@ -40,7 +40,7 @@ def _events(execution_id: int, items: int) -> list[Event]:
     clock = 1000.0
     start = StartExecution(
         execution_id=execution_id,
-        dedup_id=f"start:{execution_id}",
+        dedup_id=start_id(execution_id),
         at=clock,
         path=engine.path,
         version=1,
@@ -54,7 +54,7 @@ def _events(execution_id: int, items: int) -> list[Event]:
         clock += 0.001
         done = CommandCompleted(
             execution_id=execution_id,
-            dedup_id=f"{command.command_id}:outcome",
+            dedup_id=outcome_id(command.command_id),
             at=clock,
             command_id=command.command_id,
             step=command.step,

@@ -15,8 +15,8 @@ from noetl.bench.env import BenchEnv
 from noetl.bench.model import Throughput
 from noetl.bus import START_SUBJECT
 from noetl.engine.events import TERMINAL_STATUSES
-from noetl.engine.ids import new_execution_id
 from noetl.errors import NoetlError
+from noetl.keys import new_execution_id, start_id
 from noetl.messages import StartExecution, encode
 
 STEPS = 3
@@ -49,7 +49,7 @@ async def throughput(env: BenchEnv, executions: int) -> Throughput:
         starts = [
             StartExecution(
                 execution_id=eid,
-                dedup_id=f"start:{eid}",
+                dedup_id=start_id(eid),
                 at=now,
                 path=reply.path,
                 version=reply.version,

@@ -1,6 +1,7 @@
 """The execution engine: pure, deterministic `decide` and `fold`, no I/O."""
 
-from noetl.engine.decide import Decision, Engine
+from noetl.engine.decide import Engine
+from noetl.engine.emitter import Decision, refuse_start
 from noetl.engine.events import TERMINAL_STATUSES, Event
 from noetl.engine.state import ExecutionState, PendingCommand, StepState, fold, replay
 
@@ -13,5 +14,6 @@ __all__ = [
     "PendingCommand",
     "StepState",
     "fold",
+    "refuse_start",
     "replay",
 ]

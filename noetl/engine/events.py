@@ -6,6 +6,8 @@ from typing import Any, Final
 
 import msgspec
 
+from noetl.messages import EventStatus
+
 EXECUTION_STARTED: Final = "execution.started"
 EXECUTION_COMPLETED: Final = "execution.completed"
 EXECUTION_FAILED: Final = "execution.failed"
@@ -39,6 +41,6 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: int | None = None
     step: str | None = None
     command_id: str | None = None
-    status: str | None = None
+    status: EventStatus | None = None
     payload: dict[str, Any] | None = None
     error: dict[str, Any] | None = None

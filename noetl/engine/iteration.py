@@ -1,8 +1,9 @@
-"""Pure helpers for loops, pagination and retries: merging pages, backoff delays."""
+"""Pure helpers for loops, pagination and retries: merging pages and overrides, backoff."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from noetl.dsl import Retry
@@ -45,6 +46,19 @@ def merge(merged: Any, part: Any, strategy: str) -> Any:
     if isinstance(part, list):
         return [*acc, *part]
     return [*acc, part]
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it: nested mappings are merged key by key, anything
+    else in `update` replaces. Neither argument is changed."""
+    merged = dict(base)
+    for key, value in update.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def backoff_delay(

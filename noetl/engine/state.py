@@ -7,14 +7,17 @@ a loop or end a step carry their lists once; an item's event touches one slot).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from noetl.engine import events as ev
+from noetl.engine import payloads as pl
 from noetl.engine.events import Event
 from noetl.engine.iteration import merge
+from noetl.messages import ExecutionStatus, Phase, StepStatus, TerminalStatus, TimerAction
 
 # How many item errors a loop keeps for its failure message.
 _KEPT_ERRORS = 5
@@ -43,7 +46,7 @@ class LoopState(msgspec.Struct, kw_only=True):
 class StepState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What is known about one step: its latest activation and outcome."""
 
-    status: str = "pending"
+    status: StepStatus = "pending"
     activation: int = 0
     ran_tool: bool = False
     result: Any = None
@@ -60,7 +63,7 @@ class PendingCommand(msgspec.Struct, kw_only=True):
     attempt: int
     args: dict[str, Any]
     index: int | None = None  # loop item or page number
-    phase: str = "tool"  # "tool", or "sink" for a sink run after all items
+    phase: Phase = "tool"  # "sink": a sink run after all items, or a `case` rule's sink
     child: int | None = None  # the execution a `playbook` command started
     overrides: dict[str, Any] = {}  # pagination: what the next page changes
     rule: int | None = None  # a `case` rule's sink: which rule, and the call's result
@@ -72,7 +75,7 @@ class TimerState(msgspec.Struct, kw_only=True):
 
     name: str
     due_at: float
-    action: str  # "retry" | "execution_timeout"
+    action: TimerAction
     step: str | None = None
     retry: dict[str, Any] = {}
 
@@ -81,7 +84,7 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     """Everything the engine needs to decide the next move of one execution."""
 
     execution_id: int
-    status: str = "new"
+    status: ExecutionStatus = "new"
     path: str = ""
     version: int = 0
     workload: dict[str, Any] = {}
@@ -124,29 +127,47 @@ class ExecutionState(msgspec.Struct, kw_only=True):
         return busy
 
 
-def fold(state: ExecutionState, event: Event) -> ExecutionState:
-    """Apply one decision event to `state` (in place) and return it."""
-    payload = event.payload or {}
-    handler = _FOLDS.get(event.type)
-    if handler is not None:
+_ENDINGS: dict[str, TerminalStatus] = {
+    ev.EXECUTION_COMPLETED: "completed",
+    ev.EXECUTION_FAILED: "failed",
+    ev.EXECUTION_CANCELLED: "cancelled",
+}
+
+
+def fold(
+    state: ExecutionState, event: Event, payload: msgspec.Struct | None = None
+) -> ExecutionState:
+    """Apply one decision event to `state` (in place) and return it.
+
+    `payload` is the event's payload already typed (the engine passes the Struct it just
+    encoded); when None it is decoded from `event.payload`. Events of other types (the
+    runner's) change nothing.
+    """
+    fold_one = _FOLDS.get(event.type)
+    if fold_one is not None:
+        handler, kind = fold_one
+        if payload is None:
+            payload = msgspec.convert(event.payload or {}, kind)
         handler(state, event, payload)
     if event.version is not None:
         state.seq = event.version
     return state
 
 
-def _execution_started(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
+def _execution_started(state: ExecutionState, event: Event, p: Any) -> None:
+    assert isinstance(p, pl.ExecutionStarted)
     state.status = "running"
-    state.path = payload["path"]
-    state.version = payload["version"]
-    state.workload = payload.get("workload", {})
-    state.parent_execution_id = payload.get("parent_execution_id")
-    state.parent_command_id = payload.get("parent_command_id")
-    state.return_step = payload.get("return_step")
-    state.restarted_from = payload.get("restarted_from")
-    if payload.get("restore"):
-        _restore(state, payload["restore"])
-    _add_routes(state, payload)
+    state.path = p.path
+    state.version = p.version
+    state.workload = p.workload
+    state.parent_execution_id = p.parent_execution_id
+    state.parent_command_id = p.parent_command_id
+    state.return_step = None if p.return_step is UNSET else p.return_step
+    state.restarted_from = None if p.restarted_from is UNSET else p.restarted_from
+    if p.restore:
+        _restore(state, p.restore)
+    if p.routes:
+        _add_routes(state, p.routes)
 
 
 def _restore(state: ExecutionState, snapshot: dict[str, Any]) -> None:
@@ -159,126 +180,143 @@ def _restore(state: ExecutionState, snapshot: dict[str, Any]) -> None:
     state.last_step = snapshot.get("last_step")
 
 
-def _execution_ended(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
-    state.status = event.status or event.type.split(".", 1)[1]
-    state.result = payload.get("result")
+def _execution_ended(state: ExecutionState, event: Event, p: Any) -> None:
+    assert isinstance(p, pl.ExecutionEnded)
+    state.status = _ENDINGS[event.type]
+    state.result = p.result
     state.error = event.error
     state.timers.clear()
 
 
-def _step_started(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
-    assert event.step is not None
+def _step_started(state: ExecutionState, event: Event, p: Any) -> None:
+    assert event.step is not None and isinstance(p, pl.StepStarted)
     step = state.step_state(event.step)
     step.status = "running"
-    step.activation = payload["activation"]
-    step.args = payload.get("args") or {}
+    step.activation = p.activation
+    step.args = p.args
     step.error = None
-    if "items" in payload:
-        items = payload["items"]
-        step.loop = LoopState(items=items, results=[None] * len(items))
-    elif payload.get("paginate"):
-        step.loop = LoopState(strategy=payload["paginate"]["strategy"])
+    if p.items is not UNSET:
+        step.loop = LoopState(items=p.items, results=[None] * len(p.items))
+    elif p.paginate:
+        step.loop = LoopState(strategy=p.paginate.strategy)
     else:
         step.loop = None
     state.waiting.pop(event.step, None)
 
 
-def _command_issued(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
+def _command_issued(state: ExecutionState, event: Event, p: Any) -> None:
     assert event.step is not None and event.command_id is not None
-    index = payload.get("index")
-    phase = payload.get("phase", "tool")
+    assert isinstance(p, pl.CommandIssuedPayload)
+    index = None if p.index is UNSET else p.index
+    phase: Phase = "tool" if p.phase is UNSET else p.phase
+    data = None if p.data is UNSET else p.data
     state.pending[event.command_id] = PendingCommand(
         step=event.step,
-        activation=payload["activation"],
-        attempt=payload["attempt"],
-        args=payload.get("args", {}),
+        activation=p.activation,
+        attempt=p.attempt,
+        args=p.args,
         index=index,
         phase=phase,
-        child=payload.get("child"),
-        overrides=payload.get("overrides") or {},
-        rule=(payload.get("data") or {}).get("rule"),
-        data=(payload.get("data") or {}).get("result"),
+        child=None if p.child is UNSET else p.child,
+        overrides={} if p.overrides is UNSET else p.overrides,
+        rule=None if data is None else data.rule,
+        data=None if data is None else data.result,
     )
     loop = state.step_state(event.step).loop
-    if loop is not None and index is not None and phase == "tool" and payload["attempt"] == 1:
+    if loop is not None and index is not None and phase == "tool" and p.attempt == 1:
         loop.issued = max(loop.issued, index + 1)
 
 
-def _step_item(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
+def _step_item(state: ExecutionState, event: Event, p: Any) -> None:
     """One loop item or page ended (its result or error is in the event)."""
-    assert event.step is not None
+    assert event.step is not None and isinstance(p, pl.StepItem)
     if event.command_id is not None:
         state.pending.pop(event.command_id, None)
-    state.variables.update(payload.get("vars") or {})
+    if p.vars:
+        state.variables.update(p.vars)
     loop = state.step_state(event.step).loop
     if loop is None:
         return  # a `case` rule ended one call of the step and made another
-    index = payload["index"]
     loop.done += 1
-    loop.rows += payload.get("rows", 0)
+    if p.rows:
+        loop.rows += p.rows
     if event.error is not None:
         loop.failed += 1
         if len(loop.errors) < _KEPT_ERRORS:
-            loop.errors.append({"index": index, **event.error})
-        if not payload.get("tolerated"):
+            loop.errors.append({"index": p.index, **event.error})
+        if not p.tolerated:
             loop.stopping = True
         value: Any = {"error": event.error}
     else:
-        value = payload.get("result")
+        value = None if p.result is UNSET else p.result
     if loop.items is not None:
-        loop.results[index] = value
-    elif "part" in payload:
-        loop.merged = merge(loop.merged, payload["part"], loop.strategy)
+        loop.results[p.index] = value
+    elif p.part is not UNSET:
+        loop.merged = merge(loop.merged, p.part, loop.strategy)
 
 
-def _step_ended(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
+def _step_completed(state: ExecutionState, event: Event, p: Any) -> None:
+    assert event.step is not None and isinstance(p, pl.StepCompleted)
+    step = _step_ended(state, event, p.vars)
+    step.status = "completed"
+    step.result = p.result
+    step.ran_tool = p.tool
+    if step.ran_tool:
+        state.last_step = event.step
+    _add_routes(state, p.routes)
+
+
+def _step_failed(state: ExecutionState, event: Event, p: Any) -> None:
+    assert event.step is not None and isinstance(p, pl.StepFailed)
+    step = _step_ended(state, event, None if p.vars is UNSET else p.vars)
+    step.status = "failed"
+    step.error = event.error
+    _add_routes(state, p.routes)
+
+
+def _step_ended(state: ExecutionState, event: Event, variables: dict[str, Any] | None) -> StepState:
     assert event.step is not None
     step = state.step_state(event.step)
     if event.command_id is not None:
         state.pending.pop(event.command_id, None)
-    state.variables.update(payload.get("vars") or {})
-    if event.type == ev.STEP_COMPLETED:
-        step.status = "completed"
-        step.result = payload.get("result")
-        step.ran_tool = bool(payload.get("tool"))
-        if step.ran_tool:
-            state.last_step = event.step
-    else:
-        step.status = "failed"
-        step.error = event.error
+    if variables:
+        state.variables.update(variables)
     step.loop = None
-    _add_routes(state, payload)
+    return step
 
 
-def _timer_scheduled(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
-    timer = msgspec.convert(payload, TimerState)
-    state.timers[timer.name] = timer
-    failed = payload.get("retry", {}).get("failed_command")
+def _timer_scheduled(state: ExecutionState, event: Event, p: Any) -> None:
+    assert isinstance(p, TimerState)
+    state.timers[p.name] = p
+    failed = p.retry.get("failed_command")
     if failed is not None:
         state.pending.pop(failed, None)
 
 
-def _timer_fired(state: ExecutionState, event: Event, payload: dict[str, Any]) -> None:
-    state.timers.pop(payload["name"], None)
+def _timer_fired(state: ExecutionState, event: Event, p: Any) -> None:
+    assert isinstance(p, pl.TimerFired)
+    state.timers.pop(p.name, None)
 
 
-def _add_routes(state: ExecutionState, payload: dict[str, Any]) -> None:
-    for route in payload.get("routes", ()):
-        state.waiting.setdefault(route["step"], []).append(route.get("args") or {})
+def _add_routes(state: ExecutionState, routes: list[pl.Route]) -> None:
+    for route in routes:
+        state.waiting.setdefault(route.step, []).append(route.args)
 
 
-_FOLDS = {
-    ev.EXECUTION_STARTED: _execution_started,
-    ev.EXECUTION_COMPLETED: _execution_ended,
-    ev.EXECUTION_FAILED: _execution_ended,
-    ev.EXECUTION_CANCELLED: _execution_ended,
-    ev.STEP_STARTED: _step_started,
-    ev.COMMAND_ISSUED: _command_issued,
-    ev.STEP_ITEM: _step_item,
-    ev.STEP_COMPLETED: _step_ended,
-    ev.STEP_FAILED: _step_ended,
-    ev.TIMER_SCHEDULED: _timer_scheduled,
-    ev.TIMER_FIRED: _timer_fired,
+_Fold = Callable[[ExecutionState, Event, Any], None]
+
+_FOLDS: dict[str, tuple[_Fold, type[msgspec.Struct]]] = {
+    ev.EXECUTION_STARTED: (_execution_started, pl.ExecutionStarted),
+    ev.EXECUTION_COMPLETED: (_execution_ended, pl.ExecutionEnded),
+    ev.EXECUTION_FAILED: (_execution_ended, pl.ExecutionEnded),
+    ev.EXECUTION_CANCELLED: (_execution_ended, pl.ExecutionEnded),
+    ev.STEP_STARTED: (_step_started, pl.StepStarted),
+    ev.COMMAND_ISSUED: (_command_issued, pl.CommandIssuedPayload),
+    ev.STEP_ITEM: (_step_item, pl.StepItem),
+    ev.STEP_COMPLETED: (_step_completed, pl.StepCompleted),
+    ev.STEP_FAILED: (_step_failed, pl.StepFailed),
+    ev.TIMER_SCHEDULED: (_timer_scheduled, TimerState),
+    ev.TIMER_FIRED: (_timer_fired, pl.TimerFired),
 }
 
 

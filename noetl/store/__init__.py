@@ -11,11 +11,12 @@ import msgspec
 from noetl import blobs
 from noetl.engine.events import Event
 from noetl.errors import CatalogError, ExecutionNotFound, StoreError
+from noetl.keys import TIMER_FIRED_PREFIX
 from noetl.store import events as event_sql
 from noetl.store import schema
-from noetl.store.events import Projection, outcome_key
+from noetl.store.events import Projection
 
-__all__ = ["Projection", "Store", "outcome_key"]
+__all__ = ["Projection", "Store"]
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -302,8 +303,9 @@ class Store:
             WHERE x.status = 'running'
               AND NOT EXISTS (SELECT 1 FROM noetl.event f
                               WHERE f.execution_id = t.execution_id
-                                AND f.dedup_key = 'timer.fired:' || (t.payload->>'name'))
-            """
+                                AND f.dedup_key = $1 || (t.payload->>'name'))
+            """,
+            TIMER_FIRED_PREFIX,
         )
         return [(int(r["execution_id"]), str(r["name"]), float(r["due_at"])) for r in rows]
 

@@ -24,6 +24,8 @@ from typing import Any, Final, Literal
 import asyncpg
 import msgspec
 
+from noetl import keys
+
 Invariant = Literal[
     "step_ended_twice",
     "command_two_outcomes",
@@ -214,7 +216,7 @@ allowed AS (
          coalesce((SELECT (t.payload->>'due_at')::float8 - extract(epoch FROM l.started_at)
                    FROM noetl.event t
                    WHERE t.execution_id = l.execution_id
-                     AND t.dedup_key = 'timer.scheduled:execution.timeout'),
+                     AND t.dedup_key = '{keys.timer_scheduled_key(keys.EXECUTION_TIMEOUT)}'),
                   $2::float8) AS seconds
   FROM live l
 )

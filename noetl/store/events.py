@@ -9,6 +9,7 @@ import msgspec
 
 from noetl.engine.events import Event
 from noetl.errors import VersionConflict
+from noetl.messages import ExecutionStatus
 
 _json = msgspec.json.Encoder()
 
@@ -60,16 +61,11 @@ class Projection(msgspec.Struct, kw_only=True):
 
     path: str
     version: int
-    status: str
+    status: ExecutionStatus
     workload: dict[str, Any] | None = None
     result: Any = None
     error: dict[str, Any] | None = None
     restarted_from: int | None = None
-
-
-def outcome_key(command_id: str) -> str:
-    """Dedup key shared by command.completed and command.failed: one outcome per command."""
-    return f"outcome:{command_id}"
 
 
 def _text(value: Any) -> str | None:

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from actors.mesh import Mesh
 from noetl.cli import main
 from noetl.client import Client
-from noetl.engine.ids import new_execution_id
+from noetl.keys import command_issued_key, new_execution_id
 from noetl.store.check import Invariant, check_events
 from tests.integration.conftest import fixture, run
 
@@ -206,7 +206,7 @@ async def _command_without_outcome(pool: asyncpg.Pool, eid: int) -> None:
         event_type="command.issued",
         step="join",
         command_id=command,
-        dedup_key=f"command.issued:{command}",
+        dedup_key=command_issued_key(command),
         payload={"activation": 1, "attempt": 2, "args": {}, "kind": "python"},
     )
 

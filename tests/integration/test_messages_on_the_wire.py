@@ -6,13 +6,15 @@ import asyncio
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from actors.mesh import Mesh
+from actors.runner import Runner
 from noetl.bus import CATALOG_GET, DEAD_STREAM, START_SUBJECT
 from noetl.client import Client
 from noetl.config import Settings
 from noetl.engine import Engine
-from noetl.messages import CatalogReply, GetPlaybook, encode
+from noetl.messages import CatalogReply, CommandIssued, GetPlaybook, encode
 from tests.integration.conftest import fixture
 
 
@@ -106,6 +108,35 @@ async def test_a_message_that_keeps_failing_is_dead_lettered(
         assert stored.headers is not None
         assert "gave up after 2 deliveries" in stored.headers["Noetl-Reason"]
         assert "engine bug" in stored.headers["Noetl-Reason"]
+    finally:
+        await mesh.stop()
+        await client.close()
+
+
+async def test_a_command_that_keeps_failing_to_run_fails_its_step(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's side of the same policy: after `max_deliveries` it records the command
+    as failed (instead of dead-lettering it), so the execution ends rather than hangs."""
+    deliveries: list[int] = []
+
+    async def broken(self: Runner, msg: Msg, command: CommandIssued) -> None:
+        deliveries.append(msg.metadata.num_delivered)
+        raise RuntimeError("store down")
+
+    settings = msgspec.structs.replace(settings, max_deliveries=2)
+    client = await Client.connect(settings)
+    mesh = Mesh(client.bus, client.store, client.settings)
+    await mesh.start()
+    try:
+        await client.register(fixture("hello_world"))
+        monkeypatch.setattr(Runner, "execute", broken)
+        eid = await client.start("examples/hello_world")
+        row = await client.wait(eid, timeout=60)
+        assert row["status"] == "failed"
+        assert deliveries == [1, 2]
+        assert row["error"]["type"] == "delivery"
+        assert "gave up after 2 deliveries: RuntimeError: store down" in row["error"]["message"]
     finally:
         await mesh.stop()
         await client.close()

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from noetl import dsl
+from noetl import dsl, keys
 from noetl.engine import Decision, Engine, Event, ExecutionState, replay
 from noetl.engine.state import TimerState
 from noetl.messages import (
@@ -112,7 +112,7 @@ class Sim:
         status, value = self.child(start)
         return ChildCompleted(
             execution_id=EXECUTION_ID,
-            dedup_id=f"child:{start.execution_id}",
+            dedup_id=keys.child_ended_id(start.execution_id),
             command_id=start.parent_command_id,
             child_execution_id=start.execution_id,
             status=status,

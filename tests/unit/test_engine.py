@@ -11,8 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from noetl import keys
 from noetl.engine import ExecutionState
-from noetl.messages import CommandCompleted, CommandIssued, StartExecution, Wake
+from noetl.engine.iteration import deep_merge
+from noetl.messages import (
+    CommandCompleted,
+    CommandContext,
+    CommandIssued,
+    ErrorInfo,
+    StartExecution,
+    Wake,
+)
 from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
@@ -40,7 +49,7 @@ def test_hello_world_runs_both_steps_and_binds_vars() -> None:
     def tool(command: CommandIssued) -> tuple[str, Any]:
         if command.step == "start":
             return "ok", {"status": "success", "data": {"greeting": "Hello World!"}}
-        return "ok", {"final": command.context["vars"]["greeting"]}
+        return "ok", {"final": command.context.vars["greeting"]}
 
     sim = Sim(engine, tool)
     state = sim.run()
@@ -51,7 +60,7 @@ def test_hello_world_runs_both_steps_and_binds_vars() -> None:
     start_cmd = sim.issued[0]
     assert start_cmd.kind == "python"
     assert start_cmd.args == {"message": "{{ workload.message }}"}
-    assert start_cmd.context["workload"] == {"message": "Hello World"}
+    assert start_cmd.context.workload == {"message": "Hello World"}
 
 
 def test_routing_only_step_and_workbook_and_fan_out_join() -> None:
@@ -428,3 +437,100 @@ def test_fixture_playbooks_complete_in_the_engine(name: str) -> None:
         return "ok", {"is_hot": True, "data": {"greeting": "x"}, "who": "w"}
 
     assert Sim(engine, tool).run().status == "completed"
+
+
+def test_key_formats_are_the_stored_ones() -> None:
+    """Stored events and messages in flight carry these: a changed format breaks replay and
+    dedup, so each is pinned."""
+    cid = keys.command_id(7, "fetch", 2, 3, index=4, phase="sink")
+    assert cid == "7:fetch:2.4:3:sink"
+    assert keys.command_id(7, "fetch", 1, 1) == "7:fetch:1:1"
+    assert [
+        keys.start_id(7),
+        keys.cancel_id(7),
+        keys.outcome_id(cid),
+        keys.child_ended_id(8),
+        keys.timer_id(7, "retry:x"),
+        keys.wake_id(7, 12),
+        keys.retry_timer(cid),
+        keys.step_started_key("a", 2),
+        keys.step_completed_key("a", 2),
+        keys.step_failed_key("a", 2),
+        keys.step_item_key(cid),
+        keys.command_issued_key(cid),
+        keys.timer_scheduled_key("t"),
+        keys.timer_fired_key("t"),
+        keys.started_key(cid),
+        keys.outcome_key(cid),
+    ] == [
+        "start:7",
+        "cancel:7",
+        "7:fetch:2.4:3:sink:outcome",
+        "child:8",
+        "timer:7:retry:x",
+        "wake:7:12",
+        "retry:7:fetch:2.4:3:sink",
+        "step.started:a:2",
+        "step.completed:a:2",
+        "step.failed:a:2",
+        "step.item:7:fetch:2.4:3:sink",
+        "command.issued:7:fetch:2.4:3:sink",
+        "timer.scheduled:t",
+        "timer.fired:t",
+        "started:7:fetch:2.4:3:sink",
+        "outcome:7:fetch:2.4:3:sink",
+    ]
+
+
+def test_command_context_is_the_map_it_replaced_on_the_wire() -> None:
+    full = {"workload": {"a": 1}, "vars": {}, "steps": {"s": [1]}, "locals": {"n": 2}}
+    typed = CommandContext(workload={"a": 1}, vars={}, steps={"s": [1]}, locals={"n": 2})
+    assert msgspec.msgpack.encode(typed) == msgspec.msgpack.encode(full)
+    bare = CommandContext(workload={}, vars={}, steps={})
+    assert msgspec.msgpack.encode(bare) == msgspec.msgpack.encode(
+        {"workload": {}, "vars": {}, "steps": {}}
+    )
+    ref = {"$noetl_ref": "ab" * 32, "size": 12}
+    stored = CommandContext.stored(ref)
+    assert stored.reference() == ref
+    assert msgspec.msgpack.encode(stored) == msgspec.msgpack.encode(ref)
+    assert bare.reference() is None
+
+
+def test_error_info_round_trips_its_flat_record() -> None:
+    record = {"type": "http", "message": "503", "step": "a", "status_code": 503}
+    info = ErrorInfo.of(record, type="error", kind="http")
+    assert (info.type, info.step, info.kind, info.details) == (
+        "http",
+        "a",
+        "http",
+        {"status_code": 503},
+    )
+    assert info.record() == {**record, "kind": "http"}
+    assert ErrorInfo.of({}, type="error", message="m").record() == {"type": "error", "message": "m"}
+
+
+_json_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=3)
+_json_map = st.recursive(
+    st.dictionaries(st.text(max_size=2), _json_leaf, max_size=3),
+    lambda inner: st.dictionaries(st.text(max_size=2), inner | _json_leaf, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(_json_map, _json_map)
+@settings(max_examples=60, deadline=None)
+def test_deep_merge_lays_the_update_over_the_base(base: dict, update: dict) -> None:
+    """The one deep merge (pagination overrides in the engine, tool blocks in the runner)."""
+    before = msgspec.json.encode([base, update])
+    merged = deep_merge(base, update)
+    assert msgspec.json.encode([base, update]) == before  # neither input is changed
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            assert merged[key] == deep_merge(base[key], value)
+        else:
+            assert merged[key] == value
+    assert {k: v for k, v in merged.items() if k not in update} == {
+        k: v for k, v in base.items() if k not in update
+    }
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}

@@ -24,7 +24,7 @@ def playbook(body: str, workload: str = "{}", metadata: str = "{name: t}") -> st
 
 
 def square(command: CommandIssued) -> tuple[str, Any]:
-    locals_ = command.context.get("locals", {})
+    locals_ = command.context.locals or {}
     if "n" in locals_:
         return "ok", {
             "n": locals_["n"],
@@ -68,7 +68,7 @@ def test_sequential_loop_runs_one_item_at_a_time_in_order() -> None:
     sim = Sim(engine, square, seed=7)
     state = sim.run()
     assert sim.max_in_flight == 1
-    assert [c.context["locals"]["n"] for c in sim.issued] == [3, 1, 2]
+    assert [c.context.locals["n"] for c in sim.issued] == [3, 1, 2]
     assert [r["square"] for r in state.result] == [9, 1, 4]
 
 
@@ -80,7 +80,7 @@ def test_loop_context_exposes_index_first_last_length() -> None:
           tool: {kind: python, code: x}
     """)
     )
-    sim = Sim(engine, lambda c: ("ok", c.context["locals"]["loop"]))
+    sim = Sim(engine, lambda c: ("ok", c.context.locals["loop"]))
     state = sim.run()
     assert state.result == [
         {"index": 0, "first": True, "last": False, "length": 3},
@@ -137,7 +137,7 @@ def test_failed_item_fails_the_step_after_running_ones_finish() -> None:
     )
 
     def tool(command: CommandIssued) -> tuple[str, Any]:
-        n = command.context["locals"]["n"]
+        n = command.context.locals["n"]
         return ("error", {"message": f"bad {n}"}) if n == 1 else ("ok", n)
 
     sim = Sim(engine, tool)  # deterministic order: item 0, 1 (fails), then the in-flight 2
@@ -145,7 +145,7 @@ def test_failed_item_fails_the_step_after_running_ones_finish() -> None:
     assert state.status == "failed"
     assert state.error is not None and state.error["type"] == "loop"
     assert "1 of 10 items failed" in state.error["message"]
-    issued = [c.context["locals"]["n"] for c in sim.issued]
+    issued = [c.context.locals["n"] for c in sim.issued]
     assert issued == [0, 1, 2, 3]  # 3 was issued when 0 finished; nothing after the failure
     assert_replays(sim)
 
@@ -160,7 +160,7 @@ def test_continue_on_error_keeps_failed_items_as_errors() -> None:
     )
 
     def tool(command: CommandIssued) -> tuple[str, Any]:
-        n = command.context["locals"]["n"]
+        n = command.context.locals["n"]
         return ("error", {"message": "two"}) if n == 2 else ("ok", n)
 
     state = Sim(engine, tool, seed=1).run()
@@ -220,7 +220,7 @@ def test_loop_sink_runs_once_after_all_items() -> None:
     assert state.status == "completed"
     sinks = [c for c in sim.issued if c.kind == "sink"]
     assert len(sinks) == 1
-    assert sinks[0].context["locals"]["result"] == [7, 7]
+    assert sinks[0].context.locals["result"] == [7, 7]
     assert all(c.sink is None for c in sim.issued)
 
 
@@ -582,7 +582,7 @@ def test_random_loops_terminate_and_replay(
     )
 
     def tool(command: CommandIssued) -> tuple[str, Any]:
-        n = command.context["locals"]["n"]
+        n = command.context.locals["n"]
         return ("error", {"message": "f"}) if failures[n] else ("ok", n)
 
     sim = Sim(engine, tool, seed=seed)
@@ -776,6 +776,9 @@ def test_case_retry_with_new_params_and_collect() -> None:
     state = sim.run()
     assert state.status == "completed"
     assert state.variables["pages"] == [1, 10, 2, 20, 3, 30]
+    # One engine serves every execution of its version: the second run collects the same
+    # (a rule's `set` without templates must not keep what the first run collected).
+    assert Sim(engine, api).run().variables["pages"] == [1, 10, 2, 20, 3, 30]
     assert [c.overrides for c in sim.issued if c.step == "start"] == [
         {},
         {"params": {"page": 2}},
@@ -804,7 +807,7 @@ def test_case_sink_runs_before_the_rule_routes() -> None:
     kinds = [c.kind for c in sim.issued]
     assert kinds == ["python", "sink", "python"]
     sink = sim.issued[1]
-    assert sink.context["locals"]["result"] == {"v": 1}
+    assert sink.context.locals["result"] == {"v": 1}
     assert state.steps["start"].result == {"v": 1}
 
 

@@ -1,0 +1,124 @@
+"""Building the messages a decision causes: runner commands, child starts, parent notices.
+
+Pure: each message is a function of the plan and the state alone, so a pending command's
+message can be rebuilt at any time (republishing after a crash) and comes out the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from noetl import keys, render
+from noetl.engine.context import item_locals, loop_result, template_context
+from noetl.engine.events import TERMINAL_STATUSES
+from noetl.engine.plan import Plan
+from noetl.engine.state import ExecutionState
+from noetl.messages import (
+    ChildCompleted,
+    CommandContext,
+    CommandIssued,
+    StartExecution,
+    TerminalStatus,
+)
+
+
+def command_message(plan: Plan, state: ExecutionState, command_id: str) -> CommandIssued:
+    """The runner message of pending command `command_id`."""
+    pending = state.pending[command_id]
+    step = plan.steps[pending.step]
+    assert step.call is not None
+    if pending.phase == "sink" and pending.rule is not None:
+        call = step.rule_sinks[pending.rule]
+        locals_: dict[str, Any] = {"result": pending.data}
+    elif pending.phase == "sink":
+        call = step.after_sink
+        locals_ = {"result": loop_result(state, step.name)}
+    else:
+        call = step.call
+        locals_ = item_locals(step, state, pending)
+    names = call.names
+    if names is None:  # a template that does not parse: raise its error here, as ever
+        names = tuple(
+            sorted(
+                render.referenced_names(call.tool)
+                | render.referenced_names(call.args)
+                | render.referenced_names(call.sink)
+            )
+        )
+    steps = state.steps
+    context = CommandContext(
+        workload=state.workload,
+        vars=state.variables,
+        steps={n: steps[n].result for n in names if n in steps and steps[n].status == "completed"},
+        locals=locals_ or None,
+    )
+    return CommandIssued(
+        execution_id=state.execution_id,
+        dedup_id=command_id,
+        command_id=command_id,
+        step=pending.step,
+        kind="sink" if pending.phase == "sink" else str(call.tool.get("kind", "")),
+        tool=dict(call.tool),
+        args=dict(call.args),
+        edge_args=pending.args,
+        context=context,
+        timeout=step.timeout,
+        attempt=pending.attempt,
+        path=plan.path,
+        version=plan.version,
+        index=pending.index,
+        overrides=pending.overrides,
+        sink=call.sink,
+        credentials=step.step.credentials,
+        files=call.files,
+    )
+
+
+def child_message(plan: Plan, state: ExecutionState, command_id: str) -> StartExecution:
+    """The start message of the child execution that pending command `command_id` awaits.
+
+    Raises RenderError, ValueError or KeyError when the tool's `path`, `version` or args
+    cannot be rendered (the command then fails).
+    """
+    pending = state.pending[command_id]
+    step = plan.steps[pending.step]
+    assert pending.child is not None and step.call is not None
+    tool = step.call.tool
+    context = template_context(state, args=pending.args, extra=item_locals(step, state, pending))
+    where = f"step `{step.name}`"
+    # A copy: `render` returns what has no template unchanged, and the plan is shared.
+    rendered = render.render(dict(step.call.args), context, where=f"{where} args")
+    assert isinstance(rendered, dict)
+    rendered.update(pending.args)
+    version = render.render(tool.get("version"), context, where=f"{where} tool.version")
+    return StartExecution(
+        execution_id=pending.child,
+        dedup_id=keys.start_id(pending.child),
+        path=str(render.render(tool["path"], context, where=f"{where} tool.path")),
+        version=None if version in (None, "") else int(version),
+        workload=rendered,
+        parent_execution_id=state.execution_id,
+        parent_command_id=command_id,
+        return_step=tool.get("return_step"),
+        timeout=step.timeout,
+    )
+
+
+def parent_notice(state: ExecutionState, now: float) -> ChildCompleted:
+    """The message telling a parent execution that this child ended."""
+    result = state.result
+    if state.return_step is not None and state.status == "completed":
+        returned = state.steps.get(state.return_step)
+        result = returned.result if returned is not None else None
+    assert state.parent_execution_id is not None and state.parent_command_id is not None
+    assert state.status in TERMINAL_STATUSES
+    return ChildCompleted(
+        execution_id=state.parent_execution_id,
+        dedup_id=keys.child_ended_id(state.execution_id),
+        at=now,
+        command_id=state.parent_command_id,
+        child_execution_id=state.execution_id,
+        status=cast(TerminalStatus, state.status),
+        result=result,
+        error=state.error,
+    )

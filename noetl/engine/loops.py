@@ -1,0 +1,104 @@
+"""Loops and pagination, evaluated: a loop's items, a page's outcome, a loop's failure.
+
+Pure: each function takes the template context it renders with and returns plain data;
+`run.py` turns it into events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from noetl import render
+from noetl.dsl import Pagination
+from noetl.engine.iteration import deep_merge, extract
+from noetl.engine.plan import LoopSpec
+from noetl.engine.state import LoopState
+from noetl.errors import RenderError
+from noetl.messages import ErrorInfo
+
+
+def loop_items(
+    spec: LoopSpec, name: str, context: Mapping[str, Any]
+) -> tuple[list[Any], ErrorInfo | None]:
+    """The items of step `name`'s loop, or no items and the error why they are unusable."""
+    try:
+        items = render.render(spec.items, context, where=f"step `{name}` loop.in")
+    except RenderError as exc:
+        return [], ErrorInfo(type="render", message=str(exc))
+    if not isinstance(items, list | tuple):
+        return [], ErrorInfo(
+            type="loop",
+            message=f"step `{name}`: loop.in must be a list, got "
+            f"{type(items).__name__} {preview(items)}",
+        )
+    return list(items), None
+
+
+class PageOutcome(msgspec.Struct, kw_only=True):
+    """What one page of a pagination decided: its `part` to merge (UNSET with a per-page
+    sink), `capped` when `max_iterations` stops a pagination that wanted more, the
+    overrides of the next page (None when this was the last) or the error that ends it."""
+
+    part: Any | UnsetType = UNSET
+    capped: int | UnsetType = UNSET
+    next_overrides: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+def page_outcome(
+    page: Pagination,
+    name: str,
+    index: int,
+    response: Any,
+    context: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    *,
+    per_page_sink: bool,
+) -> PageOutcome:
+    """Evaluate page `index`'s `response` (context has it as `response`): its part to
+    merge, whether another page follows and what that page changes."""
+    outcome = PageOutcome()
+    where = f"step `{name}` loop.pagination"
+    try:
+        if not per_page_sink:
+            outcome.part = extract(response, page.merge_path)
+        more = render.truthy(
+            render.evaluate(page.continue_while, context, where=f"{where}.continue_while")
+        )
+        if more and index + 1 < page.max_iterations:
+            rendered = render.render(page.next_page, context, where=f"{where}.next_page")
+            assert isinstance(rendered, dict)
+            outcome.next_overrides = deep_merge(overrides, rendered)
+        elif more:
+            outcome.capped = page.max_iterations
+    except KeyError as exc:
+        outcome.error = ErrorInfo(
+            type="pagination",
+            message=f"{where}.merge_path: `{page.merge_path}` not found in "
+            f"page {index} (missing `{exc.args[0]}`); page: {preview(response)}",
+        )
+    except RenderError as exc:
+        outcome.error = ErrorInfo(type="pagination", message=str(exc))
+    return outcome
+
+
+def loop_failure(loop: LoopState) -> ErrorInfo:
+    """The error of a loop that ends with failed items: how many, and the first one."""
+    first = loop.errors[0] if loop.errors else {}
+    total = loop.total if loop.total is not None else loop.done
+    return ErrorInfo(
+        type="loop",
+        message=f"{loop.failed} of {total} items failed; first (item "
+        f"{first.get('index')}): {first.get('message', '')}",
+        details={"errors": loop.errors},
+    )
+
+
+def preview(value: Any, limit: int = 200) -> str:
+    """A short rendering of a value for an error message."""
+    text = msgspec.json.encode(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,81 @@
+"""`case` rules (the event-driven form of NoETL v2): which rule fires and what it sets.
+
+Pure: every function takes the template context it evaluates in and returns plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from noetl import render
+from noetl.engine.iteration import extract, merge
+from noetl.engine.plan import StepPlan
+from noetl.errors import RenderError
+
+
+def rule_extra(result: Any, error: Mapping[str, Any] | None, event: str) -> dict[str, Any]:
+    """The names a rule sees besides the execution's: `event`, and `result`/`response` of a
+    call that succeeded or `error` of one that failed."""
+    extra: dict[str, Any] = {"event": {"name": event}}
+    if error is None:
+        extra["result"] = extra["response"] = result
+    else:
+        extra["error"] = error
+    return extra
+
+
+def first_rule(step: StepPlan, context: Mapping[str, Any]) -> int | None:
+    """Index of the first rule whose `when` holds; a `when` that cannot be evaluated is
+    false (as with `next` on failure)."""
+    for i, rule in enumerate(step.step.case):
+        try:
+            hit = render.truthy(
+                render.evaluate(rule.when, context, where=f"step `{step.name}` case[{i}].when")
+            )
+        except RenderError:
+            hit = False
+        if hit:
+            return i
+    return None
+
+
+def rule_updates(
+    step: StepPlan,
+    index: int,
+    context: Mapping[str, Any],
+    result: Any,
+    variables: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The vars rule `index` sets: its rendered `set`, and its `collect` folded into the
+    current value of `collect.into` (from `set`, else `variables`).
+
+    Raises RenderError, or KeyError naming the part of `collect.path` that is missing.
+    """
+    then = step.step.case[index].then
+    where = f"step `{step.name}` case[{index}].then"
+    # A copy: `render` returns a `set` without templates as it is, and it is the playbook's.
+    updates = dict(render.render(then.set, context, where=f"{where}.set"))
+    if then.collect is not None and then.collect.into:
+        into = then.collect.into
+        part = extract(result, then.collect.path)
+        previous = updates.get(into, variables.get(into))
+        updates[into] = merge(previous, part, then.collect.strategy)
+    return updates
+
+
+def retry_overrides(step: StepPlan, index: int, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What rule `index`'s `retry` changes in the next call (rendered). Raises RenderError."""
+    then = step.step.case[index].then
+    overrides = render.render(
+        then.retry, context, where=f"step `{step.name}` case[{index}].then.retry"
+    )
+    assert isinstance(overrides, dict)
+    return overrides
+
+
+def collect_error(step: StepPlan, index: int, exc: RenderError | KeyError) -> str:
+    """The message of a rule that could not be applied."""
+    if isinstance(exc, RenderError):
+        return str(exc)
+    return f"step `{step.name}` case[{index}].then.collect.path: missing `{exc.args[0]}`"

@@ -1,0 +1,437 @@
+"""The life of a step within a decision: start, issue, loop, complete or fail, route on.
+
+`StepRun` asks the pure modules (routing, rules, loops, commands) what follows and emits
+each answer as an event. How a failed command is handled (retry, `case`, routing) is the
+`Run`'s business (`run.py`): a step only reports it through `failed`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from noetl import blobs, keys, render
+from noetl.engine import events as ev
+from noetl.engine import routing, rules
+from noetl.engine.commands import child_message, command_message
+from noetl.engine.context import loop_result, template_context
+from noetl.engine.emitter import Emitter
+from noetl.engine.events import Event
+from noetl.engine.loops import loop_failure, loop_items, page_outcome
+from noetl.engine.payloads import (
+    CommandIssuedPayload,
+    Paginate,
+    Route,
+    RuleCall,
+    StepCompleted,
+    StepFailed,
+    StepItem,
+    StepStarted,
+)
+from noetl.engine.plan import Plan, StepPlan
+from noetl.engine.state import ExecutionState, PendingCommand
+from noetl.errors import RenderError
+from noetl.messages import ErrorInfo, Phase
+
+
+class StepRun(Emitter, ABC):
+    """A decision's step lifecycle over a compiled `Plan`."""
+
+    def __init__(
+        self, plan: Plan, state: ExecutionState, now: float, values: Mapping[str, Any]
+    ) -> None:
+        super().__init__(state, now)
+        self.plan = plan
+        self.values = values
+
+    @abstractmethod
+    def failed(self, command_id: str, error: Mapping[str, Any]) -> None:
+        """Command `command_id` failed with `error`."""
+
+    def context(self, **kwargs: Any) -> dict[str, Any]:
+        """The template context of this execution, large values resolved."""
+        return template_context(self.state, values=self.values, **kwargs)
+
+    def value(self, result: Any) -> Any:
+        """A result as templates see it: large values resolved (events keep the reference)."""
+        return blobs.resolve(result, self.values) if self.values else result
+
+    # -- routing -----------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Start every waiting step that is ready, until none is; then check completion."""
+        while self.state.running:
+            ready = routing.next_ready(self.plan, self.state)
+            if ready is None:
+                break
+            self.start_step(ready, self.state.waiting[ready])
+        if routing.finished(self.state):
+            self.end_execution("completed", result=routing.final_result(self.state))
+
+    def routes(
+        self,
+        step: StepPlan,
+        *,
+        result: Any,
+        error: ErrorInfo | None,
+        variables: Mapping[str, Any],
+        args: Mapping[str, Any] | None = None,
+    ) -> list[Route]:
+        """Where the step goes next (see `routing.routes`); `result` MISSING on failure."""
+        extra: dict[str, Any] = {}
+        if result is not render.MISSING:
+            extra["result"] = result
+        if error is not None:
+            extra["error"] = error.record()
+        context = self.context(args=args, extra=extra, variables=variables)
+        return routing.routes(self.plan, step, context, failed=error is not None)
+
+    def step_vars(
+        self, step: StepPlan, result: Any, args: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The step's rendered `vars` (they see its `result`)."""
+        if not step.step.vars:
+            return {}
+        context = self.context(args=args, extra={"result": result})
+        rendered = render.render(step.step.vars, context, where=f"step `{step.name}` vars")
+        assert isinstance(rendered, dict)
+        return rendered
+
+    # -- starting and issuing ----------------------------------------------------------
+
+    def start_step(self, name: str, arrivals: list[dict[str, Any]]) -> None:
+        """Start the next activation of `name` with the merged args of its arrivals."""
+        step = self.plan.steps[name]
+        edge_args: dict[str, Any] = {}
+        for args in arrivals:
+            edge_args.update(args)
+        activation = self.state.step_state(name).activation + 1
+        payload = StepStarted(activation=activation, args=edge_args)
+        spec = step.loop
+        failure = None
+        if spec is not None and spec.paginate:
+            assert step.step.loop is not None and step.step.loop.pagination is not None
+            payload.paginate = Paginate(strategy=step.step.loop.pagination.merge_strategy)
+        elif spec is not None:
+            payload.items, failure = loop_items(spec, name, self.context(args=edge_args))
+        self.emit(
+            Event(
+                type=ev.STEP_STARTED,
+                dedup_key=keys.step_started_key(name, activation),
+                step=name,
+                status="running",
+            ),
+            payload,
+        )
+        if failure is not None:
+            self.fail_step(name, None, failure)
+        elif step.call is None:
+            self._complete_routing_step(step, activation, edge_args)
+        elif spec is None:
+            self.issue(name, activation, 1, edge_args)
+        elif spec.paginate:
+            self.issue(name, activation, 1, edge_args, index=0)
+        else:
+            self.fill_loop(step)
+
+    def issue(
+        self,
+        name: str,
+        activation: int,
+        attempt: int,
+        args: dict[str, Any],
+        *,
+        index: int | None = None,
+        phase: Phase = "tool",
+        overrides: dict[str, Any] | None = None,
+        data: RuleCall | None = None,
+    ) -> None:
+        """Record a command and build its message (a child start for a `playbook` call)."""
+        step = self.plan.steps[name]
+        cid = keys.command_id(self.state.execution_id, name, activation, attempt, index, phase)
+        payload = CommandIssuedPayload(
+            activation=activation,
+            attempt=attempt,
+            args=args,
+            kind="sink" if phase == "sink" else step.kind,
+        )
+        if index is not None:
+            payload.index = index
+        if phase != "tool":
+            payload.phase = phase
+        if overrides:
+            payload.overrides = overrides
+        if data is not None:
+            payload.data = data
+        is_child = phase == "tool" and step.starts_child
+        if is_child:
+            payload.child = keys.child_execution_id(cid)
+        self.emit(
+            Event(
+                type=ev.COMMAND_ISSUED,
+                dedup_key=keys.command_issued_key(cid),
+                step=name,
+                command_id=cid,
+            ),
+            payload,
+        )
+        if is_child:
+            try:
+                self.children.append(child_message(self.plan, self.state, cid))
+            except (RenderError, ValueError, KeyError) as exc:
+                failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
+                self.failed(cid, failure.record())
+        else:
+            self.commands.append(command_message(self.plan, self.state, cid))
+
+    # -- loops and pages ---------------------------------------------------------------
+
+    def fill_loop(self, step: StepPlan) -> None:
+        """Issue items until `concurrency` are in flight or none are left; end the step when
+        every item is done."""
+        state = self.state
+        spec = step.loop
+        step_state = state.step_state(step.name)
+        loop = step_state.loop
+        assert spec is not None and loop is not None and loop.items is not None
+        in_flight = sum(1 for p in state.pending.values() if p.step == step.name)
+        in_flight += sum(1 for t in state.timers.values() if t.step == step.name)
+        while not loop.stopping and loop.issued < len(loop.items) and in_flight < spec.concurrency:
+            self.issue(step.name, step_state.activation, 1, step_state.args, index=loop.issued)
+            in_flight += 1
+        if in_flight == 0 and (loop.stopping or loop.issued == len(loop.items)):
+            self.finish_loop(step)
+
+    def item_done(
+        self,
+        command_id: str,
+        pending: PendingCommand,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        rows: int = 0,
+    ) -> None:
+        """Record one loop item's (or page's) end, then issue more or end the step."""
+        step = self.plan.steps[pending.step]
+        spec = step.loop
+        assert spec is not None and pending.index is not None
+        if spec.paginate:
+            self._page_done(step, command_id, pending, result, error, rows)
+            return
+        payload = StepItem(index=pending.index)
+        if error is None:
+            payload.result = result
+        elif spec.continue_on_error:
+            payload.tolerated = True
+        if rows:
+            payload.rows = rows
+        self.emit(
+            Event(
+                type=ev.STEP_ITEM,
+                dedup_key=keys.step_item_key(command_id),
+                step=step.name,
+                command_id=command_id,
+                error=None if error is None else error.record(),
+            ),
+            payload,
+        )
+        self.fill_loop(step)
+        self.advance()
+
+    def _page_done(
+        self,
+        step: StepPlan,
+        command_id: str,
+        pending: PendingCommand,
+        response: Any,
+        error: ErrorInfo | None,
+        rows: int,
+    ) -> None:
+        assert step.step.loop is not None and step.step.loop.pagination is not None
+        index = pending.index
+        assert index is not None
+        payload = StepItem(index=index)
+        next_overrides: dict[str, Any] | None = None
+        if error is None:
+            response = self.value(response)
+            outcome = page_outcome(
+                step.step.loop.pagination,
+                step.name,
+                index,
+                response,
+                self.context(args=pending.args, extra={"response": response}),
+                pending.overrides,
+                per_page_sink=bool(step.step.sink and step.step.sink.get("per_page")),
+            )
+            payload.part, payload.capped = outcome.part, outcome.capped
+            next_overrides, error = outcome.next_overrides, outcome.error
+        if rows:
+            payload.rows = rows
+        payload.last = next_overrides is None
+        self.emit(
+            Event(
+                type=ev.STEP_ITEM,
+                dedup_key=keys.step_item_key(command_id),
+                step=step.name,
+                command_id=command_id,
+                error=None if error is None else error.record(),
+            ),
+            payload,
+        )
+        if next_overrides is not None:
+            self.issue(
+                step.name,
+                pending.activation,
+                1,
+                pending.args,
+                index=index + 1,
+                overrides=next_overrides,
+            )
+            return
+        self.finish_loop(step)
+
+    def finish_loop(self, step: StepPlan) -> None:
+        """End a loop or pagination whose work is done: fail it, write its sink, or
+        complete the step with the collected results."""
+        spec = step.loop
+        loop = self.state.step_state(step.name).loop
+        assert spec is not None and loop is not None
+        if loop.failed and not spec.continue_on_error:
+            self.fail_step(step.name, None, loop_failure(loop))
+            return
+        result = loop_result(self.state, step.name)
+        if step.step.sink is not None and not step.per_item_sink:
+            activation = self.state.step_state(step.name).activation
+            self.issue(step.name, activation, 1, {}, phase="sink")
+            return
+        self.complete_step(
+            step,
+            None,
+            result,
+            sink={"rows": loop.rows} if step.per_item_sink else None,
+            pages=loop.done if spec.paginate else None,
+        )
+
+    # -- ending ------------------------------------------------------------------------
+
+    def complete_step(
+        self,
+        step: StepPlan,
+        command_id: str | None,
+        result: Any,
+        sink: dict[str, Any] | None = None,
+        routes: list[Route] | None = None,
+        updates: dict[str, Any] | None = None,
+        pages: int | None = None,
+    ) -> None:
+        """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
+        fired, else `step.exit` rules, else `next`)."""
+        activation = self.state.step_state(step.name).activation
+        shown = self.value(result)
+        try:
+            variables = {**self.step_vars(step, shown), **(updates or {})}
+            if routes is None and step.step.case:
+                fired = self._exit_rules(step, shown, variables)
+                if fired is not None:
+                    routes, variables = fired
+            if routes is None:
+                routes = self.routes(step, result=shown, error=None, variables=variables)
+        except RenderError as exc:
+            self.fail_step(step.name, command_id, ErrorInfo(type="render", message=str(exc)))
+            return
+        payload = StepCompleted(result=result, vars=variables, routes=routes, tool=True)
+        if pages is not None:
+            payload.pages = pages
+        if sink is not None:
+            payload.sink = sink
+        self.emit(
+            Event(
+                type=ev.STEP_COMPLETED,
+                dedup_key=keys.step_completed_key(step.name, activation),
+                step=step.name,
+                command_id=command_id,
+                status="completed",
+            ),
+            payload,
+        )
+        self.advance()
+
+    def fail_step(
+        self,
+        name: str,
+        command_id: str | None,
+        error: ErrorInfo,
+        *,
+        handled: list[Route] | None = None,
+        updates: dict[str, Any] | None = None,
+    ) -> None:
+        """End a step that failed. `handled` are the routes of a `case` rule that matched
+        the error (possibly none: the branch then ends without failing the execution)."""
+        step = self.plan.steps[name]
+        activation = self.state.step_state(name).activation
+        if error.step is None:
+            error = msgspec.structs.replace(error, step=name)
+        routes = (
+            handled
+            if handled is not None
+            else self.routes(
+                step, result=render.MISSING, error=error, variables=self.state.variables
+            )
+        )
+        payload = StepFailed(routes=routes)
+        if updates:
+            payload.vars = updates
+        self.emit(
+            Event(
+                type=ev.STEP_FAILED,
+                dedup_key=keys.step_failed_key(name, activation),
+                step=name,
+                command_id=command_id,
+                status="failed",
+                error=error.record(),
+            ),
+            payload,
+        )
+        if not routes and handled is None:
+            self.end_execution("failed", error=error)
+            return
+        self.advance()
+
+    def _complete_routing_step(
+        self, step: StepPlan, activation: int, edge_args: dict[str, Any]
+    ) -> None:
+        """A step without a tool only routes: it ends in the decision that starts it."""
+        try:
+            variables = self.step_vars(step, None, args=edge_args)
+            routes = self.routes(step, result=None, error=None, variables=variables, args=edge_args)
+        except RenderError as exc:
+            self.fail_step(step.name, None, ErrorInfo(type="render", message=str(exc)))
+            return
+        self.emit(
+            Event(
+                type=ev.STEP_COMPLETED,
+                dedup_key=keys.step_completed_key(step.name, activation),
+                step=step.name,
+                status="completed",
+            ),
+            StepCompleted(result=None, vars=variables, routes=routes, tool=False),
+        )
+
+    def _exit_rules(
+        self, step: StepPlan, result: Any, variables: dict[str, Any]
+    ) -> tuple[list[Route], dict[str, Any]] | None:
+        """Routes of the first matching `step.exit` rule, and the vars with its `set`."""
+        args = self.state.step_state(step.name).args
+        seen = {**self.state.variables, **variables}
+        context = self.context(
+            args=args, extra=rules.rule_extra(result, None, "step.exit"), variables=seen
+        )
+        index = rules.first_rule(step, context)
+        if index is None:
+            return None
+        updates = rules.rule_updates(step, index, context, result, self.state.variables)
+        routes = routing.edges(step.step.case[index].then.next, context)
+        return routes, {**variables, **updates}
