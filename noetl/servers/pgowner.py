@@ -45,6 +45,8 @@ PG_OS_USER = "noetl"
 RUNTIME_DIR = Path("/var/lib/noetl-runtime")
 #: How a PostgreSQL program names its data directory: its working directory.
 SELF_CWD = "/proc/self/cwd"
+# In each copy: the install tree it was made from.
+_SOURCE = "source"
 
 
 def postgres_bin_dir() -> Path:
@@ -112,7 +114,8 @@ def _linked_copy(pginstall: Path) -> Path:
     The wheel's programs find their libraries at `$ORIGIN/../../../pgserver.libs`, so the
     copy keeps the `pgserver/pginstall` + `pgserver.libs` layout. It is keyed by the source
     path and the postgres binary's identity, made in a temp dir and renamed into place, so
-    concurrent starters and upgrades of pgserver never see half a copy.
+    concurrent starters and upgrades of pgserver never see half a copy. Making one removes
+    the copies whose source is gone (a deleted checkout): their links would keep its files.
     """
     postgres = (pginstall / "bin" / "postgres").stat()
     key = hashlib.sha256(
@@ -122,9 +125,11 @@ def _linked_copy(pginstall: Path) -> Path:
     if (target / "pgserver" / "pginstall" / "bin" / "postgres").is_file():
         return target / "pgserver" / "pginstall"
     _ensure_runtime_dir()
+    _prune_orphans()
     staging = Path(tempfile.mkdtemp(prefix=".pg-", dir=RUNTIME_DIR))
     try:
         os.chmod(staging, 0o755)
+        (staging / _SOURCE).write_text(str(pginstall.resolve()))
         shutil.copytree(
             pginstall, staging / "pgserver" / "pginstall", symlinks=True, copy_function=_link
         )
@@ -147,6 +152,14 @@ def _linked_copy(pginstall: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / "pgserver" / "pginstall"
+
+
+def _prune_orphans() -> None:
+    """Remove the copies whose source install tree no longer exists."""
+    for copy in RUNTIME_DIR.glob("pg-*"):
+        with contextlib.suppress(OSError):
+            if not Path((copy / _SOURCE).read_text()).is_dir():
+                shutil.rmtree(copy)
 
 
 def _ensure_runtime_dir() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from noetl.local import stop_local
+from noetl.servers import pgowner
 from noetl.servers.pgowner import RUNTIME_DIR
 from tests.integration.conftest import fixture
 from tests.support.services import kill_processes_under
@@ -85,3 +86,27 @@ def test_a_playbook_runs_with_noetl_home_in_a_private_folder(private_home: Path)
     assert "PostgreSQL" in down.stderr and "NATS" in down.stderr
     assert not (data / "postmaster.pid").exists()
     assert modes(outer) == before
+
+
+def test_copies_of_removed_installs_are_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the programs are copied for the `noetl` user only when running as root")
+    monkeypatch.setattr(pgowner, "RUNTIME_DIR", tmp_path / "runtime")
+
+    def install(name: str) -> Path:
+        tree = tmp_path / name / "pgserver" / "pginstall"
+        (tree / "bin").mkdir(parents=True)
+        (tree / "bin" / "postgres").write_text(name)
+        return tree
+
+    gone, kept = install("gone"), install("kept")
+    first = pgowner._linked_copy(gone)
+    assert first.is_relative_to(tmp_path / "runtime")
+    assert (first / "bin" / "postgres").read_text() == "gone"
+    assert stat.S_IMODE((tmp_path / "runtime").stat().st_mode) == 0o755
+    shutil.rmtree(tmp_path / "gone")  # a deleted checkout
+    second = pgowner._linked_copy(kept)
+    assert (second / "bin" / "postgres").read_text() == "kept"
+    assert not first.exists()
