@@ -19,7 +19,16 @@ from jinja2.runtime import Undefined
 
 from noetl.errors import RenderError
 from noetl.render_sandbox import ENV, MAX_RENDERED_CHARS, UNDEFINED_TESTS, Scope, ScopeContext
-from noetl.render_values import LENIENT_KEY, MISSING, SCALARS, defined, listing, plain, unwrap
+from noetl.render_values import (
+    LENIENT_KEY,
+    MISSING,
+    SCALARS,
+    defined,
+    listing,
+    map_items,
+    plain,
+    unwrap,
+)
 
 __all__ = [
     "MISSING",
@@ -125,27 +134,7 @@ def render(value: Any, context: Mapping[str, Any], *, where: str = "") -> Any:
         if "{{" in value or "{%" in value:
             return _render_string(value, context, where)
         return value
-    if isinstance(value, dict):
-        copy: dict[Any, Any] | None = None
-        for key, item in value.items():
-            new = render(item, context, where=where)
-            if new is not item:
-                if copy is None:
-                    copy = dict(value)
-                copy[key] = new
-        return value if copy is None else copy
-    if isinstance(value, (list, tuple)):
-        items: list[Any] | None = None
-        for index, item in enumerate(value):
-            new = render(item, context, where=where)
-            if new is not item:
-                if items is None:
-                    items = list(value)
-                items[index] = new
-        if items is None:
-            return value
-        return items if isinstance(value, list) else tuple(items)
-    return value
+    return map_items(value, lambda item: render(item, context, where=where))
 
 
 def evaluate(expression_template: str, context: Mapping[str, Any], *, where: str = "") -> Any:

@@ -9,7 +9,16 @@ looks them up, and `plain` unwraps them before a value leaves the renderer.
 from __future__ import annotations
 
 import enum
-from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from typing import Any, Final
 
 from jinja2.runtime import Undefined
@@ -155,10 +164,16 @@ def plain(value: Any) -> Any:
         value._fail_with_undefined_error()
     if isinstance(value, _LISTABLE):
         value = list(value)
+    return map_items(value, plain)
+
+
+def map_items(value: Any, change: Callable[[Any], Any]) -> Any:
+    """`value` with `change` applied to each value of a dict, list or tuple (one level; dict
+    keys untouched), rebuilt only if an item changed (`is not`); anything else as is."""
     if isinstance(value, dict):
         copy: dict[Any, Any] | None = None
         for key, item in value.items():
-            new = plain(item)
+            new = change(item)
             if new is not item:
                 if copy is None:
                     copy = dict(value)
@@ -167,7 +182,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         items: list[Any] | None = None
         for index, item in enumerate(value):
-            new = plain(item)
+            new = change(item)
             if new is not item:
                 if items is None:
                     items = list(value)
