@@ -97,37 +97,24 @@ def start(pod: Pod) -> subprocess.Popen[bytes]:
     )
 
 
-def served_paths() -> set[str]:
-    """The fixed paths the API of this build serves (the gateway's routes, no server)."""
-    from noetl.api.app import make_app
-
-    app = make_app(None)  # type: ignore[arg-type]  # routes only: no request is served
-    return {resource.canonical for resource in app.router.resources()}
-
-
-async def wait_ready(http: aiohttp.ClientSession, base: str, container: Manifest) -> list[str]:
-    """Wait until the readiness probe's path answers 200, then check the liveness path;
-    return the paths probed.
-
-    A probe path this build's API does not serve yet falls back to /health (said in the
-    returned list). A probe path behind the token fails: the kubelet sends none.
-    """
-    served = served_paths()
-    probes = [container[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")]
-    paths = [path if path in served else "/health" for path in probes]
+async def wait_ready(http: aiohttp.ClientSession, base: str, container: Manifest) -> None:
+    """Wait until the readiness probe answers 200, then check the liveness probe. Neither
+    may need the token: the kubelet sends none."""
+    ready, live = (
+        container[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")
+    )
     async with asyncio.timeout(120):
         while True:
             try:
-                async with http.get(base + paths[0]) as response:
-                    assert response.status != 401, f"{paths[0]} needs the token"
+                async with http.get(base + ready) as response:
+                    assert response.status not in (401, 404), f"{ready}: {response.status}"
                     if response.status == 200:
                         break
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.3)
-    async with http.get(base + paths[1]) as response:
-        assert response.status == 200, f"liveness {paths[1]}: {response.status}"
-    return paths
+    async with http.get(base + live) as response:
+        assert response.status == 200, f"liveness {live}: {response.status}"
 
 
 async def run_hello_world(http: aiohttp.ClientSession, base: str, token: str) -> dict[str, Any]:
