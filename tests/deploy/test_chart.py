@@ -180,7 +180,7 @@ def test_each_role_runs_the_image_entry_point_with_its_role() -> None:
     entrypoint = DockerfileParser(str(DOCKERFILE)).structure
     (entry,) = [i["value"] for i in entrypoint if i["instruction"] == "ENTRYPOINT"]
     roles = {
-        f"{FULLNAME}-api": ["up", "--role", "api", "--role", "catalog"],
+        f"{FULLNAME}-api": ["up", "--role", "api", "--role", "catalog", "--api-host", "0.0.0.0"],
         f"{FULLNAME}-coordinator": ["up", "--role", "coordinator"],
         f"{FULLNAME}-runner-default": ["up", "--role", "runner"],
         f"{FULLNAME}-runner-heavy": ["up", "--role", "runner"],
