@@ -83,7 +83,7 @@ def _files() -> dict[str, tuple[bytes, str]]:
 def _file(request: web.Request, name: str) -> web.Response:
     found = _files().get(name)
     if found is None:
-        raise web.HTTPNotFound(reason=f"no console file {name!r}")
+        raise web.HTTPNotFound(reason="no such console file")
     data, etag = found
     # `no-cache` revalidates by ETag, so an upgraded package is seen at once.
     headers = {"ETag": etag, "Cache-Control": "no-cache", **_SECURITY}
@@ -103,15 +103,15 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None or text == "":
         return default
-    if text.isascii() and text.isdigit() and low <= int(text) <= high:
+    if text.isascii() and text.isdigit() and len(text) <= 10 and low <= int(text) <= high:
         return int(text)
-    raise _bad(f"`{name}` must be an integer from {low} to {high}, got {text!r}")
+    raise _bad(f"`{name}` must be an integer from {low} to {high}, got {text!a}")
 
 
 def _id_param(text: str, name: str) -> int:
     if _ID.fullmatch(text) and int(text) <= _MAX_ID:
         return int(text)
-    raise _bad(f"`{name}` is a 63-bit integer written in digits, got {text!r}")
+    raise _bad(f"`{name}` is a 63-bit integer written in digits, got {text!a}")
 
 
 def _json(data: Any) -> web.Response:
@@ -153,7 +153,9 @@ def graph_of(playbook: Playbook) -> dict[str, Any]:
     names = {step.step for step in playbook.workflow}
     graph = Graph.of(playbook)
     nodes = []
-    for step in playbook.workflow:
+    # A duplicated step name is a warning; the engine uses the first, and so does the graph.
+    steps = [playbook.step(name) for name in dict.fromkeys(s.step for s in playbook.workflow)]
+    for step in steps:
         tool = step.tool or {}
         loop = step.loop
         nodes.append(
@@ -174,7 +176,7 @@ def graph_of(playbook: Playbook) -> dict[str, Any]:
                 "args": {**step.args, **(tool.get("args") or {})},
             }
         )
-    edges = [edge for step in playbook.workflow for edge in _edges(step, names)]
+    edges = [edge for step in steps for edge in _edges(step, names)]
     return {"nodes": nodes, "edges": edges}
 
 
@@ -232,7 +234,7 @@ class _ConsoleRoutes:
         status = request.query.get("status", "")
         if status:
             if status not in _STATUSES:
-                raise _bad(f"`status` is one of {sorted(_STATUSES)}, got {status!r}")
+                raise _bad(f"`status` is one of {sorted(_STATUSES)}, got {status!a}")
             args.append(status)
             where.append(f"status = ${len(args)}")
         query = request.query.get("q", "").strip()

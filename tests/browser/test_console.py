@@ -139,6 +139,22 @@ async def test_run_watch_fail_restart_cancel(
     await page.wait_for_selector(".detail h2:text('Step start')")
     await shot(page, artifacts, "execution-loop")
 
+    # Sub-playbooks: the calling step counts its children and links to each.
+    await client.register(fixture("composition_child"))
+    parent = await client.register(fixture("composition_parent"))
+    composed = await client.start(parent.path, version=parent.version)
+    await client.wait(composed, timeout=60)
+    await page.goto(f"{server}/#/executions/{composed}")
+    await page.wait_for_selector(f"section[data-execution='{composed}']")
+    assert "2 child runs" in (await page.text_content(".graph .node[data-step=start]") or "")
+    await page.click(".graph .node[data-step=start]")
+    await page.click(".detail li a >> nth=0")
+    child = await page.wait_for_selector(
+        f"section[data-execution]:not([data-execution='{composed}'])"
+    )
+    assert child is not None
+    assert f"parent {composed}" in await page.inner_text(".facts")
+
     # A failing execution: its step is red, and the traceback names the line that failed.
     await page.goto(f"{server}/#/playbooks/console%2Fdivide?tab=run")
     await page.click("#start-form button[type=submit]")
@@ -196,7 +212,7 @@ async def test_run_watch_fail_restart_cancel(
     # The list shows them all, filters by status, and opens one with the keyboard.
     await page.goto(f"{server}/#/executions")
     await page.wait_for_selector(f"tr[data-id='{hello}']")
-    assert await page.get_attribute("[data-total]", "data-total") == "6"
+    assert await page.get_attribute("[data-total]", "data-total") == "9"
     await shot(page, artifacts, "executions")
     await page.select_option("select[name=status]", "failed")
     await page.wait_for_selector("[data-total='2']")

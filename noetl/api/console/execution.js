@@ -122,7 +122,9 @@ export async function executionPage(id, signal) {
       const s = state.steps.get(node.id);
       let status = s?.status ?? "pending";
       if (status === "pending" && doc.status !== "running") status = "skipped";
-      graph.update(node.id, { status, note: s ? noteOf(s) : "" });
+      const children = info.children.filter((c) => c.step === node.id).length;
+      const note = [s ? noteOf(s) : "", children ? `${children} child run${children > 1 ? "s" : ""}` : ""];
+      graph.update(node.id, { status, note: note.filter(Boolean).join(", ") });
     }
   }
 

@@ -19,8 +19,8 @@ export async function executionsPage(signal) {
   const search = h("input", { type: "search", name: "q", value: state.q, placeholder: "playbook path or execution id", size: 32, "aria-label": "Search" });
   const body = h("tbody");
   const info = h("span", { class: "muted", "data-total": "" });
-  const prev = h("button", { type: "button", class: "ghost", onclick: () => go(state.offset - PAGE) }, "← Newer");
-  const next = h("button", { type: "button", class: "ghost", onclick: () => go(state.offset + PAGE) }, "Older →");
+  const prev = h("button", { type: "button", class: "ghost", onclick: () => { go(state.offset - PAGE); scrollTo({ top: 0 }); } }, "← Newer");
+  const next = h("button", { type: "button", class: "ghost", onclick: () => { go(state.offset + PAGE); scrollTo({ top: 0 }); } }, "Older →");
   const parentNote = state.parent
     ? h("span", {}, "children of ", h("a", { href: `#/executions/${state.parent}` }, state.parent), " ",
         h("button", { type: "button", class: "ghost", onclick: () => { state.parent = ""; parentNote.remove(); go(0); } }, "✕"))

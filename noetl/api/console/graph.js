@@ -72,15 +72,25 @@ export function drawGraph(graph, onSelect) {
     id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse",
   }, h("svg:path", { d: "M0,0 L10,5 L0,10 z", fill: "currentColor", class: "arrowhead" })));
   svg.append(defs);
+  let extra = 0; // width the loop lanes need beyond the nodes
+  // Routes back (loops) go up on the right of every node they pass, each in its own lane.
+  let lane = 0;
   for (const e of edges) {
     const a = pos.get(e.source), b = pos.get(e.target);
     if (!a || !b) continue;
     let d, lx, ly;
-    if (back.has(`${e.source}\u0000${e.target}`) || e.source === e.target) {
-      const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x + W, y2 = b.y + H / 2;
-      const bulge = 50 + Math.abs(y1 - y2) * 0.15;
-      d = `M${x1},${y1} C${x1 + bulge},${y1} ${x2 + bulge},${y2} ${x2 + 2},${y2}`;
-      lx = Math.max(x1, x2) + bulge * 0.6; ly = (y1 + y2) / 2;
+    if (e.source === e.target) {
+      const x = a.x + W, y1 = a.y + 16, y2 = a.y + H - 16;
+      d = `M${x},${y1} C${x + 24},${y1 - 6} ${x + 24},${y2 + 6} ${x + 2},${y2}`;
+      lx = null; // no room beside the node: the condition is the path's tooltip
+    } else if (back.has(`${e.source}\u0000${e.target}`)) {
+      const top = Math.min(a.y, b.y), bottom = Math.max(a.y, b.y) + H;
+      const passed = [...pos.values()].filter((p) => p.y + H >= top && p.y <= bottom);
+      const xo = Math.max(...passed.map((p) => p.x + W)) + 18 + 12 * lane++;
+      const y1 = a.y + H / 2, y2 = b.y + H / 2, x1 = a.x + W, x2 = b.x + W;
+      d = `M${x1},${y1} L${xo - 8},${y1} Q${xo},${y1} ${xo},${y1 - 8} L${xo},${y2 + 8} Q${xo},${y2} ${xo - 8},${y2} L${x2 + 2},${y2}`;
+      lx = xo + 4; ly = (y1 + y2) / 2;
+      extra = Math.max(extra, xo + 40 - width);
     } else {
       const x1 = a.x + W / 2, y1 = a.y + H, x2 = b.x + W / 2, y2 = b.y;
       const k = (y2 - y1) / 2;
@@ -88,8 +98,14 @@ export function drawGraph(graph, onSelect) {
       // Near the target, so the labels of a fan-out do not overlap.
       lx = x2 + 6; ly = y2 - 8;
     }
-    svg.append(h("svg:path", { d, class: `edge${e.when ? " cond" : ""}`, "marker-end": "url(#arrow)", "data-edge": `${e.source}>${e.target}` }));
-    if (e.when) svg.append(h("svg:text", { x: lx, y: ly, class: "edge-label" }, h("svg:title", {}, e.when), short(e.when.replace(/\s+/g, " "), 26)));
+    svg.append(h("svg:path", { d, class: `edge${e.when ? " cond" : ""}`, "marker-end": "url(#arrow)", "data-edge": `${e.source}>${e.target}` },
+      e.when && h("svg:title", {}, e.when)));
+    if (e.when && lx !== null) svg.append(h("svg:text", { x: lx, y: ly, class: "edge-label" }, h("svg:title", {}, e.when), short(e.when.replace(/\s+/g, " "), 26)));
+  }
+  if (extra > 0) {
+    const w = Math.max(width, 300) + extra + 120;
+    svg.setAttribute("width", w);
+    svg.setAttribute("viewBox", `0 0 ${w} ${Math.max(height, 80)}`);
   }
   const notes = new Map();
   const groups = [];

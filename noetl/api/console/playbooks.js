@@ -9,6 +9,11 @@ const TABS = ["yaml", "graph", "diff", "run", "edit"];
 const TAB_NAMES = { yaml: "YAML", graph: "Graph", diff: "Diff", run: "Run", edit: "Edit" };
 const NEW = "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata:\n  name: my_playbook\n  path: examples/my_playbook\nworkload: {}\nworkflow:\n  - step: start\n    tool:\n      kind: python\n      code: |\n        result = {\"hello\": \"world\"}\n";
 
+/** A catalog path in a URL: each segment encoded, the slashes kept. */
+function segments(path) {
+  return path.split("/").map(encodeURIComponent).join("/");
+}
+
 export async function playbooksPage(path, signal) {
   const catalog = await api("/api/console/playbooks", { signal });
   const params = query();
@@ -36,7 +41,7 @@ async function playbookView(entry, params, signal) {
   const versions = entry.versions.map((v) => v.version);
   const version = versions.includes(Number(params.version)) ? Number(params.version) : versions[0];
   const tab = TABS.includes(params.tab) ? params.tab : "yaml";
-  const pb = await api(`/api/console/playbooks/${entry.path}?version=${version}`, { signal });
+  const pb = await api(`/api/console/playbooks/${segments(entry.path)}?version=${version}`, { signal });
   const panel = h("div", { role: "tabpanel" });
   const go = (changes) => {
     const next = { version, tab, ...changes };
@@ -65,7 +70,7 @@ async function playbookView(entry, params, signal) {
       setQuery(`playbooks/${encodeURIComponent(entry.path)}`, { version, tab: "diff", from: e.target.value });
       window.dispatchEvent(new HashChangeEvent("hashchange"));
     } }, versions.map((v) => h("option", { value: v, selected: v === older }, `v${v}`)));
-    const base = older === version ? pb : await api(`/api/console/playbooks/${entry.path}?version=${older}`, { signal });
+    const base = older === version ? pb : await api(`/api/console/playbooks/${segments(entry.path)}?version=${older}`, { signal });
     panel.append(h("div", { class: "row", style: "margin-bottom:8px" }, h("label", {}, "From", fromSelect), h("span", { class: "muted" }, `to v${version}`)),
       diffView(base.content, pb.content));
   } else if (tab === "run") {

@@ -1,5 +1,6 @@
-"""The console's static files: complete (every module an import or the page names exists),
-shipped in the wheel, served at `/` without a token while its routes need one."""
+"""The console's server side, without a browser: its files are complete (every module an
+import or the page names exists), shipped in the wheel and served at `/` without a token
+while its routes need one; the step graph and the problems it is given."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hatchling.builders.wheel import WheelBuilder
 
 from noetl.api import make_app
-from noetl.api.console import STATIC_DIR
+from noetl.api.console import STATIC_DIR, check
 from noetl.client import Client
 
 ROOT = Path(__file__).parent.parent.parent
@@ -78,3 +79,35 @@ async def test_pages_are_public_and_routes_need_the_token(http: TestClient[Any, 
     )
     problems = (await checked.json())["problems"]
     assert problems and all(p["line"] >= 1 for p in problems)
+
+
+def test_the_graph_the_console_draws() -> None:
+    text = ROOT / "tests/fixtures/playbooks/control_flow_workbook/control_flow_workbook.yaml"
+    checked = check(text.read_text())
+    assert checked["problems"] == []
+    graph = checked["graph"]
+    edges = {(e["source"], e["target"]): e["when"] for e in graph["edges"]}
+    assert edges == {
+        ("start", "eval_flag"): None,
+        ("eval_flag", "hot_a"): "{{ result.is_hot }}",
+        ("eval_flag", "hot_b"): "{{ result.is_hot }}",
+        ("eval_flag", "cold"): "else",
+        ("hot_a", "end"): None,
+        ("hot_b", "end"): None,
+        ("cold", "end"): None,
+    }
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    assert nodes["start"]["kind"] is None
+    assert nodes["eval_flag"]["kind"] == "workbook"
+    assert nodes["eval_flag"]["args"] == {"temperature_c": "{{ workload.temperature_c }}"}
+    assert nodes["end"]["joins"] and not nodes["hot_a"]["joins"]
+    assert checked["workload"] == {"temperature_c": 30}
+
+
+def test_problems_keep_their_lines() -> None:
+    text = "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: x}\nworkflow:\n"
+    text += "  - step: start\n    next: [nowhere]\n"
+    checked = check(text)
+    assert checked["graph"] is None
+    assert [(p["line"], p["severity"]) for p in checked["problems"]] == [(6, "error")]
+    assert "nowhere" in checked["problems"][0]["message"]
