@@ -34,7 +34,7 @@ async def test_up_serves_the_api_and_drains_on_sigterm(settings: Settings, tmp_p
                 f"http://127.0.0.1:{port}/api/executions", headers=headers
             ) as listed:
                 assert listed.status == 200 and await listed.json() == []
-        assert "REST API on port" in log.read_text()
+        assert f"REST API on 0.0.0.0:{port}" in log.read_text()  # a token: every address
         assert stop_gracefully(proc) == 0, log.read_text()
         store = await Store.connect(str(settings.pg_dsn))
         try:
