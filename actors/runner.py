@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from nats.aio.msg import Msg
@@ -52,6 +54,8 @@ from plugins.base import ToolContext, ToolPlugin, until_done
 from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of
 
+STORED_SECRETS_EVERY: Final = 30.0  # seconds between refreshes of the masked values
+
 
 class Runner(Actor):
     """Runs the commands of one pool with at most `runner_concurrency` at a time."""
@@ -72,13 +76,20 @@ class Runner(Actor):
         # Contexts of the commands in hand, by execution: set `cancelled` when it ends.
         self._running: dict[int, set[ToolContext]] = {}
         self.credentials: CredentialStore | None = None
+        # Every stored secret and the runtime's own (token, key, NOETL_SECRET_*), masked in
+        # whatever any command records; refreshed every STORED_SECRETS_EVERY seconds.
+        self._known_secrets = Masker(_runtime_secrets(settings))
+        self._refresher: asyncio.Task[None] | None = None
         root = settings.script_root
         self._script_root = None if root is None else Path(root).expanduser()
 
     async def start(self) -> None:
         """Join the pool's work queue."""
         self.credentials = await CredentialStore.open(self.store.pool, self.settings)
+        await self._refresh_known_secrets()
         await super().start()
+        # Not `spawn`ed: `stop` waits for spawned work, and this one never ends by itself.
+        self._refresher = asyncio.create_task(self._keep_known_secrets())
         pool = self.settings.runner_pool
         await self.bus.serve(f"{CANCEL_PREFIX}.*", self._on_cancel, queue="")
         await self.bus.consume(
@@ -91,12 +102,28 @@ class Runner(Actor):
 
     async def stop(self) -> None:
         """Finish the commands in hand, then release the plugins' resources."""
+        if self._refresher is not None:
+            self._refresher.cancel()
         await super().stop()
         await close_sinks()
         for plugin in self.plugins.values():
             close = getattr(plugin, "aclose", None)
             if close is not None:
                 await close()
+
+    async def _refresh_known_secrets(self) -> None:
+        values = set(_runtime_secrets(self.settings))
+        if self.credentials is not None:
+            values |= await self.credentials.all_secret_values()
+        self._known_secrets = Masker(values)
+
+    async def _keep_known_secrets(self) -> None:
+        while True:
+            await asyncio.sleep(STORED_SECRETS_EVERY)
+            try:
+                await self._refresh_known_secrets()
+            except Exception as exc:  # the store is away: keep the last known set
+                self.log.warning("could not refresh the stored secrets to mask: %s", exc)
 
     async def _on_cancel(self, msg: Msg) -> None:
         execution_id = int(msg.subject.rsplit(".", 1)[1])
@@ -175,7 +202,7 @@ class Runner(Actor):
         await msg.ack()
 
     async def _run(self, msg: Msg, command: CommandIssued) -> Event:
-        masker = Masker()
+        masker = self._known_secrets.copy()
         ctx = ToolContext(
             execution_id=command.execution_id,
             command_id=command.command_id,
@@ -380,3 +407,16 @@ def _error_of(exc: ToolError | RenderError) -> ErrorInfo:
     if isinstance(exc, ToolError):
         return ErrorInfo.of(exc.details, type=exc.error_type, message=str(exc))
     return ErrorInfo(type="render", message=str(exc))
+
+
+def _runtime_secrets(settings: Settings) -> list[str]:
+    """The runtime's own secret values: the API token, the encryption key, the store's and
+    the bus's passwords (from their URLs) and every `NOETL_SECRET_*` variable."""
+    values = [settings.api_token or "", settings.encryption_key or ""]
+    for url in (settings.pg_dsn, settings.nats_url):
+        for part in (url or "").split(","):
+            password = urlsplit(part.strip()).password
+            if password:
+                values.append(unquote(password))
+    values += [v for k, v in os.environ.items() if k.startswith("NOETL_SECRET_")]
+    return [value for value in values if value]

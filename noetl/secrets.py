@@ -191,6 +191,15 @@ class Masker:
             self._substrings |= new
             self._pattern = self._overlaps = None  # recompiled on next use
 
+    def copy(self) -> Masker:
+        """A masker of the same values; adding to it leaves this one as it is. The compiled
+        patterns are shared until the copy learns a new value."""
+        twin = Masker()
+        twin._substrings = set(self._substrings)
+        twin._whole = set(self._whole)
+        twin._pattern, twin._overlaps = self._pattern, self._overlaps
+        return twin
+
     def update(self, values: Iterable[str]) -> None:
         """`add` each value."""
         for value in values:

@@ -91,6 +91,7 @@ def auth(token: str, public: frozenset[str]) -> Middleware:
 
 
 _UNSAFE: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PROBES: Final = frozenset({"/health", "/api/health", "/api/ready", "/metrics"})
 # What a browser may send across origins without asking first (a "simple" request) is
 # form data or text; a state-changing request from a page must be JSON or YAML instead.
 _BROWSER_BODY: Final = frozenset(
@@ -110,7 +111,9 @@ def guard(allowed_hosts: frozenset[str]) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         host = (request.host or "").lower()
-        if allowed_hosts and _hostname(host) not in allowed_hosts:
+        # Probes name the pod's address as Host; they change nothing and hold no data.
+        probe = request.method == "GET" and request.path in _PROBES
+        if allowed_hosts and not probe and _hostname(host) not in allowed_hosts:
             raise ApiError(400, "the request's Host is not one this API serves")
         if request.method in _UNSAFE:
             origin = request.headers.get("Origin")

@@ -23,7 +23,7 @@ import msgspec
 from noetl.config import Settings
 from noetl.crypto import decrypt, encrypt, load_key
 from noetl.errors import ConfigError, MissingKeyError, RenderError, StoreError
-from noetl.secrets import secret_env_name, secret_value
+from noetl.secrets import secret_env_name, secret_value, secret_values
 
 __all__ = [
     "KNOWN_TYPES",
@@ -437,6 +437,21 @@ class CredentialStore:
                 f"credential `{name}` is of type {credential.type}, but `auth` expects {expected}"
             )
         return credential
+
+    async def all_secret_values(self) -> builtins.set[str]:
+        """The secret values of every stored credential that this key decrypts (for masking
+        whatever any step records, not only what the step itself read)."""
+        if isinstance(self._key, MissingKeyError):
+            return builtins.set()
+        rows = await self.pool.fetch("SELECT name, data FROM noetl.credential")
+        values: builtins.set[str] = builtins.set()
+        for row in rows:
+            try:
+                plain = decrypt(self._key, bytes(row["data"]), aad=_aad(row["name"]))
+            except ConfigError:
+                continue  # another key's credential: nothing of it can reach this runner
+            values |= builtins.set(secret_values(msgspec.json.decode(plain)))
+        return values
 
     async def list(self) -> builtins.list[CredentialInfo]:
         """Every credential, without data, by name."""

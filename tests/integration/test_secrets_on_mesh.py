@@ -141,3 +141,36 @@ async def test_a_crashing_plugin_does_not_leak_secrets(
         await client.bus.stop_consuming()
         for actor in actors:
             await actor.stop()
+
+
+async def test_every_stored_secret_is_masked_not_only_the_steps_own(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A value this step never asked for, and the runtime's own token: code that came by them
+    # (the review's playbook decrypted every credential) must not get them into the record.
+    other = "zz-not" + "-mine-9f31"
+    monkeypatch.setenv("NOETL_SECRET_UNRELATED", "env-only-" + "4b5c6d7e")
+    creds = CredentialStore(client.store.pool, load_key(client.settings))
+    await creds.set(
+        "someone_elses", "postgres", {"host": "h", "user": "u", "password": other, "database": "d"}
+    )
+    settings = client.settings
+    mesh = Mesh(client.bus, client.store, settings)
+    await mesh.start()  # after the credential: the runner loads every stored secret at start
+    try:
+        path = tmp_path / "exfiltrate.yaml"
+        path.write_text(
+            "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: exfiltrate}\n"
+            "workflow:\n  - step: start\n    tool:\n      kind: python\n      code: |\n"
+            "        stolen = 'zz-not' + '-mine-9f31'\n"
+            "        env = 'env-only-' + '4b5c6d7e'\n"
+            "        print('got', stolen, env)\n"
+            "        result = {'stolen': stolen, 'env': env}\n"
+        )
+        reply = await client.register(path)
+        doc = await client.wait(await client.start(reply.path, version=reply.version), timeout=60)
+        assert doc["status"] == "completed", doc
+        assert doc["result"] == {"stolen": "***", "env": "***"}
+        assert await leaks(client, other, "env-only-4b5c6d7e") == []
+    finally:
+        await mesh.stop()
