@@ -145,15 +145,20 @@ def _report_start(info: DaemonInfo, as_json: bool, *, already: bool) -> None:
 @server.command(name="stop")
 @click.option("--force", is_flag=True, help="SIGKILL when the drain takes longer than --grace.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to drain.")
-def server_stop(force: bool, grace: float) -> None:
+@json_option()
+def server_stop(force: bool, grace: float, as_json: bool) -> None:
     """Stop the server: SIGTERM, which drains the work in hand."""
-    _stop(Daemon(settings().home, "server"), "noetl server", force=force, grace=grace)
+    daemon = Daemon(settings().home, "server")
+    _stop(daemon, "noetl server", force=force, grace=grace, as_json=as_json)
 
 
-def _stop(daemon: Daemon, what: str, *, force: bool, grace: float) -> None:
+def _stop(daemon: Daemon, what: str, *, force: bool, grace: float, as_json: bool) -> None:
     info = daemon.running()
     if info is None:
-        out.print(f"{what} is not running")
+        if as_json:
+            print_json({"status": "not running"})
+        else:
+            out.print(f"{what} is not running")
         return
     try:
         gone = daemon.stop(grace=grace, force=force)
@@ -161,7 +166,10 @@ def _stop(daemon: Daemon, what: str, *, force: bool, grace: float) -> None:
         fail(str(exc))
     if not gone:
         fail(f"{what} (pid {info.pid}) is still draining after {grace:g} s; use --force")
-    out.print(f"{what} stopped (pid {info.pid})")
+    if as_json:
+        print_json({"status": "stopped", "pid": info.pid})
+    else:
+        out.print(f"{what} stopped (pid {info.pid})")
 
 
 @server.command(name="status")
@@ -246,7 +254,8 @@ def worker_start(pool: str | None, as_json: bool) -> None:
 @click.option("--pool", help="Runner pool (default NOETL_RUNNER_POOL, `default`).")
 @click.option("--force", is_flag=True, help="SIGKILL when the drain takes longer than --grace.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to drain.")
-def worker_stop(pool: str | None, force: bool, grace: float) -> None:
+@json_option()
+def worker_stop(pool: str | None, force: bool, grace: float, as_json: bool) -> None:
     """Stop the worker of `pool`: SIGTERM, which finishes the commands in hand."""
     daemon, chosen = _worker(settings(), pool)
-    _stop(daemon, f"noetl worker {chosen}", force=force, grace=grace)
+    _stop(daemon, f"noetl worker {chosen}", force=force, grace=grace, as_json=as_json)

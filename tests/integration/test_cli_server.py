@@ -176,7 +176,7 @@ def test_server_and_worker_lifecycle(daemons: Settings) -> None:
     assert f"stopped (pid {first['pid']})" in stopped.stdout
     assert not running(first["pid"])
     assert not (home / "server.pid").exists()
-    assert "not running" in cli(settings, "server", "stop").stdout
+    assert json.loads(cli(settings, "server", "stop", "--json").stdout) == {"status": "not running"}
     after = cli(settings, "server", "status", "--json")
     assert (after.returncode, json.loads(after.stdout)["status"]) == (1, "stopped")
     assert (
