@@ -57,10 +57,14 @@ def _env(config: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def _ready(port: int) -> tuple[bool, dict[str, Any] | None]:
-    """(ready, the probe's answer) of the API on this machine's `port`."""
+def _ready(port: int, config: Settings) -> tuple[bool, dict[str, Any] | None]:
+    """(ready, the probe's answer) of the API on this machine's `port`. The request names an
+    allowed host when the API only answers to some (NOETL_API_ALLOWED_HOSTS)."""
+    allowed = [h.strip() for h in config.api_allowed_hosts.split(",") if h.strip()]
+    headers = {"Host": f"{allowed[0]}:{port}"} if allowed else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/ready", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ready", timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return True, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -114,7 +118,7 @@ def server_start(port: int | None, init_db: bool, as_json: bool) -> None:
     roles = ("--role", "api", "--role", "catalog", "--role", "coordinator")
     argv = mesh_command("up", *roles, "--api-port", str(chosen))
     info = daemon.spawn(argv, _env(config), port=chosen)
-    _wait_for(daemon, info, lambda: _ready(chosen)[0], "ready")
+    _wait_for(daemon, info, lambda: _ready(chosen, config)[0], "ready")
     _report_start(info, as_json, already=False)
 
 
@@ -183,7 +187,7 @@ def server_status(as_json: bool) -> None:
     if info is None:
         doc: dict[str, Any] = {"status": "stopped"}
     else:
-        ready, probe = _ready(info.port or config.api_port)
+        ready, probe = _ready(info.port or config.api_port, config)
         doc = {
             "status": "running",
             "pid": info.pid,
