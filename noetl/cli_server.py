@@ -57,10 +57,14 @@ def _env(config: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def _ready(port: int) -> tuple[bool, dict[str, Any] | None]:
-    """(ready, the probe's answer) of the API on this machine's `port`."""
+def _ready(port: int, config: Settings) -> tuple[bool, dict[str, Any] | None]:
+    """(ready, the probe's answer) of the API on this machine's `port`. The request names an
+    allowed host when the API only answers to some (NOETL_API_ALLOWED_HOSTS)."""
+    allowed = [h.strip() for h in config.api_allowed_hosts.split(",") if h.strip()]
+    headers = {"Host": f"{allowed[0]}:{port}"} if allowed else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/ready", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ready", timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return True, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -114,7 +118,7 @@ def server_start(port: int | None, init_db: bool, as_json: bool) -> None:
     roles = ("--role", "api", "--role", "catalog", "--role", "coordinator")
     argv = mesh_command("up", *roles, "--api-port", str(chosen))
     info = daemon.spawn(argv, _env(config), port=chosen)
-    _wait_for(daemon, info, lambda: _ready(chosen)[0], "ready")
+    _wait_for(daemon, info, lambda: _ready(chosen, config)[0], "ready")
     _report_start(info, as_json, already=False)
 
 
@@ -145,15 +149,20 @@ def _report_start(info: DaemonInfo, as_json: bool, *, already: bool) -> None:
 @server.command(name="stop")
 @click.option("--force", is_flag=True, help="SIGKILL when the drain takes longer than --grace.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to drain.")
-def server_stop(force: bool, grace: float) -> None:
+@json_option()
+def server_stop(force: bool, grace: float, as_json: bool) -> None:
     """Stop the server: SIGTERM, which drains the work in hand."""
-    _stop(Daemon(settings().home, "server"), "noetl server", force=force, grace=grace)
+    daemon = Daemon(settings().home, "server")
+    _stop(daemon, "noetl server", force=force, grace=grace, as_json=as_json)
 
 
-def _stop(daemon: Daemon, what: str, *, force: bool, grace: float) -> None:
+def _stop(daemon: Daemon, what: str, *, force: bool, grace: float, as_json: bool) -> None:
     info = daemon.running()
     if info is None:
-        out.print(f"{what} is not running")
+        if as_json:
+            print_json({"status": "not running"})
+        else:
+            out.print(f"{what} is not running")
         return
     try:
         gone = daemon.stop(grace=grace, force=force)
@@ -161,7 +170,10 @@ def _stop(daemon: Daemon, what: str, *, force: bool, grace: float) -> None:
         fail(str(exc))
     if not gone:
         fail(f"{what} (pid {info.pid}) is still draining after {grace:g} s; use --force")
-    out.print(f"{what} stopped (pid {info.pid})")
+    if as_json:
+        print_json({"status": "stopped", "pid": info.pid})
+    else:
+        out.print(f"{what} stopped (pid {info.pid})")
 
 
 @server.command(name="status")
@@ -175,7 +187,7 @@ def server_status(as_json: bool) -> None:
     if info is None:
         doc: dict[str, Any] = {"status": "stopped"}
     else:
-        ready, probe = _ready(info.port or config.api_port)
+        ready, probe = _ready(info.port or config.api_port, config)
         doc = {
             "status": "running",
             "pid": info.pid,
@@ -246,7 +258,8 @@ def worker_start(pool: str | None, as_json: bool) -> None:
 @click.option("--pool", help="Runner pool (default NOETL_RUNNER_POOL, `default`).")
 @click.option("--force", is_flag=True, help="SIGKILL when the drain takes longer than --grace.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Seconds to drain.")
-def worker_stop(pool: str | None, force: bool, grace: float) -> None:
+@json_option()
+def worker_stop(pool: str | None, force: bool, grace: float, as_json: bool) -> None:
     """Stop the worker of `pool`: SIGTERM, which finishes the commands in hand."""
     daemon, chosen = _worker(settings(), pool)
-    _stop(daemon, f"noetl worker {chosen}", force=force, grace=grace)
+    _stop(daemon, f"noetl worker {chosen}", force=force, grace=grace, as_json=as_json)

@@ -57,7 +57,6 @@ def route_table(
         *Metrics(client).routes(),
         *spec.routes(),
         *Playbooks(client).routes(),
-        # NoETL's status route before the native `{id}` ones it would otherwise shadow.
         *NoetlExecutions(client).routes(),
         *Executions(client).routes(),
         *streams.routes(),

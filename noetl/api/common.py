@@ -44,13 +44,11 @@ class ApiError(Exception):
         message: str,
         *,
         headers: dict[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
-        self.extra = dict(extra or {})
 
 
 class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -39,8 +39,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        if exc.extra:
-            return json_response(exc.extra, status=exc.status, headers=exc.headers)
         return _error(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -19,6 +19,10 @@ _REF: Final = "#/components/schemas/{name}"
 _PATTERN: Final = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 _ERROR_REF: Final = {"$ref": _REF.format(name="ErrorBody")}
 _TEXT: Final = {"type": "string"}
+# Path parameters that are ids: anything else is refused with 400 (documented as such).
+_PATH_SCHEMAS: Final = {
+    name: {"type": "string", "pattern": "^[0-9]{1,19}$"} for name in ("id", "execution_id")
+}
 _STATUS_TEXT: Final = {
     200: "OK",
     201: "Created",
@@ -62,7 +66,7 @@ def build_document(routes: list[Route], *, title: str, version: str) -> dict[str
     for route in routes:
         path = _PATTERN.sub(r"{\1}", route.path)
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _TEXT)}
             for name in _PATTERN.findall(route.path)
         ]
         for where, params in (("query", route.query), ("header", route.headers)):
