@@ -224,6 +224,8 @@ def test_the_api_is_probed_and_served_on_8082() -> None:
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "api"
     config = named(objects, "ConfigMap", FULLNAME)["data"]
     assert config["NOETL_API_PORT"] == "8082"
+    # In a pod, loopback is the pod itself: http tools may not reach it (the egress policy).
+    assert config["NOETL_HTTP_DENY"] == "127.0.0.0/8,::1"
     kind = named(render(VALUE_SETS["kind.yaml"]), "Service", f"{FULLNAME}-api")
     assert kind["spec"]["type"] == "NodePort" and kind["spec"]["ports"][0]["nodePort"] == 30082
 
