@@ -337,7 +337,7 @@ def test_retry_until_success_with_backoff_timers() -> None:
     assert attempts == [1, 2, 3]
     scheduled = [e.payload for e in sim.events if e.type == "timer.scheduled"]
     delays = [p["due_at"] - at for p, at in zip(scheduled, failed_at, strict=True) if p]
-    assert delays == [2, 6]  # delay, then delay × backoff
+    assert delays == [2, 6]  # delay, then delay x backoff
     assert [c.command_id.rsplit(":", 1)[1] for c in sim.issued] == ["1", "2", "3"]
     assert_replays(sim)
 
