@@ -9,7 +9,12 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import fixture, run
+from tests.integration.conftest import (  # noqa: F401  (shared_*: one mesh per module)
+    fixture,
+    run,
+    shared_client,
+    shared_mesh,
+)
 
 
 def write(tmp_path: Path, name: str, body: str, metadata: str = "") -> Path:

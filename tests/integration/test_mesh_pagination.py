@@ -8,7 +8,11 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import fixture
+from tests.integration.conftest import (  # noqa: F401  (shared_*: one mesh per module)
+    fixture,
+    shared_client,
+    shared_mesh,
+)
 from tests.support.http_api import ITEM_COUNT, HttpApi
 
 

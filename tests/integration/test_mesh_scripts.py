@@ -6,7 +6,12 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import one_step, run
+from tests.integration.conftest import (  # noqa: F401  (shared_*: one mesh per module)
+    one_step,
+    run,
+    shared_client,
+    shared_mesh,
+)
 from tests.support.http_api import HttpApi
 
 
