@@ -11,6 +11,7 @@ from pathlib import Path
 from actors.mesh import Mesh
 from noetl.client import Client
 from tests.integration.conftest import events_by_type, run, write_playbook
+from tests.support.http_api import ITEM_COUNT, HttpApi
 
 DIVIDE = 'tool: {kind: python, args: {n: "{{ n }}"}, code: "result = {\'q\': 10 // n}"}'
 
@@ -227,3 +228,119 @@ async def test_cancelling_the_parent_cancels_its_running_child(
     assert doc["status"] == "cancelled" and doc["error"]["message"] == "stop the family"
     child = await module_client.wait(children[0], timeout=30)
     assert child["status"] == "cancelled"
+
+
+async def test_async_loop_keeps_at_most_max_concurrency_in_flight(
+    module_client: Client, module_mesh: Mesh, tmp_path: Path
+) -> None:
+    doc = await run(
+        module_client,
+        write_playbook(
+            tmp_path,
+            "bounded",
+            """
+        - step: start
+          loop: {in: "{{ range(8) | list }}", iterator: n, mode: async, max_concurrency: 3}
+          tool:
+            kind: python
+            args: {n: "{{ n }}"}
+            code: "import time\\ntime.sleep(0.2)\\nresult = n"
+    """,
+        ),
+    )
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == list(range(8))
+    in_flight, most = 0, 0
+    for row in await module_client.store.list_events(int(doc["execution_id"])):
+        in_flight += {"command.issued": 1, "step.item": -1}.get(row["event_type"], 0)
+        most = max(most, in_flight)
+    assert most == 3
+
+
+async def test_empty_loop_older_iterator_form_and_a_bad_in(
+    module_client: Client, module_mesh: Mesh, tmp_path: Path
+) -> None:
+    doc = await run(
+        module_client,
+        write_playbook(
+            tmp_path,
+            "loop_forms",
+            """
+        - step: start
+          loop: {in: [], iterator: n}
+          tool: {kind: python, code: "result = 1"}
+          vars: {count: "{{ result | length }}"}
+          next: [older]
+        - step: older
+          tool:
+            kind: iterator
+            collection: "{{ workload.names }}"
+            element: name
+            mode: async
+            task: {kind: python, args: {name: "{{ name }}"}, code: "result = name.upper()"}
+    """,
+            workload="{names: [ada, bob]}",
+        ),
+    )
+    assert doc["status"] == "completed", doc
+    assert doc["steps"]["start"] == [] and doc["vars"] == {"count": 0}
+    assert doc["result"] == ["ADA", "BOB"]
+    bad = await run(
+        module_client,
+        write_playbook(
+            tmp_path,
+            "bad_in",
+            """
+        - step: start
+          loop: {in: "{{ 5 }}", iterator: n}
+          tool: {kind: python, code: "result = 1"}
+    """,
+        ),
+    )
+    assert bad["status"] == "failed"
+    assert bad["error"]["message"] == "step `start`: loop.in must be a list, got int 5"
+
+
+async def test_case_rules_paginate_route_errors_and_sink(
+    module_client: Client, module_mesh: Mesh, module_api: HttpApi, tmp_path: Path
+) -> None:
+    doc = await run(
+        module_client,
+        write_playbook(
+            tmp_path,
+            "case_rules",
+            f"""
+        - step: start
+          tool: {{kind: http, url: "{module_api.url}/items", params: {{page: 1, size: 20}}}}
+          case:
+            - when: "{{{{ event.name == 'call.done' and response.data.paging.hasMore }}}}"
+              then:
+                collect: {{strategy: append, path: data.data, into: items}}
+                retry: {{params: {{page: "{{{{ response.data.paging.page + 1 }}}}"}}}}
+            - when: "{{{{ event.name == 'call.done' }}}}"
+              then:
+                collect: {{strategy: append, path: data.data, into: items}}
+                sink: {{tool: {{kind: event_log}}, args: {{pages: 2}}}}
+                next: [broken]
+        - step: broken
+          tool: {{kind: python, code: "raise ValueError('bad row')"}}
+          case:
+            - when: "{{{{ event.name == 'call.error' }}}}"
+              then:
+                set: {{reason: "{{{{ error.message }}}}"}}
+                next: [report]
+        - step: report
+          tool:
+            kind: python
+            args: {{n: "{{{{ vars.items | length }}}}", reason: "{{{{ vars.reason }}}}"}}
+            code: "result = {{'n': n, 'bad': 'bad row' in reason}}"
+    """,
+        ),
+    )
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == {"n": ITEM_COUNT, "bad": True}
+    assert [item["id"] for item in doc["vars"]["items"]] == list(range(ITEM_COUNT))
+    assert "bad row" in doc["vars"]["reason"]  # `status` shows what the rules set
+    events = await events_by_type(module_client, doc["execution_id"])
+    [start] = [r for r in events["step.completed"] if r["step"] == "start"]
+    assert start["payload"]["sink"] == {"rows": 1}
