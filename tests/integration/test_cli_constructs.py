@@ -47,9 +47,13 @@ async def test_cancel_a_running_execution(
 
 
 async def test_restart_from_a_step_with_a_changed_workload(
-    module_settings: Settings, module_client: Client, module_mesh: Mesh, tmp_path: Path
+    module_settings: Settings,
+    module_client: Client,
+    module_mesh: Mesh,
+    tmp_path: Path,
+    shared_path: Path,
 ) -> None:
-    runs = tmp_path / "start_runs"
+    runs = shared_path / "start_runs"
     path = write_playbook(
         tmp_path,
         "fragile_cli",

@@ -106,9 +106,9 @@ async def test_loop_sink_writes_once_and_per_item_sink_writes_each_item(
 
 
 async def test_workbook_task_brings_its_retry_sink_and_timeout(
-    module_client: Client, module_mesh: Mesh, tmp_path: Path
+    module_client: Client, module_mesh: Mesh, tmp_path: Path, shared_path: Path
 ) -> None:
-    counter, out = tmp_path / "attempts", tmp_path / "task.json"
+    counter, out = shared_path / "attempts", tmp_path / "task.json"
     path = tmp_path / "tasks.yaml"
     path.write_text(f"""\
 apiVersion: noetl.io/v2

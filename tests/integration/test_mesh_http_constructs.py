@@ -163,7 +163,7 @@ def counter_code(path: Path, failures: int) -> str:
 
 
 async def test_retry_delays_follow_backoff_max_delay_jitter_and_retry_after(
-    module_client: Client, module_mesh: Mesh, module_api: HttpApi, tmp_path: Path
+    module_client: Client, module_mesh: Mesh, module_api: HttpApi, tmp_path: Path, shared_path: Path
 ) -> None:
     # Four retrying steps run side by side, so the test waits for the longest one only.
     flaky = f"{module_api.url}/flaky"
@@ -172,10 +172,10 @@ async def test_retry_delays_follow_backoff_max_delay_jitter_and_retry_after(
       next: [backoff, jitter, retry_after, retry_after_capped]
     - step: backoff
       retry: {{max_attempts: 4, delay: 0.5, backoff: 4, max_delay: 1.5}}
-      tool: {{kind: python, code: "{counter_code(tmp_path / "backoff", 3)}"}}
+      tool: {{kind: python, code: "{counter_code(shared_path / "backoff", 3)}"}}
     - step: jitter
       retry: {{max_attempts: 2, delay: 2, jitter: true}}
-      tool: {{kind: python, code: "{counter_code(tmp_path / "jitter", 1)}"}}
+      tool: {{kind: python, code: "{counter_code(shared_path / "jitter", 1)}"}}
     - step: retry_after
       retry: {{max_attempts: 2, delay: 0.1}}
       tool: {{kind: http, url: "{flaky}/{tmp_path.name}-a", params: {{fail: 1, retry_after: 2}}}}
