@@ -56,6 +56,11 @@ def test_jitter_applies_after_max_delay() -> None:
     assert all(10 <= d <= 20 for d in delays) and max(delays) > 19
 
 
+def test_jitter_spreads_short_delays_too() -> None:
+    delays = [backoff_delay(policy(delay=0.8, jitter=True), 1, cid) for cid in IDS]
+    assert all(0.4 <= d <= 0.8 for d in delays) and min(delays) < 0.5
+
+
 def test_jitter_leaves_a_zero_delay_at_zero() -> None:
     assert backoff_delay(policy(delay=0, jitter=True), 1, IDS[0]) == 0
 
@@ -135,6 +140,7 @@ PAGE = {"data": {"items": [{"id": 7}, {"id": 8}], "next": None}, "ok": True}
         ("data.items", [{"id": 7}, {"id": 8}]),
         ("data.items.1.id", 8),
         ("data.items.-1", {"id": 8}),
+        ("data.items.-2", {"id": 7}),
         ("data.next", None),
     ],
 )
