@@ -161,18 +161,6 @@ async def module_api() -> AsyncIterator[HttpApi]:
         await served.stop()
 
 
-@pytest.fixture(name="client")
-def shared_client(module_client: Client) -> Client:
-    """`client`, on the module's mesh: import into a module to share one mesh there."""
-    return module_client
-
-
-@pytest.fixture(name="mesh")
-def shared_mesh(module_mesh: Mesh) -> Mesh:
-    """`mesh`, the module's own: import with `shared_client`."""
-    return module_mesh
-
-
 def write_playbook(
     directory: Path, name: str, body: str, *, metadata: str = "", workload: str = ""
 ) -> Path:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import (  # noqa: F401  (shared_*: one mesh per module)
+from tests.integration.conftest import (
     fixture,
     run,
-    shared_client,
-    shared_mesh,
 )
+from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
 
 
 async def step_completions(client: Client, execution_id: str) -> Counter[str]:
