@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench mutate clean
 
 install: $(STAMP)
 
@@ -34,5 +34,17 @@ lint: install
 bench: install
 	$(BIN)/noetl-runtime bench
 
+# Mutation testing (mutmut, configured in pyproject.toml) of the engine, rendering and
+# plugins against the unit tests; slow, so never in CI. MUTANTS narrows it to mutant names:
+#   make mutate MUTANTS='noetl.engine.iteration.* plugins.http.x__retry_after*'
+MUTANTS ?=
+MUTATE_JOBS ?= 2
+mutate: install
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
+	  k, v = s["killed"] + s["timeout"], s["survived"]; \
+	  print(f"mutation score {k}/{k + v} = {100 * k / max(k + v, 1):.1f}% (survivors: mutmut results)")'
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

@@ -152,7 +152,6 @@ class Playbook(Model, kw_only=True, dict=True, weakref=True):
     kind: str
     metadata: Metadata
     workload: dict[str, Any] = {}
-    keychain: list[Any] = []
     workbook: list[WorkbookTask] = []
     workflow: list[Step]
 

@@ -175,6 +175,17 @@ class _Checker:
                     "warning",
                 )
             )
+        if "keychain" in data:
+            # NoETL fills `keychain` at execution start (secret managers, OAuth2 tokens cached
+            # and renewed per scope); silently ignoring it would leave `{{ keychain.* }}` unset.
+            self._error(
+                ("keychain",),
+                "`keychain` is not supported by this runtime: name a stored credential in a "
+                "tool's `auth` or the step's `credentials`, or read one with "
+                "`{{ secret.NAME }}`",
+                at_key=True,
+            )
+            data = {key: value for key, value in data.items() if key != "keychain"}
         ok, playbook = self._struct(Playbook, data, ())
         self._header(data)
         self._routes("workflow" in data)

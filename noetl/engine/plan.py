@@ -99,7 +99,10 @@ def compile_plan(playbook: Playbook, version: int, files: Mapping[str, str] | No
         path=playbook.catalog_path,
         version=version,
         graph=Graph.of(playbook),
-        steps={s.step: _step_plan(playbook, s, by_path) for s in playbook.workflow},
+        steps={
+            s.step: _step_plan(playbook, _with_task_sink(playbook, s), by_path)
+            for s in playbook.workflow
+        },
         order={s.step: i for i, s in enumerate(playbook.workflow)},
         has_end=playbook.has_end,
     )
@@ -184,6 +187,17 @@ def _resolve_tool(
     if timeout is None and isinstance(tool.get("timeout"), int | float):
         timeout = float(tool["timeout"])
     return tool, args, timeout
+
+
+def _with_task_sink(playbook: Playbook, step: Step) -> Step:
+    """The step as it runs: a workbook step without a sink of its own writes through its
+    task's `sink`."""
+    tool = step.tool or {}
+    if step.sink is None and tool.get("kind") == "workbook":
+        sink = playbook.task(str(tool["name"])).sink
+        if sink is not None:
+            return msgspec.structs.replace(step, sink=sink)
+    return step
 
 
 def _retry_of(playbook: Playbook, step: Step) -> Retry | None:

@@ -229,7 +229,8 @@ class Store:
         events = await self.pool.fetch(
             "SELECT event_type, step, payload, error FROM noetl.event "
             "WHERE execution_id = $1 "
-            "AND event_type IN ('execution.started', 'step.completed', 'step.failed') "
+            "AND event_type IN ('execution.started', 'step.completed', 'step.failed', "
+            "'step.item') "
             "ORDER BY version",
             execution_id,
         )
@@ -237,6 +238,9 @@ class Store:
         variables: dict[str, Any] = {}
         for e in events:
             payload = e["payload"] or {}
+            # Variables ride on every decision that sets them (a step's end, a `case` rule on
+            # one call of a step, a handled failure), as the engine's own state folds them.
+            variables.update(payload.get("vars") or {})
             if e["event_type"] == "execution.started":
                 # A restarted execution starts with the results it kept.
                 restored = payload.get("restore") or {}
@@ -249,8 +253,7 @@ class Store:
                 variables.update(restored.get("vars") or {})
             elif e["event_type"] == "step.completed":
                 steps[e["step"]] = payload.get("result")
-                variables.update(payload.get("vars") or {})
-            else:
+            elif e["event_type"] == "step.failed":
                 steps[e["step"]] = {"error": e["error"]}
         return {
             "execution_id": str(execution_id),

@@ -22,9 +22,12 @@ from noetl.store.check import check_events
 CLI = str(Path(sys.executable).parent / "noetl-runtime")
 
 
-def start_mesh(settings: Settings, log: Path, **env_extra: str) -> subprocess.Popen[bytes]:
-    """`noetl-runtime up` against the test's servers, with short redelivery times;
-    `env_extra` adds or overrides environment variables."""
+def start_mesh(
+    settings: Settings, log: Path, *roles: str, **env_extra: str
+) -> subprocess.Popen[bytes]:
+    """`noetl-runtime up` against the test's servers, with short redelivery times; `roles`
+    become `--role` options (default: all), `env_extra` adds or overrides environment
+    variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
     env.update(
         NOETL_NATS_URL=str(settings.nats_url),
@@ -38,7 +41,7 @@ def start_mesh(settings: Settings, log: Path, **env_extra: str) -> subprocess.Po
     # Its own session, so the kill takes the whole process group with it (python workers
     # also die with their runner).
     return subprocess.Popen(
-        [CLI, "up"],
+        [CLI, "up", *(arg for role in roles for arg in ("--role", role))],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -3,7 +3,6 @@ step completes exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 
@@ -52,6 +51,16 @@ def chain(tmp_path: Path) -> Path:
     return path
 
 
+async def in_flight(client: Client, execution_id: int) -> set[str]:
+    """Commands whose tool call has started and has no recorded outcome."""
+    rows = await events_of(client, execution_id)
+    started = {r["command_id"] for r in rows if r["event_type"] == "command.started"}
+    ended = {
+        r["command_id"] for r in rows if r["event_type"] in ("command.completed", "command.failed")
+    }
+    return started - ended
+
+
 async def test_sigkill_mid_run_then_restart_completes_each_step_once(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -61,16 +70,19 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
     try:
         reply = await register_when_up(client, chain(tmp_path))
         eid = await client.start(reply.path, version=reply.version)
-        # Kill twice: once while a step runs, once again later in the chain.
+        # Kill twice, each time while a step's tool call is running (started, no outcome).
+        interrupted: set[str] = set()
         for threshold in (2, 5):
 
-            async def enough(threshold: int = threshold) -> bool:
+            async def running_after(threshold: int = threshold) -> bool:
                 done = await count_events(client, eid, "step.completed")
-                return sum(done.values()) >= threshold
+                return sum(done.values()) >= threshold and bool(await in_flight(client, eid))
 
-            await wait_until(enough)
-            await asyncio.sleep(0.2)  # land inside the next step's tool call
+            await wait_until(running_after)
             kill_hard(mesh)
+            caught = await in_flight(client, eid)  # read after the kill: what it interrupted
+            assert caught, "the kill landed between two commands"
+            interrupted |= caught
             mesh = start_mesh(settings, log)
         doc = await client.wait(eid, timeout=90)
         assert doc["status"] == "completed", (doc, log.read_text()[-3000:])
@@ -86,6 +98,9 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
             if r["event_type"] in ("command.completed", "command.failed")
         )
         assert set(outcomes.values()) == {1}
+        # Each interrupted command was run again after the restart and completed once.
+        completed = {r["command_id"] for r in rows if r["event_type"] == "command.completed"}
+        assert len(interrupted) == 2 and interrupted <= completed
         await assert_db_clean(client.store)
         # A graceful stop drains and exits cleanly.
         assert stop_gracefully(mesh) == 0, log.read_text()[-3000:]

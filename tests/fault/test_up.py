@@ -1,4 +1,5 @@
-"""`noetl-runtime up` serves the REST API next to the actors and stops cleanly."""
+"""`noetl-runtime up` serves the REST API next to the actors and stops cleanly; `--role`
+splits the mesh over processes."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from pathlib import Path
 
 import aiohttp
 
+from noetl.client import Client
 from noetl.config import Settings
 from noetl.store import Store
-from tests.fault.harness import assert_db_clean, kill_hard, start_mesh, stop_gracefully
+from tests.fault.harness import (
+    assert_db_clean,
+    events_of,
+    kill_hard,
+    register_when_up,
+    start_mesh,
+    stop_gracefully,
+    wait_until,
+)
+from tests.integration.conftest import fixture
 from tests.support.services import free_port
 
 
@@ -43,3 +54,36 @@ async def test_up_serves_the_api_and_drains_on_sigterm(settings: Settings, tmp_p
             await store.close()
     finally:
         kill_hard(proc)
+
+
+async def test_roles_in_separate_processes(settings: Settings, tmp_path: Path) -> None:
+    """Catalog and coordinator in one process, the runner in another: nothing runs a command
+    until a runner is up, then the execution completes."""
+    client = await Client.connect(settings)
+    deciders = start_mesh(settings, tmp_path / "deciders.log", "catalog", "coordinator")
+    runner = None
+    try:
+        reply = await register_when_up(client, fixture("hello_world"))
+        eid = await client.start(reply.path, version=reply.version)
+
+        async def issued() -> bool:
+            return any(r["event_type"] == "command.issued" for r in await events_of(client, eid))
+
+        await wait_until(issued)
+        await asyncio.sleep(1.0)
+        kinds = {r["event_type"] for r in await events_of(client, eid)}
+        assert "command.started" not in kinds  # no runner role anywhere yet
+        runner = start_mesh(settings, tmp_path / "runner.log", "runner")
+        doc = await client.wait(eid, timeout=90)
+        assert doc["status"] == "completed", doc
+        assert doc["result"] == {"final": "Hello World!", "length": 12}
+        assert "mesh up (catalog, coordinator)" in (tmp_path / "deciders.log").read_text()
+        assert "mesh up (runner)" in (tmp_path / "runner.log").read_text()
+        assert "REST API" not in (tmp_path / "runner.log").read_text()
+        assert stop_gracefully(runner) == 0 and stop_gracefully(deciders) == 0
+        await assert_db_clean(client.store)
+    finally:
+        if runner is not None:
+            kill_hard(runner)
+        kill_hard(deciders)
+        await client.close()

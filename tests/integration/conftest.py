@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import shutil
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,14 @@ from tests.support.cloud import (  # noqa: F401  (fixtures: moto_server, aws_env
     moto_server_fixture,
 )
 from tests.support.http_api import HttpApi, start_http_api
+from tests.support.services import (
+    PgServer,
+    create_database,
+    drop_database,
+    start_test_nats,
+    stop_process,
+    unique_database_name,
+)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
 
@@ -75,3 +87,97 @@ async def api() -> AsyncIterator[HttpApi]:
         yield served
     finally:
         await served.stop()
+
+
+# -- one mesh per module ----------------------------------------------------------------------
+# Starting NATS, a database and the actors costs seconds: modules whose tests only run
+# playbooks share them. Each test still registers its own playbooks and reads only its own
+# executions.
+
+
+@pytest.fixture(scope="module")
+def module_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server with JetStream for this module (or NOETL_TEST_NATS_URL)."""
+    external = os.environ.get("NOETL_TEST_NATS_URL")
+    if external:
+        yield external
+        return
+    proc = start_test_nats(tmp_path_factory.mktemp("nats"))
+    try:
+        yield proc.url
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+async def module_settings(
+    pg_server: PgServer, module_nats_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Settings]:
+    """Settings on this module's NATS, a fresh database and a fresh NOETL_HOME."""
+    name = unique_database_name(request.module.__name__.rsplit(".", 1)[-1])
+    await create_database(pg_server.admin_dsn, name)
+    home = Path(tempfile.mkdtemp(prefix="noetl-home-"))
+    try:
+        yield Settings(
+            nats_url=module_nats_url,
+            pg_dsn=pg_server.dsn(name),
+            home=home,
+            ack_wait=2.0,
+            reconcile_every=1.0,
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        await drop_database(pg_server.admin_dsn, name)
+
+
+@pytest.fixture(scope="module")
+async def module_client(module_settings: Settings) -> AsyncIterator[Client]:
+    """A client on this module's services."""
+    c = await Client.connect(module_settings, relaxed=True)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture(scope="module")
+async def module_mesh(module_client: Client) -> AsyncIterator[Mesh]:
+    """Every role of the mesh, running in this process for the whole module."""
+    m = Mesh(module_client.bus, module_client.store, module_client.settings)
+    await m.start()
+    try:
+        yield m
+    finally:
+        await m.stop()
+
+
+@pytest.fixture(scope="module")
+async def module_api() -> AsyncIterator[HttpApi]:
+    """The local test HTTP API for the whole module."""
+    served = await start_http_api()
+    try:
+        yield served
+    finally:
+        await served.stop()
+
+
+def write_playbook(
+    directory: Path, name: str, body: str, *, metadata: str = "", workload: str = ""
+) -> Path:
+    """Write a playbook named `name` whose `workflow:` is `body` (YAML, any indentation)."""
+    path = directory / f"{name}.yaml"
+    head = f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}{metadata}}}\n"
+    if workload:
+        head += f"workload: {workload}\n"
+    path.write_text(head + "workflow:\n" + textwrap.indent(textwrap.dedent(body), "  "))
+    return path
+
+
+async def events_by_type(
+    client: Client, execution_id: str | int
+) -> dict[str, list[dict[str, Any]]]:
+    """The execution's events grouped by type, each list in the order they were recorded."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in await client.store.list_events(int(execution_id)):
+        grouped.setdefault(row["event_type"], []).append(row)
+    return grouped

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -368,3 +369,29 @@ async def test_the_service_fixtures_are_fresh_and_isolated(
 
 def test_the_database_fixture_works_for_sync_tests_too(pg_dsn: str) -> None:
     assert pg_dsn.startswith("postgresql://") and "/t_" in pg_dsn
+
+
+def test_zero_config_run_then_down(home: Path) -> None:
+    """`run` with nothing configured starts the embedded servers; `down` stops them."""
+    cli = str(Path(sys.executable).parent / "noetl-runtime")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
+    env["NOETL_HOME"] = str(home)
+    hello = Path(__file__).parent.parent / "fixtures" / "playbooks" / "hello_world"
+
+    def noetl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, *args], env=env, capture_output=True, text=True, timeout=150, check=False
+        )
+
+    ran = noetl("run", str(hello / "hello_world.yaml"), "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["result"] == {"final": "Hello World!", "length": 12}
+    nats_pids, pg_pids = servers_of(home)
+    assert len(nats_pids) == 1 and len(pg_pids) == 1  # left running for the next command
+    down = noetl("down")
+    assert down.returncode == 0, down.stderr
+    assert down.stderr.startswith("stopped: NATS nats://127.0.0.1:")
+    assert f"(pid {nats_pids[0]})" in down.stderr and f"(pid {pg_pids[0]})" in down.stderr
+    assert servers_of(home) == ([], [])
+    again = noetl("down")
+    assert (again.returncode, again.stderr.strip()) == (0, "nothing was running")

@@ -10,7 +10,12 @@ from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.crypto import load_key
 from noetl.store.credentials import CredentialStore
-from tests.integration.conftest import fixture, one_step, run
+from tests.integration.conftest import (
+    fixture,
+    one_step,
+    run,
+)
+from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
 from tests.support.services import free_port
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import fixture
+from tests.integration.conftest import (
+    fixture,
+)
+from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
 from tests.support.http_api import ITEM_COUNT, HttpApi
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import fixture, run
+from tests.integration.conftest import (
+    fixture,
+    run,
+)
+from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
 
 
 async def step_completions(client: Client, execution_id: str) -> Counter[str]:

@@ -6,7 +6,11 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import one_step, run
+from tests.integration.conftest import (
+    one_step,
+    run,
+)
+from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
 from tests.support.http_api import HttpApi
 
 

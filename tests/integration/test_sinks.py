@@ -451,12 +451,6 @@ async def test_s3_sink(aws_env: MotoServer) -> None:
         await client.create_bucket(Bucket="out")
     sink = S3Sink()
     result = await sink.write(make_ctx(), {"uri": "s3://out/day/rows.jsonl"}, ROWS)
-    assert result == {
-        "rows": 2,
-        "uri": "s3://out/day/rows.jsonl",
-        "format": "jsonl",
-        "bytes": result["bytes"],
-    }
     ctx = make_ctx(
         {
             "aws": {
@@ -472,9 +466,16 @@ async def test_s3_sink(aws_env: MotoServer) -> None:
         obj = await client.get_object(Bucket="out", Key="day/rows.jsonl")
         body = await obj["Body"].read()
         assert obj["ContentType"] == "application/x-ndjson"
+        assert obj["ContentLength"] == len(body) > 0
         csv_obj = await client.get_object(Bucket="out", Key="rows.csv")
         assert (await csv_obj["Body"].read()).decode().startswith("id,name,born,tags,ok\n")
     assert json.loads(body.splitlines()[0])["born"] == "1815-12-10"
+    assert result == {
+        "rows": 2,
+        "uri": "s3://out/day/rows.jsonl",
+        "format": "jsonl",
+        "bytes": len(body),  # what was stored, measured on the store's side
+    }
     with pytest.raises(ToolError, match=r"s3 sink: s3://nope/x\.json: no bucket 'nope'"):
         await sink.write(make_ctx(), {"uri": "s3://nope/x.json"}, ROWS)
     with pytest.raises(ToolError, match="s3 sink: `uri` must look like s3://BUCKET/KEY"):
@@ -492,7 +493,7 @@ async def test_gcs_sink(gcs_env: GcsEmulator) -> None:
         data = await storage.download("out", "rows.jsonl")
         parquet = await storage.download("out", "rows.parquet")
     assert json.loads(data.splitlines()[1]) == {"id": 2, "name": "bob, jr", "ok": True}
-    assert parquet.startswith(b"PAR1")
+    assert parquet.startswith(b"PAR1") and len(parquet) == result["bytes"]
     with pytest.raises(ToolError, match=r"gcs sink: gs://missing/x\.jsonl: "):
         await sink.write(make_ctx(), {"uri": "gs://missing/x.jsonl"}, ROWS)
     with pytest.raises(ToolError, match="gcs sink: credential 'gcp' is not a service-account"):

@@ -7,11 +7,12 @@ Endpoints:
 
 - `GET /json` → `{"message": "hello", "numbers": [1, 2, 3]}`; `GET /text` → plain text.
 - `GET|POST /items?page=N&size=M&delay=S` → `{"data": [...], "paging": {"page", "size", "total",
-  "hasMore"}}` over `ITEM_COUNT` items (page from 1; POST may send page/size as JSON).
+  "hasMore"}}` over `ITEM_COUNT` items (page from 1; a header `X-Page: N` wins over the query;
+  POST may send page/size as JSON).
 - `GET /cursor?cursor=C&size=M` → `{"data": [...], "next_cursor": C2 or null}`.
 - `ANY /status/{code}?retry_after=V&body=TEXT` → that status (and Retry-After header).
-- `ANY /flaky/{key}?fail=N&status=S` → status S (503) for the first N calls per key, then
-  `{"calls": n}`; `api.calls[key]` counts them.
+- `ANY /flaky/{key}?fail=N&status=S&retry_after=V` → status S (503) with `Retry-After: V` (0)
+  for the first N calls per key, then `{"calls": n}`; `api.calls[key]` counts them.
 - `GET /slow?seconds=S` → waits, then `{"slept": S}`.
 - `GET /large?bytes=N&length=1` → N bytes streamed (Content-Length only with length=1).
 - `ANY /echo` → `{"method", "path", "query", "headers", "body", "json", "form"}`.
@@ -90,6 +91,7 @@ async def _text(_: web.Request) -> web.Response:
 
 async def _paged(request: web.Request) -> web.Response:
     page, size = _int(request, "page", 1), _int(request, "size", 10)
+    page = int(request.headers.get("X-Page", page))  # paging by header, for `next_page.headers`
     # `delay=S` makes every page slow, so a test can kill the mesh in the middle of a series.
     await asyncio.sleep(float(request.query.get("delay", 0)))
     if request.method == "POST" and request.can_read_body:
@@ -132,7 +134,9 @@ async def _flaky(request: web.Request) -> web.Response:
     api.calls[key] = api.calls.get(key, 0) + 1
     if api.calls[key] <= _int(request, "fail", 1):
         return web.Response(
-            status=_int(request, "status", 503), text="try again", headers={"Retry-After": "0"}
+            status=_int(request, "status", 503),
+            text="try again",
+            headers={"Retry-After": request.query.get("retry_after", "0")},
         )
     return web.json_response({"calls": api.calls[key]})
 

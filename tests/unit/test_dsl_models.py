@@ -97,7 +97,7 @@ workflow:
     )
     assert (step.args, step.vars, step.next, step.case, step.credentials) == ({}, {}, [], [], {})
     assert (step.desc, step.sink, step.timeout) == (None, None, None)
-    assert playbook.workload == {} and playbook.keychain == [] and playbook.workbook == []
+    assert playbook.workload == {} and playbook.workbook == []
     assert playbook.catalog_path == "demo"
     assert playbook.metadata == Metadata(name="demo")
     assert not playbook.has_end

@@ -509,3 +509,13 @@ def test_load_text_raises_playbook_error() -> None:
     assert caught.value.problems == [
         "pb.yaml:5:1: the workflow has no step named `start`, where every execution begins",
     ]
+
+
+def test_keychain_is_refused_with_what_to_use_instead() -> None:
+    body = "keychain:\n  - {name: token, kind: oauth2}\nworkflow:\n  - step: start\n"
+    assert errors(body) == [
+        "pb.yaml:5:1: `keychain` is not supported by this runtime: name a stored credential "
+        "in a tool's `auth` or the step's `credentials`, or read one with `{{ secret.NAME }}`"
+    ]
+    with pytest.raises(PlaybookError, match="`keychain` is not supported"):
+        load_text(HEADER + body)

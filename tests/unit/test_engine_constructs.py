@@ -322,21 +322,22 @@ def test_retry_until_success_with_backoff_timers() -> None:
     """)
     )
     attempts: list[int] = []
+    failed_at: list[float] = []
 
     def flaky(command: CommandIssued) -> tuple[str, Any]:
         attempts.append(command.attempt)
-        return ("ok", "fine") if command.attempt == 3 else ("error", {"message": "flaky"})
+        if command.attempt == 3:
+            return ("ok", "fine")
+        failed_at.append(sim.clock + 1)  # the clock the failure message is delivered at
+        return ("error", {"message": "flaky"})
 
     sim = Sim(engine, flaky)
     state = sim.run()
     assert state.status == "completed" and state.result == "fine"
     assert attempts == [1, 2, 3]
-    scheduled = [e for e in sim.events if e.type == "timer.scheduled"]
-    assert len(scheduled) == 2
-    delays = []
-    for event in scheduled:
-        assert event.payload is not None
-        delays.append(event.payload["due_at"])
+    scheduled = [e.payload for e in sim.events if e.type == "timer.scheduled"]
+    delays = [p["due_at"] - at for p, at in zip(scheduled, failed_at, strict=True) if p]
+    assert delays == [2, 6]  # delay, then delay x backoff
     assert [c.command_id.rsplit(":", 1)[1] for c in sim.issued] == ["1", "2", "3"]
     assert_replays(sim)
 
@@ -384,7 +385,7 @@ def test_retry_after_sets_the_delay() -> None:
     )
     sim.run()
     timer = next(e for e in sim.events if e.type == "timer.scheduled")
-    failure_time = sim.decisions[1].timers[0].due_at - 30
+    failure_time = 1002  # start at 1001, the failure delivered one tick later
     assert timer.payload is not None and timer.payload["due_at"] == failure_time + 30
 
 

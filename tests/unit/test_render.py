@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
 import pytest
@@ -779,16 +778,6 @@ def test_templates_are_parsed_once() -> None:
     after = render_module._compile.cache_info()
     assert after.misses == before.misses
     assert after.hits == before.hits + 10
-
-
-def test_rendering_is_fast() -> None:
-    ctx = {"workload": {"x": 1}}
-    render("{{ workload.x + 1 }}", ctx)
-    start = time.perf_counter()
-    for _ in range(20_000):
-        render("{{ workload.x + 1 }}", ctx)
-    # ~2-4 µs a call on a developer machine; a generous bound against CI noise.
-    assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.parametrize(
