@@ -17,7 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from noetl.api import middleware
 from noetl.api.common import Route
-from noetl.api.console import setup_console
+from noetl.api.console import ConsoleRoutes, setup_console
 from noetl.api.credentials import Credentials
 from noetl.api.executions import Executions
 from noetl.api.health import Probes
@@ -62,6 +62,7 @@ def route_table(
         *streams.routes(),
         *Credentials(client).routes(),
         *NoetlCatalog(client).routes(),
+        *ConsoleRoutes(client).routes(),
         *SqlEndpoint(
             client, enabled=sql, has_token=bool(token), timeout=sql_timeout, row_cap=sql_rows
         ).routes(),
@@ -101,5 +102,5 @@ def make_app(
     app = web.Application(middlewares=middlewares)
     app.add_routes(web.route(r.method, r.path, r.handler) for r in routes)
     app.on_shutdown.append(streams.close_streams)
-    setup_console(app, client)
+    setup_console(app)
     return app

@@ -17,13 +17,15 @@ import msgspec
 from aiohttp import web
 
 from noetl import dsl
+from noetl.api.common import Param, Route, body
+from noetl.api.schemas import ErrorBody
 from noetl.client import Client
 from noetl.dsl.graph import END, Graph
 from noetl.dsl.models import Edge, Playbook, Step, When
 from noetl.store.credentials import KNOWN_TYPES
 from plugins.registry import known_kinds
 
-__all__ = ["STATIC_DIR", "setup_console"]
+__all__ = ["STATIC_DIR", "ConsoleRoutes", "ConsoleSource", "setup_console"]
 
 STATIC_DIR: Final = Path(__file__).with_name("console")
 
@@ -52,12 +54,11 @@ _MAX_ID: Final = 2**63 - 1
 _GRAPH_CACHE_SIZE: Final = 256
 
 
-def setup_console(app: web.Application, client: Client) -> None:
-    """Serve the console at `/` (files under `/console/`) and its routes on `app`."""
-    routes = _ConsoleRoutes(client)
+def setup_console(app: web.Application) -> None:
+    """Serve the console's files at `/` and under `/console/` (its API routes are in the
+    API's route table: `ConsoleRoutes`)."""
     app.router.add_get("/", _index)
     app.router.add_get("/console/{name}", _static)
-    app.add_routes(routes.routes())
 
 
 async def _index(request: web.Request) -> web.Response:
@@ -195,21 +196,84 @@ def check(content: str) -> dict[str, Any]:
     }
 
 
-class _ConsoleRoutes:
+class ConsoleSource(msgspec.Struct):
+    """A playbook's YAML text to validate without registering it."""
+
+    content: str
+
+
+_CONSOLE: Final = "console"
+# The console's own documents, read by its pages only: described as any JSON.
+_ANSWERS: Final = {200: Any, 400: ErrorBody, 404: ErrorBody}
+_PAGE_QUERY: Final = (
+    Param("status", {"enum": sorted(_STATUSES)}, "only executions in this state"),
+    Param("q", {"type": "string"}, "a substring of the path, or an execution id"),
+    Param("parent", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "children of this id"),
+    Param("offset", {"type": "integer", "minimum": 0, "maximum": _MAX_OFFSET}, "rows skipped"),
+    Param("limit", {"type": "integer", "minimum": 1, "maximum": _MAX_PAGE}, "rows (50)"),
+)
+
+
+class ConsoleRoutes:
     """Routes the console needs beyond the REST API: paged listings, graphs, validation."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self._checked: dict[tuple[str, int], dict[str, Any]] = {}
 
-    def routes(self) -> list[web.RouteDef]:
+    def routes(self) -> list[Route]:
         return [
-            web.get("/api/console/executions", self.executions),
-            web.get("/api/console/executions/{id}", self.execution),
-            web.get("/api/console/playbooks", self.playbooks),
-            web.get("/api/console/playbooks/{path:.+}", self.playbook),
-            web.post("/api/console/validate", self.validate),
-            web.get("/api/console/credential-usage", self.credential_usage),
+            Route(
+                "GET",
+                "/api/console/executions",
+                self.executions,
+                "A page of executions, filtered, with the total that match",
+                _CONSOLE,
+                _ANSWERS,
+                query=_PAGE_QUERY,
+            ),
+            Route(
+                "GET",
+                "/api/console/executions/{id}",
+                self.execution,
+                "An execution with its workload, its playbook's graph and its children",
+                _CONSOLE,
+                _ANSWERS,
+            ),
+            Route(
+                "GET",
+                "/api/console/playbooks",
+                self.playbooks,
+                "The catalog with every version",
+                _CONSOLE,
+                _ANSWERS,
+            ),
+            Route(
+                "GET",
+                "/api/console/playbooks/{path:.+}",
+                self.playbook,
+                "A playbook version with its problems, graph and workload",
+                _CONSOLE,
+                _ANSWERS,
+                query=(Param("version", {"type": "integer", "minimum": 1}, "(the latest)"),),
+            ),
+            Route(
+                "POST",
+                "/api/console/validate",
+                self.validate,
+                "Validate a playbook's text without registering it",
+                _CONSOLE,
+                _ANSWERS,
+                body=ConsoleSource,
+            ),
+            Route(
+                "GET",
+                "/api/console/credential-usage",
+                self.credential_usage,
+                "Which playbooks name each credential (names only, never data)",
+                _CONSOLE,
+                _ANSWERS,
+            ),
         ]
 
     async def _checked_version(self, path: str, version: int | None) -> dict[str, Any]:
@@ -238,6 +302,8 @@ class _ConsoleRoutes:
             args.append(status)
             where.append(f"status = ${len(args)}")
         query = request.query.get("q", "").strip()
+        if "\x00" in query:  # PostgreSQL text cannot hold it
+            raise _bad("`q` may not contain a NUL character")
         if query:
             args.append(_like(query))
             clause = f"path ILIKE ${len(args)}"
@@ -335,10 +401,8 @@ class _ConsoleRoutes:
 
     async def validate(self, request: web.Request) -> web.Response:
         """Check a playbook's text without registering it: problems with their lines."""
-        body = await request.json() if request.can_read_body else None
-        if not isinstance(body, dict) or not isinstance(body.get("content"), str):
-            raise _bad('send {"content": "<yaml text>"}')
-        return _json(check(body["content"]))
+        source = await body(request, ConsoleSource)
+        return _json(check(source.content))
 
     async def credential_usage(self, request: web.Request) -> web.Response:
         """The credential types, and for each credential name the playbooks whose latest
