@@ -193,8 +193,11 @@ def _load_or_exit(file: str) -> dsl.Playbook:
 )
 def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insecure: bool) -> None:
     """Start the mesh (and the REST API) and run until SIGTERM/SIGINT, then drain."""
+    from prometheus_client import start_http_server
+
     from actors.mesh import Mesh
     from noetl.api import ApiServer, allowed_hosts
+    from noetl.metrics import REGISTRY
 
     chosen = (*ROLES, "api") if not roles or "all" in roles else roles
     config = settings()
@@ -203,6 +206,11 @@ def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insec
         mesh = Mesh(client.bus, client.store, client.settings, [r for r in chosen if r != "api"])
         await mesh.start()
         api = None
+        port_for_metrics = client.settings.metrics_port
+        if "api" not in chosen and port_for_metrics is not None:
+            # No API here to serve /metrics: the actors' series get a listener of their own.
+            start_http_server(port_for_metrics, registry=REGISTRY)
+            say(f"noetl: metrics on port {port_for_metrics} (/metrics)")
         if "api" in chosen:
             port = client.settings.api_port if api_port is None else api_port
             api = ApiServer(

@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, kw_only=True):
     api_insecure: bool = False
     # Host names the API answers to (comma-separated; empty: any): stops DNS rebinding.
     api_allowed_hosts: str = ""
+    # Where a mesh process without the API (coordinators, runners) serves its /metrics.
+    metrics_port: int | None = None
     partitions: int = 8
     # Replicas of every JetStream stream: 1 on one server, 3 on a 3-node cluster.
     js_replicas: int = 1

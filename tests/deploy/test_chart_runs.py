@@ -170,7 +170,7 @@ async def test_the_rendered_pods_run_a_playbook_through_their_api(
         (api,) = [
             (pod, d)
             for pod, d in zip(pods, of_kind(objects, "Deployment"), strict=True)
-            if pod.ports
+            if "http" in pod.ports
         ]
         pod, deployment = api
         base = f"http://127.0.0.1:{pod.ports['http']}"

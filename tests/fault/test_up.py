@@ -60,7 +60,14 @@ async def test_roles_in_separate_processes(settings: Settings, tmp_path: Path) -
     """Catalog and coordinator in one process, the runner in another: nothing runs a command
     until a runner is up, then the execution completes."""
     client = await Client.connect(settings)
-    deciders = start_mesh(settings, tmp_path / "deciders.log", "catalog", "coordinator")
+    metrics = {"deciders": free_port(), "runner": free_port()}
+    deciders = start_mesh(
+        settings,
+        tmp_path / "deciders.log",
+        "catalog",
+        "coordinator",
+        NOETL_METRICS_PORT=str(metrics["deciders"]),
+    )
     runner = None
     try:
         reply = await register_when_up(client, fixture("hello_world"))
@@ -73,13 +80,23 @@ async def test_roles_in_separate_processes(settings: Settings, tmp_path: Path) -
         await asyncio.sleep(1.0)
         kinds = {r["event_type"] for r in await events_of(client, eid)}
         assert "command.started" not in kinds  # no runner role anywhere yet
-        runner = start_mesh(settings, tmp_path / "runner.log", "runner")
+        runner = start_mesh(
+            settings, tmp_path / "runner.log", "runner", NOETL_METRICS_PORT=str(metrics["runner"])
+        )
         doc = await client.wait(eid, timeout=90)
         assert doc["status"] == "completed", doc
         assert doc["result"] == {"final": "Hello World!", "length": 12}
         assert "mesh up (catalog, coordinator)" in (tmp_path / "deciders.log").read_text()
         assert "mesh up (runner)" in (tmp_path / "runner.log").read_text()
         assert "REST API" not in (tmp_path / "runner.log").read_text()
+        # Without an API in the process, each serves its own series on NOETL_METRICS_PORT.
+        async with aiohttp.ClientSession() as session:
+            scraped = {}
+            for role, port in metrics.items():
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    scraped[role] = await resp.text()
+        assert 'noetl_executions_ended_total{status="completed"} 1.0' in scraped["deciders"]
+        assert 'noetl_step_duration_seconds_count{kind="python"}' in scraped["runner"]
         assert stop_gracefully(runner) == 0 and stop_gracefully(deciders) == 0
         await assert_db_clean(client.store)
     finally:
