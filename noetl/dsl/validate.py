@@ -39,7 +39,7 @@ from noetl.dsl.models import (
     WorkbookTask,
 )
 from noetl.dsl.report import Problem, Report, Severity
-from noetl.dsl.tool_fields import BUILTIN_KINDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
+from noetl.dsl.tool_fields import BUILTIN_KINDS, RAW_FIELDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
 
 API_VERSION = "noetl.io/v2"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -572,7 +572,7 @@ class _Checker:
     def _templates(self, value: Any, path: NodePath) -> None:
         """Parse every template string; python code is not a template and is skipped."""
         if isinstance(value, dict):
-            code = {"code", "code_b64"} if value.get("kind") == "python" else set()
+            code = RAW_FIELDS.get(str(value.get("kind")), frozenset())
             for key, item in value.items():
                 if key not in code:
                     self._templates(item, (*path, key))

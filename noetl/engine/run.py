@@ -14,7 +14,7 @@ from msgspec import UNSET
 
 from noetl import keys, render
 from noetl.engine import events as ev
-from noetl.engine import routing, rules
+from noetl.engine import routing, rules, wire
 from noetl.engine.context import loop_result
 from noetl.engine.events import Event
 from noetl.engine.iteration import backoff_delay, deep_merge
@@ -176,6 +176,14 @@ class Run(StepRun):
         self.advance()
         self.duplicate = len(self.events) == before
 
+    def abandon(self, exc: Exception) -> None:
+        """End the execution as failed by an error met while deciding (see `Engine`); what
+        it issued before is dropped by `decision()`."""
+        self.end_execution(
+            "failed",
+            error=ErrorInfo(type="decision", message=f"{type(exc).__name__}: {exc}"),
+        )
+
     def _pending(self, command_id: str) -> PendingCommand | None:
         pending = self.state.pending.get(command_id)
         if pending is None or not self.state.running:
@@ -188,6 +196,7 @@ class Run(StepRun):
         context = {**merged, "workload": merged, "execution_id": str(self.state.execution_id)}
         rendered = render.render(merged, context, where="workload")
         assert isinstance(rendered, dict)
+        wire.check(rendered, "workload")
         return rendered
 
     # -- timers and retries -------------------------------------------------------------
@@ -304,6 +313,7 @@ class Run(StepRun):
             if then.retry:
                 overrides = rules.retry_overrides(step, index, context)
             routes = routing.edges(then.next, context)
+            wire.check([updates, overrides, routes], f"step `{step.name}` case[{index}]")
         except (RenderError, KeyError) as exc:
             message = rules.collect_error(step, index, exc)
             self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))

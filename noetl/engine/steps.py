@@ -15,7 +15,7 @@ import msgspec
 
 from noetl import blobs, keys, render
 from noetl.engine import events as ev
-from noetl.engine import routing, rules
+from noetl.engine import routing, rules, wire
 from noetl.engine.commands import child_message, command_message
 from noetl.engine.context import loop_result, template_context
 from noetl.engine.emitter import Emitter
@@ -87,7 +87,10 @@ class StepRun(Emitter, ABC):
         if error is not None:
             extra["error"] = error.record()
         context = self.context(args=args, extra=extra, variables=variables)
-        return routing.routes(self.plan, step, context, failed=error is not None)
+        found = routing.routes(self.plan, step, context, failed=error is not None)
+        if error is None:
+            wire.check(found, f"step `{step.name}` next")
+        return found
 
     def step_vars(
         self, step: StepPlan, result: Any, args: Mapping[str, Any] | None = None
@@ -96,8 +99,10 @@ class StepRun(Emitter, ABC):
         if not step.step.vars:
             return {}
         context = self.context(args=args, extra={"result": result})
-        rendered = render.render(step.step.vars, context, where=f"step `{step.name}` vars")
+        where = f"step `{step.name}` vars"
+        rendered = render.render(step.step.vars, context, where=where)
         assert isinstance(rendered, dict)
+        wire.check(rendered, where)
         return rendered
 
     # -- starting and issuing ----------------------------------------------------------
@@ -178,14 +183,20 @@ class StepRun(Emitter, ABC):
             ),
             payload,
         )
-        if is_child:
-            try:
-                self.children.append(child_message(self.plan, self.state, cid))
-            except (RenderError, ValueError, KeyError) as exc:
-                failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
-                self.failed(cid, failure.record())
-        else:
-            self.commands.append(command_message(self.plan, self.state, cid))
+        # A message that cannot be built or sent fails its command now: left to the
+        # publish, it would be retried, dead-lettered and the execution would wait.
+        try:
+            if is_child:
+                start = child_message(self.plan, self.state, cid)
+                wire.check(start, f"step `{name}`")
+                self.children.append(start)
+            else:
+                command = command_message(self.plan, self.state, cid)
+                wire.check(command, f"step `{name}`")
+                self.commands.append(command)
+        except (RenderError, ValueError, KeyError) as exc:
+            failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
+            self.failed(cid, failure.record())
 
     # -- loops and pages ---------------------------------------------------------------
 
@@ -432,6 +443,10 @@ class StepRun(Emitter, ABC):
         index = rules.first_rule(step, context)
         if index is None:
             return None
-        updates = rules.rule_updates(step, index, context, result, self.state.variables)
+        try:
+            updates = rules.rule_updates(step, index, context, result, self.state.variables)
+        except KeyError as exc:
+            raise RenderError(rules.collect_error(step, index, exc)) from exc
         routes = routing.edges(step.step.case[index].then.next, context)
+        wire.check([updates, routes], f"step `{step.name}` case[{index}]")
         return routes, {**variables, **updates}

@@ -1,0 +1,54 @@
+"""Playbooks written for NoETL on a real mesh: the compatibility rules of issue 9."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.mesh import Mesh
+from noetl.client import Client
+from tests.integration.conftest import run
+from tests.integration.test_mesh_constructs import write
+
+
+async def test_python_comment_with_template_runs(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "comment_template",
+        """
+        - step: start
+          tool:
+            kind: python
+            code: |
+              # reads {{ vars.x }} in NoETL's style, and {{{ braces }}}
+              result = {"ok": f"{{{1}}}"}
+        """,
+    )
+    doc = await run(client, path, timeout=30)
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == {"ok": "{1}"}
+
+
+async def test_huge_int_fails_the_step(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "huge_int",
+        """
+        - step: start
+          tool: {kind: python, code: "result = 1"}
+          vars: {big: "{{ 2 ** 100 }}"}
+          next:
+            - when: "{{ error is defined }}"
+              then: [{step: second}]
+        - step: second
+          tool: {kind: python, code: "result = 2"}
+        """,
+    )
+    # Before: the publish failed, was retried and dead-lettered; the run hung until timeout.
+    doc = await run(client, path, timeout=30)
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == 2
+    rows = await client.store.list_events(int(doc["execution_id"]))
+    failed = [r for r in rows if r["event_type"] == "step.failed"]
+    assert len(failed) == 1 and "cannot be sent" in str(failed[0]["error"])

@@ -1,0 +1,111 @@
+"""The pure engine on playbooks written for NoETL (issue 9's compatibility rules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from noetl.messages import CommandIssued
+from tests.unit.engine_sim import Sim, engine_of
+from tests.unit.test_engine_constructs import assert_replays, playbook
+
+
+def echo(command: CommandIssued) -> tuple[str, Any]:
+    return "ok", {"step": command.step}
+
+
+# -- rule 6: a render error never hangs a run ---------------------------------------------
+
+
+def test_python_code_is_not_a_template_even_when_jinja_cannot_parse_it() -> None:
+    code = "# {{ vars.x }} and {{{ braces }}}\nresult = f'{{{1}}}'\n"
+    engine = engine_of(
+        playbook(
+            f"""
+        - step: start
+          tool: {{kind: python, code: {code!r}}}
+    """
+        )
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert sim.issued[0].tool["code"] == code
+
+
+def test_a_value_the_wire_cannot_carry_fails_the_step_and_routes_on_failure() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          vars: {big: "{{ 2 ** 100 }}"}
+          next:
+            - when: "{{ error is defined }}"
+              then: [{step: recover}]
+        - step: recover
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "completed"
+    assert state.steps["start"].status == "failed"
+    failed = next(e for e in sim.events if e.type == "step.failed")
+    assert failed.error is not None
+    assert "step `start` vars" in failed.error["message"]
+    assert "cannot be sent" in failed.error["message"]
+    assert state.steps["recover"].status == "completed"
+    assert_replays(sim)
+
+
+def test_an_unsendable_command_fails_its_step_instead_of_the_publish() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: "{{ [2 ** 100] }}", iterator: n}
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "failed"
+    assert sim.issued == []
+    assert "cannot be sent" in str(state.error)
+
+
+def test_a_rule_that_cannot_be_applied_fails_its_step_with_the_reason() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'step.exit' }}"
+              then: {collect: {path: data.missing, into: acc}}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "failed"
+    assert state.steps["start"].status == "failed"
+    assert state.error is not None
+    assert "case[0].then.collect.path: missing `data`" in state.error["message"]
+
+
+def test_any_error_while_deciding_fails_the_execution_instead_of_waiting() -> None:
+    # A state whose pending command names a step this playbook lacks (as a corrupt or
+    # mismatched history would): deciding raises, and the execution ends with the reason.
+    def two_steps(second: str) -> str:
+        return playbook(
+            f"- step: start\n  next: [{{step: {second}}}]\n"
+            f"- step: {second}\n  tool: {{kind: python, code: x}}\n"
+        )
+
+    first = Sim(engine_of(two_steps("work")), echo)
+    first.start()
+    command = first.inbox[0]
+    other = engine_of(two_steps("elsewhere"))
+    sim = Sim(other, echo)
+    sim.state = first.state
+    events = sim.send(first.outcome(command))
+    assert [e.type for e in events][-1] == "execution.failed"
+    assert sim.state.error is not None and sim.state.error["type"] == "decision"
+    assert "KeyError" in sim.state.error["message"]
