@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from noetl import render
+from noetl.engine import conditions
 from noetl.engine.iteration import extract, merge
 from noetl.engine.plan import StepPlan
 from noetl.errors import RenderError
@@ -25,14 +26,12 @@ def rule_extra(result: Any, error: Mapping[str, Any] | None, event: str) -> dict
     return extra
 
 
-def first_rule(step: StepPlan, context: Mapping[str, Any]) -> int | None:
+def first_rule(step: StepPlan, context: Mapping[str, Any], notes: list[str]) -> int | None:
     """Index of the first rule whose `when` holds; a `when` that cannot be evaluated is
-    false (as with `next` on failure)."""
+    false (as with `next` on failure), an undefined name tested is noted in `notes`."""
     for i, rule in enumerate(step.step.case):
         try:
-            hit = render.truthy(
-                render.evaluate(rule.when, context, where=f"step `{step.name}` case[{i}].when")
-            )
+            hit = conditions.holds(rule.when, context, f"step `{step.name}` case[{i}].when", notes)
         except RenderError:
             hit = False
         if hit:

@@ -13,8 +13,8 @@ from typing import Any
 from msgspec import UNSET
 
 from noetl import keys, render
+from noetl.engine import conditions, routing, rules, wire
 from noetl.engine import events as ev
-from noetl.engine import routing, rules, wire
 from noetl.engine.context import loop_result
 from noetl.engine.events import Event
 from noetl.engine.iteration import backoff_delay, deep_merge
@@ -248,12 +248,14 @@ class Run(StepRun):
             return False
         if policy.when:
             context = self.context(args=pending.args, extra={"error": error})
+            notes: list[str] = []
             try:
-                wanted = render.truthy(
-                    render.evaluate(policy.when, context, where=f"step `{step.name}` retry.when")
+                wanted = conditions.holds(
+                    policy.when, context, f"step `{step.name}` retry.when", notes
                 )
             except RenderError:
                 wanted = False
+            self.warn(step.name, notes)
             if not wanted:
                 return False
         retry_after = error.get("retry_after")
@@ -301,7 +303,9 @@ class Run(StepRun):
         result = self.value(result)
         extra = rules.rule_extra(result, error, event)
         context = self.context(args=pending.args, extra=extra)
-        index = rules.first_rule(step, context)
+        notes: list[str] = []
+        index = rules.first_rule(step, context, notes)
+        self.warn(step.name, notes)
         if index is None:
             return False
         then = step.step.case[index].then

@@ -30,6 +30,7 @@ from noetl.engine.payloads import (
     StepFailed,
     StepItem,
     StepStarted,
+    StepWarning,
 )
 from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState, PendingCommand
@@ -87,7 +88,9 @@ class StepRun(Emitter, ABC):
         if error is not None:
             extra["error"] = error.record()
         context = self.context(args=args, extra=extra, variables=variables)
-        found = routing.routes(self.plan, step, context, failed=error is not None)
+        notes: list[str] = []
+        found = routing.routes(self.plan, step, context, failed=error is not None, notes=notes)
+        self.warn(step.name, notes)
         if error is None:
             wire.check(found, f"step `{step.name}` next")
         return found
@@ -104,6 +107,20 @@ class StepRun(Emitter, ABC):
         assert isinstance(rendered, dict)
         wire.check(rendered, where)
         return rendered
+
+    def warn(self, name: str, notes: list[str]) -> None:
+        """Record what a condition of step `name` noted (undefined names taken as false):
+        a `step.warning` event, which changes nothing in the state."""
+        if not notes:
+            return
+        self.emit(
+            Event(
+                type=ev.STEP_WARNING,
+                dedup_key=keys.step_warning_key(name, self.state.seq + 1),
+                step=name,
+            ),
+            StepWarning(warnings=list(dict.fromkeys(notes))),
+        )
 
     # -- starting and issuing ----------------------------------------------------------
 
@@ -266,6 +283,7 @@ class StepRun(Emitter, ABC):
         assert index is not None
         payload = StepItem(index=index)
         next_overrides: dict[str, Any] | None = None
+        notes: list[str] = []
         if error is None:
             response = self.value(response)
             outcome = page_outcome(
@@ -276,7 +294,9 @@ class StepRun(Emitter, ABC):
                 self.context(args=pending.args, extra={"response": response}),
                 pending.overrides,
                 per_page_sink=bool(step.step.sink and step.step.sink.get("per_page")),
+                notes=notes,
             )
+            self.warn(step.name, notes)
             payload.part, payload.capped = outcome.part, outcome.capped
             next_overrides, error = outcome.next_overrides, outcome.error
         if rows:
@@ -440,7 +460,9 @@ class StepRun(Emitter, ABC):
         context = self.context(
             args=args, extra=rules.rule_extra(result, None, "step.exit"), variables=seen
         )
-        index = rules.first_rule(step, context)
+        notes: list[str] = []
+        index = rules.first_rule(step, context, notes)
+        self.warn(step.name, notes)
         if index is None:
             return None
         try:

@@ -52,3 +52,31 @@ async def test_huge_int_fails_the_step(client: Client, mesh: Mesh, tmp_path: Pat
     rows = await client.store.list_events(int(doc["execution_id"]))
     failed = [r for r in rows if r["event_type"] == "step.failed"]
     assert len(failed) == 1 and "cannot be sent" in str(failed[0]["error"])
+
+
+async def test_undefined_name_in_when_is_false_with_a_warning_event(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "undefined_when",
+        """
+        - step: start
+          tool: {kind: python, code: "result = {'n': 1}"}
+          next:
+            - when: "{{ vars.ready }}"
+              then: [{step: early}]
+            - else: [{step: later}]
+        - step: early
+          tool: {kind: python, code: "result = 'early'"}
+        - step: later
+          tool: {kind: python, code: "result = 'later'"}
+        """,
+    )
+    doc = await run(client, path, timeout=30)
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == "later"
+    rows = await client.store.list_events(int(doc["execution_id"]))
+    warned = [r for r in rows if r["event_type"] == "step.warning"]
+    assert len(warned) == 1 and warned[0]["step"] == "start"
+    assert "'ready' is undefined" in str(warned[0]["payload"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from noetl.messages import CommandIssued
 from tests.unit.engine_sim import Sim, engine_of
-from tests.unit.test_engine_constructs import assert_replays, playbook
+from tests.unit.test_engine_constructs import PAGED, assert_replays, pages, playbook
 
 
 def echo(command: CommandIssued) -> tuple[str, Any]:
@@ -109,3 +109,108 @@ def test_any_error_while_deciding_fails_the_execution_instead_of_waiting() -> No
     assert [e.type for e in events][-1] == "execution.failed"
     assert sim.state.error is not None and sim.state.error["type"] == "decision"
     assert "KeyError" in sim.state.error["message"]
+
+
+# -- rule 5: an undefined name tested for truth is false, with a warning ------------------
+
+
+def warnings_of(sim: Sim) -> list[str]:
+    return [
+        w
+        for e in sim.events
+        if e.type == "step.warning" and e.payload
+        for w in e.payload["warnings"]
+    ]
+
+
+def test_next_when_on_an_undefined_name_is_false_and_warned() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          next:
+            - when: "{{ vars.ready and workload.go }}"
+              then: [{step: yes}]
+            - else: [{step: no}]
+        - step: "yes"
+          tool: {kind: python, code: x}
+        - step: "no"
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "completed"
+    assert "no" in state.steps and "yes" not in state.steps
+    [warning] = warnings_of(sim)
+    assert warning.startswith("step `start` next: 'ready' is undefined")
+    assert warning.endswith("taken as false")
+    assert_replays(sim)
+
+
+def test_an_undefined_name_compared_still_fails_the_step() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          next:
+            - when: "{{ nothing_here == 1 }}"
+              then: [{step: end}]
+        - step: end
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "failed"
+    assert state.error is not None and "'nothing_here' is undefined" in state.error["message"]
+    assert warnings_of(sim) == []
+
+
+def test_case_rule_on_an_undefined_name_is_skipped_with_a_warning() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' and response.flagged }}"
+              then: {next: [{step: flagged}]}
+            - when: "{{ event.name == 'call.done' }}"
+              then: {next: [{step: plain}]}
+        - step: flagged
+          tool: {kind: python, code: x}
+        - step: plain
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "completed"
+    assert "plain" in state.steps and "flagged" not in state.steps
+    assert any("case[0].when: 'flagged' is undefined" in w for w in warnings_of(sim))
+
+
+def test_retry_when_on_an_undefined_name_does_not_retry_and_warns() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: http, url: "http://api"}
+          retry: {max_attempts: 3, delay: 0, when: "{{ error.retryable }}"}
+    """)
+    )
+    sim = Sim(engine, lambda c: ("error", {"type": "http", "message": "boom"}))
+    state = sim.run()
+    assert state.status == "failed"
+    assert len(sim.issued) == 1
+    assert any("retry.when: 'retryable' is undefined" in w for w in warnings_of(sim))
+
+
+def test_continue_while_on_an_undefined_name_stops_paging_and_warns() -> None:
+    engine = engine_of(
+        playbook(PAGED.replace("MAX", "5").replace("response.data.paging.hasMore", "response.more"))
+    )
+    sim = Sim(engine, pages(3))
+    state = sim.run()
+    assert state.status == "completed"
+    assert state.result == [10, 11]
+    assert any("continue_while: 'more' is undefined" in w for w in warnings_of(sim))
+    assert_replays(sim)
