@@ -35,11 +35,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Request(msgspec.Struct, array_like=True):
-    """One call: the code, its args (also bound as `input_data`) and `libs` to import."""
+    """One call: the code, its args (also bound as `input_data`), `libs` to import and the
+    execution's `context` (workload, vars, step results, execution_id), bound read-only."""
 
     code: str
     args: dict[str, Any]
     libs: dict[str, str]
+    context: dict[str, Any] = {}
 
 
 class Reply(msgspec.Struct, omit_defaults=True):
@@ -122,6 +124,8 @@ def _execute(request: Request) -> Any:
     module = types.ModuleType(_MODULE)
     namespace = module.__dict__
     namespace["input_data"] = request.args
+    # NoETL's `context`: read-only at the top, and a copy, so nothing reaches the execution.
+    namespace["context"] = types.MappingProxyType(request.context)
     namespace.update(request.args)
     for alias, name in request.libs.items():
         namespace[alias] = importlib.import_module(name)
@@ -133,7 +137,7 @@ def _execute(request: Request) -> Any:
         return namespace[_BODY]()
     main = namespace.get("main")
     if inspect.isfunction(main) and main.__module__ == _MODULE:  # defined by the code itself
-        value = _call_main(main, request.args)
+        value = _call_main(main, request.args, namespace["context"])
         if inspect.iscoroutine(value):
             import asyncio  # only async main() needs it; keeps worker start-up short
 
@@ -142,9 +146,10 @@ def _execute(request: Request) -> Any:
     return namespace.get("result")
 
 
-def _call_main(main: types.FunctionType, args: dict[str, Any]) -> Any:
-    """Call `main` with the args its parameters name (`input_data` too); `**kwargs` takes all."""
-    offered = {"input_data": args, **args}
+def _call_main(main: types.FunctionType, args: dict[str, Any], context: Any) -> Any:
+    """Call `main` with the args its parameters name (`input_data` and `context` too);
+    `**kwargs` takes all."""
+    offered = {"input_data": args, "context": context, **args}
     keywords: dict[str, Any] = {}
     missing: list[str] = []
     takes_all = False

@@ -48,6 +48,8 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
             )
         )
     steps = state.steps
+    if reads_context(call.tool):  # python code may read any step through `context`
+        names = tuple(sorted(steps))
     context = CommandContext(
         workload=state.workload,
         vars=state.variables,
@@ -74,6 +76,15 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
         credentials=step.step.credentials,
         files=call.files,
     )
+
+
+def reads_context(tool: dict[str, Any]) -> bool:
+    """Whether a tool's code may read NoETL's `context` (python code naming it, or code
+    the engine cannot read: base64 or a script)."""
+    if tool.get("kind") != "python":
+        return False
+    code = tool.get("code")
+    return "code_b64" in tool or "script" in tool or (isinstance(code, str) and "context" in code)
 
 
 def child_message(plan: Plan, state: ExecutionState, command_id: str) -> StartExecution:

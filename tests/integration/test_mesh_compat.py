@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from actors.mesh import Mesh
@@ -80,3 +81,50 @@ async def test_undefined_name_in_when_is_false_with_a_warning_event(
     warned = [r for r in rows if r["event_type"] == "step.warning"]
     assert len(warned) == 1 and warned[0]["step"] == "start"
     assert "'ready' is undefined" in str(warned[0]["payload"])
+
+
+async def test_names_noetl_provides(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    path = write(
+        tmp_path,
+        "provided_names",
+        f"""
+        - step: start
+          tool: {{kind: python, code: "result = {{'n': 3}}"}}
+          next: [{{step: items}}]
+        - step: items
+          loop: {{in: [10, 20], iterator: x}}
+          tool:
+            kind: python
+            args: {{x: "{{{{ x }}}}", i: "{{{{ loop_index }}}}", where: "{{{{ job.path }}}}"}}
+            code: |
+              try:
+                  context["start"] = None
+                  writable = True
+              except TypeError:
+                  writable = False
+              result = {{
+                  "x": x, "i": i, "where": where, "writable": writable,
+                  "n": context["start"]["n"], "eid": context["execution_id"],
+                  "w": context["workload"]["w"],
+              }}
+          sink:
+            per_item: true
+            tool: {{kind: file, path: "{out}/item_{{{{ loop.index }}}}.json"}}
+            args: {{x: "{{{{ this.x }}}}", i: "{{{{ loop_index }}}}", same: "{{{{ response.i }}}}"}}
+        """,
+        metadata=", w: unused",
+    )
+    reply = await client.register(path)
+    eid = await client.start(reply.path, version=reply.version, workload={"w": "hello"})
+    doc = await client.wait(eid, timeout=60)
+    assert doc["status"] == "completed", doc.get("error")
+    items = doc["steps"]["items"]
+    assert [r["i"] for r in items] == [0, 1]
+    assert {r["where"] for r in items} == {"provided_names"}
+    assert {r["n"] for r in items} == {3} and {r["w"] for r in items} == {"hello"}
+    assert {r["eid"] for r in items} == {doc["execution_id"]}
+    assert {r["writable"] for r in items} == {False}
+    written = [json.loads((out / f"item_{i}.json").read_text()) for i in (0, 1)]
+    assert written == [[{"x": 10, "i": 0, "same": 0}], [{"x": 20, "i": 1, "same": 1}]]

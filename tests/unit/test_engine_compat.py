@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from noetl.messages import CommandIssued
-from tests.unit.engine_sim import Sim, engine_of
+from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
 from tests.unit.test_engine_constructs import PAGED, assert_replays, pages, playbook
 
 
@@ -214,3 +214,41 @@ def test_continue_while_on_an_undefined_name_stops_paging_and_warns() -> None:
     assert state.result == [10, 11]
     assert any("continue_while: 'more' is undefined" in w for w in warnings_of(sim))
     assert_replays(sim)
+
+
+# -- rule 3: names NoETL provides -----------------------------------------------------------
+
+
+def test_loop_index_and_job_are_defined() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [a, b], iterator: letter}
+          tool: {kind: python, code: x}
+          vars: {where: "{{ job.path }}@{{ job.version }}", eid: "{{ job.execution_id }}"}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "completed"
+    assert [c.context.locals["loop_index"] for c in sim.issued if c.context.locals] == [0, 1]
+    assert state.variables == {"where": "t@1", "eid": str(EXECUTION_ID)}
+
+
+def test_python_code_reading_context_carries_every_step_result() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          next: [{step: other}]
+        - step: other
+          tool: {kind: python, code: x}
+          next: [{step: reads}]
+        - step: reads
+          tool: {kind: python, code: "result = context['start']"}
+    """)
+    )
+    sim = Sim(engine, echo)
+    assert sim.run().status == "completed"
+    assert sorted(sim.issued[2].context.steps or {}) == ["other", "start"]
+    assert sim.issued[1].context.steps == {}

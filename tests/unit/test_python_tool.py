@@ -659,3 +659,20 @@ async def test_a_killed_template_is_replaced() -> None:
     finally:
         await tool.aclose()
     assert template_pids() == before
+
+
+async def test_code_sees_noetl_context_read_only(tool: PythonTool) -> None:
+    ctx = make_ctx()
+    ctx.execution_data = {"workload": {"w": 1}, "fetch": {"rows": [1, 2]}, "execution_id": "7"}
+    code = (
+        "def main(context):\n"
+        "    try:\n"
+        "        context['fetch'] = None\n"
+        "        writable = True\n"
+        "    except TypeError:\n"
+        "        writable = False\n"
+        "    return {'rows': context['fetch']['rows'], 'w': context['workload']['w'],\n"
+        "            'eid': context['execution_id'], 'writable': writable}\n"
+    )
+    assert await run(tool, code, ctx) == {"rows": [1, 2], "w": 1, "eid": "7", "writable": False}
+    assert await run(tool, "result = context['workload']", ctx) == {"w": 1}
