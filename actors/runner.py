@@ -394,10 +394,28 @@ class Runner(Actor):
         assert isinstance(tool, dict)
         data = block.get("args", block.get("data"))
         value = result if data is None else render.render(data, scope, where=f"{where}.args")
+        if data is None and ("args" in tool or "data" in tool):
+            # NoETL's form: the rows inside the sink's tool block (rendered with it).
+            tool = dict(tool)
+            value = tool.pop("args") if "args" in tool else tool.pop("data")
+        if tool.get("kind") == "postgres" and "statement" in tool:
+            return await self._statement_sink(ctx, tool)
         sink = get_sink(str(tool.get("kind", "")))
         outcome = await sink.write(ctx, tool, rows_of(value))
         ctx.record("sink", sink=str(tool.get("kind")), rows=outcome.get("rows", 0))
         return outcome
+
+    async def _statement_sink(self, ctx: ToolContext, tool: dict[str, Any]) -> dict[str, Any]:
+        """NoETL's postgres sink `statement:`: the rendered SQL runs instead of a table
+        write, through the postgres tool (same auth and pools)."""
+        plugin = self.plugins.get("postgres")
+        if plugin is None:
+            raise ToolError("sink: no plugin is installed for kind `postgres`", error_type="sink")
+        spec = {k: v for k, v in tool.items() if k not in ("statement", "table", "mode", "key")}
+        outcome = await plugin.run(ctx, {**spec, "command": tool["statement"]})
+        rows = outcome.get("rowcount", 0) if isinstance(outcome, dict) else 0
+        ctx.record("sink", sink="postgres", rows=rows)
+        return {"rows": rows, "statement": True}
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream a long tool call is still alive, well before ack_wait runs out."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import asyncpg
+
 from actors.mesh import Mesh
 from noetl.client import Client
 from tests.integration.conftest import run
 from tests.integration.test_mesh_constructs import write
+from tests.integration.test_mesh_data_tools import credentials
 
 
 async def test_python_comment_with_template_runs(
@@ -128,3 +131,41 @@ async def test_names_noetl_provides(client: Client, mesh: Mesh, tmp_path: Path) 
     assert {r["writable"] for r in items} == {False}
     written = [json.loads((out / f"item_{i}.json").read_text()) for i in (0, 1)]
     assert written == [[{"x": 10, "i": 0, "same": 0}], [{"x": 20, "i": 1, "same": 1}]]
+
+
+async def test_postgres_sink_statement_and_rows_in_the_tool_block(
+    client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
+) -> None:
+    await (await credentials(client)).set("pg_compat", "postgres", {"dsn": pg_dsn})
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS compat_hits; CREATE TABLE compat_hits(n int)")
+        path = write(
+            tmp_path,
+            "sink_forms",
+            """
+            - step: start
+              tool: {kind: python, code: "result = {'n': 41}"}
+              sink:
+                tool:
+                  kind: postgres
+                  auth: pg_compat
+                  statement: "INSERT INTO compat_hits VALUES ({{ this.n }}), ({{ response.n + 1 }})"
+              next: [{step: rows}]
+            - step: rows
+              tool: {kind: python, code: "result = {'n': 7}"}
+              sink:
+                tool:
+                  kind: postgres
+                  auth: pg_compat
+                  table: compat_hits
+                  args: {n: "{{ result.n * 2 }}"}
+            """,
+        )
+        doc = await run(client, path, timeout=60)
+        assert doc["status"] == "completed", doc.get("error")
+        hits = [r["n"] for r in await conn.fetch("SELECT n FROM compat_hits ORDER BY n")]
+        assert hits == [14, 41, 42]
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS compat_hits")
+        await conn.close()
