@@ -169,3 +169,42 @@ async def test_postgres_sink_statement_and_rows_in_the_tool_block(
     finally:
         await conn.execute("DROP TABLE IF EXISTS compat_hits")
         await conn.close()
+
+
+async def test_loop_result_shape_in_templates_and_python(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "loop_shapes",
+        """
+        - step: start
+          next: [{step: items}]
+        - step: items
+          loop: {in: [1, 2, 3], iterator: n}
+          tool: {kind: python, args: {n: "{{ n }}"}, code: "result = {'sq': n * n}"}
+          next: [{step: use}]
+        - step: use
+          tool:
+            kind: python
+            args: {data: "{{ items }}", count: "{{ items.results | length }}"}
+            code: |
+              result = {
+                  "sum": sum(r["sq"] for r in data["results"]),
+                  "stats": data["stats"],
+                  "count": count,
+                  "first": data[0]["sq"],
+                  "via_context": context["items"]["stats"]["total"],
+              }
+        """,
+    )
+    doc = await run(client, path, timeout=60)
+    assert doc["status"] == "completed", doc.get("error")
+    assert doc["result"] == {
+        "sum": 14,
+        "stats": {"total": 3, "success": 3, "failed": 0},
+        "count": 3,
+        "first": 1,
+        "via_context": 3,
+    }
+    assert doc["steps"]["items"] == [{"sq": 1}, {"sq": 4}, {"sq": 9}]

@@ -252,3 +252,42 @@ def test_python_code_reading_context_carries_every_step_result() -> None:
     assert sim.run().status == "completed"
     assert sorted(sim.issued[2].context.steps or {}) == ["other", "start"]
     assert sim.issued[1].context.steps == {}
+
+
+# -- rule 4: NoETL's loop result shape beside the list ------------------------------------
+
+
+def test_loop_result_answers_results_and_stats_and_stays_a_list() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n, continue_on_error: true}
+          tool: {kind: python, code: x}
+          next: [{step: after}]
+        - step: after
+          vars:
+            total: "{{ start.stats.total }}"
+            failed: "{{ start.stats.failed }}"
+            count: "{{ start.results | length }}"
+            length: "{{ start | length }}"
+            first: "{{ start[0].n }}"
+            each: "{{ start.results | map(attribute='n', default=0) | list }}"
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        n = (command.context.locals or {})["n"]
+        return ("error", {"type": "python", "message": "no"}) if n == 2 else ("ok", {"n": n})
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.variables == {
+        "total": 3,
+        "failed": 1,
+        "count": 3,
+        "length": 3,
+        "first": 1,
+        "each": [1, 0, 3],
+    }
+    assert isinstance(state.steps["start"].result, list)
