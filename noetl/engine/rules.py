@@ -63,14 +63,38 @@ def rule_updates(
     return updates
 
 
-def retry_overrides(step: StepPlan, index: int, context: Mapping[str, Any]) -> dict[str, Any]:
-    """What rule `index`'s `retry` changes in the next call (rendered). Raises RenderError."""
+# Keys of a rule's `retry` that steer the retry itself rather than change the request.
+_RETRY_CONTROL = frozenset(
+    {
+        "max_attempts",
+        "delay",
+        "initial_delay",
+        "backoff",
+        "backoff_multiplier",
+        "max_delay",
+        "jitter",
+    }
+)
+
+
+def retry_overrides(
+    step: StepPlan, index: int, context: Mapping[str, Any]
+) -> tuple[dict[str, Any], int | None]:
+    """What rule `index`'s `retry` changes in the next call (rendered), and its
+    `max_attempts` (calls in all, the first included; None: unbounded). NoETL's
+    `retry: {args: {...}}` overrides the request's fields of those names. Raises
+    RenderError."""
     then = step.step.case[index].then
-    overrides = render.render(
-        then.retry, context, where=f"step `{step.name}` case[{index}].then.retry"
-    )
-    assert isinstance(overrides, dict)
-    return overrides
+    where = f"step `{step.name}` case[{index}].then.retry"
+    rendered = render.render(then.retry, context, where=where)
+    assert isinstance(rendered, dict)
+    overrides = {k: v for k, v in rendered.items() if k not in _RETRY_CONTROL and k != "args"}
+    if isinstance(rendered.get("args"), dict):
+        overrides.update(rendered["args"])
+    limit = rendered.get("max_attempts")
+    if limit is not None and not isinstance(limit, int):
+        raise RenderError(f"{where}.max_attempts: must be an integer, got {limit!r}")
+    return overrides, limit
 
 
 def collect_error(step: StepPlan, index: int, exc: RenderError | KeyError) -> str:

@@ -310,20 +310,21 @@ class Run(StepRun):
             return False
         then = step.step.case[index].then
         overrides: dict[str, Any] = {}
+        limit: int | None = None
         try:
             updates = rules.rule_updates(step, index, context, result, self.state.variables)
             seen = {**self.state.variables, **updates}
             context = self.context(args=pending.args, extra=extra, variables=seen)
             if then.retry:
-                overrides = rules.retry_overrides(step, index, context)
+                overrides, limit = rules.retry_overrides(step, index, context)
             routes = routing.edges(then.next, context)
             wire.check([updates, overrides, routes], f"step `{step.name}` case[{index}]")
         except (RenderError, KeyError) as exc:
             message = rules.collect_error(step, index, exc)
             self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))
             return True
-        if then.retry:
-            call = pending.index or 0
+        call = pending.index or 0
+        if then.retry and (limit is None or call + 1 < limit):
             self.emit(
                 Event(
                     type=ev.STEP_ITEM,
@@ -342,6 +343,9 @@ class Run(StepRun):
                 index=call + 1,
                 overrides=deep_merge(pending.overrides, overrides),
             )
+            return True
+        if failure is not None and then.retry:  # its retries are spent: the step fails
+            self.fail_step(step.name, command_id, failure, updates=updates)
             return True
         if failure is not None:
             self.fail_step(step.name, command_id, failure, handled=routes, updates=updates)

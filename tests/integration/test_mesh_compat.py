@@ -12,6 +12,7 @@ from noetl.client import Client
 from tests.integration.conftest import run
 from tests.integration.test_mesh_constructs import write
 from tests.integration.test_mesh_data_tools import credentials
+from tests.support.http_api import HttpApi
 
 
 async def test_python_comment_with_template_runs(
@@ -208,3 +209,22 @@ async def test_loop_result_shape_in_templates_and_python(
         "via_context": 3,
     }
     assert doc["steps"]["items"] == [{"sq": 1}, {"sq": 4}, {"sq": 9}]
+
+
+async def test_case_retry_honours_max_attempts(
+    client: Client, mesh: Mesh, tmp_path: Path, api: HttpApi
+) -> None:
+    path = write(
+        tmp_path,
+        "case_retry",
+        f"""
+        - step: start
+          tool: {{kind: http, url: "{api.url}/flaky/compat", params: {{fail: 100}}}}
+          case:
+            - when: "{{{{ event.name == 'call.error' }}}}"
+              then: {{retry: {{max_attempts: 3}}}}
+        """,
+    )
+    doc = await run(client, path, timeout=60)
+    assert doc["status"] == "failed", doc
+    assert api.calls["compat"] == 3

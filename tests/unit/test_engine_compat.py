@@ -291,3 +291,55 @@ def test_loop_result_answers_results_and_stats_and_stays_a_list() -> None:
         "each": [1, 0, 3],
     }
     assert isinstance(state.steps["start"].result, list)
+
+
+# -- rule 2: `case` as NoETL wrote it ----------------------------------------------------
+
+
+def test_case_retry_honours_max_attempts_on_success() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: http, url: "http://api", params: {page: 1}}
+          case:
+            - when: "{{ event.name == 'call.done' and response.more }}"
+              then:
+                collect: {into: pages, path: page}
+                retry:
+                  max_attempts: 3
+                  args: {params: {page: "{{ response.page + 1 }}"}}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        page = command.overrides.get("params", {}).get("page", 1)
+        return "ok", {"page": page, "more": True}
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert len(sim.issued) == 3
+    assert [c.overrides for c in sim.issued] == [
+        {},
+        {"params": {"page": 2}},
+        {"params": {"page": 3}},
+    ]
+    assert state.variables["pages"] == [1, 2, 3]
+    assert_replays(sim)
+
+
+def test_case_retry_on_error_stops_at_max_attempts_and_fails_the_step() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: http, url: "http://api"}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then: {retry: {max_attempts: 3, delay: 1}}
+    """)
+    )
+    sim = Sim(engine, lambda c: ("error", {"type": "http", "message": "down"}))
+    state = sim.run()
+    assert state.status == "failed"
+    assert len(sim.issued) == 3
+    assert all(c.overrides == {} for c in sim.issued)
