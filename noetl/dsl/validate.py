@@ -143,6 +143,7 @@ class _Checker:
             (Else, "else"): lambda value, path: self._edges(value, path, "`else`"),
             (CaseThen, "next"): lambda value, path: self._edges(value, path, "case `next`"),
             (CaseThen, "set"): self._set,
+            (CaseRule, "then"): self._then,
         }
 
     def run(self) -> Report:
@@ -416,6 +417,28 @@ class _Checker:
 
     def _ref_step(self, label: str, name: str, path: NodePath) -> None:
         self.step_refs.append(_Ref(label, name, path))
+
+    def _then(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        """A rule's `then`: a mapping, or NoETL's list of action maps applied in order as
+        one rule (their `set`s merged, a later name winning, and rendered together; their
+        `next`s joined; a later sink, retry or collect replacing an earlier one)."""
+        if not isinstance(value, list):
+            return self._struct(CaseThen, value, path)
+        merged = CaseThen()
+        ok = True
+        for i, item in enumerate(value):
+            good, then = self._struct(CaseThen, item, (*path, i))
+            if not good:
+                ok = False
+                continue
+            merged = CaseThen(
+                set={**merged.set, **then.set},
+                next=[*merged.next, *then.next],
+                sink=then.sink if then.sink is not None else merged.sink,
+                retry=then.retry if then.retry is not None else merged.retry,
+                collect=then.collect if then.collect is not None else merged.collect,
+            )
+        return ok, merged if ok else None
 
     def _set(self, value: Any, path: NodePath) -> tuple[bool, Any]:
         """Case `set` as a mapping, or the list form `[{name, value}]`, as a mapping."""

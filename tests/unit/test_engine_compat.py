@@ -343,3 +343,25 @@ def test_case_retry_on_error_stops_at_max_attempts_and_fails_the_step() -> None:
     assert state.status == "failed"
     assert len(sim.issued) == 3
     assert all(c.overrides == {} for c in sim.issued)
+
+
+def test_case_then_as_a_list_of_action_maps_is_one_rule() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then:
+                - set: {first: "{{ response.step }}"}
+                - set: [{name: second, value: "{{ response.step }}-2"}]
+                - next: [{step: after}]
+        - step: after
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, echo)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.variables == {"first": "start", "second": "start-2"}
+    assert "after" in state.steps and state.steps["after"].status == "completed"
