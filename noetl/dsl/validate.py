@@ -437,6 +437,7 @@ class _Checker:
                 sink=then.sink if then.sink is not None else merged.sink,
                 retry=then.retry if then.retry is not None else merged.retry,
                 collect=then.collect if then.collect is not None else merged.collect,
+                result=then.result if then.result is not None else merged.result,
             )
         return ok, merged if ok else None
 

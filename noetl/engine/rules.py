@@ -5,6 +5,7 @@ Pure: every function takes the template context it evaluates in and returns plai
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,8 @@ from noetl.engine import conditions
 from noetl.engine.iteration import extract, merge
 from noetl.engine.plan import StepPlan
 from noetl.errors import RenderError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
 def rule_extra(result: Any, error: Mapping[str, Any] | None, event: str) -> dict[str, Any]:
@@ -95,6 +98,22 @@ def retry_overrides(
     if limit is not None and not isinstance(limit, int):
         raise RenderError(f"{where}.max_attempts: must be an integer, got {limit!r}")
     return overrides, limit
+
+
+def rule_result(step: StepPlan, index: int, context: Mapping[str, Any], result: Any) -> Any:
+    """The step's result after rule `index`: its `then.result` (`{from: NAME}` reads the
+    name, dotted paths allowed; anything else is rendered), else the call's. Raises
+    RenderError."""
+    given = step.step.case[index].then.result
+    where = f"step `{step.name}` case[{index}].then.result"
+    if given is None:
+        return result
+    if isinstance(given, dict) and set(given) == {"from"}:
+        name = given["from"]
+        if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+            raise RenderError(f"{where}.from: a name or dotted path, got {name!r}")
+        return render.evaluate("{{ " + name + " }}", context, where=where)
+    return render.render(given, context, where=where)
 
 
 def collect_error(step: StepPlan, index: int, exc: RenderError | KeyError) -> str:

@@ -318,7 +318,9 @@ class Run(StepRun):
             if then.retry:
                 overrides, limit = rules.retry_overrides(step, index, context)
             routes = routing.edges(then.next, context)
-            wire.check([updates, overrides, routes], f"step `{step.name}` case[{index}]")
+            if failure is None:
+                result = rules.rule_result(step, index, context, result)
+            wire.check([updates, overrides, routes, result], f"step `{step.name}` case[{index}]")
         except (RenderError, KeyError) as exc:
             message = rules.collect_error(step, index, exc)
             self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))

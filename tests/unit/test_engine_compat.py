@@ -365,3 +365,37 @@ def test_case_then_as_a_list_of_action_maps_is_one_rule() -> None:
     assert state.status == "completed", state.error
     assert state.variables == {"first": "start", "second": "start-2"}
     assert "after" in state.steps and state.steps["after"].status == "completed"
+
+
+def test_case_then_result_sets_the_step_result() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: http, url: "http://api", params: {page: 1}}
+          case:
+            - when: "{{ event.name == 'call.done' and response.page < 2 }}"
+              then:
+                collect: {into: pages, path: page}
+                retry: {args: {params: {page: 2}}}
+            - when: "{{ event.name == 'call.done' }}"
+              then:
+                - collect: {into: pages, path: page}
+                - result: {from: pages}
+                  next: [{step: literal}]
+        - step: literal
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then: {result: {fetched: "{{ start | length }}"}}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        return "ok", {"page": command.overrides.get("params", {}).get("page", 1)}
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.steps["start"].result == [1, 2]
+    assert state.result == {"fetched": 2}
+    assert_replays(sim)
