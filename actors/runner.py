@@ -313,6 +313,14 @@ class Runner(Actor):
         if stored is not None:
             command.context = msgspec.convert(await self.store.resolve(stored), CommandContext)
         context = await self._context(command)
+        data = command.context
+        ctx.execution_data = {
+            **{name: context[name] for name in (data.steps or {}) if name in context},
+            "workload": data.workload or {},
+            "vars": data.vars or {},
+            "execution_id": str(command.execution_id),
+            "job": _job(command),
+        }
         names = (
             secret_names_in(command.tool)
             | secret_names_in(command.args)
@@ -346,12 +354,13 @@ class Runner(Actor):
         locals_ = {
             name: await self.store.resolve(value) for name, value in (data.locals or {}).items()
         }
+        job = _job(command)
         return render.build_context(
             workload=data.workload or {},
             variables=data.vars or {},
             steps=steps,
             execution_id=str(command.execution_id),
-            extra=locals_,
+            extra={"job": job, **locals_} if "job" not in steps else locals_,
         )
 
     def _render(
@@ -379,15 +388,34 @@ class Runner(Actor):
     ) -> dict[str, Any]:
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
         where = f"step `{ctx.step}` sink"
-        scope = {**context, "result": result}
+        # NoETL's names for the step's result in a sink: `response` and `this`.
+        scope = {**context, "result": result, "response": result, "this": result}
         tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
         assert isinstance(tool, dict)
         data = block.get("args", block.get("data"))
         value = result if data is None else render.render(data, scope, where=f"{where}.args")
+        if data is None and ("args" in tool or "data" in tool):
+            # NoETL's form: the rows inside the sink's tool block (rendered with it).
+            tool = dict(tool)
+            value = tool.pop("args") if "args" in tool else tool.pop("data")
+        if tool.get("kind") == "postgres" and "statement" in tool:
+            return await self._statement_sink(ctx, tool)
         sink = get_sink(str(tool.get("kind", "")))
         outcome = await sink.write(ctx, tool, rows_of(value))
         ctx.record("sink", sink=str(tool.get("kind")), rows=outcome.get("rows", 0))
         return outcome
+
+    async def _statement_sink(self, ctx: ToolContext, tool: dict[str, Any]) -> dict[str, Any]:
+        """NoETL's postgres sink `statement:`: the rendered SQL runs instead of a table
+        write, through the postgres tool (same auth and pools)."""
+        plugin = self.plugins.get("postgres")
+        if plugin is None:
+            raise ToolError("sink: no plugin is installed for kind `postgres`", error_type="sink")
+        spec = {k: v for k, v in tool.items() if k not in ("statement", "table", "mode", "key")}
+        outcome = await plugin.run(ctx, {**spec, "command": tool["statement"]})
+        rows = outcome.get("rowcount", 0) if isinstance(outcome, dict) else 0
+        ctx.record("sink", sink="postgres", rows=rows)
+        return {"rows": rows, "statement": True}
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream a long tool call is still alive, well before ack_wait runs out."""
@@ -401,6 +429,15 @@ class Runner(Actor):
         """Send the recorded `outcome` to the execution's coordinator."""
         message = outcome_message(command.execution_id, outcome, time.time())
         await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
+
+
+def _job(command: CommandIssued) -> dict[str, Any]:
+    """NoETL's `job`: which execution of which playbook version this is."""
+    return {
+        "execution_id": str(command.execution_id),
+        "path": command.path,
+        "version": command.version,
+    }
 
 
 def _error_of(exc: ToolError | RenderError) -> ErrorInfo:

@@ -117,6 +117,11 @@ def step_failed_key(step: str, activation: int) -> str:
     return f"step.failed:{step}:{activation}"
 
 
+def step_warning_key(step: str, version: int) -> str:
+    """step.warning written as event `version` of the execution (one per decision point)."""
+    return f"step.warning:{step}:{version}"
+
+
 def step_item_key(command_id: str) -> str:
     """step.item: the end of the loop item, page or `case` call that `command_id` ran."""
     return f"step.item:{command_id}"

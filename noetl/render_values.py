@@ -133,6 +133,25 @@ class LenientSequence(Sequence[Any]):
     def __str__(self) -> str:
         return str(self._target)
 
+    # NoETL's loop result shape, `{results: [...], stats: {total, success, failed}}`, read
+    # from the list a loop step gives: the list is its own `results`, and a failed item
+    # (kept as `{error: ...}`) counts in `stats.failed`.
+    @property
+    def results(self) -> LenientSequence:
+        """The list itself (NoETL's `step.results`)."""
+        return self
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """`{total, success, failed}` of the items (NoETL's `step.stats`)."""
+        failed = sum(1 for item in self._target if _is_failure(item))
+        total = len(self._target)
+        return {"total": total, "success": total - failed, "failed": failed}
+
+
+def _is_failure(item: Any) -> bool:
+    return isinstance(item, Mapping) and item.keys() == {"error"}
+
 
 def wrap(value: Any) -> Any:
     """A proxy for a dict, list or tuple read from a result; anything else as is."""

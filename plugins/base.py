@@ -62,6 +62,9 @@ class ToolContext:
     allow_absolute_scripts: bool = False
     # Step-level `credentials:` bindings: alias -> credential name.
     bindings: dict[str, str] = field(default_factory=dict)
+    # What the execution knows, for tools that expose it (python's `context`): workload,
+    # vars, execution_id, job and the step results the command carries, by name.
+    execution_data: dict[str, Any] = field(default_factory=dict)
     # Secret values handed to this call; the runner masks them in everything it records.
     secrets: dict[str, str] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)

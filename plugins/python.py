@@ -1,6 +1,7 @@
 """The `python` tool: runs a step's Python code in a pool of worker processes.
 
-The code gets each arg as a variable, `input_data` (all args) and its `libs`; its result is
+The code gets each arg as a variable, `input_data` (all args), its `libs` and NoETL's
+read-only `context` (workload, vars, step results by name, execution_id); its result is
 the value of `result`, what `main(...)` returns, or what a top-level `return` returns. See
 `plugins.python_worker` for how the code runs and `plugins.python_pool` for the processes.
 """
@@ -46,7 +47,7 @@ class PythonTool:
             raise ToolError(
                 "python tool: `code`, `code_b64` or `script` is required", error_type="python"
             )
-        request = _request(spec, code)
+        request = _request(spec, code, ctx.execution_data)
 
         async def heartbeat() -> None:
             try:
@@ -81,7 +82,7 @@ class PythonTool:
         await self.pool.aclose()
 
 
-def _request(spec: dict[str, Any], code: str) -> bytes:
+def _request(spec: dict[str, Any], code: str, context: dict[str, Any]) -> bytes:
     """The encoded request for the worker, or ToolError naming what is wrong with `spec`."""
     libs = spec.get("libs") or {}
     if not isinstance(libs, dict) or not all(
@@ -97,7 +98,7 @@ def _request(spec: dict[str, Any], code: str) -> bytes:
             "python tool: `args` must map variable names to values", error_type="python"
         )
     try:
-        return msgspec.msgpack.encode(Request(code=code, args=args, libs=libs))
+        return msgspec.msgpack.encode(Request(code=code, args=args, libs=libs, context=context))
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise ToolError(
             f"python tool: the args cannot be passed to the code: {exc}", error_type="python"

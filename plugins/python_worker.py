@@ -35,11 +35,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Request(msgspec.Struct, array_like=True):
-    """One call: the code, its args (also bound as `input_data`) and `libs` to import."""
+    """One call: the code, its args (also bound as `input_data`), `libs` to import and the
+    execution's `context` (workload, vars, step results, execution_id), bound read-only."""
 
     code: str
     args: dict[str, Any]
     libs: dict[str, str]
+    context: dict[str, Any] = {}
 
 
 class Reply(msgspec.Struct, omit_defaults=True):
@@ -116,13 +118,38 @@ def _compile(source: str) -> _Program:
     return _Program(compile(module, FILENAME, "exec"), True, lines)
 
 
+class ResultList(list[Any]):
+    """A list handed to the code (an arg, or a step result in `context`) that also answers
+    NoETL's loop result shape: `value['results']` is the list, `value['stats']` its
+    `{total, success, failed}` (a failed item is kept as `{error: ...}`)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == "results":
+            return list(self)
+        if key == "stats":
+            failed = sum(1 for item in self if isinstance(item, dict) and item.keys() == {"error"})
+            return {"total": len(self), "success": len(self) - failed, "failed": failed}
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """`value.get('results')`, as code written for a dict does."""
+        return self[key] if key in ("results", "stats") else default
+
+
+def _noetl_shapes(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: ResultList(v) if type(v) is list else v for k, v in values.items()}
+
+
 def _execute(request: Request) -> Any:
     program = _compile(request.code)
     # A fresh module per call: no state leaks between calls through globals.
     module = types.ModuleType(_MODULE)
     namespace = module.__dict__
-    namespace["input_data"] = request.args
-    namespace.update(request.args)
+    args = _noetl_shapes(request.args)
+    namespace["input_data"] = args
+    # NoETL's `context`: read-only at the top, and a copy, so nothing reaches the execution.
+    namespace["context"] = types.MappingProxyType(_noetl_shapes(request.context))
+    namespace.update(args)
     for alias, name in request.libs.items():
         namespace[alias] = importlib.import_module(name)
     # Registered so tracebacks, `inspect.getsource` and dataclasses see the code as a module.
@@ -133,7 +160,7 @@ def _execute(request: Request) -> Any:
         return namespace[_BODY]()
     main = namespace.get("main")
     if inspect.isfunction(main) and main.__module__ == _MODULE:  # defined by the code itself
-        value = _call_main(main, request.args)
+        value = _call_main(main, args, namespace["context"])
         if inspect.iscoroutine(value):
             import asyncio  # only async main() needs it; keeps worker start-up short
 
@@ -142,9 +169,10 @@ def _execute(request: Request) -> Any:
     return namespace.get("result")
 
 
-def _call_main(main: types.FunctionType, args: dict[str, Any]) -> Any:
-    """Call `main` with the args its parameters name (`input_data` too); `**kwargs` takes all."""
-    offered = {"input_data": args, **args}
+def _call_main(main: types.FunctionType, args: dict[str, Any], context: Any) -> Any:
+    """Call `main` with the args its parameters name (`input_data` and `context` too);
+    `**kwargs` takes all."""
+    offered = {"input_data": args, "context": context, **args}
     keywords: dict[str, Any] = {}
     missing: list[str] = []
     takes_all = False

@@ -97,6 +97,8 @@ class CaseThen(Model, kw_only=True):
     sink: dict[str, Any] | None = None
     retry: dict[str, Any] | None = None
     collect: Collect | None = None
+    # NoETL's `result`: the step's result instead of the call's (`{from: NAME}` or a value).
+    result: Any = None
 
 
 class CaseRule(Model):

@@ -57,6 +57,8 @@ TOOL_FIELDS: dict[str, frozenset[str]] = {
     ),
 }
 BUILTIN_KINDS = frozenset(TOOL_FIELDS)
+# Fields that are not templates: python code reaches Python as written (its `{{` included).
+RAW_FIELDS: dict[str, frozenset[str]] = {"python": frozenset({"code", "code_b64"})}
 # A tool of these kinds needs at least one of the listed fields.
 TOOL_NEEDS: dict[str, tuple[str, ...]] = {
     "python": ("code", "code_b64", "script"),

@@ -39,7 +39,7 @@ from noetl.dsl.models import (
     WorkbookTask,
 )
 from noetl.dsl.report import Problem, Report, Severity
-from noetl.dsl.tool_fields import BUILTIN_KINDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
+from noetl.dsl.tool_fields import BUILTIN_KINDS, RAW_FIELDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
 
 API_VERSION = "noetl.io/v2"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -143,6 +143,7 @@ class _Checker:
             (Else, "else"): lambda value, path: self._edges(value, path, "`else`"),
             (CaseThen, "next"): lambda value, path: self._edges(value, path, "case `next`"),
             (CaseThen, "set"): self._set,
+            (CaseRule, "then"): self._then,
         }
 
     def run(self) -> Report:
@@ -417,6 +418,29 @@ class _Checker:
     def _ref_step(self, label: str, name: str, path: NodePath) -> None:
         self.step_refs.append(_Ref(label, name, path))
 
+    def _then(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        """A rule's `then`: a mapping, or NoETL's list of action maps applied in order as
+        one rule (their `set`s merged, a later name winning, and rendered together; their
+        `next`s joined; a later sink, retry or collect replacing an earlier one)."""
+        if not isinstance(value, list):
+            return self._struct(CaseThen, value, path)
+        merged = CaseThen()
+        ok = True
+        for i, item in enumerate(value):
+            good, then = self._struct(CaseThen, item, (*path, i))
+            if not good:
+                ok = False
+                continue
+            merged = CaseThen(
+                set={**merged.set, **then.set},
+                next=[*merged.next, *then.next],
+                sink=then.sink if then.sink is not None else merged.sink,
+                retry=then.retry if then.retry is not None else merged.retry,
+                collect=then.collect if then.collect is not None else merged.collect,
+                result=then.result if then.result is not None else merged.result,
+            )
+        return ok, merged if ok else None
+
     def _set(self, value: Any, path: NodePath) -> tuple[bool, Any]:
         """Case `set` as a mapping, or the list form `[{name, value}]`, as a mapping."""
         if isinstance(value, dict):
@@ -572,7 +596,7 @@ class _Checker:
     def _templates(self, value: Any, path: NodePath) -> None:
         """Parse every template string; python code is not a template and is skipped."""
         if isinstance(value, dict):
-            code = {"code", "code_b64"} if value.get("kind") == "python" else set()
+            code = RAW_FIELDS.get(str(value.get("kind")), frozenset())
             for key, item in value.items():
                 if key not in code:
                     self._templates(item, (*path, key))

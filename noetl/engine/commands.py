@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from noetl import keys, render
+from noetl.dsl.tool_fields import RAW_FIELDS
 from noetl.engine.context import item_locals, loop_result, template_context
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.engine.plan import Plan
@@ -38,14 +39,17 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
         locals_ = item_locals(step, state, pending)
     names = call.names
     if names is None:  # a template that does not parse: raise its error here, as ever
+        raw = RAW_FIELDS.get(str(call.tool.get("kind")), frozenset())
         names = tuple(
             sorted(
-                render.referenced_names(call.tool)
+                render.referenced_names({k: v for k, v in call.tool.items() if k not in raw})
                 | render.referenced_names(call.args)
                 | render.referenced_names(call.sink)
             )
         )
     steps = state.steps
+    if reads_context(call.tool):  # python code may read any step through `context`
+        names = tuple(sorted(steps))
     context = CommandContext(
         workload=state.workload,
         vars=state.variables,
@@ -72,6 +76,15 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
         credentials=step.step.credentials,
         files=call.files,
     )
+
+
+def reads_context(tool: dict[str, Any]) -> bool:
+    """Whether a tool's code may read NoETL's `context` (python code naming it, or code
+    the engine cannot read: base64 or a script)."""
+    if tool.get("kind") != "python":
+        return False
+    code = tool.get("code")
+    return "code_b64" in tool or "script" in tool or (isinstance(code, str) and "context" in code)
 
 
 def child_message(plan: Plan, state: ExecutionState, command_id: str) -> StartExecution:

@@ -28,6 +28,9 @@ def template_context(
     results = state.results()
     if values:
         results = {name: blobs.resolve(value, values) for name, value in results.items()}
+    if "job" not in results:  # NoETL's `job`; a step of that name keeps its own
+        job = {"execution_id": str(state.execution_id), "path": state.path}
+        extra = {"job": {**job, "version": state.version}, **(extra or {})}
     return render.build_context(
         workload=state.workload,
         variables=state.variables if variables is None else variables,
@@ -39,8 +42,8 @@ def template_context(
 
 
 def item_locals(plan: StepPlan, state: ExecutionState, pending: PendingCommand) -> dict[str, Any]:
-    """The loop variables of an item command: the iterator name and `loop`; empty for a
-    command that is not a loop item."""
+    """The loop variables of an item command: the iterator name, `loop` and NoETL's
+    `loop_index`; empty for a command that is not a loop item."""
     spec = plan.loop
     loop = state.step_state(plan.name).loop
     if spec is None or pending.index is None or loop is None or loop.items is None:
@@ -54,6 +57,7 @@ def item_locals(plan: StepPlan, state: ExecutionState, pending: PendingCommand) 
             "last": index == length - 1,
             "length": length,
         },
+        "loop_index": index,
     }
 
 

@@ -57,8 +57,22 @@ class Engine:
         `values` are the stored large values (by digest) that results in the state or the
         message refer to; content-addressed, so they keep the decision deterministic.
         If the caller cannot commit the events, it must discard `state` and replay.
+        An error met while deciding ends a running execution as failed with its message
+        (the events emitted before it stand: each was folded and is consistent).
         """
         run = Run(self.plan, state, message.at, values or {})
+        try:
+            self._dispatch(run, message)
+        except Exception as exc:
+            # Deciding is deterministic: redelivering the message would fail the same way,
+            # and the execution would wait for its timeout. It fails now, with the reason.
+            if not state.running:
+                raise
+            run.abandon(exc)
+        return run.decision()
+
+    @staticmethod
+    def _dispatch(run: Run, message: ExecMessage) -> None:
         if isinstance(message, StartExecution):
             run.start(message)
         elif isinstance(message, CommandCompleted):
@@ -73,7 +87,6 @@ class Engine:
             run.cancel(message)
         elif isinstance(message, Wake):
             run.wake()
-        return run.decision()
 
     def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:
         """The runner messages of every issued command without a consumed outcome."""

@@ -20,6 +20,9 @@ STEP_FAILED: Final = "step.failed"
 STEP_ITEM: Final = "step.item"
 # Durable timers (retry backoff, execution timeout): scheduled and fired as decisions, so a
 # restart neither loses a pending timer nor fires it twice.
+# A condition read an undefined name and took it as false (NoETL's truthiness): recorded
+# for the author, changes nothing in the state.
+STEP_WARNING: Final = "step.warning"
 TIMER_SCHEDULED: Final = "timer.scheduled"
 TIMER_FIRED: Final = "timer.fired"
 COMMAND_ISSUED: Final = "command.issued"

@@ -14,6 +14,7 @@ from msgspec import UNSET, UnsetType
 
 from noetl import render
 from noetl.dsl import Pagination
+from noetl.engine import conditions
 from noetl.engine.iteration import deep_merge, extract
 from noetl.engine.plan import LoopSpec
 from noetl.engine.state import LoopState
@@ -58,17 +59,17 @@ def page_outcome(
     overrides: Mapping[str, Any],
     *,
     per_page_sink: bool,
+    notes: list[str],
 ) -> PageOutcome:
     """Evaluate page `index`'s `response` (context has it as `response`): its part to
-    merge, whether another page follows and what that page changes."""
+    merge, whether another page follows and what that page changes; an undefined name
+    tested by `continue_while` is noted in `notes`."""
     outcome = PageOutcome()
     where = f"step `{name}` loop.pagination"
     try:
         if not per_page_sink:
             outcome.part = extract(response, page.merge_path)
-        more = render.truthy(
-            render.evaluate(page.continue_while, context, where=f"{where}.continue_while")
-        )
+        more = conditions.holds(page.continue_while, context, f"{where}.continue_while", notes)
         if more and index + 1 < page.max_iterations:
             rendered = render.render(page.next_page, context, where=f"{where}.next_page")
             assert isinstance(rendered, dict)

@@ -129,6 +129,12 @@ class StepFailed(msgspec.Struct, kw_only=True):
     vars: dict[str, Any] | UnsetType = UNSET
 
 
+class StepWarning(msgspec.Struct, kw_only=True):
+    """Warnings met while deciding about a step (an undefined name in a condition)."""
+
+    warnings: list[str]
+
+
 class TimerFired(msgspec.Struct, kw_only=True):
     """timer.fired: which timer (timer.scheduled carries a `TimerState`)."""
 

@@ -17,6 +17,7 @@ import msgspec
 
 from noetl import render
 from noetl.dsl import Graph, Playbook, Retry, Step, script_file
+from noetl.dsl.tool_fields import RAW_FIELDS
 from noetl.errors import RenderError
 
 
@@ -138,9 +139,11 @@ def _call(
     sink: dict[str, Any] | None,
     files: Mapping[str, str],
 ) -> Call:
+    raw = RAW_FIELDS.get(str(tool.get("kind")), frozenset())
+    templated = {k: v for k, v in tool.items() if k not in raw}
     try:
         found = (
-            render.referenced_names(tool)
+            render.referenced_names(templated)
             | render.referenced_names(args)
             | render.referenced_names(sink)
         )

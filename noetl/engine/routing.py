@@ -11,6 +11,7 @@ from typing import Any
 
 from noetl import render
 from noetl.dsl import Edge, Else, When
+from noetl.engine import conditions
 from noetl.engine.payloads import Route
 from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState
@@ -28,14 +29,23 @@ def edges(targets: list[Edge], context: Mapping[str, Any]) -> list[Route]:
     ]
 
 
-def routes(plan: Plan, step: StepPlan, context: Mapping[str, Any], *, failed: bool) -> list[Route]:
+def routes(
+    plan: Plan,
+    step: StepPlan,
+    context: Mapping[str, Any],
+    *,
+    failed: bool,
+    notes: list[str] | None = None,
+) -> list[Route]:
     """Where the step goes next, with each edge's rendered args.
 
     On success every entry is evaluated in order (unconditional edges always fire, the
     first true `when` fires, `else` when none did). On failure only `when` entries count
-    and a `when` that cannot be evaluated is false. Raises RenderError on success when a
+    and a `when` that cannot be evaluated is false. An undefined name tested for truth is
+    false and noted in `notes` (see conditions.py). Raises RenderError on success when a
     `when` or an edge's args cannot be rendered.
     """
+    notes = [] if notes is None else notes
     where = f"step `{step.name}` next"
     fired: list[Edge] = []
     matched = False
@@ -47,7 +57,7 @@ def routes(plan: Plan, step: StepPlan, context: Mapping[str, Any], *, failed: bo
             if matched:
                 continue
             try:
-                hit = render.truthy(render.evaluate(entry.when, context, where=where))
+                hit = conditions.holds(entry.when, context, where, notes)
             except RenderError:
                 if not failed:
                     raise

@@ -5,13 +5,17 @@ Pure: every function takes the template context it evaluates in and returns plai
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from noetl import render
+from noetl.engine import conditions
 from noetl.engine.iteration import extract, merge
 from noetl.engine.plan import StepPlan
 from noetl.errors import RenderError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
 def rule_extra(result: Any, error: Mapping[str, Any] | None, event: str) -> dict[str, Any]:
@@ -25,14 +29,12 @@ def rule_extra(result: Any, error: Mapping[str, Any] | None, event: str) -> dict
     return extra
 
 
-def first_rule(step: StepPlan, context: Mapping[str, Any]) -> int | None:
+def first_rule(step: StepPlan, context: Mapping[str, Any], notes: list[str]) -> int | None:
     """Index of the first rule whose `when` holds; a `when` that cannot be evaluated is
-    false (as with `next` on failure)."""
+    false (as with `next` on failure), an undefined name tested is noted in `notes`."""
     for i, rule in enumerate(step.step.case):
         try:
-            hit = render.truthy(
-                render.evaluate(rule.when, context, where=f"step `{step.name}` case[{i}].when")
-            )
+            hit = conditions.holds(rule.when, context, f"step `{step.name}` case[{i}].when", notes)
         except RenderError:
             hit = False
         if hit:
@@ -64,14 +66,54 @@ def rule_updates(
     return updates
 
 
-def retry_overrides(step: StepPlan, index: int, context: Mapping[str, Any]) -> dict[str, Any]:
-    """What rule `index`'s `retry` changes in the next call (rendered). Raises RenderError."""
+# Keys of a rule's `retry` that steer the retry itself rather than change the request.
+_RETRY_CONTROL = frozenset(
+    {
+        "max_attempts",
+        "delay",
+        "initial_delay",
+        "backoff",
+        "backoff_multiplier",
+        "max_delay",
+        "jitter",
+    }
+)
+
+
+def retry_overrides(
+    step: StepPlan, index: int, context: Mapping[str, Any]
+) -> tuple[dict[str, Any], int | None]:
+    """What rule `index`'s `retry` changes in the next call (rendered), and its
+    `max_attempts` (calls in all, the first included; None: unbounded). NoETL's
+    `retry: {args: {...}}` overrides the request's fields of those names. Raises
+    RenderError."""
     then = step.step.case[index].then
-    overrides = render.render(
-        then.retry, context, where=f"step `{step.name}` case[{index}].then.retry"
-    )
-    assert isinstance(overrides, dict)
-    return overrides
+    where = f"step `{step.name}` case[{index}].then.retry"
+    rendered = render.render(then.retry, context, where=where)
+    assert isinstance(rendered, dict)
+    overrides = {k: v for k, v in rendered.items() if k not in _RETRY_CONTROL and k != "args"}
+    if isinstance(rendered.get("args"), dict):
+        overrides.update(rendered["args"])
+    limit = rendered.get("max_attempts")
+    if limit is not None and not isinstance(limit, int):
+        raise RenderError(f"{where}.max_attempts: must be an integer, got {limit!r}")
+    return overrides, limit
+
+
+def rule_result(step: StepPlan, index: int, context: Mapping[str, Any], result: Any) -> Any:
+    """The step's result after rule `index`: its `then.result` (`{from: NAME}` reads the
+    name, dotted paths allowed; anything else is rendered), else the call's. Raises
+    RenderError."""
+    given = step.step.case[index].then.result
+    where = f"step `{step.name}` case[{index}].then.result"
+    if given is None:
+        return result
+    if isinstance(given, dict) and set(given) == {"from"}:
+        name = given["from"]
+        if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+            raise RenderError(f"{where}.from: a name or dotted path, got {name!r}")
+        return render.evaluate("{{ " + name + " }}", context, where=where)
+    return render.render(given, context, where=where)
 
 
 def collect_error(step: StepPlan, index: int, exc: RenderError | KeyError) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 from msgspec import UNSET
 
 from noetl import keys, render
+from noetl.engine import conditions, routing, rules, wire
 from noetl.engine import events as ev
-from noetl.engine import routing, rules
 from noetl.engine.context import loop_result
 from noetl.engine.events import Event
 from noetl.engine.iteration import backoff_delay, deep_merge
@@ -176,6 +176,14 @@ class Run(StepRun):
         self.advance()
         self.duplicate = len(self.events) == before
 
+    def abandon(self, exc: Exception) -> None:
+        """End the execution as failed by an error met while deciding (see `Engine`); what
+        it issued before is dropped by `decision()`."""
+        self.end_execution(
+            "failed",
+            error=ErrorInfo(type="decision", message=f"{type(exc).__name__}: {exc}"),
+        )
+
     def _pending(self, command_id: str) -> PendingCommand | None:
         pending = self.state.pending.get(command_id)
         if pending is None or not self.state.running:
@@ -188,6 +196,7 @@ class Run(StepRun):
         context = {**merged, "workload": merged, "execution_id": str(self.state.execution_id)}
         rendered = render.render(merged, context, where="workload")
         assert isinstance(rendered, dict)
+        wire.check(rendered, "workload")
         return rendered
 
     # -- timers and retries -------------------------------------------------------------
@@ -239,12 +248,14 @@ class Run(StepRun):
             return False
         if policy.when:
             context = self.context(args=pending.args, extra={"error": error})
+            notes: list[str] = []
             try:
-                wanted = render.truthy(
-                    render.evaluate(policy.when, context, where=f"step `{step.name}` retry.when")
+                wanted = conditions.holds(
+                    policy.when, context, f"step `{step.name}` retry.when", notes
                 )
             except RenderError:
                 wanted = False
+            self.warn(step.name, notes)
             if not wanted:
                 return False
         retry_after = error.get("retry_after")
@@ -292,24 +303,30 @@ class Run(StepRun):
         result = self.value(result)
         extra = rules.rule_extra(result, error, event)
         context = self.context(args=pending.args, extra=extra)
-        index = rules.first_rule(step, context)
+        notes: list[str] = []
+        index = rules.first_rule(step, context, notes)
+        self.warn(step.name, notes)
         if index is None:
             return False
         then = step.step.case[index].then
         overrides: dict[str, Any] = {}
+        limit: int | None = None
         try:
             updates = rules.rule_updates(step, index, context, result, self.state.variables)
             seen = {**self.state.variables, **updates}
             context = self.context(args=pending.args, extra=extra, variables=seen)
             if then.retry:
-                overrides = rules.retry_overrides(step, index, context)
+                overrides, limit = rules.retry_overrides(step, index, context)
             routes = routing.edges(then.next, context)
+            if failure is None:
+                result = rules.rule_result(step, index, context, result)
+            wire.check([updates, overrides, routes, result], f"step `{step.name}` case[{index}]")
         except (RenderError, KeyError) as exc:
             message = rules.collect_error(step, index, exc)
             self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))
             return True
-        if then.retry:
-            call = pending.index or 0
+        call = pending.index or 0
+        if then.retry and (limit is None or call + 1 < limit):
             self.emit(
                 Event(
                     type=ev.STEP_ITEM,
@@ -328,6 +345,9 @@ class Run(StepRun):
                 index=call + 1,
                 overrides=deep_merge(pending.overrides, overrides),
             )
+            return True
+        if failure is not None and then.retry:  # its retries are spent: the step fails
+            self.fail_step(step.name, command_id, failure, updates=updates)
             return True
         if failure is not None:
             self.fail_step(step.name, command_id, failure, handled=routes, updates=updates)

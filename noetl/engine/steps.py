@@ -15,7 +15,7 @@ import msgspec
 
 from noetl import blobs, keys, render
 from noetl.engine import events as ev
-from noetl.engine import routing, rules
+from noetl.engine import routing, rules, wire
 from noetl.engine.commands import child_message, command_message
 from noetl.engine.context import loop_result, template_context
 from noetl.engine.emitter import Emitter
@@ -30,6 +30,7 @@ from noetl.engine.payloads import (
     StepFailed,
     StepItem,
     StepStarted,
+    StepWarning,
 )
 from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState, PendingCommand
@@ -87,7 +88,12 @@ class StepRun(Emitter, ABC):
         if error is not None:
             extra["error"] = error.record()
         context = self.context(args=args, extra=extra, variables=variables)
-        return routing.routes(self.plan, step, context, failed=error is not None)
+        notes: list[str] = []
+        found = routing.routes(self.plan, step, context, failed=error is not None, notes=notes)
+        self.warn(step.name, notes)
+        if error is None:
+            wire.check(found, f"step `{step.name}` next")
+        return found
 
     def step_vars(
         self, step: StepPlan, result: Any, args: Mapping[str, Any] | None = None
@@ -96,9 +102,25 @@ class StepRun(Emitter, ABC):
         if not step.step.vars:
             return {}
         context = self.context(args=args, extra={"result": result})
-        rendered = render.render(step.step.vars, context, where=f"step `{step.name}` vars")
+        where = f"step `{step.name}` vars"
+        rendered = render.render(step.step.vars, context, where=where)
         assert isinstance(rendered, dict)
+        wire.check(rendered, where)
         return rendered
+
+    def warn(self, name: str, notes: list[str]) -> None:
+        """Record what a condition of step `name` noted (undefined names taken as false):
+        a `step.warning` event, which changes nothing in the state."""
+        if not notes:
+            return
+        self.emit(
+            Event(
+                type=ev.STEP_WARNING,
+                dedup_key=keys.step_warning_key(name, self.state.seq + 1),
+                step=name,
+            ),
+            StepWarning(warnings=list(dict.fromkeys(notes))),
+        )
 
     # -- starting and issuing ----------------------------------------------------------
 
@@ -178,14 +200,20 @@ class StepRun(Emitter, ABC):
             ),
             payload,
         )
-        if is_child:
-            try:
-                self.children.append(child_message(self.plan, self.state, cid))
-            except (RenderError, ValueError, KeyError) as exc:
-                failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
-                self.failed(cid, failure.record())
-        else:
-            self.commands.append(command_message(self.plan, self.state, cid))
+        # A message that cannot be built or sent fails its command now: left to the
+        # publish, it would be retried, dead-lettered and the execution would wait.
+        try:
+            if is_child:
+                start = child_message(self.plan, self.state, cid)
+                wire.check(start, f"step `{name}`")
+                self.children.append(start)
+            else:
+                command = command_message(self.plan, self.state, cid)
+                wire.check(command, f"step `{name}`")
+                self.commands.append(command)
+        except (RenderError, ValueError, KeyError) as exc:
+            failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
+            self.failed(cid, failure.record())
 
     # -- loops and pages ---------------------------------------------------------------
 
@@ -255,6 +283,7 @@ class StepRun(Emitter, ABC):
         assert index is not None
         payload = StepItem(index=index)
         next_overrides: dict[str, Any] | None = None
+        notes: list[str] = []
         if error is None:
             response = self.value(response)
             outcome = page_outcome(
@@ -265,7 +294,9 @@ class StepRun(Emitter, ABC):
                 self.context(args=pending.args, extra={"response": response}),
                 pending.overrides,
                 per_page_sink=bool(step.step.sink and step.step.sink.get("per_page")),
+                notes=notes,
             )
+            self.warn(step.name, notes)
             payload.part, payload.capped = outcome.part, outcome.capped
             next_overrides, error = outcome.next_overrides, outcome.error
         if rows:
@@ -429,9 +460,15 @@ class StepRun(Emitter, ABC):
         context = self.context(
             args=args, extra=rules.rule_extra(result, None, "step.exit"), variables=seen
         )
-        index = rules.first_rule(step, context)
+        notes: list[str] = []
+        index = rules.first_rule(step, context, notes)
+        self.warn(step.name, notes)
         if index is None:
             return None
-        updates = rules.rule_updates(step, index, context, result, self.state.variables)
+        try:
+            updates = rules.rule_updates(step, index, context, result, self.state.variables)
+        except KeyError as exc:
+            raise RenderError(rules.collect_error(step, index, exc)) from exc
         routes = routing.edges(step.step.case[index].then.next, context)
+        wire.check([updates, routes], f"step `{step.name}` case[{index}]")
         return routes, {**variables, **updates}

@@ -301,7 +301,7 @@ def test_continue_while_that_raises_fails_the_step() -> None:
     engine = engine_of(
         playbook(
             PAGED.replace("MAX", "5").replace(
-                "response.data.paging.hasMore", "response.data.nope.deeper"
+                "response.data.paging.hasMore", "response.data.nope.deeper > 0"
             )
         )
     )

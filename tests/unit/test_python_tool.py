@@ -659,3 +659,38 @@ async def test_a_killed_template_is_replaced() -> None:
     finally:
         await tool.aclose()
     assert template_pids() == before
+
+
+async def test_code_sees_noetl_context_read_only(tool: PythonTool) -> None:
+    ctx = make_ctx()
+    ctx.execution_data = {"workload": {"w": 1}, "fetch": {"rows": [1, 2]}, "execution_id": "7"}
+    code = (
+        "def main(context):\n"
+        "    try:\n"
+        "        context['fetch'] = None\n"
+        "        writable = True\n"
+        "    except TypeError:\n"
+        "        writable = False\n"
+        "    return {'rows': context['fetch']['rows'], 'w': context['workload']['w'],\n"
+        "            'eid': context['execution_id'], 'writable': writable}\n"
+    )
+    assert await run(tool, code, ctx) == {"rows": [1, 2], "w": 1, "eid": "7", "writable": False}
+    assert await run(tool, "result = context['workload']", ctx) == {"w": 1}
+
+
+async def test_a_list_arg_answers_noetl_loop_result_shape(tool: PythonTool) -> None:
+    data = [{"n": 1}, {"error": {"message": "boom"}}, {"n": 3}]
+    code = (
+        "result = {'total': data['stats']['total'], 'failed': data['stats']['failed'],\n"
+        "          'first': data['results'][0], 'len': len(data), 'last': data[-1],\n"
+        "          'sum': sum(x.get('n', 0) for x in data), 'back': data}\n"
+    )
+    assert await run(tool, code, args={"data": data}) == {
+        "total": 3,
+        "failed": 1,
+        "first": {"n": 1},
+        "len": 3,
+        "last": {"n": 3},
+        "sum": 4,
+        "back": data,
+    }

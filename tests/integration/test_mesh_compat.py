@@ -1,0 +1,230 @@
+"""Playbooks written for NoETL on a real mesh: the compatibility rules of issue 9."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+
+from actors.mesh import Mesh
+from noetl.client import Client
+from tests.integration.conftest import run
+from tests.integration.test_mesh_constructs import write
+from tests.integration.test_mesh_data_tools import credentials
+from tests.support.http_api import HttpApi
+
+
+async def test_python_comment_with_template_runs(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "comment_template",
+        """
+        - step: start
+          tool:
+            kind: python
+            code: |
+              # reads {{ vars.x }} in NoETL's style, and {{{ braces }}}
+              result = {"ok": f"{{{1}}}"}
+        """,
+    )
+    doc = await run(client, path, timeout=30)
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == {"ok": "{1}"}
+
+
+async def test_huge_int_fails_the_step(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "huge_int",
+        """
+        - step: start
+          tool: {kind: python, code: "result = 1"}
+          vars: {big: "{{ 2 ** 100 }}"}
+          next:
+            - when: "{{ error is defined }}"
+              then: [{step: second}]
+        - step: second
+          tool: {kind: python, code: "result = 2"}
+        """,
+    )
+    # Before: the publish failed, was retried and dead-lettered; the run hung until timeout.
+    doc = await run(client, path, timeout=30)
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == 2
+    rows = await client.store.list_events(int(doc["execution_id"]))
+    failed = [r for r in rows if r["event_type"] == "step.failed"]
+    assert len(failed) == 1 and "cannot be sent" in str(failed[0]["error"])
+
+
+async def test_undefined_name_in_when_is_false_with_a_warning_event(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "undefined_when",
+        """
+        - step: start
+          tool: {kind: python, code: "result = {'n': 1}"}
+          next:
+            - when: "{{ vars.ready }}"
+              then: [{step: early}]
+            - else: [{step: later}]
+        - step: early
+          tool: {kind: python, code: "result = 'early'"}
+        - step: later
+          tool: {kind: python, code: "result = 'later'"}
+        """,
+    )
+    doc = await run(client, path, timeout=30)
+    assert doc["status"] == "completed", doc
+    assert doc["result"] == "later"
+    rows = await client.store.list_events(int(doc["execution_id"]))
+    warned = [r for r in rows if r["event_type"] == "step.warning"]
+    assert len(warned) == 1 and warned[0]["step"] == "start"
+    assert "'ready' is undefined" in str(warned[0]["payload"])
+
+
+async def test_names_noetl_provides(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    path = write(
+        tmp_path,
+        "provided_names",
+        f"""
+        - step: start
+          tool: {{kind: python, code: "result = {{'n': 3}}"}}
+          next: [{{step: items}}]
+        - step: items
+          loop: {{in: [10, 20], iterator: x}}
+          tool:
+            kind: python
+            args: {{x: "{{{{ x }}}}", i: "{{{{ loop_index }}}}", where: "{{{{ job.path }}}}"}}
+            code: |
+              try:
+                  context["start"] = None
+                  writable = True
+              except TypeError:
+                  writable = False
+              result = {{
+                  "x": x, "i": i, "where": where, "writable": writable,
+                  "n": context["start"]["n"], "eid": context["execution_id"],
+                  "w": context["workload"]["w"],
+              }}
+          sink:
+            per_item: true
+            tool: {{kind: file, path: "{out}/item_{{{{ loop.index }}}}.json"}}
+            args: {{x: "{{{{ this.x }}}}", i: "{{{{ loop_index }}}}", same: "{{{{ response.i }}}}"}}
+        """,
+        metadata=", w: unused",
+    )
+    reply = await client.register(path)
+    eid = await client.start(reply.path, version=reply.version, workload={"w": "hello"})
+    doc = await client.wait(eid, timeout=60)
+    assert doc["status"] == "completed", doc.get("error")
+    items = doc["steps"]["items"]
+    assert [r["i"] for r in items] == [0, 1]
+    assert {r["where"] for r in items} == {"provided_names"}
+    assert {r["n"] for r in items} == {3} and {r["w"] for r in items} == {"hello"}
+    assert {r["eid"] for r in items} == {doc["execution_id"]}
+    assert {r["writable"] for r in items} == {False}
+    written = [json.loads((out / f"item_{i}.json").read_text()) for i in (0, 1)]
+    assert written == [[{"x": 10, "i": 0, "same": 0}], [{"x": 20, "i": 1, "same": 1}]]
+
+
+async def test_postgres_sink_statement_and_rows_in_the_tool_block(
+    client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
+) -> None:
+    await (await credentials(client)).set("pg_compat", "postgres", {"dsn": pg_dsn})
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS compat_hits; CREATE TABLE compat_hits(n int)")
+        path = write(
+            tmp_path,
+            "sink_forms",
+            """
+            - step: start
+              tool: {kind: python, code: "result = {'n': 41}"}
+              sink:
+                tool:
+                  kind: postgres
+                  auth: pg_compat
+                  statement: "INSERT INTO compat_hits VALUES ({{ this.n }}), ({{ response.n + 1 }})"
+              next: [{step: rows}]
+            - step: rows
+              tool: {kind: python, code: "result = {'n': 7}"}
+              sink:
+                tool:
+                  kind: postgres
+                  auth: pg_compat
+                  table: compat_hits
+                  args: {n: "{{ result.n * 2 }}"}
+            """,
+        )
+        doc = await run(client, path, timeout=60)
+        assert doc["status"] == "completed", doc.get("error")
+        hits = [r["n"] for r in await conn.fetch("SELECT n FROM compat_hits ORDER BY n")]
+        assert hits == [14, 41, 42]
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS compat_hits")
+        await conn.close()
+
+
+async def test_loop_result_shape_in_templates_and_python(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "loop_shapes",
+        """
+        - step: start
+          next: [{step: items}]
+        - step: items
+          loop: {in: [1, 2, 3], iterator: n}
+          tool: {kind: python, args: {n: "{{ n }}"}, code: "result = {'sq': n * n}"}
+          next: [{step: use}]
+        - step: use
+          tool:
+            kind: python
+            args: {data: "{{ items }}", count: "{{ items.results | length }}"}
+            code: |
+              result = {
+                  "sum": sum(r["sq"] for r in data["results"]),
+                  "stats": data["stats"],
+                  "count": count,
+                  "first": data[0]["sq"],
+                  "via_context": context["items"]["stats"]["total"],
+              }
+        """,
+    )
+    doc = await run(client, path, timeout=60)
+    assert doc["status"] == "completed", doc.get("error")
+    assert doc["result"] == {
+        "sum": 14,
+        "stats": {"total": 3, "success": 3, "failed": 0},
+        "count": 3,
+        "first": 1,
+        "via_context": 3,
+    }
+    assert doc["steps"]["items"] == [{"sq": 1}, {"sq": 4}, {"sq": 9}]
+
+
+async def test_case_retry_honours_max_attempts(
+    client: Client, mesh: Mesh, tmp_path: Path, api: HttpApi
+) -> None:
+    path = write(
+        tmp_path,
+        "case_retry",
+        f"""
+        - step: start
+          tool: {{kind: http, url: "{api.url}/flaky/compat", params: {{fail: 100}}}}
+          case:
+            - when: "{{{{ event.name == 'call.error' }}}}"
+              then: {{retry: {{max_attempts: 3}}}}
+        """,
+    )
+    doc = await run(client, path, timeout=60)
+    assert doc["status"] == "failed", doc
+    assert api.calls["compat"] == 3
