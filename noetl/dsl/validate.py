@@ -8,20 +8,16 @@ tool blocks) have hooks of their own.
 
 from __future__ import annotations
 
-import ast
-import difflib
-import re
 from collections.abc import Callable, Collection, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from msgspec import Struct
 from msgspec import inspect as mi
 
-from noetl.dsl.graph import START, Graph
-from noetl.dsl.loader import Document, NodePath, Position, SyntaxProblem, parse_yaml
+from noetl.dsl.document_rules import API_VERSION, DocumentRules, Ref, is_template, suggest
+from noetl.dsl.loader import Document, NodePath, SyntaxProblem, parse_yaml
 from noetl.dsl.models import (
     CaseRule,
     CaseThen,
@@ -38,11 +34,9 @@ from noetl.dsl.models import (
     When,
     WorkbookTask,
 )
-from noetl.dsl.report import Problem, Report, Severity
-from noetl.dsl.tool_fields import BUILTIN_KINDS, RAW_FIELDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
+from noetl.dsl.report import Problem, Report
+from noetl.dsl.tool_fields import BUILTIN_KINDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
 
-API_VERSION = "noetl.io/v2"
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _LABELS: dict[type, str] = {
     Playbook: "the playbook",
     Metadata: "`metadata`",
@@ -56,8 +50,6 @@ _LABELS: dict[type, str] = {
     When: "a `when` entry",
     Else: "an `else` entry",
 }
-# Only syntax is checked, which needs no filters or sandbox.
-_JINJA = jinja2.Environment()
 
 
 def check_text(
@@ -79,24 +71,11 @@ def check_file(path: str | Path, *, known_kinds: Collection[str] = ()) -> Report
     return check_text(text, filename=str(path), known_kinds=known_kinds)
 
 
-class _Ref(Struct):
-    """A name used somewhere (a route target, a workbook task), checked once all are known."""
-
-    label: str
-    name: str
-    path: NodePath
-
-
 @cache
 def _fields(cls: type[Struct]) -> dict[str, mi.Field]:
     info = mi.type_info(cls)
     assert isinstance(info, mi.StructType)
     return {f.encode_name: f for f in info.fields}
-
-
-def _suggest(word: object, options: Collection[str]) -> str:
-    close = difflib.get_close_matches(str(word), sorted(options), n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def _type_name(value: object) -> str:
@@ -112,14 +91,10 @@ def _type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _is_template(value: object) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
 Hook = Callable[[Any, NodePath], tuple[bool, Any]]
 
 
-class _Checker:
+class _Checker(DocumentRules):
     """One validation run over one document."""
 
     def __init__(self, doc: Document, filename: str, kinds: frozenset[str]) -> None:
@@ -130,8 +105,8 @@ class _Checker:
         self.warnings: list[Problem] = []
         self.steps: list[tuple[NodePath, Step]] = []
         self.tasks: list[tuple[NodePath, WorkbookTask]] = []
-        self.step_refs: list[_Ref] = []
-        self.task_refs: list[_Ref] = []
+        self.step_refs: list[Ref] = []
+        self.task_refs: list[Ref] = []
         self.hooks: dict[tuple[type, str], Hook] = {
             (Playbook, "workflow"): self._workflow,
             (Playbook, "workbook"): self._workbook,
@@ -197,16 +172,6 @@ class _Checker:
 
     # -- reporting ----------------------------------------------------------------------
 
-    def _error(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
-        self.errors.append(self._problem(path, message, "error", at_key))
-
-    def _warning(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
-        self.warnings.append(self._problem(path, message, "warning", at_key))
-
-    def _problem(self, path: NodePath, message: str, severity: Severity, at_key: bool) -> Problem:
-        line, col = self.doc.key_at(path) if at_key else self.doc.value_at(path)
-        return Problem(self.filename, line, col, message, severity)
-
     def _report(self, playbook: Playbook | None) -> Report:
         def ordered(problems: list[Problem]) -> list[Problem]:
             unique = {(p.line, p.col, p.message): p for p in problems}
@@ -235,7 +200,7 @@ class _Checker:
                 if cls is not Metadata:  # free-form: version, labels, anything
                     self._warning(
                         child,
-                        f"unknown field `{key}` in {what} is ignored{_suggest(key, fields)}",
+                        f"unknown field `{key}` in {what} is ignored{suggest(key, fields)}",
                         at_key=True,
                     )
                 continue
@@ -416,7 +381,7 @@ class _Checker:
         return Edge(step=name)
 
     def _ref_step(self, label: str, name: str, path: NodePath) -> None:
-        self.step_refs.append(_Ref(label, name, path))
+        self.step_refs.append(Ref(label, name, path))
 
     def _then(self, value: Any, path: NodePath) -> tuple[bool, Any]:
         """A rule's `then`: a mapping, or NoETL's list of action maps applied in order as
@@ -457,7 +422,7 @@ class _Checker:
                 self._warning(
                     (*where, key),
                     f"unknown field `{key}` in a `set` item is ignored"
-                    f"{_suggest(key, ('name', 'value'))}",
+                    f"{suggest(key, ('name', 'value'))}",
                     at_key=True,
                 )
             out[item["name"]] = item.get("value")
@@ -481,7 +446,7 @@ class _Checker:
             self._wrong((*path, "kind"), "kind", "a string", kind)
             return
         if kind not in self.kinds:
-            self._error((*path, "kind"), f"unknown tool kind `{kind}`{_suggest(kind, self.kinds)}")
+            self._error((*path, "kind"), f"unknown tool kind `{kind}`{suggest(kind, self.kinds)}")
             return
         fields = TOOL_FIELDS.get(kind)
         if fields is None:
@@ -493,12 +458,12 @@ class _Checker:
                 self._warning(
                     where,
                     f"unknown field `{key}` in the `{kind}` tool is passed to the plugin as is"
-                    f"{_suggest(key, fields)}",
+                    f"{suggest(key, fields)}",
                     at_key=True,
                 )
                 continue
             types, expected = TOOL_TYPES.get(key, ((object,), ""))
-            if not isinstance(raw, types) and not _is_template(raw) and raw is not None:
+            if not isinstance(raw, types) and not is_template(raw) and raw is not None:
                 self._wrong(where, key, expected, raw)
         needs = TOOL_NEEDS.get(kind, ())
         if needs and not any(tool.get(key) is not None for key in needs):
@@ -507,109 +472,6 @@ class _Checker:
         if kind == "python" and isinstance(tool.get("code"), str):
             self._python(tool["code"], (*path, "code"))
         if kind == "workbook" and isinstance(tool.get("name"), str):
-            self.task_refs.append(_Ref("workbook", tool["name"], (*path, "name")))
+            self.task_refs.append(Ref("workbook", tool["name"], (*path, "name")))
         if kind == "iterator" and isinstance(tool.get("task"), dict):
             self._tool_block(tool["task"], (*path, "task"))
-
-    def _python(self, code: str, path: NodePath) -> None:
-        """Report a syntax error in python `code` at its line in the file."""
-        try:
-            ast.parse(code)  # a top-level `return` parses: the tool runs such code as a body
-        except SyntaxError as exc:
-            line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
-            if (exc.lineno and exc.lineno > 1) or path in self.doc.block_scalars:
-                col += max((exc.offset or 1) - 1, 0)
-            self.errors.append(
-                Problem(self.filename, line, col, f"Python syntax error in `code`: {exc.msg}")
-            )
-
-    # -- whole-document rules ------------------------------------------------------------
-
-    def _header(self, data: dict[Any, Any]) -> None:
-        api = data.get("apiVersion")
-        if isinstance(api, str) and api != API_VERSION:
-            self._error(("apiVersion",), f"apiVersion must be `{API_VERSION}`, got `{api}`")
-        kind = data.get("kind")
-        if isinstance(kind, str) and kind != "Playbook":
-            self._error(("kind",), f"kind must be `Playbook`, got `{kind}`")
-        meta = data.get("metadata")
-        name = meta.get("name") if isinstance(meta, dict) else None
-        if isinstance(name, str) and not _IDENTIFIER.fullmatch(name):
-            self._error(
-                ("metadata", "name"),
-                "`metadata.name` must be an identifier "
-                f"(letters, digits, `_` and `-`, not starting with a digit), got `{name}`",
-            )
-
-    def _routes(self, has_workflow: bool) -> None:
-        """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""
-        first: dict[str, Position] = {}
-        for path, step in self.steps:
-            where = (*path, "step")
-            if step.step in first:
-                self._warning(
-                    where,
-                    f"duplicate step name `{step.step}`: this definition is ignored, the "
-                    f"first (line {first[step.step][0]}) is used",
-                )
-            else:
-                first[step.step] = self.doc.value_at(where)
-        if has_workflow and START not in first:
-            self._error(
-                ("workflow",),
-                f"the workflow has no step named `{START}`, where every "
-                f"execution begins{_suggest(START, first)}",
-                at_key=True,
-            )
-        for ref in self.step_refs:
-            if ref.name not in first:
-                self._error(
-                    ref.path,
-                    f"{ref.label} names unknown step `{ref.name}`{_suggest(ref.name, first)}",
-                )
-        tasks: dict[str, Position] = {}
-        for path, task in self.tasks:
-            where = (*path, "name")
-            if task.name in tasks:
-                self._warning(
-                    where,
-                    f"duplicate workbook task `{task.name}`: this definition is ignored, the "
-                    f"first (line {tasks[task.name][0]}) is used",
-                )
-            else:
-                tasks[task.name] = self.doc.value_at(where)
-        for ref in self.task_refs:
-            if ref.name not in tasks:
-                self._error(
-                    ref.path, f"the workbook has no task `{ref.name}`{_suggest(ref.name, tasks)}"
-                )
-        if START not in first:
-            return
-        unreachable = Graph(step for _, step in self.steps).unreachable()
-        for path, step in self.steps:
-            if step.step in unreachable:
-                unreachable.discard(step.step)  # once per name, at its first definition
-                self._warning(
-                    (*path, "step"), f"step `{step.step}` is not reachable from `{START}`"
-                )
-
-    def _templates(self, value: Any, path: NodePath) -> None:
-        """Parse every template string; python code is not a template and is skipped."""
-        if isinstance(value, dict):
-            code = RAW_FIELDS.get(str(value.get("kind")), frozenset())
-            for key, item in value.items():
-                if key not in code:
-                    self._templates(item, (*path, key))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                self._templates(item, (*path, i))
-        elif _is_template(value):
-            try:
-                _JINJA.parse(value)
-            except jinja2.TemplateSyntaxError as exc:
-                line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
-                self.errors.append(
-                    Problem(
-                        self.filename, line, col, f"Jinja2 syntax error in template: {exc.message}"
-                    )
-                )

@@ -1,0 +1,171 @@
+"""The rules about the whole document: header, step names and routes, templates, code.
+
+`DocumentRules` is the half of the checker that runs once every step and task is built:
+the names they use are checked against the names they define, and every template and
+python code block is parsed. `noetl.dsl.validate._Checker` builds on it.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from collections.abc import Collection
+from typing import Any
+
+import jinja2
+from msgspec import Struct
+
+from noetl.dsl.graph import START, Graph
+from noetl.dsl.loader import Document, NodePath, Position
+from noetl.dsl.models import Step, WorkbookTask
+from noetl.dsl.report import Problem, Severity
+from noetl.dsl.tool_fields import RAW_FIELDS
+
+API_VERSION = "noetl.io/v2"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# Only syntax is checked, which needs no filters or sandbox.
+_JINJA = jinja2.Environment()
+
+
+class Ref(Struct):
+    """A name used somewhere (a route target, a workbook task), checked once all are known."""
+
+    label: str
+    name: str
+    path: NodePath
+
+
+def suggest(word: object, options: Collection[str]) -> str:
+    close = difflib.get_close_matches(str(word), sorted(options), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def is_template(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+class DocumentRules:
+    """What the checker has gathered, how it reports, and the rules that need all of it."""
+
+    doc: Document
+    filename: str
+    errors: list[Problem]
+    warnings: list[Problem]
+    steps: list[tuple[NodePath, Step]]
+    tasks: list[tuple[NodePath, WorkbookTask]]
+    step_refs: list[Ref]
+    task_refs: list[Ref]
+
+    def _error(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
+        self.errors.append(self._problem(path, message, "error", at_key))
+
+    def _warning(self, path: NodePath, message: str, *, at_key: bool = False) -> None:
+        self.warnings.append(self._problem(path, message, "warning", at_key))
+
+    def _problem(self, path: NodePath, message: str, severity: Severity, at_key: bool) -> Problem:
+        line, col = self.doc.key_at(path) if at_key else self.doc.value_at(path)
+        return Problem(self.filename, line, col, message, severity)
+
+    def _python(self, code: str, path: NodePath) -> None:
+        """Report a syntax error in python `code` at its line in the file."""
+        try:
+            ast.parse(code)  # a top-level `return` parses: the tool runs such code as a body
+        except SyntaxError as exc:
+            line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
+            if (exc.lineno and exc.lineno > 1) or path in self.doc.block_scalars:
+                col += max((exc.offset or 1) - 1, 0)
+            self.errors.append(
+                Problem(self.filename, line, col, f"Python syntax error in `code`: {exc.msg}")
+            )
+
+    # -- whole-document rules ------------------------------------------------------------
+
+    def _header(self, data: dict[Any, Any]) -> None:
+        api = data.get("apiVersion")
+        if isinstance(api, str) and api != API_VERSION:
+            self._error(("apiVersion",), f"apiVersion must be `{API_VERSION}`, got `{api}`")
+        kind = data.get("kind")
+        if isinstance(kind, str) and kind != "Playbook":
+            self._error(("kind",), f"kind must be `Playbook`, got `{kind}`")
+        meta = data.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(name, str) and not _IDENTIFIER.fullmatch(name):
+            self._error(
+                ("metadata", "name"),
+                "`metadata.name` must be an identifier "
+                f"(letters, digits, `_` and `-`, not starting with a digit), got `{name}`",
+            )
+
+    def _routes(self, has_workflow: bool) -> None:
+        """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""
+        first: dict[str, Position] = {}
+        for path, step in self.steps:
+            where = (*path, "step")
+            if step.step in first:
+                self._warning(
+                    where,
+                    f"duplicate step name `{step.step}`: this definition is ignored, the "
+                    f"first (line {first[step.step][0]}) is used",
+                )
+            else:
+                first[step.step] = self.doc.value_at(where)
+        if has_workflow and START not in first:
+            self._error(
+                ("workflow",),
+                f"the workflow has no step named `{START}`, where every "
+                f"execution begins{suggest(START, first)}",
+                at_key=True,
+            )
+        for ref in self.step_refs:
+            if ref.name not in first:
+                self._error(
+                    ref.path,
+                    f"{ref.label} names unknown step `{ref.name}`{suggest(ref.name, first)}",
+                )
+        tasks: dict[str, Position] = {}
+        for path, task in self.tasks:
+            where = (*path, "name")
+            if task.name in tasks:
+                self._warning(
+                    where,
+                    f"duplicate workbook task `{task.name}`: this definition is ignored, the "
+                    f"first (line {tasks[task.name][0]}) is used",
+                )
+            else:
+                tasks[task.name] = self.doc.value_at(where)
+        for ref in self.task_refs:
+            if ref.name not in tasks:
+                self._error(
+                    ref.path, f"the workbook has no task `{ref.name}`{suggest(ref.name, tasks)}"
+                )
+        if START not in first:
+            return
+        unreachable = Graph(step for _, step in self.steps).unreachable()
+        for path, step in self.steps:
+            if step.step in unreachable:
+                unreachable.discard(step.step)  # once per name, at its first definition
+                self._warning(
+                    (*path, "step"), f"step `{step.step}` is not reachable from `{START}`"
+                )
+
+    def _templates(self, value: Any, path: NodePath) -> None:
+        """Parse every template string; python code is not a template and is skipped."""
+        if isinstance(value, dict):
+            code = RAW_FIELDS.get(str(value.get("kind")), frozenset())
+            for key, item in value.items():
+                if key not in code:
+                    self._templates(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self._templates(item, (*path, i))
+        elif is_template(value):
+            try:
+                _JINJA.parse(value)
+            except jinja2.TemplateSyntaxError as exc:
+                line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
+                self.errors.append(
+                    Problem(
+                        self.filename, line, col, f"Jinja2 syntax error in template: {exc.message}"
+                    )
+                )
