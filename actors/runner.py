@@ -125,6 +125,10 @@ class Runner(Actor):
             except Exception as exc:  # the store is away: keep the last known set
                 self.log.warning("could not refresh the stored secrets to mask: %s", exc)
 
+    def executions_in_hand(self) -> set[int]:
+        """The executions whose commands this runner is running now."""
+        return set(self._running)
+
     async def _on_cancel(self, msg: Msg) -> None:
         execution_id = int(msg.subject.rsplit(".", 1)[1])
         for ctx in self._running.get(execution_id, ()):

@@ -133,11 +133,25 @@ def print_json(value: Any) -> None:
 def print_table(
     columns: Sequence[str], rows: Iterable[Sequence[str]], *, title: str | None = None
 ) -> None:
-    """A rich table on stdout (what a command prints without `--json`)."""
-    table = Table(*columns, title=title)
+    """A rich table on a terminal; tab-separated lines (a header line, then one per row,
+    nothing cut) when stdout is not one, so pipes and scripts get every id whole. Id
+    columns never wrap nor shrink."""
+    if not out.is_terminal:
+        lines = ["\t".join(columns), *("\t".join(_cell(c) for c in row) for row in rows)]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+        return
+    table = Table(title=title)
+    for name in columns:
+        is_id = name == "id" or name.endswith("_id")
+        table.add_column(name, no_wrap=is_id, overflow="fold", min_width=19 if is_id else None)
     for row in rows:
         table.add_row(*row)
     out.print(table)
+
+
+def _cell(value: str) -> str:
+    return value.replace("\t", " ").replace("\n", " ")
 
 
 def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
