@@ -31,6 +31,7 @@ from noetl.cli_core import (
     CliState,
     fail,
     json_option,
+    one_line_reconnects,
     out,
     print_json,
     run_command,
@@ -132,6 +133,7 @@ def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insec
 
     chosen = (*ROLES, "api") if not roles or "all" in roles else roles
     config = settings()
+    one_line_reconnects()
 
     async def body(client: Client) -> int:
         mesh = Mesh(client.bus, client.store, client.settings, [r for r in chosen if r != "api"])
