@@ -11,12 +11,15 @@ import json
 import sys
 
 import click
+import nats.errors
 
+from noetl.bus import START_STREAM
 from noetl.cli_core import (
     EXIT_OK,
     EXIT_USAGE,
     fail,
     json_option,
+    out,
     print_json,
     print_table,
     run_command,
@@ -28,12 +31,33 @@ from noetl.cli_follow import follow, id_arg
 from noetl.cli_run import exit_code, show_document
 from noetl.client import Client
 from noetl.engine.events import TERMINAL_STATUSES
+from noetl.errors import ExecutionNotFound, MessageError
+from noetl.messages import StartExecution, decode_start
 from noetl.store import views
 from noetl.timeline import Timeline, log_lines
 
 __all__ = ["events", "list_", "logs", "playbooks", "result", "status"]
 
 STATUSES = ("running", "completed", "failed", "cancelled")
+
+
+async def queued_path(client: Client, eid: int, scan: int = 10000) -> str | None:
+    """The playbook path of a start of `eid` still waiting in the start stream (a work
+    queue: a message stays there until a coordinator has taken it), else None."""
+    try:
+        info = await client.bus.js.stream_info(START_STREAM)
+    except nats.errors.Error:
+        return None
+    first = max(info.state.first_seq, info.state.last_seq - scan + 1)
+    for seq in range(first, info.state.last_seq + 1):
+        try:
+            msg = await client.bus.js.get_msg(START_STREAM, seq)
+            start = decode_start(msg.data or b"", default_id=-1, msg_id=None)
+        except (nats.errors.Error, MessageError):
+            continue  # taken meanwhile, or not a start we can read
+        if isinstance(start, StartExecution) and start.execution_id == eid:
+            return start.path
+    return None
 
 
 def _duration(seconds: float | None) -> str:
@@ -55,7 +79,20 @@ def status(execution_id: str, as_json: bool, following: bool) -> None:
     eid = id_arg(execution_id)
 
     async def body(client: Client) -> int:
-        doc = await client.store.describe(eid)
+        try:
+            doc = await client.store.describe(eid)
+        except ExecutionNotFound:
+            path = await queued_path(client, eid)
+            if path is None:
+                raise
+            if as_json:
+                print_json({"execution_id": str(eid), "path": path, "status": "queued"})
+            else:
+                out.print(
+                    f"[yellow]queued[/] {path} (execution {eid}): no coordinator has taken it "
+                    "yet; `noetl-runtime server start` runs one"
+                )
+            return EXIT_OK
         if following and doc["status"] not in TERMINAL_STATUSES:
             doc = await follow(client, eid, show=not as_json)
         timeline = Timeline()

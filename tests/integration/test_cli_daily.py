@@ -258,3 +258,10 @@ def test_clean_edges(settings: Settings) -> None:
     assert all(isinstance(e["event_id"], str) and int(e["event_id"]) > 2**53 for e in events)
     table = cli(settings, "events", ran["execution_id"]).stdout.splitlines()
     assert [line.split("\t")[0] for line in table[1:]] == [e["event_id"] for e in events]
+    # Started with no mesh running (NoETL's `execution start` returns at once): queued.
+    started = json.loads(
+        cli(settings, "execution", "start", "examples/hello_world", "--json").stdout
+    )
+    waiting = cli(settings, "status", started["execution_id"], "--json")
+    assert waiting.returncode == 0, waiting.stderr
+    assert json.loads(waiting.stdout)["status"] == "queued"
