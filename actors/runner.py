@@ -85,7 +85,10 @@ class Runner(Actor):
 
     async def start(self) -> None:
         """Join the pool's work queue."""
-        self.credentials = await CredentialStore.open(self.store.pool, self.settings)
+        # A key generated here (the first run on a new home) is announced: it needs a backup.
+        self.credentials = await CredentialStore.open(
+            self.store.pool, self.settings, announce=self.log.warning
+        )
         await self._refresh_known_secrets()
         await super().start()
         # Not `spawn`ed: `stop` waits for spawned work, and this one never ends by itself.

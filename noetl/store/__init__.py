@@ -189,7 +189,10 @@ class Store:
             )
         if row is None:
             at = "" if version is None else f" version {version}"
-            raise CatalogError(f"no playbook registered at `{path}`{at}")
+            raise CatalogError(
+                f"no playbook registered at `{path}`{at}: register it with "
+                "`noetl-runtime register FILE` (`noetl-runtime playbooks` lists those there are)"
+            )
         return int(row["version"]), str(row["content"])
 
     async def get_files(self, path: str, version: int) -> dict[str, str]:
