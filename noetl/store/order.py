@@ -26,7 +26,9 @@ def _jsonb_rank(key: str) -> tuple[int, bytes]:
 def _marked(value: Any) -> Any:
     if isinstance(value, dict):
         out = {k: _marked(v) for k, v in value.items()}
-        keys = list(value)
+        # Plain str: keys may be str subclasses (HTTP headers' istr), which msgspec encodes
+        # as keys but not as values.
+        keys = [str(k) for k in value]
         if len(keys) > 1 and keys != sorted(keys, key=_jsonb_rank):
             out[ORDER_KEY] = keys
         return out

@@ -21,3 +21,10 @@ def test_canonical_orders_and_old_data_are_stored_as_they_are() -> None:
     # Stored before the order was kept: read as it always was.
     assert order.decode('{"id": 1, "name": "ada"}') == {"id": 1, "name": "ada"}
     assert order.decode(b'[{"id": 1}]') == [{"id": 1}]
+
+
+def test_keys_of_str_subclasses_are_recorded_as_str() -> None:
+    from multidict import istr
+
+    headers = {istr("X-Total"): "3", istr("Content-Type"): "json"}
+    assert list(order.decode(order.encode(headers))) == ["X-Total", "Content-Type"]
