@@ -214,6 +214,9 @@ async def _follow_and_show(
             "type": "timeout",
             "message": f"still {doc['status']} after {timeout}s",
         }
+        await hosted.finish(eid)
+        show_document(doc, as_json)
+        return EXIT_FAILED if doc["status"] != "completed" else EXIT_OK
     await hosted.finish(eid)
     show_document(doc, as_json)
     return exit_code(doc["status"])
@@ -259,7 +262,9 @@ def run(
     async def body(client: Client) -> int:
         async with Hosted(client, ROLES) as hosted:
             reply = await client.register(Path(file))
-            eid = await client.start(reply.path, version=reply.version, workload=data)
+            eid = await client.start(
+                reply.path, version=reply.version, workload=data, timeout=timeout
+            )
             if not as_json:
                 err.print(f"execution [bold]{eid}[/] of {reply.path}")
             return await _follow_and_show(client, hosted, eid, as_json=as_json, timeout=timeout)
