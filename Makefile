@@ -1,22 +1,31 @@
 # Everything a fresh machine needs: `make run` and `make test` create the virtual
-# environment on first use, so no other set-up step exists.
-PYTHON ?= python3.11
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# environment on first use, so no other set-up step exists. `make run` installs the runtime
+# alone; the test and lint tooling (the `dev` extra) comes with `make install`, `test`,
+# `lint` and `bench`.
+PYTHON  ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.installed-runtime
+STAMP   := $(VENV)/.installed
 
 .PHONY: install run test lint bench mutate clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) is required"; exit 2; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-run: install
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(RUNTIME) $(STAMP)
+
+run: $(RUNTIME)
 	$(BIN)/noetl-runtime run tests/fixtures/playbooks/hello_world/hello_world.yaml
 
 # The browser tests use Debian's Chromium: installed here when missing and run as root.

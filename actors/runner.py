@@ -85,7 +85,10 @@ class Runner(Actor):
 
     async def start(self) -> None:
         """Join the pool's work queue."""
-        self.credentials = await CredentialStore.open(self.store.pool, self.settings)
+        # A key generated here (the first run on a new home) is announced: it needs a backup.
+        self.credentials = await CredentialStore.open(
+            self.store.pool, self.settings, announce=self.log.warning
+        )
         await self._refresh_known_secrets()
         await super().start()
         # Not `spawn`ed: `stop` waits for spawned work, and this one never ends by itself.
@@ -124,6 +127,10 @@ class Runner(Actor):
                 await self._refresh_known_secrets()
             except Exception as exc:  # the store is away: keep the last known set
                 self.log.warning("could not refresh the stored secrets to mask: %s", exc)
+
+    def executions_in_hand(self) -> set[int]:
+        """The executions whose commands this runner is running now."""
+        return set(self._running)
 
     async def _on_cancel(self, msg: Msg) -> None:
         execution_id = int(msg.subject.rsplit(".", 1)[1])

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
@@ -70,6 +71,7 @@ __all__ = [
     "err",
     "fail",
     "json_option",
+    "one_line_reconnects",
     "out",
     "print_json",
     "print_table",
@@ -133,11 +135,25 @@ def print_json(value: Any) -> None:
 def print_table(
     columns: Sequence[str], rows: Iterable[Sequence[str]], *, title: str | None = None
 ) -> None:
-    """A rich table on stdout (what a command prints without `--json`)."""
-    table = Table(*columns, title=title)
+    """A rich table on a terminal; tab-separated lines (a header line, then one per row,
+    nothing cut) when stdout is not one, so pipes and scripts get every id whole. Id
+    columns never wrap nor shrink."""
+    if not out.is_terminal:
+        lines = ["\t".join(columns), *("\t".join(_cell(c) for c in row) for row in rows)]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+        return
+    table = Table(title=title)
+    for name in columns:
+        is_id = name == "id" or name.endswith("_id")
+        table.add_column(name, no_wrap=is_id, overflow="fold", min_width=19 if is_id else None)
     for row in rows:
         table.add_row(*row)
     out.print(table)
+
+
+def _cell(value: str) -> str:
+    return value.replace("\t", " ").replace("\n", " ")
 
 
 def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
@@ -160,6 +176,46 @@ def read_json(value: str, option: str, *, stdin: bool = False) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"{option} is not valid JSON: {exc}") from exc
+
+
+class _OneLine(logging.Filter):
+    """A connection failure logged with its traceback becomes one line: what failed and
+    why. Other errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _connection_failure(exc):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    import asyncpg
+    import nats.errors
+
+    return isinstance(
+        exc,
+        OSError
+        | nats.errors.Error
+        | asyncpg.CannotConnectNowError
+        | asyncpg.ConnectionDoesNotExistError
+        | asyncpg.InterfaceError,
+    )
+
+
+def one_line_reconnects() -> None:
+    """While a server is away, each reconnection attempt of the NATS and PostgreSQL clients
+    (and each sweep failing for it) logs one line instead of a traceback."""
+    # Filters of a logger see only its own records, so each logger that reports them.
+    one_line = _OneLine()
+    for name in ("nats.aio.client", "asyncpg.pool", "noetl.bus", "noetl.mesh", *_ACTORS):
+        logging.getLogger(name).addFilter(one_line)
+
+
+_ACTORS: Final = ("noetl.catalog", "noetl.coordinator", "noetl.runner", "noetl.api")
 
 
 # -- running --------------------------------------------------------------------------------
@@ -192,7 +248,13 @@ async def with_client(
     try:
         return await body(client)
     finally:
-        await client.close()
+        try:
+            await client.close()
+        except Exception as exc:
+            if not _connection_failure(exc):
+                raise
+            # The servers went away (`down --force`): nothing is left to flush.
+            say(f"noetl: closing the connections: {type(exc).__name__}: {exc}")
 
 
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:

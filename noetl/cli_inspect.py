@@ -25,6 +25,7 @@ from noetl.cli_core import (
     settings,
     with_client,
 )
+from noetl.cli_follow import id_arg
 from noetl.client import Client
 from noetl.errors import NoetlError
 
@@ -145,12 +146,6 @@ def _summary(row: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _id(value: str) -> int:
-    if not value.isdigit() or int(value) >= 2**63:
-        raise click.UsageError(f"an execution id is a 63-bit integer, got {value!r}")
-    return int(value)
-
-
 _SERVER = click.option(
     "--server",
     envvar="NOETL_SERVER_URL",
@@ -268,7 +263,7 @@ def execution_list(limit: int, server: str | None, as_json: bool) -> None:
 @_JSON
 def execution_get(execution_id: str, server: str | None, as_json: bool) -> None:
     """The execution document: status, result, each step's result, vars."""
-    eid = _id(execution_id)
+    eid = id_arg(execution_id)
 
     async def body(source: Source) -> None:
         doc = await source.execution(eid)
@@ -294,7 +289,7 @@ def execution_get(execution_id: str, server: str | None, as_json: bool) -> None:
 @_JSON
 def execution_cancel(execution_id: str, reason: str, server: str | None, as_json: bool) -> None:
     """Ask for an execution's cancellation (it ends as `cancelled` shortly after)."""
-    eid = _id(execution_id)
+    eid = id_arg(execution_id)
 
     async def body(source: Source) -> None:
         await source.cancel(eid, reason)

@@ -36,7 +36,7 @@ from noetl.config import Settings
 from noetl.errors import NoetlError
 from noetl.store import Store
 
-__all__ = ["server", "worker"]
+__all__ = ["server", "start_server", "start_worker", "worker"]
 
 # Seconds `server start` waits for `/api/ready`, and `worker start` for the mesh to be up.
 START_SECONDS = 120.0
@@ -106,12 +106,19 @@ def server() -> None:
 @json_option()
 def server_start(port: int | None, init_db: bool, as_json: bool) -> None:
     """Start the server in the background; returns once `/api/ready` answers."""
-    config = settings()
+    info, already = start_server(settings(), port, init_db=init_db)
+    _report_start(info, as_json, already=already)
+
+
+def start_server(
+    config: Settings, port: int | None = None, *, init_db: bool = False
+) -> tuple[DaemonInfo, bool]:
+    """The server daemon, started unless it runs already: (its info, already running).
+    Blocks until `/api/ready` answers; exits with the log's end when it cannot start."""
     daemon = Daemon(config.home, "server")
     running = daemon.running()
     if running is not None:
-        _report_start(running, as_json, already=True)
-        return
+        return running, True
     if init_db:
         _init_db(config)
     chosen = config.api_port if port is None else port
@@ -119,7 +126,7 @@ def server_start(port: int | None, init_db: bool, as_json: bool) -> None:
     argv = mesh_command("up", *roles, "--api-port", str(chosen))
     info = daemon.spawn(argv, _env(config), port=chosen)
     _wait_for(daemon, info, lambda: _ready(chosen, config)[0], "ready")
-    _report_start(info, as_json, already=False)
+    return info, False
 
 
 def _init_db(config: Settings) -> None:
@@ -237,21 +244,27 @@ def worker() -> None:
 @json_option()
 def worker_start(pool: str | None, as_json: bool) -> None:
     """Start a runner for `pool` in the background; returns once it takes commands."""
-    config = settings()
-    daemon, chosen = _worker(config, pool)
-    info = daemon.running()
-    already = info is not None
-    if info is None:
-        argv = mesh_command("up", "--role", "runner")
-        offset = daemon.log_size()  # the log is appended to: only this run's lines count
-        info = daemon.spawn(argv, _env(config, NOETL_RUNNER_POOL=chosen), pool=chosen)
-        _wait_for(daemon, info, lambda: _WORKER_UP in daemon.log_since(offset), "up")
+    info, chosen, already = start_worker(settings(), pool)
     if as_json:
         print_json({"status": "running", "already": already, "pid": info.pid, "pool": chosen})
     elif already:
         out.print(f"noetl worker {chosen} is already running (pid {info.pid})")
     else:
         out.print(f"noetl worker {chosen} started (pid {info.pid})")
+
+
+def start_worker(config: Settings, pool: str | None = None) -> tuple[DaemonInfo, str, bool]:
+    """The worker daemon of `pool`, started unless it runs already: (its info, the pool,
+    already running). Blocks until its mesh is up; exits with the log's end otherwise."""
+    daemon, chosen = _worker(config, pool)
+    info = daemon.running()
+    if info is not None:
+        return info, chosen, True
+    argv = mesh_command("up", "--role", "runner")
+    offset = daemon.log_size()  # the log is appended to: only this run's lines count
+    info = daemon.spawn(argv, _env(config, NOETL_RUNNER_POOL=chosen), pool=chosen)
+    _wait_for(daemon, info, lambda: _WORKER_UP in daemon.log_since(offset), "up")
+    return info, chosen, False
 
 
 @worker.command(name="stop")

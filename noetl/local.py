@@ -55,7 +55,15 @@ from noetl.servers.postgres import (
 )
 from noetl.servers.procs import PortInUse, free_port
 
-__all__ = ["CREDENTIALS_FILE", "Services", "ensure_local", "free_port", "resolve", "stop_local"]
+__all__ = [
+    "CREDENTIALS_FILE",
+    "Services",
+    "ensure_local",
+    "free_port",
+    "resolve",
+    "running_nats_url",
+    "stop_local",
+]
 
 #: The generated credentials of the embedded servers, under NOETL_HOME (0600).
 CREDENTIALS_FILE = "local-credentials.json"
@@ -158,6 +166,18 @@ def ensure_local(home: Path, *, announce: Callable[[str], None] | None = None) -
             "`noetl-runtime down` stops them"
         )
     return _services(state, creds)
+
+
+def running_nats_url(home: Path) -> str | None:
+    """The URL (with credentials) of the embedded NATS of `home` when it runs, else None;
+    starts nothing."""
+    home = procs.absolute(home)
+    state = _read_state(home)
+    if not (home / CREDENTIALS_FILE).is_file() or not _nats_running(state.nats):
+        return None
+    creds, _ = _credentials(home)
+    assert state.nats.port is not None
+    return nats_url(state.nats.port, (creds.nats_user, creds.nats_password))
 
 
 def stop_local(home: Path) -> list[str]:

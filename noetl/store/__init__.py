@@ -13,19 +13,17 @@ from noetl.engine.events import Event
 from noetl.errors import CatalogError, ExecutionNotFound, StoreError
 from noetl.keys import TIMER_FIRED_PREFIX
 from noetl.store import events as event_sql
-from noetl.store import schema
+from noetl.store import order, schema
 from noetl.store.events import Projection
 
 __all__ = ["Projection", "Store"]
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Key order survives JSONB through `noetl.store.order` (SQL rows keep their columns').
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
-            name,
-            encoder=lambda v: msgspec.json.encode(v).decode(),
-            decoder=msgspec.json.decode,
-            schema="pg_catalog",
+            name, encoder=order.encode, decoder=order.decode, schema="pg_catalog"
         )
 
 
@@ -121,7 +119,7 @@ class Store:
             "INSERT INTO noetl.blob (digest, data, size) VALUES ($1, $2::text::jsonb, $3) "
             "ON CONFLICT (digest) DO NOTHING",
             digest,
-            data.decode(),
+            order.encode(msgspec.json.decode(data)),
             len(data),
         )
         return ref
@@ -191,7 +189,10 @@ class Store:
             )
         if row is None:
             at = "" if version is None else f" version {version}"
-            raise CatalogError(f"no playbook registered at `{path}`{at}")
+            raise CatalogError(
+                f"no playbook registered at `{path}`{at}: register it with "
+                "`noetl-runtime register FILE` (`noetl-runtime playbooks` lists those there are)"
+            )
         return int(row["version"]), str(row["content"])
 
     async def get_files(self, path: str, version: int) -> dict[str, str]:

@@ -10,8 +10,7 @@ import msgspec
 from noetl.engine.events import Event
 from noetl.errors import VersionConflict
 from noetl.messages import ExecutionStatus
-
-_json = msgspec.json.Encoder()
+from noetl.store import order
 
 _INSERT_EVENTS = """
 INSERT INTO noetl.event (execution_id, version, event_type, step, command_id, dedup_key,
@@ -69,7 +68,8 @@ class Projection(msgspec.Struct, kw_only=True):
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else _json.encode(value).decode()
+    # Key order kept through JSONB (noetl.store.order): SQL rows keep their columns' order.
+    return None if value is None else order.encode(value)
 
 
 async def append_decision(

@@ -91,3 +91,12 @@ async def test_data_tool_failures_name_step_tool_and_cause(
         one_step(tmp_path, "fine", "{kind: postgres, auth: pg_ok, query: 'select 1 as one'}"),
     )
     assert ok["result"] == [{"one": 1}]
+
+
+async def test_sql_rows_keep_their_column_order(client: Client, mesh: Mesh, tmp_path: Path) -> None:
+    query = "SELECT 2 AS zeta, 'ada' AS name, 1 AS id, 3 AS alpha_value"
+    doc = await run(client, one_step(tmp_path, "ordered", f'{{kind: duckdb, query: "{query}"}}'))
+    assert doc["status"] == "completed", doc
+    rows = doc["steps"]["start"]
+    rows = rows.get("rows", rows) if isinstance(rows, dict) else rows
+    assert list(rows[0]) == ["zeta", "name", "id", "alpha_value"], doc["steps"]["start"]

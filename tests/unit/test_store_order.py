@@ -1,0 +1,30 @@
+"""Key order through the JSONB codec (`noetl.store.order`)."""
+
+from __future__ import annotations
+
+import json
+
+from noetl.store import order
+
+
+def test_orders_jsonb_would_change_survive() -> None:
+    row = {"name": "ada", "id": 1, "zeta": {"b": 1, "aa": 2}, "alpha": [{"yy": 1, "x": 2}]}
+    text = order.encode({"rows": [row, row]})
+    back = order.decode(text)
+    assert json.dumps(back) == json.dumps({"rows": [row, row]})
+    assert list(back["rows"][1]) == ["name", "id", "zeta", "alpha"]
+    assert list(back["rows"][0]["alpha"][0]) == ["yy", "x"]
+
+
+def test_canonical_orders_and_old_data_are_stored_as_they_are() -> None:
+    assert order.encode({"a": 1, "bb": [1, "x"]}) == '{"a":1,"bb":[1,"x"]}'
+    # Stored before the order was kept: read as it always was.
+    assert order.decode('{"id": 1, "name": "ada"}') == {"id": 1, "name": "ada"}
+    assert order.decode(b'[{"id": 1}]') == [{"id": 1}]
+
+
+def test_keys_of_str_subclasses_are_recorded_as_str() -> None:
+    from multidict import istr
+
+    headers = {istr("X-Total"): "3", istr("Content-Type"): "json"}
+    assert list(order.decode(order.encode(headers))) == ["X-Total", "Content-Type"]
