@@ -17,6 +17,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from actors.admission import engine_limits, start_refusal
 from actors.base import Actor
 from actors.outcome import outcome_message
 from actors.timers import TimerWheel
@@ -43,6 +44,7 @@ from noetl.messages import (
     CancelExecution,
     CommandContext,
     CommandIssued,
+    ErrorInfo,
     ExecMessage,
     StartExecution,
     Wake,
@@ -76,7 +78,7 @@ class ExecutionActor:
         self.state: ExecutionState | None = None
         self.engine: Engine | None = None
         # Why the playbook of a start request could not be loaded (the start is refused).
-        self.refusal: str | None = None
+        self.refusal: ErrorInfo | None = None
         self.reply_to = exec_subject(partition_of(execution_id, host.settings.partitions))
 
     async def close(self) -> None:
@@ -182,10 +184,14 @@ class ExecutionActor:
                     unusable.append(msg)
                     continue
             assert self.state is not None
-            if self.engine is None:
-                assert isinstance(message, StartExecution) and self.refusal is not None
-                decisions.append(refuse_start(self.state, message, self.refusal))
+            refusal = self.refusal or await start_refusal(
+                self.host.store, self.host.settings, self.state, message
+            )
+            if refusal is not None:
+                assert isinstance(message, StartExecution)
+                decisions.append(refuse_start(self.state, message, refusal))
             else:
+                assert self.engine is not None
                 values = await self.host.values_for(self.state, message)
                 decisions.append(self.engine.decide(self.state, message, values))
         if not fresh and any(d.duplicate for d in decisions):
@@ -218,7 +224,7 @@ class ExecutionActor:
         except (CatalogError, PlaybookError) as exc:
             if not isinstance(message, StartExecution):
                 raise
-            self.refusal = str(exc)
+            self.refusal = ErrorInfo(type="catalog", message=str(exc))
         self.state = state
         return True
 
@@ -353,7 +359,8 @@ class CoordinatorHost(Actor):
             version, content = await self.store.get_playbook(path, version)
         playbook = dsl.load_text(content, filename=f"{path}@{version}", known_kinds=known_kinds())
         files = await self.store.get_files(path, version)
-        engine = self._engines[key] = Engine(playbook, version=version, files=files)
+        limits = engine_limits(self.settings)
+        engine = self._engines[key] = Engine(playbook, version=version, files=files, limits=limits)
         return engine
 
     async def carry_out(self, execution_id: int, decision: Decision, reply_to: str) -> None:

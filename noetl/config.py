@@ -67,6 +67,12 @@ class Settings(msgspec.Struct, kw_only=True):
     script_root: str | None = None
     allow_absolute_scripts: bool = False
     large_result_bytes: int = 256 * 1024
+    # Sub-playbook nesting: a child deeper than this fails at its start (the top is depth 0).
+    max_depth: int = 16
+    # Live (running) descendants of one top execution: a start beyond it fails.
+    max_descendants: int = 1000
+    # Items of one loop: a longer `loop.in` fails its step, with the count in the message.
+    max_loop_items: int = 100_000
 
     @property
     def local_mode(self) -> bool:
@@ -90,6 +96,9 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ConfigError(f"invalid configuration: {exc}") from exc
         if home is not None:
             settings.home = Path(str(home)).expanduser()
+        for name in ("max_depth", "max_descendants", "max_loop_items"):
+            if getattr(settings, name) < 1:
+                raise ConfigError(f"NOETL_{name.upper()} must be at least 1")
         if settings.partitions < 1:
             raise ConfigError("NOETL_PARTITIONS must be at least 1")
         if not 1 <= settings.js_replicas <= 5:

@@ -125,6 +125,9 @@ class StartExecution(Message, tag="start"):
     workload: dict[str, Any] = {}
     parent_execution_id: int | None = None
     parent_command_id: str | None = None
+    # Sub-playbook nesting (0 at the top) and the top execution of the tree.
+    depth: int = 0
+    root_execution_id: int | None = None
     return_step: str | None = None
     timeout: float | None = None
     # Restart: the execution this one restarts, and the state it starts from.

@@ -112,6 +112,8 @@ def child_message(plan: Plan, state: ExecutionState, command_id: str) -> StartEx
         workload=rendered,
         parent_execution_id=state.execution_id,
         parent_command_id=command_id,
+        depth=state.depth + 1,
+        root_execution_id=state.root_execution_id or state.execution_id,
         return_step=tool.get("return_step"),
         timeout=step.timeout,
     )

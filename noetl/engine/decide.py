@@ -18,6 +18,7 @@ from typing import Any
 from noetl.dsl import Playbook
 from noetl.engine.commands import child_message, command_message
 from noetl.engine.emitter import Decision
+from noetl.engine.limits import DEFAULT_LIMITS, Limits
 from noetl.engine.plan import Plan, compile_plan
 from noetl.engine.run import Run
 from noetl.engine.state import ExecutionState
@@ -42,9 +43,15 @@ class Engine:
     """
 
     def __init__(
-        self, playbook: Playbook, *, version: int, files: Mapping[str, str] | None = None
+        self,
+        playbook: Playbook,
+        *,
+        version: int,
+        files: Mapping[str, str] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.playbook = playbook
+        self.limits = limits
         self.version = version
         self.path = playbook.catalog_path
         self.plan: Plan = compile_plan(playbook, version, files)
@@ -60,7 +67,7 @@ class Engine:
         An error met while deciding ends a running execution as failed with its message
         (the events emitted before it stand: each was folded and is consistent).
         """
-        run = Run(self.plan, state, message.at, values or {})
+        run = Run(self.plan, state, message.at, values or {}, self.limits)
         try:
             self._dispatch(run, message)
         except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from noetl import keys
 from noetl.engine import events as ev
@@ -121,9 +122,10 @@ class Emitter:
         return decision
 
 
-def refuse_start(state: ExecutionState, message: StartExecution, reason: str) -> Decision:
-    """Record a start whose playbook cannot be loaded as a failed execution, so it is
-    visible (and a waiting parent is told) instead of vanishing."""
+def refuse_start(state: ExecutionState, message: StartExecution, error: ErrorInfo) -> Decision:
+    """Record a start that cannot run (its playbook cannot be loaded, its parent ended, its
+    tree is full) as a failed execution, so it is visible (and a waiting parent is told)
+    instead of vanishing."""
     if state.status != "new":
         return Decision(duplicate=True)
     run = Emitter(state, message.at)
@@ -139,7 +141,11 @@ def refuse_start(state: ExecutionState, message: StartExecution, reason: str) ->
             workload={},
             parent_execution_id=message.parent_execution_id,
             parent_command_id=message.parent_command_id,
+            depth=message.depth or UNSET,
+            root_execution_id=UNSET
+            if message.root_execution_id is None
+            else message.root_execution_id,
         ),
     )
-    run.end_execution("failed", error=ErrorInfo(type="catalog", message=reason))
+    run.end_execution("failed", error=error)
     return run.decision()

@@ -23,13 +23,20 @@ from noetl.messages import ErrorInfo
 
 
 def loop_items(
-    spec: LoopSpec, name: str, context: Mapping[str, Any]
+    spec: LoopSpec, name: str, context: Mapping[str, Any], limit: int
 ) -> tuple[list[Any], ErrorInfo | None]:
-    """The items of step `name`'s loop, or no items and the error why they are unusable."""
+    """The items of step `name`'s loop, or no items and the error why they are unusable
+    (more than `limit` items among them: the step fails before any item is issued)."""
     try:
         items = render.render(spec.items, context, where=f"step `{name}` loop.in")
     except RenderError as exc:
         return [], ErrorInfo(type="render", message=str(exc))
+    if isinstance(items, list | tuple) and len(items) > limit:
+        return [], ErrorInfo(
+            type="loop",
+            message=f"step `{name}`: loop.in has {len(items):,} items, more than the limit "
+            f"of {limit:,} (NOETL_MAX_LOOP_ITEMS)",
+        )
     if not isinstance(items, list | tuple):
         return [], ErrorInfo(
             type="loop",

@@ -52,6 +52,13 @@ class Run(StepRun):
                 message=f"return_step `{message.return_step}` is not a step of "
                 f"playbook `{plan.path}`",
             )
+        if message.depth > self.limits.max_depth:
+            failure = ErrorInfo(
+                type="depth",
+                message=f"sub-playbook `{plan.path}` would run at depth {message.depth}, "
+                f"deeper than the limit of {self.limits.max_depth} (NOETL_MAX_DEPTH) under "
+                f"execution {message.root_execution_id}",
+            )
         self.emit(
             Event(
                 type=ev.EXECUTION_STARTED,
@@ -64,6 +71,10 @@ class Run(StepRun):
                 workload=workload,
                 parent_execution_id=message.parent_execution_id,
                 parent_command_id=message.parent_command_id,
+                depth=message.depth or UNSET,
+                root_execution_id=UNSET
+                if message.root_execution_id is None
+                else message.root_execution_id,
                 return_step=message.return_step,
                 restarted_from=UNSET if restored is None else message.restarted_from,
                 restore=UNSET if restored is None else restored,

@@ -90,6 +90,9 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     workload: dict[str, Any] = {}
     parent_execution_id: int | None = None
     parent_command_id: str | None = None
+    # Sub-playbook nesting (0 at the top) and the top execution of the tree.
+    depth: int = 0
+    root_execution_id: int | None = None
     return_step: str | None = None
     restarted_from: int | None = None
     # Version of the last decision event folded in; the next decision writes seq + 1...
@@ -162,6 +165,8 @@ def _execution_started(state: ExecutionState, event: Event, p: Any) -> None:
     state.workload = p.workload
     state.parent_execution_id = p.parent_execution_id
     state.parent_command_id = p.parent_command_id
+    state.depth = 0 if p.depth is UNSET else p.depth
+    state.root_execution_id = None if p.root_execution_id is UNSET else p.root_execution_id
     state.return_step = None if p.return_step is UNSET else p.return_step
     state.restarted_from = None if p.restarted_from is UNSET else p.restarted_from
     if p.restore:

@@ -20,6 +20,7 @@ from noetl.engine.commands import child_message, command_message
 from noetl.engine.context import loop_result, template_context
 from noetl.engine.emitter import Emitter
 from noetl.engine.events import Event
+from noetl.engine.limits import DEFAULT_LIMITS, Limits
 from noetl.engine.loops import loop_failure, loop_items, page_outcome
 from noetl.engine.payloads import (
     CommandIssuedPayload,
@@ -42,11 +43,17 @@ class StepRun(Emitter, ABC):
     """A decision's step lifecycle over a compiled `Plan`."""
 
     def __init__(
-        self, plan: Plan, state: ExecutionState, now: float, values: Mapping[str, Any]
+        self,
+        plan: Plan,
+        state: ExecutionState,
+        now: float,
+        values: Mapping[str, Any],
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__(state, now)
         self.plan = plan
         self.values = values
+        self.limits = limits
 
     @abstractmethod
     def failed(self, command_id: str, error: Mapping[str, Any]) -> None:
@@ -138,7 +145,9 @@ class StepRun(Emitter, ABC):
             assert step.step.loop is not None and step.step.loop.pagination is not None
             payload.paginate = Paginate(strategy=step.step.loop.pagination.merge_strategy)
         elif spec is not None:
-            payload.items, failure = loop_items(spec, name, self.context(args=edge_args))
+            payload.items, failure = loop_items(
+                spec, name, self.context(args=edge_args), self.limits.max_loop_items
+            )
         self.emit(
             Event(
                 type=ev.STEP_STARTED,

@@ -16,6 +16,17 @@ from noetl.store import events as event_sql
 from noetl.store import order, schema
 from noetl.store.events import Projection
 
+# Walks running executions only: an ended one's subtree is being cancelled.
+_LIVE_TREE = """
+WITH RECURSIVE tree(id) AS (
+    SELECT execution_id FROM noetl.execution WHERE execution_id = $1 AND status = 'running'
+    UNION ALL
+    SELECT e.execution_id FROM noetl.execution e JOIN tree ON e.parent_execution_id = tree.id
+    WHERE e.status = 'running'
+)
+SELECT count(*) AS n, coalesce(bool_or(id = $2), false) AS live FROM tree
+"""
+
 __all__ = ["Projection", "Store"]
 
 
@@ -104,6 +115,13 @@ class Store:
     async def load_decisions(self, execution_id: int, after_version: int = 0) -> list[Event]:
         """Decision events in version order."""
         return await event_sql.load_decisions(self.pool, execution_id, after_version)
+
+    async def live_tree(self, root_execution_id: int, execution_id: int) -> tuple[int, bool]:
+        """The running executions under `root_execution_id` (itself excluded) and whether
+        `execution_id` is among them or is the root, running."""
+        row = await self.pool.fetchrow(_LIVE_TREE, root_execution_id, execution_id)
+        assert row is not None
+        return max(int(row["n"]) - 1, 0), bool(row["live"])
 
     async def list_events(self, execution_id: int) -> list[dict[str, Any]]:
         """All events of an execution, oldest first."""

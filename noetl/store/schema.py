@@ -96,6 +96,14 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         ALTER TABLE noetl.catalog ADD COLUMN files jsonb NOT NULL DEFAULT '{}'::jsonb;
         """,
     ),
+    (
+        5,
+        "running children of an execution, for the cap on live descendants",
+        """
+        CREATE INDEX IF NOT EXISTS execution_running_children
+            ON noetl.execution (parent_execution_id) WHERE status = 'running';
+        """,
+    ),
 ]
 
 # What `db validate` expects to find: table -> columns.

@@ -121,3 +121,12 @@ def test_partitions_must_be_positive(value: str) -> None:
 def test_unrelated_variables_are_ignored() -> None:
     s = Settings.from_env({"NOETL_UNKNOWN": "x", "PATH": "/bin", "NOETL_TEST_PG_DSN": "y"})
     assert s.local_mode
+
+
+@pytest.mark.parametrize(
+    "name", ["NOETL_MAX_DEPTH", "NOETL_MAX_DESCENDANTS", "NOETL_MAX_LOOP_ITEMS"]
+)
+def test_playbook_bounds_must_be_positive(name: str) -> None:
+    assert getattr(Settings.from_env({name: "3"}), name[6:].lower()) == 3
+    with pytest.raises(ConfigError, match=f"{name} must be at least 1"):
+        Settings.from_env({name: "0"})
