@@ -133,8 +133,10 @@ class Runner(Actor):
         return set(self._running)
 
     async def _on_cancel(self, msg: Msg) -> None:
-        execution_id = int(msg.subject.rsplit(".", 1)[1])
-        for ctx in self._running.get(execution_id, ()):
+        token = msg.subject.rsplit(".", 1)[1]
+        if not token.isdigit():  # nobody's execution: nothing to stop
+            return
+        for ctx in self._running.get(int(token), ()):
             ctx.cancelled.set()
 
     async def _on_command(self, msg: Msg) -> None:
