@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test lint bench mutate clean
+.PHONY: install run test test-fault lint bench mutate clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ run: $(RUNTIME)
 test: install
 	$(BIN)/python -m tests.browser.chromium
 	$(BIN)/python -m pytest
+
+# Every fault drill, the long variants included.
+test-fault: install
+	$(BIN)/python -m pytest tests/fault -m "fault_long or not fault_long" -s
 
 lint: install
 	$(BIN)/ruff check .
