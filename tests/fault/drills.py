@@ -8,17 +8,19 @@ pagination against the local HTTP API, and a step that fails once then succeeds 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from noetl.client import Client
-from tests.fault.harness import register_when_up
+from noetl.config import Settings
+from tests.fault.harness import register_when_up, start_mesh
 from tests.fault.test_sigkill import chain
 from tests.integration.conftest import fixture
 from tests.support.http_api import ITEM_COUNT, HttpApi
@@ -39,6 +41,20 @@ workflow:
         result = {"ok": True}
     retry: {max_attempts: 5, delay: 0.2}
 """
+
+
+# Each its own process: name -> role.
+ROLES: Final = {
+    "catalog": "catalog",
+    "coordinator": "coordinator",
+    "runner-a": "runner",
+    "runner-b": "runner",
+}
+
+
+def start_roles(settings: Settings, log: Path) -> dict[str, subprocess.Popen[bytes]]:
+    """The mesh as one process per entry of ROLES, logging to `log`."""
+    return {name: start_mesh(settings, log, role) for name, role in ROLES.items()}
 
 
 class Drill(msgspec.Struct, kw_only=True):

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from noetl.client import Client
 from noetl.config import Settings
-from tests.fault.drills import Drill, Mix, now, recovery_after, timed
+from tests.fault.drills import ROLES, Drill, Mix, now, recovery_after, start_roles, timed
 from tests.fault.harness import assert_db_clean, kill_hard, start_mesh
 from tests.support.http_api import HttpApi
-
-# Process name -> its role.
-ROLES = {
-    "catalog": "catalog",
-    "coordinator": "coordinator",
-    "runner-a": "runner",
-    "runner-b": "runner",
-}
 
 
 async def sigkill_drill(
@@ -30,9 +21,7 @@ async def sigkill_drill(
 ) -> Drill:
     client = await Client.connect(settings)
     log = tmp_path / "mesh.log"
-    procs: dict[str, subprocess.Popen[bytes]] = {
-        name: start_mesh(settings, log, role) for name, role in ROLES.items()
-    }
+    procs = start_roles(settings, log)
     rng = random.Random(kills)
     drill = Drill(name=f"sigkill x{kills}")
     mix = Mix(client, api, tmp_path, shared)
