@@ -485,7 +485,9 @@ class CoordinatorHost(Actor):
         reply_to = exec_subject(partition_of(execution_id, self.settings.partitions))
         lost: list[CommandIssued] = []
         commands_in_flight = (await self.bus.js.stream_info(CMD_STREAM)).state.messages
-        for command_id in state.pending:
+        for command_id, pending in state.pending.items():
+            if pending.child is not None:
+                continue  # a child execution, started again below: its end is the outcome
             outcome = await self.store.find_event(execution_id, keys.outcome_key(command_id))
             if outcome is None:
                 # Only when no command message exists anywhere can this one be lost: one
