@@ -27,6 +27,8 @@ async def start_refusal(
         not isinstance(message, StartExecution)
         or state.status != "new"
         or message.parent_execution_id is None
+        # Started by a `playbook` command; an API start may name a parent only as a label.
+        or message.parent_command_id is None
     ):
         return None
     root = message.root_execution_id or message.parent_execution_id
