@@ -16,7 +16,7 @@ from noetl.api.schemas import ErrorBody
 from noetl.errors import CatalogError, ExecutionNotFound, NoetlError, PlaybookError, StoreError
 from noetl.metrics import HTTP_REQUESTS
 
-__all__ = ["auth", "count_requests", "errors", "guard"]
+__all__ = ["auth", "count_requests", "errors", "guard", "loggable"]
 
 log = logging.getLogger("noetl.api")
 
@@ -55,16 +55,24 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (ExecutionNotFound, CatalogError) as exc:
         return _error(404, str(exc))
     except StoreError as exc:
-        log.error("store error on %s %s: %s", request.method, request.path, exc)
+        log.error("store error on %s: %s", loggable(request), exc)
         return _error(500, "the store refused the operation (see the server log)")
     except NoetlError as exc:  # the request asks for something that cannot be done
         return _error(400, str(exc))
     except nats.errors.Error as exc:
-        log.error("NATS error on %s %s: %r", request.method, request.path, exc)
+        log.error("NATS error on %s: %r", loggable(request), exc)
         return _error(503, "the message bus is unavailable")
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s", loggable(request))
         return _error(500, "internal error (see the server log)")
+
+
+def loggable(request: web.Request) -> str:
+    """The request's method and path as a log may show them: the path as sent (percent-
+    encoded), its control characters escaped, so that it cannot forge log lines; never a
+    header (the bearer token travels in one)."""
+    path = request.raw_path.encode("unicode_escape").decode("ascii")
+    return f"{request.method} {path[:300]}"
 
 
 def auth(token: str, public: frozenset[str]) -> Middleware:

@@ -106,3 +106,20 @@ def test_up_refuses_an_open_api_on_every_address(settings: Any) -> None:
     done = cli(settings, "up", "--api-host", "0.0.0.0", "--api-port", "0", timeout=60)
     assert done.returncode == 2
     assert "without a token" in done.stderr
+
+
+def test_logged_request_lines_cannot_be_forged_and_carry_no_header() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from noetl.api.middleware import loggable
+
+    # A real aiohttp request object for a crafted path (no server needed to build one).
+    forged = make_mocked_request(
+        "GET",
+        "/api/executions/1\r\nINFO fake line%0d%0a",
+        headers={"Authorization": "Bearer s3cret-token"},
+    )
+    line = loggable(forged)
+    assert "\n" not in line and "\r" not in line
+    assert line.startswith("GET /api/executions/1\\r\\nINFO fake line%0d%0a")
+    assert "s3cret-token" not in line
