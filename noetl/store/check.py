@@ -19,7 +19,8 @@ What the queries rely on, from the engine:
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from collections.abc import Callable
+from typing import Final, Literal
 
 import asyncpg
 import msgspec
@@ -189,7 +190,8 @@ joins AS (
   SELECT execution_id, target FROM arrival
   GROUP BY execution_id, target HAVING count(DISTINCT source) > 1
 )
-SELECT a.execution_id, a.target, a.source, s.event_id AS fired_id, a.event_id AS late_id
+SELECT a.execution_id, a.target AS step, a.source,
+       ARRAY[s.event_id, a.event_id] AS event_ids
 FROM arrival a
 JOIN joins j ON j.execution_id = a.execution_id AND j.target = a.target
 JOIN ev s ON s.execution_id = a.execution_id AND s.step = a.target
@@ -241,14 +243,18 @@ async def check_events(
     `settle`: seconds after its end before an execution's commands must all have an outcome.
     `stuck_after`: silence allowed to a running execution that has no timeout of its own.
     """
+    checks: tuple[tuple[str, Callable[[asyncpg.Record], Violation], tuple[float, ...]], ...] = (
+        (_STEP_ENDED_TWICE, _step_ended_twice, ()),
+        (_COMMAND_TWO_OUTCOMES, _two_outcomes, ()),
+        (_COMMAND_WITHOUT_OUTCOME, _without_outcome, (settle,)),
+        (_EVENT_AFTER_END, _after_end, ()),
+        (_VERSIONS, _versions, ()),
+        (_JOIN_FIRED_TWICE, _joins, ()),
+        (_STUCK, _stuck, (stuck_after,)),
+    )
     violations: list[Violation] = []
-    violations += _step_ended_twice(await conn.fetch(_STEP_ENDED_TWICE, execution_id))
-    violations += _two_outcomes(await conn.fetch(_COMMAND_TWO_OUTCOMES, execution_id))
-    violations += _without_outcome(await conn.fetch(_COMMAND_WITHOUT_OUTCOME, execution_id, settle))
-    violations += _after_end(await conn.fetch(_EVENT_AFTER_END, execution_id))
-    violations += _versions(await conn.fetch(_VERSIONS, execution_id))
-    violations += _joins(await conn.fetch(_JOIN_FIRED_TWICE, execution_id))
-    violations += _stuck(await conn.fetch(_STUCK, execution_id, stuck_after))
+    for query, violation, args in checks:
+        violations += [violation(r) for r in await conn.fetch(query, execution_id, *args)]
     if execution_id is None:
         executions = int(
             await conn.fetchval(
@@ -261,127 +267,84 @@ async def check_events(
     return CheckReport(executions=executions, violations=violations)
 
 
-def _ids(value: Any) -> list[int]:
-    return [int(i) for i in value]
+def _violation(invariant: Invariant, r: asyncpg.Record, message: str) -> Violation:
+    """A violation from one query row: its `execution_id`, and its `step`, `command_id` and
+    `event_ids` (an array) or `event_id` where the query selects them."""
+    ids = r.get("event_ids")
+    return Violation(
+        invariant=invariant,
+        execution_id=r["execution_id"],
+        step=r.get("step"),
+        command_id=r.get("command_id"),
+        event_ids=[int(i) for i in ids] if ids is not None else [int(r["event_id"])],
+        message=message,
+    )
 
 
-def _step_ended_twice(rows: list[asyncpg.Record]) -> list[Violation]:
-    return [
-        Violation(
-            invariant="step_ended_twice",
-            execution_id=r["execution_id"],
-            step=r["step"],
-            event_ids=_ids(r["event_ids"]),
-            message=f"step `{r['step']}` (activation {r['activation']} in this execution) "
-            f"ended {len(r['kinds'])} times: {', '.join(r['kinds'])}",
-        )
-        for r in rows
-    ]
+def _step_ended_twice(r: asyncpg.Record) -> Violation:
+    return _violation(
+        "step_ended_twice",
+        r,
+        f"step `{r['step']}` (activation {r['activation']} in this execution) "
+        f"ended {len(r['kinds'])} times: {', '.join(r['kinds'])}",
+    )
 
 
-def _two_outcomes(rows: list[asyncpg.Record]) -> list[Violation]:
-    found = []
-    for r in rows:
-        what = []
-        if r["recorded"] > 1:
-            what.append(f"{r['recorded']} outcomes recorded")
-        if r["consumed"] > 1:
-            what.append(f"its outcome consumed by {r['consumed']} decisions")
-        found.append(
-            Violation(
-                invariant="command_two_outcomes",
-                execution_id=r["execution_id"],
-                step=r["step"],
-                command_id=r["command_id"],
-                event_ids=_ids(r["event_ids"]),
-                message=f"command {r['command_id']}: {' and '.join(what)} "
-                f"({', '.join(r['kinds'])})",
-            )
-        )
-    return found
+def _two_outcomes(r: asyncpg.Record) -> Violation:
+    what = []
+    if r["recorded"] > 1:
+        what.append(f"{r['recorded']} outcomes recorded")
+    if r["consumed"] > 1:
+        what.append(f"its outcome consumed by {r['consumed']} decisions")
+    return _violation(
+        "command_two_outcomes",
+        r,
+        f"command {r['command_id']}: {' and '.join(what)} ({', '.join(r['kinds'])})",
+    )
 
 
-def _without_outcome(rows: list[asyncpg.Record]) -> list[Violation]:
-    return [
-        Violation(
-            invariant="command_without_outcome",
-            execution_id=r["execution_id"],
-            step=r["step"],
-            command_id=r["command_id"],
-            event_ids=[int(r["event_id"])],
-            message=f"command {r['command_id']} was issued and has no outcome, and the "
-            f"execution has ended ({r['end_type']})",
-        )
-        for r in rows
-    ]
+def _without_outcome(r: asyncpg.Record) -> Violation:
+    return _violation(
+        "command_without_outcome",
+        r,
+        f"command {r['command_id']} was issued and has no outcome, and the "
+        f"execution has ended ({r['end_type']})",
+    )
 
 
-def _after_end(rows: list[asyncpg.Record]) -> list[Violation]:
-    return [
-        Violation(
-            invariant="event_after_end",
-            execution_id=r["execution_id"],
-            step=r["step"],
-            event_ids=[int(r["event_id"])],
-            message=f"{r['event_type']} at version {r['version']} follows the execution's "
-            f"end at version {r['end_version']}",
-        )
-        for r in rows
-    ]
+def _after_end(r: asyncpg.Record) -> Violation:
+    return _violation(
+        "event_after_end",
+        r,
+        f"{r['event_type']} at version {r['version']} follows the execution's "
+        f"end at version {r['end_version']}",
+    )
 
 
-def _versions(rows: list[asyncpg.Record]) -> list[Violation]:
-    found = []
-    for r in rows:
-        version, previous = r["version"], r["previous"]
-        if previous is not None and version == previous:
-            found.append(
-                Violation(
-                    invariant="version_duplicate",
-                    execution_id=r["execution_id"],
-                    event_ids=[int(r["event_id"])],
-                    message=f"version {version} is written twice",
-                )
-            )
-            continue
-        low = 1 if previous is None else previous + 1
-        missing = f"{low}" if low == version - 1 else f"{low} to {version - 1}"
-        found.append(
-            Violation(
-                invariant="version_gap",
-                execution_id=r["execution_id"],
-                event_ids=[int(r["event_id"])],
-                message=f"version {missing} missing before version {version}",
-            )
-        )
-    return found
+def _versions(r: asyncpg.Record) -> Violation:
+    version, previous = r["version"], r["previous"]
+    if previous is not None and version == previous:
+        return _violation("version_duplicate", r, f"version {version} is written twice")
+    low = 1 if previous is None else previous + 1
+    missing = f"{low}" if low == version - 1 else f"{low} to {version - 1}"
+    return _violation("version_gap", r, f"version {missing} missing before version {version}")
 
 
-def _joins(rows: list[asyncpg.Record]) -> list[Violation]:
-    return [
-        Violation(
-            invariant="join_fired_twice",
-            execution_id=r["execution_id"],
-            step=r["target"],
-            event_ids=[int(r["fired_id"]), int(r["late_id"])],
-            message=f"join `{r['target']}` started while `{r['source']}`, one of its "
-            f"predecessors, was still running; that step's edge arrived after it",
-        )
-        for r in rows
-    ]
+def _joins(r: asyncpg.Record) -> Violation:
+    return _violation(
+        "join_fired_twice",
+        r,
+        f"join `{r['step']}` started while `{r['source']}`, one of its "
+        f"predecessors, was still running; that step's edge arrived after it",
+    )
 
 
-def _stuck(rows: list[asyncpg.Record]) -> list[Violation]:
-    return [
-        Violation(
-            invariant="stuck",
-            execution_id=r["execution_id"],
-            step=r["step"],
-            event_ids=[int(r["event_id"])],
-            message=f"running with no event for {r['silent']:.0f} s (allowed "
-            f"{r['seconds']:.0f} s); last event: {r['event_type']}"
-            + (f" of step `{r['step']}`" if r["step"] else "")
-            + f" at {r['created_at'].isoformat()}",
-        )
-        for r in rows
-    ]
+def _stuck(r: asyncpg.Record) -> Violation:
+    return _violation(
+        "stuck",
+        r,
+        f"running with no event for {r['silent']:.0f} s (allowed "
+        f"{r['seconds']:.0f} s); last event: {r['event_type']}"
+        + (f" of step `{r['step']}`" if r["step"] else "")
+        + f" at {r['created_at'].isoformat()}",
+    )
