@@ -8,6 +8,7 @@ command per line, and runs nothing. A failing step stops the plan (exit 1).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -326,7 +327,49 @@ def build(tag: str, no_cache: bool, engine: str | None, source: str | None, dry_
     _execute("build", build_steps(source_root(source), _engine(engine), tag, no_cache), dry_run)
 
 
+@dataclass(frozen=True)
+class _ReleaseArgs:
+    """What every release command is given: the checkout and the Helm release's options."""
+
+    root: Path
+    name: str
+    namespace: str
+    values: tuple[str, ...] = ()
+    assignments: tuple[str, ...] = ()
+    timeout: str = "10m"
+    dry_run: bool = False
+
+    def plan(self, image: str | None) -> Release:
+        return Release(
+            name=self.name,
+            namespace=self.namespace,
+            chart=self.root / "deploy/helm/noetl-runtime",
+            values=self.values,
+            assignments=self.assignments,
+            image=image,
+            timeout=self.timeout,
+        )
+
+
 def _release_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the release options to a command, which receives them as one `_ReleaseArgs`."""
+
+    @functools.wraps(command)
+    def run(
+        release: str,
+        namespace: str,
+        values: tuple[str, ...],
+        assignments: tuple[str, ...],
+        timeout: str,
+        source: str | None,
+        dry_run: bool,
+        **rest: Any,
+    ) -> None:
+        root = source_root(source)
+        command(
+            _ReleaseArgs(root, release, namespace, values, assignments, timeout, dry_run), **rest
+        )
+
     options = [
         click.option("--release", default=DEFAULT_RELEASE, show_default=True),
         click.option("--namespace", "-n", default=DEFAULT_NAMESPACE, show_default=True),
@@ -344,28 +387,8 @@ def _release_options(command: Callable[..., None]) -> Callable[..., None]:
         _dry_run,
     ]
     for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _release(
-    root: Path,
-    release: str,
-    namespace: str,
-    values: tuple[str, ...],
-    assignments: tuple[str, ...],
-    timeout: str,
-    image: str | None,
-) -> Release:
-    return Release(
-        name=release,
-        namespace=namespace,
-        chart=root / "deploy/helm/noetl-runtime",
-        values=values,
-        assignments=assignments,
-        image=image,
-        timeout=timeout,
-    )
+        run = option(run)
+    return run
 
 
 @click.group()
@@ -376,20 +399,9 @@ def k8s() -> None:
 @k8s.command()
 @_release_options
 @click.option("--image", help="Image to deploy, e.g. noetl-runtime:dev (default: the chart's).")
-def deploy(
-    release: str,
-    namespace: str,
-    values: tuple[str, ...],
-    assignments: tuple[str, ...],
-    timeout: str,
-    source: str | None,
-    dry_run: bool,
-    image: str | None,
-) -> None:
+def deploy(args: _ReleaseArgs, image: str | None) -> None:
     """Install or upgrade the release (helm upgrade --install; the hook runs `db init`)."""
-    root = source_root(source)
-    plan = _release(root, release, namespace, values, assignments, timeout, image)
-    _execute("k8s deploy", [plan.install()], dry_run)
+    _execute("k8s deploy", [args.plan(image).install()], args.dry_run)
 
 
 @k8s.command()
@@ -399,29 +411,18 @@ def deploy(
 @click.option("--cluster", default=DEFAULT_CLUSTER, show_default=True, help="kind cluster.")
 @_engine_option
 def redeploy(
-    release: str,
-    namespace: str,
-    values: tuple[str, ...],
-    assignments: tuple[str, ...],
-    timeout: str,
-    source: str | None,
-    dry_run: bool,
-    tag: str,
-    no_cache: bool,
-    cluster: str,
-    engine: str | None,
+    args: _ReleaseArgs, tag: str, no_cache: bool, cluster: str, engine: str | None
 ) -> None:
     """Rebuild the image, load it into kind, upgrade the release and restart its pods."""
-    root = source_root(source)
     tool = _engine(engine)
-    plan = _release(root, release, namespace, values, assignments, timeout, tag)
+    plan = args.plan(tag)
     steps = [
-        *build_steps(root, tool, tag, no_cache),
+        *build_steps(args.root, tool, tag, no_cache),
         *kind_load_steps(tool, tag, cluster),
         plan.install(),
         *plan.restart(),
     ]
-    _execute("k8s redeploy", steps, dry_run)
+    _execute("k8s redeploy", steps, args.dry_run)
 
 
 @k8s.command()
@@ -431,7 +432,7 @@ def redeploy(
 @_dry_run
 def remove(release: str, namespace: str, source: str | None, dry_run: bool) -> None:
     """Uninstall the release (the database and NATS streams are kept)."""
-    plan = _release(source_root(source), release, namespace, (), (), "10m", None)
+    plan = _ReleaseArgs(source_root(source), release, namespace).plan(None)
     _execute("k8s remove", [plan.uninstall()], dry_run)
 
 
@@ -446,29 +447,18 @@ _token = click.option("--token", envvar="NOETL_API_TOKEN", help="API token (NOET
 @_token
 @click.option("--smoke-timeout", default=180.0, show_default=True, help="Seconds to wait.")
 def reset(
-    release: str,
-    namespace: str,
-    values: tuple[str, ...],
-    assignments: tuple[str, ...],
-    timeout: str,
-    source: str | None,
-    dry_run: bool,
-    image: str | None,
-    api_url: str,
-    token: str | None,
-    smoke_timeout: float,
+    args: _ReleaseArgs, image: str | None, api_url: str, token: str | None, smoke_timeout: float
 ) -> None:
     """Uninstall and install the release again (its pre-install hook re-applies the schema
     with `db init`), wait for every Deployment, then run the smoke playbook through the API."""
-    root = source_root(source)
-    plan = _release(root, release, namespace, values, assignments, timeout, image)
+    plan = args.plan(image)
     steps = [
         plan.uninstall(),
         plan.install(),
         plan.restart()[1],
         smoke_step(api_url, smoke_timeout, token),
     ]
-    _execute("k8s reset", steps, dry_run)
+    _execute("k8s reset", steps, args.dry_run)
 
 
 @k8s.command()
