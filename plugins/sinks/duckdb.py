@@ -18,18 +18,8 @@ from noetl.errors import ToolError
 from plugins.base import ToolContext, in_thread
 from plugins.duckdb import MEMORY, Session, rollback
 from plugins.paths import confined
-from plugins.sql import (
-    column_sources,
-    dedupe_last,
-    key_columns,
-    match_columns,
-    parse_table_name,
-    quote_ident,
-    quote_name,
-    row_keys,
-    sink_mode,
-    value_of,
-)
+from plugins.sinks.tables import TableWrite, columns_of, on_conflict, table_write, value_batches
+from plugins.sql import quote_ident, quote_name, value_of
 
 WHO = "duckdb sink"
 #: Bound values per INSERT statement (rows per batch = this / columns).
@@ -45,70 +35,51 @@ class DuckdbSink:
         self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Write `rows` into `spec["table"]` of `spec["database"]`; `{"rows": n, ...}`."""
-        mode = sink_mode(spec, WHO)
         database = spec.get("database")
         if not isinstance(database, str) or not database or database == MEMORY:
             raise ToolError(
                 f"{WHO}: `database` (the path of a DuckDB file) is required", error_type="duckdb"
             )
         # DuckDB matches names ignoring case, quoted or not: keep them as written.
-        table = parse_table_name(spec.get("table"), str, WHO)
-        name = ".".join(table)
-        keys = row_keys(rows)
-        key = key_columns(spec, mode, keys, WHO)
-        if not rows and mode != "replace":
-            return {"rows": 0, "table": name, "mode": mode}
+        write = table_write(spec, rows, str, WHO)
+        if write.nothing_to_do:
+            return write.report(0)
         session = Session(confined(database, ctx.data_root, WHO))
 
         def work() -> int:
             with session:
-                return write_rows(session.conn, table, keys, key, rows, mode)
+                return write_rows(session.conn, write, rows)
 
         written = await in_thread(ctx, work, WHO, session.interrupt)
-        return {"rows": written, "table": name, "mode": mode, "database": database}
+        return write.report(written, database=database)
 
 
 def write_rows(
-    conn: duckdb.DuckDBPyConnection,
-    table: tuple[str, ...],
-    keys: list[str],
-    key: list[str],
-    rows: list[dict[str, Any]],
-    mode: str,
+    conn: duckdb.DuckDBPyConnection, write: TableWrite, rows: list[dict[str, Any]]
 ) -> int:
     """Write `rows` in one transaction; the number of rows sent to the table."""
-    qualified = quote_name(table)
-    name = ".".join(table)
+    qualified = quote_name(write.table)
+    name = write.name
     conn.begin()
     try:
         description = conn.execute(f"SELECT * FROM {qualified} LIMIT 0").description or []
         types = {column[0]: str(column[1]) for column in description}
-        mapping = match_columns(keys, list(types), name, WHO)
-        sources = column_sources(keys, mapping)
-        columns = list(sources)
-        plan = [(keys_of, _converter(types[c])) for c, keys_of in sources.items()]
+        matched = columns_of(write, types, WHO)
+        columns = matched.names
+        plan = [(keys_of, _converter(types[c])) for c, keys_of in matched.sources.items()]
         records = [
             tuple(_convert(value_of(row, keys_of), convert) for keys_of, convert in plan)
             for row in rows
         ]
-        if mode == "replace":
+        if write.mode == "replace":
             conn.execute(f"DELETE FROM {qualified}")
         suffix = ""
-        if mode == "upsert":
-            key_cols = list(dict.fromkeys(mapping[k] for k in key))
-            records = dedupe_last(records, [columns.index(c) for c in key_cols])
-            suffix = _on_conflict(columns, key_cols)
+        if write.mode == "upsert":
+            key_cols, records = matched.upsert(write.key, records)
+            suffix = on_conflict(columns, key_cols)
         cols = ", ".join(quote_ident(c) for c in columns)
-        placeholders = "(" + ", ".join("?" * len(columns)) + ")"
-        size = max(1, BATCH_VALUES // len(columns)) if columns else 1
-        for start in range(0, len(records), size):
-            batch = records[start : start + size]
-            conn.execute(
-                f"INSERT INTO {qualified} ({cols}) VALUES "
-                + ", ".join([placeholders] * len(batch))
-                + suffix,
-                [value for record in batch for value in record],
-            )
+        for values, args in value_batches(records, len(columns), BATCH_VALUES):
+            conn.execute(f"INSERT INTO {qualified} ({cols}) VALUES {values}{suffix}", args)
         conn.commit()
     except duckdb.Error as exc:
         rollback(conn)
@@ -117,16 +88,6 @@ def write_rows(
         rollback(conn)
         raise
     return len(records)
-
-
-def _on_conflict(columns: list[str], key: list[str]) -> str:
-    updates = [c for c in columns if c not in key]
-    conflict = ", ".join(quote_ident(k) for k in key)
-    if not updates:
-        return f" ON CONFLICT ({conflict}) DO NOTHING"
-    return f" ON CONFLICT ({conflict}) DO UPDATE SET " + ", ".join(
-        f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates
-    )
 
 
 def _converter(column_type: str) -> Callable[[Any], Any] | None:

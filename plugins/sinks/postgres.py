@@ -30,19 +30,8 @@ from plugins.postgres import (
     connection_error,
     native_types,
 )
-from plugins.sql import (
-    column_sources,
-    dedupe_last,
-    key_columns,
-    match_columns,
-    parse_table_name,
-    quote_ident,
-    quote_name,
-    row_keys,
-    sink_mode,
-    timeout_ms,
-    value_of,
-)
+from plugins.sinks.tables import TableWrite, columns_of, on_conflict, table_write
+from plugins.sql import quote_ident, quote_name, timeout_ms, value_of
 from plugins.sql_auth import describe_postgres, postgres_params, resolve_auth
 
 WHO = "postgres sink"
@@ -61,18 +50,9 @@ class PostgresSink:
         self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Write `rows` into `spec["table"]`; `{"rows": n, "table", "mode"}`."""
-        mode = sink_mode(spec, WHO)
-        table = parse_table_name(spec.get("table"), str.lower, WHO)
-        if len(table) > 2:
-            raise ToolError(
-                f"{WHO}: `table` must be table or schema.table, not {spec.get('table')!r}",
-                error_type="postgres",
-            )
-        name = ".".join(table)
-        columns = row_keys(rows)
-        key = key_columns(spec, mode, columns, WHO)
-        if not rows and mode != "replace":
-            return {"rows": 0, "table": name, "mode": mode}
+        write = table_write(spec, rows, str.lower, WHO, no_database="postgres")
+        if write.nothing_to_do:
+            return write.report(0)
         label, data = await resolve_auth(ctx, spec, WHO)
         connect = postgres_params(ctx, label, data, WHO)
         target = describe_postgres(connect)
@@ -83,12 +63,11 @@ class PostgresSink:
             try:
                 async with self.pools.connection(connect, connect_timeout) as conn:
                     acquired = True
-                    return await _write(ctx, conn, table, columns, key, rows, mode)
+                    return await _write(ctx, conn, write, rows)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise connection_error(ctx, exc, target, WHO, lost=acquired) from exc
 
-        written = await until_done(ctx, work(), WHO)
-        return {"rows": written, "table": name, "mode": mode}
+        return write.report(await until_done(ctx, work(), WHO))
 
     async def aclose(self) -> None:
         """Close every pool."""
@@ -98,15 +77,12 @@ class PostgresSink:
 async def _write(
     ctx: ToolContext,
     conn: PgConnection,
-    table: tuple[str, ...],
-    keys: list[str],
-    key: list[str],
+    write: TableWrite,
     rows: list[dict[str, Any]],
-    mode: str,
 ) -> int:
     """The transaction of one write; the number of rows sent to the table."""
+    table, name = write.table, write.name
     qualified = quote_name(table)
-    name = ".".join(table)
     limit = timeout_ms(ctx)
     try:
         async with conn.transaction():
@@ -114,17 +90,15 @@ async def _write(
                 await conn.execute(f"SET LOCAL statement_timeout = {limit}")
             shape = await conn.prepare(f"SELECT * FROM {qualified} LIMIT 0")
             types = {attr.name: attr.type for attr in shape.get_attributes()}
-            mapping = match_columns(keys, list(types), name, WHO)
-            sources = column_sources(keys, mapping)
-            columns = list(sources)
-            records = _records(rows, sources, types, name)
-            if mode == "replace":
+            matched = columns_of(write, types, WHO)
+            columns = matched.names
+            records = _records(rows, matched.sources, types, name)
+            if write.mode == "replace":
                 await conn.execute(f"TRUNCATE {qualified}")
             if not records:
                 return 0
-            if mode == "upsert":
-                key_cols = list(dict.fromkeys(mapping[k] for k in key))
-                records = dedupe_last(records, [columns.index(c) for c in key_cols])
+            if write.mode == "upsert":
+                key_cols, records = matched.upsert(write.key, records)
                 await _upsert(conn, qualified, columns, key_cols, records)
             else:
                 await conn.copy_records_to_table(
@@ -162,19 +136,9 @@ async def _upsert(
         f"SELECT {cols} FROM {qualified} WITH NO DATA"
     )
     await conn.copy_records_to_table(temp, columns=columns, records=records)
-    updates = [c for c in columns if c not in key]
-    action = (
-        (
-            "DO UPDATE SET "
-            + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
-        )
-        if updates
-        else "DO NOTHING"
-    )
-    conflict = ", ".join(quote_ident(k) for k in key)
     await conn.execute(
         f"INSERT INTO {qualified} ({cols}) SELECT {cols} FROM "
-        f"{quote_ident(temp)} ON CONFLICT ({conflict}) {action}"
+        f"{quote_ident(temp)}{on_conflict(columns, key)}"
     )
 
 

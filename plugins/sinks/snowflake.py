@@ -17,19 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from plugins.base import ToolContext, in_thread
+from plugins.sinks.tables import TableWrite, columns_of, table_write, value_batches
 from plugins.snowflake import SnowflakeSession, execute, query_timeout, rollback
-from plugins.sql import (
-    column_sources,
-    dedupe_last,
-    key_columns,
-    match_columns,
-    parse_table_name,
-    quote_ident,
-    quote_name,
-    row_keys,
-    sink_mode,
-    value_of,
-)
+from plugins.sql import quote_ident, quote_name, value_of
 from plugins.sql_auth import resolve_auth, snowflake_params
 
 if TYPE_CHECKING:
@@ -50,38 +40,30 @@ class SnowflakeSink:
         self, ctx: ToolContext, spec: dict[str, Any], rows: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Write `rows` into `spec["table"]`; `{"rows": n, "table", "mode"}`."""
-        mode = sink_mode(spec, WHO)
-        table = parse_table_name(spec.get("table"), str.upper, WHO)
-        name = ".".join(table)
-        keys = row_keys(rows)
-        key = key_columns(spec, mode, keys, WHO)
-        if not rows and mode != "replace":
-            return {"rows": 0, "table": name, "mode": mode}
+        write = table_write(spec, rows, str.upper, WHO)
+        if write.nothing_to_do:
+            return write.report(0)
         label, data = await resolve_auth(ctx, spec, WHO)
         connect = snowflake_params(ctx, label, data, WHO)
 
         def work() -> int:
             with SnowflakeSession(ctx, connect, WHO) as conn:
-                return write_rows(ctx, conn, table, keys, key, rows, mode)
+                return write_rows(ctx, conn, write, rows)
 
-        written = await in_thread(ctx, work, WHO)
-        return {"rows": written, "table": name, "mode": mode}
+        return write.report(await in_thread(ctx, work, WHO))
 
 
 def write_rows(
     ctx: ToolContext,
     conn: SnowflakeConnection,
-    table: tuple[str, ...],
-    keys: list[str],
-    key: list[str],
+    write: TableWrite,
     rows: list[dict[str, Any]],
-    mode: str,
 ) -> int:
     """Write `rows` all or nothing; the number of rows sent to the table."""
     from snowflake.connector.constants import FIELD_ID_TO_NAME
 
+    table, name = write.table, write.name
     qualified = quote_name(table)
-    name = ".".join(table)
     timeout = query_timeout(ctx)
     cursor = conn.cursor()
 
@@ -93,23 +75,21 @@ def write_rows(
         types = {
             column.name: FIELD_ID_TO_NAME[column.type_code] for column in cursor.description or []
         }
-        mapping = match_columns(keys, list(types), name, WHO)
-        sources = column_sources(keys, mapping)
-        columns = list(sources)
+        matched = columns_of(write, types, WHO)
+        columns = matched.names
         semi = [types[c] in _JSON_TYPES for c in columns]
-        plan = list(zip(sources.values(), semi, strict=True))
+        plan = list(zip(matched.sources.values(), semi, strict=True))
         records = [
             tuple(_value(value_of(row, keys_of), is_json) for keys_of, is_json in plan)
             for row in rows
         ]
-        if mode == "upsert":
-            merge_key = list(dict.fromkeys(mapping[k] for k in key))
-            records = dedupe_last(records, [columns.index(c) for c in merge_key])
+        if write.mode == "upsert":
+            merge_key, records = matched.upsert(write.key, records)
             _upsert(run, table, columns, semi, merge_key, records)
             return len(records)
         run("BEGIN")
         try:
-            if mode == "replace":
+            if write.mode == "replace":
                 run(f"DELETE FROM {qualified}")  # DELETE, unlike TRUNCATE, can roll back
             _insert(run, qualified, columns, semi, records)
             run("COMMIT")
@@ -129,15 +109,8 @@ def _insert(
     records: list[tuple[Any, ...]],
 ) -> None:
     """INSERT the records in batches of bound VALUES."""
-    size = max(1, BATCH_VALUES // len(columns)) if columns else 1
-    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
-    for start in range(0, len(records), size):
-        batch = records[start : start + size]
-        source = _source(columns, semi, ", ".join([placeholders] * len(batch)))
-        run(
-            f"INSERT INTO {qualified} ({_list(columns)}) {source}",
-            [value for record in batch for value in record],
-        )
+    for values, args in value_batches(records, len(columns), BATCH_VALUES):
+        run(f"INSERT INTO {qualified} ({_list(columns)}) {_source(columns, semi, values)}", args)
 
 
 def _upsert(
