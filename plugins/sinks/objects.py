@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from noetl.errors import ToolError, ToolTimeout
 from plugins.base import ToolContext
+from plugins.cloud_auth import mask_aws_secrets, named_credential, service_account_file
 from plugins.sinks.file import CONTENT_TYPES, encode_rows, format_of
-from plugins.sql_auth import add_secret
 
 DEFAULT_TIMEOUT = 60
 
@@ -37,13 +35,6 @@ def split_uri(uri: Any, scheme: str, who: str) -> tuple[str, str]:
             f"{who}: `uri` must look like {prefix}BUCKET/KEY, not {uri!r}", error_type="sink"
         )
     return bucket, key
-
-
-async def _credential(ctx: ToolContext, auth: Any, who: str) -> tuple[str, dict[str, Any]]:
-    name = auth.get("credential", auth.get("key")) if isinstance(auth, Mapping) else auth
-    if not isinstance(name, str):
-        raise ToolError(f"{who}: `auth` must name a credential", error_type="sink")
-    return name, dict(await ctx.credential(ctx.bindings.get(name, name)))
 
 
 async def _encode(rows: list[dict[str, Any]], fmt: str, uri: str, who: str) -> bytes:
@@ -73,8 +64,7 @@ class S3Sink:
         credential: dict[str, Any] = {}
         if spec.get("auth") is not None:
             name, credential = await _credential(ctx, spec["auth"], who)
-            for field in ("aws_secret_access_key", "aws_session_token"):
-                add_secret(ctx, name, field, credential.get(field))
+            mask_aws_secrets(ctx, name, credential)
         data = await _encode(rows, fmt, f"s3://{bucket}/{key}", who)
         session = session_of(credential, spec.get("region"))
         where = f"s3://{bucket}/{key}"
@@ -156,24 +146,15 @@ class GcsSink:
         return {"rows": len(rows), "uri": where, "format": fmt, "bytes": len(data)}
 
 
+async def _credential(ctx: ToolContext, auth: Any, who: str) -> tuple[str, dict[str, Any]]:
+    return await named_credential(
+        ctx, auth, prefix=who, field="auth", error_type="sink", names=("credential", "key")
+    )
+
+
 async def _service_file(ctx: ToolContext, auth: Any, who: str) -> io.StringIO | None:
     """The service-account key named by `auth`, as the file object gcloud-aio reads."""
     if auth is None:
         return None
     name, credential = await _credential(ctx, auth, who)
-    key = credential.get("service_account", credential)
-    if isinstance(key, str):
-        try:
-            key = json.loads(key)
-        except ValueError as exc:
-            raise ToolError(
-                f"{who}: credential {name!r} holds no service-account JSON", error_type="sink"
-            ) from exc
-    if not isinstance(key, Mapping) or "type" not in key:
-        raise ToolError(
-            f"{who}: credential {name!r} is not a service-account key (expected "
-            "its JSON, with `type`, `client_email`, `private_key`)",
-            error_type="sink",
-        )
-    add_secret(ctx, name, "private_key", key.get("private_key"))
-    return io.StringIO(json.dumps(key))
+    return service_account_file(ctx, name, credential, prefix=who, error_type="sink")

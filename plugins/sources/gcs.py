@@ -8,7 +8,6 @@ honours `STORAGE_EMULATOR_HOST` (and then sends no token at all).
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from gcloud.aio.storage import Storage
 
 from noetl.errors import ToolError, ToolTimeout
 from plugins.base import ToolContext
+from plugins.cloud_auth import named_credential, service_account_file
 from plugins.sources import split_bucket_uri
 
 DEFAULT_TIMEOUT = 30
@@ -61,27 +61,8 @@ async def _service_file(where: str, auth: Any, ctx: ToolContext) -> io.StringIO 
     """The service-account key named by `auth`, as the file object gcloud-aio reads."""
     if auth is None:
         return None
-    name = auth.get("credential") if isinstance(auth, Mapping) else auth
-    if not isinstance(name, str):
-        raise ToolError(
-            f"script {where}: `source.auth` must name a credential", error_type="script"
-        )
-    credential = dict(await ctx.credential(ctx.bindings.get(name, name)))
-    key = credential.get("service_account", credential)
-    if isinstance(key, str):
-        try:
-            key = json.loads(key)
-        except ValueError as exc:
-            raise ToolError(
-                f"script {where}: credential {name!r} holds no service-account JSON",
-                error_type="script",
-            ) from exc
-    if not isinstance(key, Mapping) or "type" not in key:
-        raise ToolError(
-            f"script {where}: credential {name!r} is not a service-account key "
-            "(expected its JSON, with `type`, `client_email`, `private_key`)",
-            error_type="script",
-        )
-    if key.get("private_key"):
-        ctx.secrets[f"{name}.private_key"] = str(key["private_key"])
-    return io.StringIO(json.dumps(key))
+    prefix = f"script {where}"
+    name, credential = await named_credential(
+        ctx, auth, prefix=prefix, field="source.auth", error_type="script"
+    )
+    return service_account_file(ctx, name, credential, prefix=prefix, error_type="script")

@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from noetl.errors import ToolError
 from plugins.base import ToolContext
+from plugins.cloud_auth import mask_aws_secrets, named_credential
 from plugins.sources import split_bucket_uri
 
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -26,15 +27,10 @@ async def read(uri: str, source: Mapping[str, Any], ctx: ToolContext) -> bytes:
     credential: dict[str, Any] = {}
     auth = source.get("auth")
     if auth is not None:
-        name = auth.get("credential") if isinstance(auth, Mapping) else auth
-        if not isinstance(name, str):
-            raise ToolError(
-                f"script {uri}: `source.auth` must name a credential", error_type="script"
-            )
-        credential = dict(await ctx.credential(ctx.bindings.get(name, name)))
-        for secret in ("aws_secret_access_key", "aws_session_token"):
-            if credential.get(secret):
-                ctx.secrets[f"{name}.{secret}"] = str(credential[secret])
+        name, credential = await named_credential(
+            ctx, auth, prefix=f"script {uri}", field="source.auth", error_type="script"
+        )
+        mask_aws_secrets(ctx, name, credential)
     session = session_of(credential, source.get("region"))
     where = f"s3://{bucket}/{key}"
     try:
