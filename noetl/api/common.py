@@ -3,13 +3,17 @@ and the route table the application and its OpenAPI document are both built from
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from noetl.client import Client
 
 __all__ = [
     "MAX_ID",
@@ -88,6 +92,18 @@ class Route:
     headers: tuple[Param, ...] = ()
     public: bool = False  # served without the bearer token
     media: str = "application/json"  # the media type of the success response
+
+
+class RouteGroup(abc.ABC):
+    """Routes served over one client (its store, bus and catalog): the app serves and the
+    OpenAPI document describes what `routes()` lists."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    @abc.abstractmethod
+    def routes(self) -> list[Route]:
+        """This group's operations."""
 
 
 async def body(request: web.Request, kind: type[T], *, optional: bool = False) -> T:

@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from noetl import dsl
-from noetl.api.common import Param, Route, body
+from noetl.api.common import Param, Route, RouteGroup, body
 from noetl.api.schemas import ErrorBody
 from noetl.client import Client
 from noetl.dsl.graph import END, Graph
@@ -214,11 +214,11 @@ _PAGE_QUERY: Final = (
 )
 
 
-class ConsoleRoutes:
+class ConsoleRoutes(RouteGroup):
     """Routes the console needs beyond the REST API: paged listings, graphs, validation."""
 
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         self._checked: dict[tuple[str, int], dict[str, Any]] = {}
 
     def routes(self) -> list[Route]:

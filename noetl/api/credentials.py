@@ -6,7 +6,7 @@ from typing import Final
 
 from aiohttp import web
 
-from noetl.api.common import ApiError, Route, body, json_response
+from noetl.api.common import ApiError, Route, RouteGroup, body, json_response
 from noetl.api.schemas import CredentialBody, CredentialDetail, CredentialInfo, CredentialSet
 from noetl.api.schemas import ErrorBody as Err
 from noetl.client import Client
@@ -37,11 +37,11 @@ async def credential_store(client: Client) -> CredentialStore:
         raise ApiError(500, f"credentials are unavailable: {exc}") from None
 
 
-class Credentials:
+class Credentials(RouteGroup):
     """Routes over the encrypted credential table."""
 
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         self._credentials: CredentialStore | None = None
 
     def routes(self) -> list[Route]:

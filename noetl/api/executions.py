@@ -7,7 +7,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
-from noetl.api.common import MAX_LIST, Param, Route, body, execution_id, int_query
+from noetl.api.common import MAX_LIST, Param, Route, RouteGroup, body, execution_id, int_query
 from noetl.api.common import json_response as respond
 from noetl.api.schemas import (
     CancelBody,
@@ -20,7 +20,6 @@ from noetl.api.schemas import (
     StartBody,
     Started,
 )
-from noetl.client import Client
 
 __all__ = ["Executions", "document"]
 
@@ -35,11 +34,8 @@ def document(doc: dict[str, Any]) -> ExecutionDocument:
     return msgspec.convert(doc, ExecutionDocument)
 
 
-class Executions:
+class Executions(RouteGroup):
     """Routes over the executions: the store for reads, the bus for starts and cancels."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
     def routes(self) -> list[Route]:
         return [

@@ -8,9 +8,8 @@ from typing import Final
 
 from aiohttp import web
 
-from noetl.api.common import Route, json_response
+from noetl.api.common import Route, RouteGroup, json_response
 from noetl.api.schemas import Health, Readiness
-from noetl.client import Client
 
 __all__ = ["Probes"]
 
@@ -20,11 +19,8 @@ log = logging.getLogger("noetl.api")
 CHECK_SECONDS: Final = 3
 
 
-class Probes:
+class Probes(RouteGroup):
     """Liveness says the server answers; readiness says it can do its work."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
     def routes(self) -> list[Route]:
         live = "The server answers (liveness)"

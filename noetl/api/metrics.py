@@ -10,9 +10,8 @@ import nats.errors
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from noetl.api.common import Route
+from noetl.api.common import Route, RouteGroup
 from noetl.bus import CMD_STREAM, DEAD_STREAM, EXEC_STREAM, START_STREAM
-from noetl.client import Client
 from noetl.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING, CONSUMER_REDELIVERED, REGISTRY
 
 __all__ = ["Metrics"]
@@ -22,11 +21,8 @@ log = logging.getLogger("noetl.api")
 _STREAMS: Final = (START_STREAM, EXEC_STREAM, CMD_STREAM, DEAD_STREAM)
 
 
-class Metrics:
+class Metrics(RouteGroup):
     """Serves the registry of `noetl.metrics`."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
     def routes(self) -> list[Route]:
         return [

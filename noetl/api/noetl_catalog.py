@@ -15,7 +15,15 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from noetl.api.common import MAX_VERSION, ApiError, Route, body, int_query, json_response
+from noetl.api.common import (
+    MAX_VERSION,
+    ApiError,
+    Route,
+    RouteGroup,
+    body,
+    int_query,
+    json_response,
+)
 from noetl.api.playbooks import VERSION_QUERY, registration_refused
 from noetl.api.schemas import (
     CatalogEntries,
@@ -94,11 +102,8 @@ def _content(sent: CatalogRegisterBody) -> str:
         return encoded  # plain YAML: colons and spaces are never valid base64
 
 
-class NoetlCatalog:
+class NoetlCatalog(RouteGroup):
     """NoETL's catalog surface over the one registration path of the client."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
     def routes(self) -> list[Route]:
         tag = "noetl"

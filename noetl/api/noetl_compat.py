@@ -14,6 +14,7 @@ from noetl.api.common import (
     ApiError,
     Param,
     Route,
+    RouteGroup,
     body,
     execution_id,
     int_query,
@@ -31,7 +32,6 @@ from noetl.api.schemas import (
     Variable,
     Variables,
 )
-from noetl.client import Client
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.errors import ExecutionNotFound
 
@@ -67,11 +67,8 @@ def _workload(sent: ExecuteBody) -> dict[str, Any] | None:
     return given[0] if given else None
 
 
-class NoetlExecutions:
+class NoetlExecutions(RouteGroup):
     """NoETL's start and inspection routes, over the same client as the native ones."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
     def routes(self) -> list[Route]:
         tag = "noetl"

@@ -6,9 +6,17 @@ from typing import Final
 
 from aiohttp import web
 
-from noetl.api.common import MAX_VERSION, ApiError, Param, Route, body, int_query, json_response
+from noetl.api.common import (
+    MAX_VERSION,
+    ApiError,
+    Param,
+    Route,
+    RouteGroup,
+    body,
+    int_query,
+    json_response,
+)
 from noetl.api.schemas import ErrorBody, PlaybookBody, PlaybookContent, PlaybookSummary, Registered
-from noetl.client import Client
 from noetl.errors import CatalogUnavailable
 
 __all__ = ["YAML_TYPES", "Playbooks", "registration_refused"]
@@ -32,11 +40,8 @@ def registration_refused(exc: CatalogUnavailable) -> ApiError:
     return ApiError(504 if exc.timed_out else 503, str(exc))
 
 
-class Playbooks:
+class Playbooks(RouteGroup):
     """Routes over the catalog."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
 
     def routes(self) -> list[Route]:
         return [

@@ -12,7 +12,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.msg import Msg
 
-from noetl.api.common import Route, execution_id
+from noetl.api.common import Route, RouteGroup, execution_id
 from noetl.api.schemas import ErrorBody
 from noetl.bus import events_subject
 from noetl.client import Client
@@ -41,11 +41,11 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
-class Streams:
+class Streams(RouteGroup):
     """Open streams, each ended at shutdown so that none holds the server open."""
 
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         # One event per open stream, set at shutdown.
         self._streams: set[asyncio.Event] = set()
 
