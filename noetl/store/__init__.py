@@ -15,6 +15,7 @@ from noetl.keys import TIMER_FIRED_PREFIX
 from noetl.store import events as event_sql
 from noetl.store import order, schema
 from noetl.store.events import Projection
+from noetl.store.views import execution_summary
 
 # Walks running executions only: an ended one's subtree is being cancelled.
 _LIVE_TREE = """
@@ -300,17 +301,7 @@ class Store:
             "FROM noetl.execution ORDER BY started_at DESC LIMIT $1",
             limit,
         )
-        return [
-            {
-                "execution_id": str(r["execution_id"]),
-                "path": r["path"],
-                "version": r["version"],
-                "status": r["status"],
-                "started_at": r["started_at"].isoformat(),
-                "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None,
-            }
-            for r in rows
-        ]
+        return [execution_summary(r) for r in rows]
 
     async def pending_timers(self) -> list[tuple[int, str, float]]:
         """(execution_id, name, due_at) of timers scheduled and not fired, in running

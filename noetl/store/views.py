@@ -10,7 +10,19 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["children", "events_after", "find_executions"]
+__all__ = ["children", "events_after", "execution_summary", "find_executions"]
+
+
+def execution_summary(r: asyncpg.Record) -> dict[str, Any]:
+    """One execution of a list, from a row with its id, path, version, status and times."""
+    return {
+        "execution_id": str(r["execution_id"]),
+        "path": r["path"],
+        "version": r["version"],
+        "status": r["status"],
+        "started_at": r["started_at"].isoformat(),
+        "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None,
+    }
 
 
 async def events_after(pool: asyncpg.Pool, execution_id: int, after: int) -> list[dict[str, Any]]:
@@ -61,14 +73,5 @@ async def find_executions(
         *args,
     )
     return [
-        {
-            "execution_id": str(r["execution_id"]),
-            "path": r["path"],
-            "version": r["version"],
-            "status": r["status"],
-            "started_at": r["started_at"].isoformat(),
-            "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None,
-            "duration_seconds": round(float(r["duration"]), 3),
-        }
-        for r in rows
+        {**execution_summary(r), "duration_seconds": round(float(r["duration"]), 3)} for r in rows
     ]
