@@ -18,12 +18,9 @@ import pytest
 from noetl.config import Settings
 from tests.support.services import (
     PgServer,
-    create_database,
-    drop_database,
-    start_test_nats,
+    fresh_database,
+    nats_url_for_tests,
     start_test_postgres,
-    stop_process,
-    unique_database_name,
 )
 
 _user_env: dict[str, str] = {}
@@ -66,26 +63,15 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture
 async def pg_dsn(pg_server: PgServer, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """DSN of a fresh, empty database made for this test and dropped after it."""
-    name = unique_database_name(request.node.name)
-    await create_database(pg_server.admin_dsn, name)
-    try:
+    async with fresh_database(pg_server.admin_dsn, request.node.name) as name:
         yield pg_server.dsn(name)
-    finally:
-        await drop_database(pg_server.admin_dsn, name)
 
 
 @pytest.fixture
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a fresh nats-server with JetStream for this test (or NOETL_TEST_NATS_URL)."""
-    external = os.environ.get("NOETL_TEST_NATS_URL")
-    if external:
-        yield external
-        return
-    proc = start_test_nats(tmp_path_factory.mktemp("nats"))
-    try:
-        yield proc.url
-    finally:
-        stop_process(proc)
+    with nats_url_for_tests(lambda: tmp_path_factory.mktemp("nats")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ reconciler re-derives the lost work from PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from pathlib import Path
 
 import msgspec
@@ -14,6 +13,8 @@ from noetl.bus import CMD_STREAM, EXEC_STREAM
 from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import assert_db_clean, events_of, wait_until
+from tests.integration.conftest import write_playbook
+from tests.support.mesh import connected, running
 
 
 async def test_purged_command_is_republished_by_the_reconciler(
@@ -22,26 +23,18 @@ async def test_purged_command_is_republished_by_the_reconciler(
     settings = msgspec.structs.replace(
         settings, dedup_window=1.0, ack_wait=1.0, reconcile_every=0.5
     )
-    client = await Client.connect(settings)
-    coordinator = Mesh(client.bus, client.store, client.settings, ["catalog", "coordinator"])
-    await coordinator.start()
-    runner: Mesh | None = None
-    try:
-        path = tmp_path / "two.yaml"
-        path.write_text(
-            "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: two}\n"
-            "workflow:\n"
-            + textwrap.indent(
-                textwrap.dedent("""
-            - step: start
-              tool: {kind: python, code: "result = 1"}
-              next: [second]
-            - step: second
-              tool: {kind: python, code: "result = 2"}
-        """),
-                "  ",
-            )
-        )
+    path = write_playbook(
+        tmp_path,
+        "two",
+        """
+        - step: start
+          tool: {kind: python, code: "result = 1"}
+          next: [second]
+        - step: second
+          tool: {kind: python, code: "result = 2"}
+        """,
+    )
+    async with connected(settings) as client, running(client, ["catalog", "coordinator"]):
         reply = await client.register(path)
         eid = await client.start(reply.path)
 
@@ -50,17 +43,11 @@ async def test_purged_command_is_republished_by_the_reconciler(
 
         await wait_until(issued)
         await client.bus.js.purge_stream(CMD_STREAM)  # the command is gone from JetStream
-        runner = Mesh(client.bus, client.store, client.settings, ["runner"])
-        await runner.start()
-        doc = await asyncio.wait_for(client.wait(eid), timeout=60)
-        assert doc["status"] == "completed", doc
-        assert doc["result"] == 2
-        await assert_db_clean(client.store)
-    finally:
-        if runner is not None:
-            await runner.stop()
-        await coordinator.stop()
-        await client.close()
+        async with running(client, ["runner"]):
+            doc = await asyncio.wait_for(client.wait(eid), timeout=60)
+            assert doc["status"] == "completed", doc
+            assert doc["result"] == 2
+            await assert_db_clean(client.store)
 
 
 async def test_purged_outcome_is_republished_by_the_reconciler(
@@ -76,20 +63,16 @@ async def test_purged_outcome_is_republished_by_the_reconciler(
     await coordinator.start()
     await runner.start()
     try:
-        path = tmp_path / "slow.yaml"
-        path.write_text(
-            "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: slow}\n"
-            "workflow:\n"
-            + textwrap.indent(
-                textwrap.dedent("""
+        path = write_playbook(
+            tmp_path,
+            "slow",
+            """
             - step: start
               tool: {kind: python, code: "import time\\ntime.sleep(1.5)\\nresult = 1"}
               next: [second]
             - step: second
               tool: {kind: python, code: "result = 2"}
-        """),
-                "  ",
-            )
+            """,
         )
         reply = await client.register(path)
         eid = await client.start(reply.path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import textwrap
@@ -22,13 +21,11 @@ from tests.support.cloud import (  # noqa: F401  (fixtures: moto_server, aws_env
     moto_server_fixture,
 )
 from tests.support.http_api import HttpApi, start_http_api
+from tests.support.mesh import connected, running
 from tests.support.services import (
     PgServer,
-    create_database,
-    drop_database,
-    start_test_nats,
-    stop_process,
-    unique_database_name,
+    fresh_database,
+    nats_url_for_tests,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
@@ -37,22 +34,15 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[Client]:
     """A client connected to this test's NATS and database (no actors)."""
-    c = await Client.connect(settings, relaxed=True)
-    try:
+    async with connected(settings, relaxed=True) as c:
         yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture
 async def mesh(client: Client) -> AsyncIterator[Mesh]:
     """Every role of the mesh running in this process."""
-    m = Mesh(client.bus, client.store, client.settings)
-    await m.start()
-    try:
+    async with running(client) as m:
         yield m
-    finally:
-        await m.stop()
 
 
 async def run(
@@ -98,15 +88,8 @@ async def api() -> AsyncIterator[HttpApi]:
 @pytest.fixture(scope="module")
 def module_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A nats-server with JetStream for this module (or NOETL_TEST_NATS_URL)."""
-    external = os.environ.get("NOETL_TEST_NATS_URL")
-    if external:
-        yield external
-        return
-    proc = start_test_nats(tmp_path_factory.mktemp("nats"))
-    try:
-        yield proc.url
-    finally:
-        stop_process(proc)
+    with nats_url_for_tests(lambda: tmp_path_factory.mktemp("nats")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -114,41 +97,33 @@ async def module_settings(
     pg_server: PgServer, module_nats_url: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[Settings]:
     """Settings on this module's NATS, a fresh database and a fresh NOETL_HOME."""
-    name = unique_database_name(request.module.__name__.rsplit(".", 1)[-1])
-    await create_database(pg_server.admin_dsn, name)
-    home = Path(tempfile.mkdtemp(prefix="noetl-home-"))
-    try:
-        yield Settings(
-            nats_url=module_nats_url,
-            pg_dsn=pg_server.dsn(name),
-            home=home,
-            ack_wait=2.0,
-            reconcile_every=1.0,
-        )
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        await drop_database(pg_server.admin_dsn, name)
+    hint = request.module.__name__.rsplit(".", 1)[-1]
+    async with fresh_database(pg_server.admin_dsn, hint) as name:
+        home = Path(tempfile.mkdtemp(prefix="noetl-home-"))
+        try:
+            yield Settings(
+                nats_url=module_nats_url,
+                pg_dsn=pg_server.dsn(name),
+                home=home,
+                ack_wait=2.0,
+                reconcile_every=1.0,
+            )
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 async def module_client(module_settings: Settings) -> AsyncIterator[Client]:
     """A client on this module's services."""
-    c = await Client.connect(module_settings, relaxed=True)
-    try:
+    async with connected(module_settings, relaxed=True) as c:
         yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture(scope="module")
 async def module_mesh(module_client: Client) -> AsyncIterator[Mesh]:
     """Every role of the mesh, running in this process for the whole module."""
-    m = Mesh(module_client.bus, module_client.store, module_client.settings)
-    await m.start()
-    try:
+    async with running(module_client) as m:
         yield m
-    finally:
-        await m.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from noetl.config import Settings
 from noetl.engine import Engine
 from noetl.messages import CatalogReply, CommandIssued, GetPlaybook, encode
 from tests.integration.conftest import fixture
+from tests.support.mesh import connected, running
 
 
 async def wait_for_executions(client: Client, count: int, timeout: float = 30) -> list[dict]:
@@ -94,10 +95,7 @@ async def test_a_message_that_keeps_failing_is_dead_lettered(
         raise RuntimeError("engine bug")
 
     settings = msgspec.structs.replace(settings, max_deliveries=2)
-    client = await Client.connect(settings)
-    mesh = Mesh(client.bus, client.store, client.settings)
-    await mesh.start()
-    try:
+    async with connected(settings) as client, running(client):
         await client.register(fixture("hello_world"))
         monkeypatch.setattr(Engine, "decide", broken)
         await client.start("examples/hello_world")
@@ -108,9 +106,6 @@ async def test_a_message_that_keeps_failing_is_dead_lettered(
         assert stored.headers is not None
         assert "gave up after 2 deliveries" in stored.headers["Noetl-Reason"]
         assert "engine bug" in stored.headers["Noetl-Reason"]
-    finally:
-        await mesh.stop()
-        await client.close()
 
 
 async def test_a_command_that_keeps_failing_to_run_fails_its_step(
@@ -125,10 +120,7 @@ async def test_a_command_that_keeps_failing_to_run_fails_its_step(
         raise RuntimeError("store down")
 
     settings = msgspec.structs.replace(settings, max_deliveries=2)
-    client = await Client.connect(settings)
-    mesh = Mesh(client.bus, client.store, client.settings)
-    await mesh.start()
-    try:
+    async with connected(settings) as client, running(client):
         await client.register(fixture("hello_world"))
         monkeypatch.setattr(Runner, "execute", broken)
         eid = await client.start("examples/hello_world")
@@ -137,6 +129,3 @@ async def test_a_command_that_keeps_failing_to_run_fails_its_step(
         assert deliveries == [1, 2]
         assert row["error"]["type"] == "delivery"
         assert "gave up after 2 deliveries: RuntimeError: store down" in row["error"]["message"]
-    finally:
-        await mesh.stop()
-        await client.close()

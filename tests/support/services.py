@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,9 @@ __all__ = [
     "create_database",
     "drop_database",
     "free_port",
+    "fresh_database",
     "kill_processes_under",
+    "nats_url_for_tests",
     "start_test_nats",
     "start_test_postgres",
     "stop_process",
@@ -102,6 +105,21 @@ def start_test_nats(store_dir: Path) -> NatsProcess:
     return start_nats(store_dir / "store", log=store_dir / "nats.log", auth=auth)
 
 
+@contextlib.contextmanager
+def nats_url_for_tests(store_dir: Callable[[], Path]) -> Iterator[str]:
+    """NOETL_TEST_NATS_URL, else the URL of a nats-server started in `store_dir()` and
+    stopped on exit."""
+    external = os.environ.get("NOETL_TEST_NATS_URL")
+    if external:
+        yield external
+        return
+    proc = start_test_nats(store_dir())
+    try:
+        yield proc.url
+    finally:
+        stop_process(proc)
+
+
 def stop_process(
     proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM, grace: float = 10.0
 ) -> None:
@@ -168,3 +186,14 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str, hint: str) -> AsyncIterator[str]:
+    """The name of a new, empty database (named after `hint`), dropped on exit."""
+    name = unique_database_name(hint)
+    await create_database(admin_dsn, name)
+    try:
+        yield name
+    finally:
+        await drop_database(admin_dsn, name)
