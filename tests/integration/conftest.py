@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tests.support.cloud import (  # noqa: F401  (fixtures: moto_server, aws_env
 )
 from tests.support.http_api import HttpApi, start_http_api
 from tests.support.mesh import connected, running
+from tests.support.playbooks import write_playbook  # noqa: F401  (re-exported for the tests)
 from tests.support.services import (
     PgServer,
     fresh_database,
@@ -134,18 +134,6 @@ async def module_api() -> AsyncIterator[HttpApi]:
         yield served
     finally:
         await served.stop()
-
-
-def write_playbook(
-    directory: Path, name: str, body: str, *, metadata: str = "", workload: str = ""
-) -> Path:
-    """Write a playbook named `name` whose `workflow:` is `body` (YAML, any indentation)."""
-    path = directory / f"{name}.yaml"
-    head = f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}{metadata}}}\n"
-    if workload:
-        head += f"workload: {workload}\n"
-    path.write_text(head + "workflow:\n" + textwrap.indent(textwrap.dedent(body), "  "))
-    return path
 
 
 async def events_by_type(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from noetl.client import Client
 from noetl.errors import ConfigError
 from tests.integration.conftest import FIXTURES, fixture
 from tests.support.api import AUTH, TOKEN, http_fixture  # noqa: F401  (fixture `http`)
+from tests.support.playbooks import playbook_text
 
 HELLO = fixture("hello_world")
 YAML = {"Content-Type": "text/yaml"}
@@ -28,10 +28,7 @@ YAML = {"Content-Type": "text/yaml"}
 
 def playbook(name: str, steps: str) -> str:
     """A playbook's YAML text with these `workflow` steps (indented like the test source)."""
-    return (
-        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}, path: "
-        f"tests/{name}}}\nworkflow:\n" + textwrap.indent(textwrap.dedent(steps), "  ")
-    )
+    return playbook_text(steps, metadata=f"{{name: {name}, path: tests/{name}}}")
 
 
 SLEEPY = playbook(

@@ -15,7 +15,7 @@ from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import assert_db_clean
 from tests.integration.conftest import fixture, run
-from tests.integration.test_mesh_constructs import write
+from tests.support.playbooks import write_playbook as write
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -14,15 +13,7 @@ from tests.integration.conftest import (
     run,
 )
 from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
-
-
-def write(tmp_path: Path, name: str, body: str, metadata: str = "") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}{metadata}}}\n"
-        "workflow:\n" + textwrap.indent(textwrap.dedent(body), "  ")
-    )
-    return path
+from tests.support.playbooks import write_playbook as write
 
 
 async def event_types(client: Client, execution_id: str) -> Counter[str]:

@@ -4,7 +4,6 @@ against its local stand-in (fakesnow's server, DuckDB files, moto's S3, the GCS 
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,13 @@ from noetl.crypto import load_key
 from noetl.store.credentials import CredentialStore
 from tests.integration.conftest import run
 from tests.support.cloud import GcsEmulator, MotoServer, put_gcs_object, put_s3_object
+from tests.support.playbooks import write_playbook
 
 ROWS = "[{id: 1, name: ada}, {id: 2, name: bob}, {id: 3, name: cy}]"
 
 
 def playbook(tmp_path: Path, name: str, steps: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\n"
-        f"workload: {{rows: {ROWS}}}\nworkflow:\n" + textwrap.indent(textwrap.dedent(steps), "  ")
-    )
-    return path
+    return write_playbook(tmp_path, name, steps, workload=f"{{rows: {ROWS}}}")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.config import Settings
 from tests.integration.conftest import run
-from tests.integration.test_mesh_constructs import write
+from tests.support.playbooks import write_playbook as write
 
 
 @pytest.fixture

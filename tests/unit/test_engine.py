@@ -22,16 +22,14 @@ from noetl.messages import (
     StartExecution,
     Wake,
 )
+from tests.support.playbooks import playbook_text
 from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
 
 
 def playbook(body: str, workload: str = "{}") -> str:
-    return (
-        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: t}\n"
-        f"workload: {workload}\nworkflow:\n" + textwrap.indent(textwrap.dedent(body), "  ")
-    )
+    return playbook_text(body, workload=workload)
 
 
 def echo(command: CommandIssued) -> tuple[str, Any]:

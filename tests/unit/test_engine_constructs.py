@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from noetl.messages import CancelExecution, CommandCompleted, CommandIssued, StartExecution
+from tests.support.playbooks import playbook_text
 from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
 
 
 def playbook(body: str, workload: str = "{}", metadata: str = "{name: t}") -> str:
-    return (
-        f"apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {metadata}\n"
-        f"workload: {workload}\nworkflow:\n" + textwrap.indent(textwrap.dedent(body), "  ")
-    )
+    return playbook_text(body, metadata=metadata, workload=workload)
 
 
 def square(command: CommandIssued) -> tuple[str, Any]:
