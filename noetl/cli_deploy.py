@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -187,15 +187,19 @@ def kind_load_steps(engine: str, image: str, cluster: str) -> list[Step]:
 
 @dataclass(frozen=True)
 class Release:
-    """The Helm release a k8s command works on."""
+    """The Helm release a k8s command works on; `source` is the checkout with its chart."""
 
     name: str
     namespace: str
-    chart: Path
+    source: Path
     values: tuple[str, ...] = ()
     assignments: tuple[str, ...] = ()
     image: str | None = None
     timeout: str = "10m"
+
+    @property
+    def chart(self) -> Path:
+        return self.source / "deploy/helm/noetl-runtime"
 
     @property
     def selector(self) -> str:
@@ -327,32 +331,9 @@ def build(tag: str, no_cache: bool, engine: str | None, source: str | None, dry_
     _execute("build", build_steps(source_root(source), _engine(engine), tag, no_cache), dry_run)
 
 
-@dataclass(frozen=True)
-class _ReleaseArgs:
-    """What every release command is given: the checkout and the Helm release's options."""
-
-    root: Path
-    name: str
-    namespace: str
-    values: tuple[str, ...] = ()
-    assignments: tuple[str, ...] = ()
-    timeout: str = "10m"
-    dry_run: bool = False
-
-    def plan(self, image: str | None) -> Release:
-        return Release(
-            name=self.name,
-            namespace=self.namespace,
-            chart=self.root / "deploy/helm/noetl-runtime",
-            values=self.values,
-            assignments=self.assignments,
-            image=image,
-            timeout=self.timeout,
-        )
-
-
 def _release_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Add the release options to a command, which receives them as one `_ReleaseArgs`."""
+    """Add the release options to a command, which receives them as one `Release` (its
+    image unset), then `dry_run` and its own options."""
 
     @functools.wraps(command)
     def run(
@@ -365,10 +346,15 @@ def _release_options(command: Callable[..., None]) -> Callable[..., None]:
         dry_run: bool,
         **rest: Any,
     ) -> None:
-        root = source_root(source)
-        command(
-            _ReleaseArgs(root, release, namespace, values, assignments, timeout, dry_run), **rest
+        plan = Release(
+            name=release,
+            namespace=namespace,
+            source=source_root(source),
+            values=values,
+            assignments=assignments,
+            timeout=timeout,
         )
+        command(plan, dry_run, **rest)
 
     options = [
         click.option("--release", default=DEFAULT_RELEASE, show_default=True),
@@ -399,9 +385,9 @@ def k8s() -> None:
 @k8s.command()
 @_release_options
 @click.option("--image", help="Image to deploy, e.g. noetl-runtime:dev (default: the chart's).")
-def deploy(args: _ReleaseArgs, image: str | None) -> None:
+def deploy(release: Release, dry_run: bool, image: str | None) -> None:
     """Install or upgrade the release (helm upgrade --install; the hook runs `db init`)."""
-    _execute("k8s deploy", [args.plan(image).install()], args.dry_run)
+    _execute("k8s deploy", [replace(release, image=image).install()], dry_run)
 
 
 @k8s.command()
@@ -411,18 +397,18 @@ def deploy(args: _ReleaseArgs, image: str | None) -> None:
 @click.option("--cluster", default=DEFAULT_CLUSTER, show_default=True, help="kind cluster.")
 @_engine_option
 def redeploy(
-    args: _ReleaseArgs, tag: str, no_cache: bool, cluster: str, engine: str | None
+    release: Release, dry_run: bool, tag: str, no_cache: bool, cluster: str, engine: str | None
 ) -> None:
     """Rebuild the image, load it into kind, upgrade the release and restart its pods."""
     tool = _engine(engine)
-    plan = args.plan(tag)
+    plan = replace(release, image=tag)
     steps = [
-        *build_steps(args.root, tool, tag, no_cache),
+        *build_steps(release.source, tool, tag, no_cache),
         *kind_load_steps(tool, tag, cluster),
         plan.install(),
         *plan.restart(),
     ]
-    _execute("k8s redeploy", steps, args.dry_run)
+    _execute("k8s redeploy", steps, dry_run)
 
 
 @k8s.command()
@@ -432,7 +418,7 @@ def redeploy(
 @_dry_run
 def remove(release: str, namespace: str, source: str | None, dry_run: bool) -> None:
     """Uninstall the release (the database and NATS streams are kept)."""
-    plan = _ReleaseArgs(source_root(source), release, namespace).plan(None)
+    plan = Release(name=release, namespace=namespace, source=source_root(source))
     _execute("k8s remove", [plan.uninstall()], dry_run)
 
 
@@ -447,18 +433,23 @@ _token = click.option("--token", envvar="NOETL_API_TOKEN", help="API token (NOET
 @_token
 @click.option("--smoke-timeout", default=180.0, show_default=True, help="Seconds to wait.")
 def reset(
-    args: _ReleaseArgs, image: str | None, api_url: str, token: str | None, smoke_timeout: float
+    release: Release,
+    dry_run: bool,
+    image: str | None,
+    api_url: str,
+    token: str | None,
+    smoke_timeout: float,
 ) -> None:
     """Uninstall and install the release again (its pre-install hook re-applies the schema
     with `db init`), wait for every Deployment, then run the smoke playbook through the API."""
-    plan = args.plan(image)
+    plan = replace(release, image=image)
     steps = [
         plan.uninstall(),
         plan.install(),
         plan.restart()[1],
         smoke_step(api_url, smoke_timeout, token),
     ]
-    _execute("k8s reset", steps, args.dry_run)
+    _execute("k8s reset", steps, dry_run)
 
 
 @k8s.command()
