@@ -16,6 +16,7 @@ from plugins.base import ToolContext
 from plugins.sources import load_code, source_type
 from tests.support.cloud import GcsEmulator, MotoServer, put_gcs_object, put_s3_object
 from tests.support.http_api import HttpApi, serve_http_api
+from tests.support.tools import tool_context
 
 CODE = "result = {'answer': 42}\n"
 
@@ -24,16 +25,7 @@ def make_ctx(
     credentials: Mapping[str, Mapping[str, Any]] | None = None, **fields: Any
 ) -> ToolContext:
     """A context whose credential store is the `credentials` mapping."""
-    ctx = ToolContext(execution_id=1, command_id="cmd-1", step="load", **fields)
-    store = dict(credentials or {})
-
-    async def resolve(name: str) -> Mapping[str, Any]:
-        if name not in store:
-            raise ToolError(f"no credential {name!r}")
-        return store[name]
-
-    ctx.credentials = resolve
-    return ctx
+    return tool_context(credentials, step="load", **fields)
 
 
 def script(uri: str, **source: Any) -> dict[str, Any]:

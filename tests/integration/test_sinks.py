@@ -37,6 +37,7 @@ from plugins.sinks.postgres import PostgresSink
 from plugins.sinks.snowflake import SnowflakeSink
 from plugins.snowflake import SnowflakeTool
 from tests.support.cloud import GcsEmulator, MotoServer, put_gcs_object
+from tests.support.tools import tool_context
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -47,14 +48,7 @@ def make_ctx(
     credentials: Mapping[str, Mapping[str, Any]] | None = None, timeout: float | None = 60.0
 ) -> ToolContext:
     """A context whose credential store is `credentials`."""
-    store = dict(credentials or {})
-
-    async def lookup(name: str) -> Mapping[str, Any]:
-        return store[name]
-
-    return ToolContext(
-        execution_id=1, command_id="cmd-1", step="step", timeout=timeout, credentials=lookup
-    )
+    return tool_context(credentials, timeout=timeout)
 
 
 # -- postgres -------------------------------------------------------------------------------

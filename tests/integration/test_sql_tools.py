@@ -35,6 +35,7 @@ from plugins.duckdb import DuckdbTool
 from plugins.postgres import PostgresTool
 from plugins.snowflake import SnowflakeTool
 from tests.support.services import PgServer, start_test_postgres
+from tests.support.tools import tool_context
 
 # fakesnow's own warning about how it copies results: nothing to do with the code under test.
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -49,14 +50,7 @@ def make_ctx(
     credentials: Mapping[str, Mapping[str, Any]] | None = None, timeout: float | None = 30.0
 ) -> ToolContext:
     """A context whose credential store is `credentials`."""
-    store = dict(credentials or {})
-
-    async def lookup(name: str) -> Mapping[str, Any]:
-        return store[name]
-
-    return ToolContext(
-        execution_id=1, command_id="cmd-1", step="step", timeout=timeout, credentials=lookup
-    )
+    return tool_context(credentials, timeout=timeout)
 
 
 def pg_fields(dsn: str, password: str | None = None) -> dict[str, Any]:

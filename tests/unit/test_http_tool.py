@@ -25,6 +25,7 @@ from tests.support.http_api import (
     HttpApi,
     serve_http_api,
 )
+from tests.support.tools import tool_context
 
 CREDENTIALS: dict[str, Mapping[str, Any]] = {
     "api_bearer": {"type": "bearer", "token": TOKEN},
@@ -38,15 +39,9 @@ CREDENTIALS: dict[str, Mapping[str, Any]] = {
 
 def make_ctx(timeout: float | None = 10.0, **fields: Any) -> ToolContext:
     """A context whose credential store is `CREDENTIALS`."""
-    ctx = ToolContext(execution_id=7, command_id="cmd-42", step="call", timeout=timeout, **fields)
-
-    async def resolve(name: str) -> Mapping[str, Any]:
-        if name not in CREDENTIALS:
-            raise ToolError(f"no credential {name!r}")
-        return CREDENTIALS[name]
-
-    ctx.credentials = resolve
-    return ctx
+    return tool_context(
+        CREDENTIALS, execution_id=7, command_id="cmd-42", step="call", timeout=timeout, **fields
+    )
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -46,6 +46,7 @@ from plugins.sql import (
     timeout_ms,
 )
 from plugins.sql_auth import describe_postgres, postgres_params, resolve_auth, snowflake_params
+from tests.support.tools import tool_context
 
 
 def make_ctx(
@@ -54,21 +55,7 @@ def make_ctx(
     **kwargs: Any,
 ) -> ToolContext:
     """A context whose credential store is `credentials`."""
-    store = dict(credentials or {})
-
-    async def lookup(name: str) -> Mapping[str, Any]:
-        if name not in store:
-            raise ToolError(f"no credential {name!r}")
-        return store[name]
-
-    return ToolContext(
-        execution_id=1,
-        command_id="cmd-1",
-        step="step",
-        timeout=timeout,
-        credentials=lookup,
-        **kwargs,
-    )
+    return tool_context(credentials, timeout=timeout, **kwargs)
 
 
 def texts(sql: str, **kwargs: Any) -> list[str]:
