@@ -23,7 +23,7 @@ from noetl.config import Settings
 from noetl.errors import LocalModeError
 from noetl.local import CREDENTIALS_FILE, Services, ensure_local, resolve, stop_local
 from noetl.servers.nats import nats_server_binary, start_nats
-from tests.support.services import free_port, kill_processes_under
+from tests.support.services import free_port, local_mode_stopped
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,11 +31,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def home(noetl_home: Path) -> Iterator[Path]:
     """A NOETL_HOME whose servers are stopped after the test, whatever happened."""
-    yield noetl_home
-    try:
-        stop_local(noetl_home)
-    finally:
-        kill_processes_under(noetl_home)
+    with local_mode_stopped(noetl_home):
+        yield noetl_home
 
 
 def read_state(home: Path) -> dict[str, dict[str, int]]:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from noetl.local import stop_local
 from noetl.servers import pgowner
 from noetl.servers.pgowner import RUNTIME_DIR
 from tests.integration.conftest import fixture
-from tests.support.services import kill_processes_under
+from tests.support.services import local_mode_stopped
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,13 +37,10 @@ def private_home() -> Iterator[Path]:
     outer = Path(tempfile.mkdtemp(prefix="noetl-private-"))
     home = outer / "home"
     try:
-        yield home
+        with local_mode_stopped(home, outer):
+            yield home
     finally:
-        try:
-            stop_local(home)
-        finally:
-            kill_processes_under(outer)
-            shutil.rmtree(outer, ignore_errors=True)
+        shutil.rmtree(outer, ignore_errors=True)
 
 
 def test_a_playbook_runs_with_noetl_home_in_a_private_folder(private_home: Path) -> None:

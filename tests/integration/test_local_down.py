@@ -11,21 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from noetl.local import stop_local
 from tests.integration.conftest import fixture
 from tests.integration.test_cli import CLI
-from tests.support.services import free_port, kill_processes_under
+from tests.support.services import free_port, local_mode_stopped
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
 def home(noetl_home: Path) -> Iterator[Path]:
-    yield noetl_home
-    try:
-        stop_local(noetl_home)
-    finally:
-        kill_processes_under(noetl_home)
+    with local_mode_stopped(noetl_home):
+        yield noetl_home
 
 
 def test_down_refuses_while_up_runs_and_reconnects_log_one_line(home: Path) -> None:

@@ -24,9 +24,9 @@ import asyncpg
 import psutil
 import pytest
 
-from noetl.local import CREDENTIALS_FILE, Services, ensure_local, stop_local
+from noetl.local import CREDENTIALS_FILE, Services, ensure_local
 from noetl.servers.pgowner import bin_dir, pg_owner
-from tests.support.services import kill_processes_under
+from tests.support.services import local_mode_stopped
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -51,13 +51,10 @@ def running() -> Iterator[tuple[Path, Services]]:
     outer = Path(tempfile.mkdtemp(prefix="noetl-sec-"))
     home = outer / "home"
     try:
-        yield home, ensure_local(home)
+        with local_mode_stopped(home, outer):
+            yield home, ensure_local(home)
     finally:
-        try:
-            stop_local(home)
-        finally:
-            kill_processes_under(outer)
-            shutil.rmtree(outer, ignore_errors=True)
+        shutil.rmtree(outer, ignore_errors=True)
 
 
 def as_attacker(*cmd: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "fresh_database",
     "kill_processes_under",
+    "local_mode_stopped",
     "nats_url_for_tests",
     "start_test_nats",
     "start_test_postgres",
@@ -118,6 +119,21 @@ def nats_url_for_tests(store_dir: Callable[[], Path]) -> Iterator[str]:
         yield proc.url
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def local_mode_stopped(home: Path, strays: Path | None = None) -> Iterator[Path]:
+    """`home`; on exit its local-mode servers are stopped, then whatever still runs under
+    `strays` (default: `home`) is killed, whatever happened."""
+    from noetl.local import stop_local  # the local mode's policy, not needed by most tests
+
+    try:
+        yield home
+    finally:
+        try:
+            stop_local(home)
+        finally:
+            kill_processes_under(strays or home)
 
 
 def stop_process(
