@@ -30,7 +30,8 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
     assert step.call is not None
     if pending.phase == "sink" and pending.rule is not None:
         call = step.rule_sinks[pending.rule]
-        locals_: dict[str, Any] = {"result": pending.data}
+        # A loop item's rule sink sees the item and `loop` beside the item's result.
+        locals_: dict[str, Any] = {**item_locals(step, state, pending), "result": pending.data}
     elif pending.phase == "sink":
         call = step.after_sink
         locals_ = {"result": loop_result(state, step.name)}

@@ -94,10 +94,12 @@ class CommandIssuedPayload(msgspec.Struct, kw_only=True):
 class StepItem(msgspec.Struct, kw_only=True):
     """step.item: one loop item, page or `case` call ended (its error is the event's).
 
-    A loop item has its `result`, `tolerated` when its failure does not stop the loop; a
+    A loop item has its `result`, `tolerated` when its failure does not stop the loop
+    (`handled` when a `call.error` rule took it, so it does not fail the step either); a
     page its `part` to merge, `last`, and `capped` when `max_iterations` cut it short; a
-    `case` call the `rule` that fired and the `vars` it set. `rows` counts what per-item
-    sinks wrote.
+    `case` call the `rule` that fired, the `vars` it set and, on a loop item, the `routes`
+    it named (taken when the loop ends). `continued`: the item is not over, a rule's retry
+    or sink follows. `rows` counts what per-item sinks wrote.
     """
 
     index: int
@@ -109,6 +111,9 @@ class StepItem(msgspec.Struct, kw_only=True):
     last: bool | UnsetType = UNSET
     vars: dict[str, Any] | UnsetType = UNSET
     rule: int | UnsetType = UNSET
+    routes: list[Route] | UnsetType = UNSET
+    handled: bool | UnsetType = UNSET
+    continued: bool | UnsetType = UNSET
 
 
 class StepCompleted(msgspec.Struct, kw_only=True):

@@ -17,16 +17,16 @@ from noetl.engine import conditions, routing, rules, wire
 from noetl.engine import events as ev
 from noetl.engine.context import loop_result
 from noetl.engine.events import Event
+from noetl.engine.item_rules import ItemRules
 from noetl.engine.iteration import backoff_delay, deep_merge
 from noetl.engine.payloads import ExecutionStarted, Route, RuleCall, StepItem, TimerFired
 from noetl.engine.plan import StepPlan
 from noetl.engine.state import PendingCommand, TimerState
-from noetl.engine.steps import StepRun
 from noetl.errors import RenderError
 from noetl.messages import CancelExecution, ChildCompleted, ErrorInfo, StartExecution
 
 
-class Run(StepRun):
+class Run(ItemRules):
     """Reacts to one message; `decision()` then says what was decided."""
 
     def start(self, message: StartExecution) -> None:
@@ -102,7 +102,10 @@ class Run(StepRun):
             return
         rows = int((meta.get("sink") or {}).get("rows", 0))
         step = self.plan.steps[pending.step]
-        if pending.phase == "sink" and pending.rule is not None:
+        item = pending.index is not None and step.loop is not None
+        if pending.phase == "sink" and pending.rule is not None and item:
+            self.item_done(command_id, pending, result=pending.data, rows=rows)
+        elif pending.phase == "sink" and pending.rule is not None:
             rule = step.step.case[pending.rule]
             context = self.context(
                 args=pending.args, extra=rules.rule_extra(pending.data, None, "call.done")
@@ -118,8 +121,10 @@ class Run(StepRun):
             self.complete_step(
                 step, command_id, loop_result(self.state, step.name), sink={"rows": rows}
             )
-        elif pending.index is not None and step.loop is not None:
-            self.item_done(command_id, pending, result=result, rows=rows)
+        elif item:
+            ruled = self._item_rules(step)
+            if not (ruled and self.item_case(step, command_id, pending, result, None, rows)):
+                self.item_done(command_id, pending, result=result, rows=rows)
         elif not (step.step.case and self._case(step, command_id, pending, result, None)):
             self.complete_step(
                 step, command_id, result, sink={"rows": rows} if "sink" in meta else None
@@ -135,7 +140,13 @@ class Run(StepRun):
         if self._retry(command_id, pending, failure):
             return
         step = self.plan.steps[pending.step]
-        if pending.index is not None and pending.phase == "tool" and step.loop is not None:
+        item = pending.index is not None and step.loop is not None
+        if item and pending.phase == "tool":
+            if not (
+                self._item_rules(step) and self.item_case(step, command_id, pending, None, failure)
+            ):
+                self.item_done(command_id, pending, error=failure)
+        elif item and pending.rule is not None:  # a loop item's rule sink: the item failed
             self.item_done(command_id, pending, error=failure)
         elif not (
             step.step.case
@@ -195,6 +206,11 @@ class Run(StepRun):
             error=ErrorInfo(type="decision", message=f"{type(exc).__name__}: {exc}"),
         )
 
+    @staticmethod
+    def _item_rules(step: StepPlan) -> bool:
+        """Whether `case` rules apply per item: a step iterating `loop.in` that has any."""
+        return bool(step.step.case) and step.loop is not None and not step.loop.paginate
+
     def _pending(self, command_id: str) -> PendingCommand | None:
         pending = self.state.pending.get(command_id)
         if pending is None or not self.state.running:
@@ -248,6 +264,10 @@ class Run(StepRun):
             index=retry.get("index"),
             phase=retry.get("phase", "tool"),
             overrides=retry.get("overrides") or {},
+            # A `case` rule's sink keeps what it writes across its retries.
+            data=None
+            if retry.get("rule") is None
+            else RuleCall(rule=retry["rule"], result=retry.get("data")),
         )
 
     def _retry(self, command_id: str, pending: PendingCommand, failure: ErrorInfo) -> bool:
@@ -289,6 +309,8 @@ class Run(StepRun):
                 "index": pending.index,
                 "phase": pending.phase,
                 "overrides": pending.overrides,
+                "rule": pending.rule,
+                "data": pending.data,
                 "error": error,
             },
         )

@@ -36,6 +36,9 @@ class LoopState(msgspec.Struct, kw_only=True):
     merged: Any = None  # pagination: the merged value so far
     strategy: str = "append"  # pagination merge strategy
     rows: int = 0  # rows written by per-item / per-page sinks
+    handled: int = 0  # failed items a `call.error` rule took: they do not fail the step
+    # Routes per-item `case` rules named, by item index: taken once, when the loop ends.
+    routes: dict[int, list[pl.Route]] = {}
 
     @property
     def total(self) -> int | None:
@@ -242,9 +245,15 @@ def _step_item(state: ExecutionState, event: Event, p: Any) -> None:
     loop = state.step_state(event.step).loop
     if loop is None:
         return  # a `case` rule ended one call of the step and made another
-    loop.done += 1
+    if p.routes:
+        loop.routes[p.index] = p.routes
     if p.rows:
         loop.rows += p.rows
+    if p.continued:
+        return  # a rule's retry or sink carries the item on
+    loop.done += 1
+    if p.handled:
+        loop.handled += 1
     if event.error is not None:
         loop.failed += 1
         if len(loop.errors) < _KEPT_ERRORS:

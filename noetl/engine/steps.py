@@ -15,7 +15,7 @@ import msgspec
 
 from noetl import blobs, keys, render
 from noetl.engine import events as ev
-from noetl.engine import routing, rules, wire
+from noetl.engine import routing, wire
 from noetl.engine.commands import child_message, command_message
 from noetl.engine.context import loop_result, template_context
 from noetl.engine.emitter import Emitter
@@ -39,6 +39,16 @@ from noetl.errors import RenderError
 from noetl.messages import ErrorInfo, Phase
 
 
+class RuleOutcome(msgspec.Struct, kw_only=True):
+    """What a per-item `case` rule did to a loop item: which rule, the vars it set, the
+    routes it named, and `handled` when it took the item's failure."""
+
+    index: int
+    updates: dict[str, Any] = {}
+    routes: list[Route] = []
+    handled: bool = False
+
+
 class StepRun(Emitter, ABC):
     """A decision's step lifecycle over a compiled `Plan`."""
 
@@ -58,6 +68,13 @@ class StepRun(Emitter, ABC):
     @abstractmethod
     def failed(self, command_id: str, error: Mapping[str, Any]) -> None:
         """Command `command_id` failed with `error`."""
+
+    @abstractmethod
+    def end_rules(
+        self, step: StepPlan, result: Any, variables: dict[str, Any]
+    ) -> tuple[list[Route] | None, dict[str, Any], Any]:
+        """The `case` rules met when a step that succeeded ends: its routes (None: its
+        `next` decides), its vars and its result (`result` itself when unchanged)."""
 
     def context(self, **kwargs: Any) -> dict[str, Any]:
         """The template context of this execution, large values resolved."""
@@ -250,8 +267,10 @@ class StepRun(Emitter, ABC):
         result: Any = None,
         error: ErrorInfo | None = None,
         rows: int = 0,
+        rule: RuleOutcome | None = None,
     ) -> None:
-        """Record one loop item's (or page's) end, then issue more or end the step."""
+        """Record one loop item's (or page's) end, then issue more or end the step; `rule`
+        is what a per-item `case` rule did to it."""
         step = self.plan.steps[pending.step]
         spec = step.loop
         assert spec is not None and pending.index is not None
@@ -261,8 +280,16 @@ class StepRun(Emitter, ABC):
         payload = StepItem(index=pending.index)
         if error is None:
             payload.result = result
-        elif spec.continue_on_error:
+        elif spec.continue_on_error or (rule is not None and rule.handled):
             payload.tolerated = True
+        if rule is not None:
+            payload.rule = rule.index
+            if rule.updates:
+                payload.vars = rule.updates
+            if rule.routes:
+                payload.routes = rule.routes
+            if rule.handled:
+                payload.handled = True
         if rows:
             payload.rows = rows
         self.emit(
@@ -339,7 +366,7 @@ class StepRun(Emitter, ABC):
         spec = step.loop
         loop = self.state.step_state(step.name).loop
         assert spec is not None and loop is not None
-        if loop.failed and not spec.continue_on_error:
+        if loop.failed > loop.handled and not spec.continue_on_error:
             self.fail_step(step.name, None, loop_failure(loop))
             return
         result = loop_result(self.state, step.name)
@@ -351,7 +378,7 @@ class StepRun(Emitter, ABC):
             step,
             None,
             result,
-            sink={"rows": loop.rows} if step.per_item_sink else None,
+            sink={"rows": loop.rows} if step.per_item_sink or loop.rows else None,
             pages=loop.done if spec.paginate else None,
         )
 
@@ -368,15 +395,15 @@ class StepRun(Emitter, ABC):
         pages: int | None = None,
     ) -> None:
         """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
-        fired, else `step.exit` rules, else `next`)."""
+        fired, else the rules at the step's end (see `end_rules`), else `next`)."""
         activation = self.state.step_state(step.name).activation
         shown = self.value(result)
         try:
             variables = {**self.step_vars(step, shown), **(updates or {})}
             if routes is None and step.step.case:
-                fired = self._exit_rules(step, shown, variables)
-                if fired is not None:
-                    routes, variables = fired
+                routes, variables, replaced = self.end_rules(step, shown, variables)
+                if replaced is not shown:
+                    result = replaced
             if routes is None:
                 routes = self.routes(step, result=shown, error=None, variables=variables)
         except RenderError as exc:
@@ -459,25 +486,3 @@ class StepRun(Emitter, ABC):
             ),
             StepCompleted(result=None, vars=variables, routes=routes, tool=False),
         )
-
-    def _exit_rules(
-        self, step: StepPlan, result: Any, variables: dict[str, Any]
-    ) -> tuple[list[Route], dict[str, Any]] | None:
-        """Routes of the first matching `step.exit` rule, and the vars with its `set`."""
-        args = self.state.step_state(step.name).args
-        seen = {**self.state.variables, **variables}
-        context = self.context(
-            args=args, extra=rules.rule_extra(result, None, "step.exit"), variables=seen
-        )
-        notes: list[str] = []
-        index = rules.first_rule(step, context, notes)
-        self.warn(step.name, notes)
-        if index is None:
-            return None
-        try:
-            updates = rules.rule_updates(step, index, context, result, self.state.variables)
-        except KeyError as exc:
-            raise RenderError(rules.collect_error(step, index, exc)) from exc
-        routes = routing.edges(step.step.case[index].then.next, context)
-        wire.check([updates, routes], f"step `{step.name}` case[{index}]")
-        return routes, {**variables, **updates}

@@ -1,0 +1,198 @@
+"""`case` rules on loop steps and at a step's end.
+
+On a loop step (`loop.in`, not a pagination) `call.done` / `call.error` rules apply to
+each item: their `set` and `collect` as the item ends, `then.result` replaces the item's
+result, a `sink` writes the item (seeing it and `loop.index`), a `retry` calls that item
+again (within `max_attempts`, with `retry.args` overriding the request). The `next` they
+name is not taken then: it is kept with the item (in its `step.item` event) and taken
+once, when the loop ends. At the end, routes come from the first of:
+
+1. the first matching `loop.done` rule's `next`;
+2. the `next`s of per-item rules, joined: each target once, in the order of the lowest
+   item index that named it, its args merged in item order (a later item's value wins a
+   key), as arrivals at a join are; a route found in a rule of a failed item counts too;
+3. the first matching `step.exit` rule (its `next`, possibly none: the branch ends);
+4. the step's `next`.
+
+Everything here is decided from the state and recorded in events, so replay agrees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from noetl import keys
+from noetl.engine import events as ev
+from noetl.engine import routing, rules, wire
+from noetl.engine.context import item_locals
+from noetl.engine.events import Event
+from noetl.engine.iteration import deep_merge
+from noetl.engine.payloads import Route, RuleCall, StepItem
+from noetl.engine.plan import StepPlan
+from noetl.engine.state import PendingCommand
+from noetl.engine.steps import RuleOutcome, StepRun
+from noetl.errors import RenderError
+from noetl.messages import ErrorInfo
+
+
+class ItemRules(StepRun):
+    """Per-item `case` rules and the rules met at a step's end (see the module doc)."""
+
+    def item_case(
+        self,
+        step: StepPlan,
+        command_id: str,
+        pending: PendingCommand,
+        result: Any,
+        failure: ErrorInfo | None,
+        rows: int = 0,
+    ) -> bool:
+        """Apply the first rule matching one loop item's call (`rows`: what its inline
+        sink wrote); False when none matches (the item then ends as without rules)."""
+        assert pending.index is not None
+        error = None if failure is None else failure.record()
+        event = "call.done" if error is None else "call.error"
+        result = self.value(result)
+        extra = {
+            **item_locals(step, self.state, pending),
+            **rules.rule_extra(result, error, event),
+        }
+        context = self.context(args=pending.args, extra=extra)
+        notes: list[str] = []
+        index = rules.first_rule(step, context, notes)
+        self.warn(step.name, notes)
+        if index is None:
+            return False
+        then = step.step.case[index].then
+        overrides: dict[str, Any] = {}
+        limit: int | None = None
+        try:
+            # A `call.error` rule collects from the error, the only value its call gave.
+            given = result if error is None else error
+            updates = rules.rule_updates(step, index, context, given, self.state.variables)
+            seen = {**self.state.variables, **updates}
+            context = self.context(args=pending.args, extra=extra, variables=seen)
+            if then.retry:
+                overrides, limit = rules.retry_overrides(step, index, context)
+            routes = routing.edges(then.next, context)
+            if failure is None:
+                result = rules.rule_result(step, index, context, result)
+            wire.check([updates, overrides, routes, result], f"step `{step.name}` case[{index}]")
+        except (RenderError, KeyError) as exc:
+            message = rules.collect_error(step, index, exc)
+            failed = ErrorInfo(type="case", message=message)
+            self.item_done(command_id, pending, error=failed, rows=rows)
+            return True
+        outcome = RuleOutcome(index=index, updates=updates, routes=routes)
+        if then.retry and (limit is None or pending.attempt < limit):
+            outcome.routes = []  # the item is not over: the call that ends it routes
+            self._carry_on(step, command_id, pending, outcome, error, rows)
+            self.issue(
+                step.name,
+                pending.activation,
+                pending.attempt + 1,
+                pending.args,
+                index=pending.index,
+                overrides=deep_merge(pending.overrides, overrides),
+            )
+        elif failure is not None:
+            # A rule that retried and ran out leaves the item failed; any other took it.
+            outcome.handled = not then.retry
+            self.item_done(command_id, pending, error=failure, rows=rows, rule=outcome)
+        elif then.sink is not None:
+            self._carry_on(step, command_id, pending, outcome, None, rows)
+            self.issue(
+                step.name,
+                pending.activation,
+                1,
+                {},
+                index=pending.index,
+                phase="sink",
+                data=RuleCall(rule=index, result=result),
+            )
+        else:
+            self.item_done(command_id, pending, result=result, rows=rows, rule=outcome)
+        return True
+
+    def _carry_on(
+        self,
+        step: StepPlan,
+        command_id: str,
+        pending: PendingCommand,
+        outcome: RuleOutcome,
+        error: dict[str, Any] | None,
+        rows: int,
+    ) -> None:
+        """Record an item's call that a retry or a rule's sink follows."""
+        assert pending.index is not None
+        payload = StepItem(index=pending.index, rule=outcome.index, continued=True)
+        if rows:
+            payload.rows = rows
+        if outcome.updates:
+            payload.vars = outcome.updates
+        if outcome.routes:
+            payload.routes = outcome.routes
+        self.emit(
+            Event(
+                type=ev.STEP_ITEM,
+                dedup_key=keys.step_item_key(command_id),
+                step=step.name,
+                command_id=command_id,
+                error=error,
+            ),
+            payload,
+        )
+
+    def end_rules(
+        self, step: StepPlan, result: Any, variables: dict[str, Any]
+    ) -> tuple[list[Route] | None, dict[str, Any], Any]:
+        """The routes, vars and result of a step that succeeded, by the rules met at its
+        end (see the module doc). Raises RenderError."""
+        routes: list[Route] | None = None
+        loop = self.state.step_state(step.name).loop
+        if loop is not None and loop.items is not None:
+            fired = self._end_rule(step, "loop.done", result, variables)
+            if fired is not None:
+                routes, variables, result = fired
+            if not routes:
+                routes = joined(loop.routes) or None
+        if routes is None:
+            fired = self._end_rule(step, "step.exit", result, variables)
+            if fired is not None:
+                routes, variables, _ = fired
+        return routes, variables, result
+
+    def _end_rule(
+        self, step: StepPlan, event: str, result: Any, variables: dict[str, Any]
+    ) -> tuple[list[Route], dict[str, Any], Any] | None:
+        """The first rule matching `event` at the step's end: its routes, the vars with its
+        `set` and `collect`, and the result with its `then.result`."""
+        args = self.state.step_state(step.name).args
+        extra = rules.rule_extra(result, None, event)
+        seen = {**self.state.variables, **variables}
+        context = self.context(args=args, extra=extra, variables=seen)
+        notes: list[str] = []
+        index = rules.first_rule(step, context, notes)
+        self.warn(step.name, notes)
+        if index is None:
+            return None
+        try:
+            updates = rules.rule_updates(step, index, context, result, seen)
+        except KeyError as exc:
+            raise RenderError(rules.collect_error(step, index, exc)) from exc
+        context = self.context(args=args, extra=extra, variables={**seen, **updates})
+        routes = routing.edges(step.step.case[index].then.next, context)
+        if event == "loop.done":  # as before, a `step.exit` rule leaves the result alone
+            result = rules.rule_result(step, index, context, result)
+        wire.check([updates, routes, result], f"step `{step.name}` case[{index}]")
+        return routes, {**variables, **updates}, result
+
+
+def joined(by_item: dict[int, list[Route]]) -> list[Route]:
+    """Routes per-item rules named, taken once: each target once, in the order of the
+    lowest item that named it, with the args of every item merged in item order."""
+    merged: dict[str, dict[str, Any]] = {}
+    for index in sorted(by_item):
+        for route in by_item[index]:
+            merged.setdefault(route.step, {}).update(route.args)
+    return [Route(step=name, args=args) for name, args in merged.items()]

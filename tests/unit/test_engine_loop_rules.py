@@ -1,0 +1,254 @@
+"""`case` rules on loop steps (issue 9, rule 2): per item, at the loop's end, routes once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from noetl.messages import CommandIssued
+from tests.unit.engine_sim import Sim, engine_of
+from tests.unit.test_engine_constructs import assert_replays, playbook
+
+SEEDS = (None, 1, 2, 3)
+
+
+def item_of(command: CommandIssued) -> Any:
+    return (command.context.locals or {}).get("n")
+
+
+def started(sim: Sim, name: str) -> int:
+    return sim.steps_started().count(name)
+
+
+def test_call_error_retry_recalls_only_that_item_within_max_attempts() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n, mode: async}
+          tool: {kind: http, url: "http://api", params: {n: "{{ n }}"}}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then:
+                retry:
+                  max_attempts: 3
+                  args: {params: {n: "{{ n }}", again: "{{ loop.index }}"}}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if item_of(command) == 2 and command.attempt < 3:
+            return "error", {"type": "http", "message": "busy"}
+        return "ok", {"n": item_of(command), "attempt": command.attempt}
+
+    for seed in SEEDS:
+        sim = Sim(engine, tool, seed=seed)
+        state = sim.run()
+        assert state.status == "completed", state.error
+        calls = Counter(item_of(c) for c in sim.issued)
+        assert calls == {1: 1, 2: 3, 3: 1}
+        retried = [c.overrides for c in sim.issued if c.attempt > 1]
+        assert retried == [{"params": {"n": 2, "again": 1}}] * 2
+        assert state.steps["start"].result == [
+            {"n": 1, "attempt": 1},
+            {"n": 2, "attempt": 3},
+            {"n": 3, "attempt": 1},
+        ]
+        assert_replays(sim)
+
+
+def test_item_whose_retries_run_out_fails_the_loop() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2], iterator: n}
+          tool: {kind: http, url: "http://api"}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then: {retry: {max_attempts: 2}, next: [{step: never}]}
+        - step: never
+          tool: {kind: python, code: x}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        return ("error", {"message": "down"}) if item_of(command) == 2 else ("ok", 1)
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "failed"
+    assert Counter(item_of(c) for c in sim.issued) == {1: 1, 2: 2}
+    assert "1 of 2 items failed" in str(state.error)
+    assert "never" not in state.steps
+
+
+def test_call_error_rule_without_retry_takes_the_failure_and_the_loop_goes_on() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then:
+                collect: {into: failed_items, path: message}
+                next: [{step: report, args: {bad: "{{ n }}"}}]
+        - step: report
+          tool: {kind: python, code: x}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.step == "start" and item_of(command) == 2:
+            return "error", {"message": "no 2"}
+        return "ok", {"step": command.step}
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.variables["failed_items"] == ["no 2"]
+    assert state.steps["start"].result[1]["error"]["message"] == "no 2"
+    assert started(sim, "report") == 1
+    report = next(c for c in sim.issued if c.step == "report")
+    assert report.edge_args == {"bad": 2}
+    assert_replays(sim)
+
+
+def test_per_item_rules_set_collect_and_result_and_routes_are_taken_once() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3, 4], iterator: n, mode: async, max_concurrency: 4}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' and response.n > 1 }}"
+              then:
+                - collect: {into: big, path: n, strategy: append}
+                - set: {last_big: "{{ n }}"}
+                - result: {n: "{{ response.n }}", big: true}
+                  next: [{step: after, args: {seen: "{{ n }}"}}]
+            - when: "{{ event.name == 'call.done' }}"
+              then:
+                set: {small: "{{ n }}"}
+                next: [{step: after, args: {seen: 0, small: "{{ n }}"}}]
+          next: [{step: not_taken}]
+        - step: after
+          tool: {kind: python, code: x}
+        - step: not_taken
+          tool: {kind: python, code: x}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        return "ok", {"n": item_of(command)}
+
+    for seed in SEEDS:
+        sim = Sim(engine, tool, seed=seed)
+        state = sim.run()
+        assert state.status == "completed", state.error
+        assert sorted(state.variables["big"]) == [2, 3, 4]
+        assert state.variables["small"] == 1
+        assert state.steps["start"].result == [
+            {"n": 1},
+            {"n": 2, "big": True},
+            {"n": 3, "big": True},
+            {"n": 4, "big": True},
+        ]
+        # One activation, whatever order the items ended in: targets once, args merged
+        # in item order (the last item wins `seen`); the step's `next` is not taken.
+        assert started(sim, "after") == 1 and "not_taken" not in state.steps
+        after = next(c for c in sim.issued if c.step == "after")
+        assert after.edge_args == {"seen": 4, "small": 1}
+        assert_replays(sim)
+
+
+def test_per_item_rule_sink_writes_each_item_before_the_loop_ends() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [10, 20], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then:
+                sink:
+                  tool: {kind: postgres, table: t}
+                  args: {n: "{{ n }}", i: "{{ loop.index }}", r: "{{ result.v }}"}
+                next: [{step: after}]
+        - step: after
+          tool: {kind: python, code: x}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        return ("ok", {"rows": 1}) if command.kind == "sink" else ("ok", {"v": item_of(command)})
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert [(c.step, c.kind) for c in sim.issued] == [
+        ("start", "python"),
+        ("start", "sink"),
+        ("start", "python"),
+        ("start", "sink"),
+        ("after", "python"),
+    ]
+    sinks = [c for c in sim.issued if c.kind == "sink"]
+    assert [c.context.locals for c in sinks] == [
+        {"n": 10, "loop": {"index": 0, "first": True, "last": False, "length": 2},
+         "loop_index": 0, "result": {"v": 10}},
+        {"n": 20, "loop": {"index": 1, "first": False, "last": True, "length": 2},
+         "loop_index": 1, "result": {"v": 20}},
+    ]  # fmt: skip
+    assert state.steps["start"].result == [{"v": 10}, {"v": 20}]
+    assert started(sim, "after") == 1
+    assert_replays(sim)
+
+
+def test_loop_done_rule_applies_once_and_its_next_wins() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then: {next: [{step: per_item}]}
+            - when: "{{ event.name == 'loop.done' and result.stats.total == 3 }}"
+              then:
+                set: {total: "{{ result | length }}", ok: "{{ result.stats.success }}"}
+                result: {count: "{{ result | length }}"}
+                next: [{step: summary}]
+        - step: per_item
+          tool: {kind: python, code: x}
+        - step: summary
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, lambda c: ("ok", {"n": item_of(c)}))
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.variables == {"total": 3, "ok": 3}
+    assert state.steps["start"].result == {"count": 3}
+    assert started(sim, "summary") == 1 and "per_item" not in state.steps
+    assert_replays(sim)
+
+
+def test_loop_done_rule_without_next_leaves_routing_to_the_items_then_next() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'loop.done' }}"
+              then: {set: {done: true}}
+          next: [{step: after}]
+        - step: after
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(engine, lambda c: ("ok", 1))
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.variables == {"done": True}
+    assert started(sim, "after") == 1
