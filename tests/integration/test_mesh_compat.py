@@ -228,3 +228,66 @@ async def test_case_retry_honours_max_attempts(
     doc = await run(client, path, timeout=60)
     assert doc["status"] == "failed", doc
     assert api.calls["compat"] == 3
+
+
+async def test_loop_case_rules_per_item_on_the_mesh(
+    client: Client, mesh: Mesh, tmp_path: Path, api: HttpApi, pg_dsn: str
+) -> None:
+    await (await credentials(client)).set("pg_items", "postgres", {"dsn": pg_dsn})
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS compat_items;"
+            "CREATE TABLE compat_items(key text, calls int, idx int)"
+        )
+        path = write(
+            tmp_path,
+            "loop_rules",
+            f"""
+            - step: start
+              loop:
+                in: [{{key: a, fail: 0}}, {{key: b, fail: 2}}, {{key: c, fail: 1}}]
+                iterator: item
+                mode: async
+              tool:
+                kind: http
+                url: "{api.url}/flaky/loop_{{{{ item.key }}}}"
+                params: {{fail: "{{{{ item.fail }}}}"}}
+              case:
+                - when: "{{{{ event.name == 'call.error' }}}}"
+                  then:
+                    retry:
+                      max_attempts: 3
+                      args:
+                        params: {{fail: "{{{{ item.fail }}}}", again: "{{{{ loop.index }}}}"}}
+                - when: "{{{{ event.name == 'call.done' }}}}"
+                  then:
+                    sink:
+                      tool: {{kind: postgres, auth: pg_items, table: compat_items}}
+                      args:
+                        key: "{{{{ item.key }}}}"
+                        calls: "{{{{ result.data.calls }}}}"
+                        idx: "{{{{ loop.index }}}}"
+                    next: [{{step: after, args: {{last: "{{{{ item.key }}}}"}}}}]
+            - step: after
+              tool: {{kind: python, code: "result = last"}}
+            """,
+        )
+        doc = await run(client, path, timeout=90)
+        assert doc["status"] == "completed", doc.get("error")
+        # Retries re-call the failing item only, each within its max_attempts.
+        assert {k: api.calls[f"loop_{k}"] for k in "abc"} == {"a": 1, "b": 3, "c": 2}
+        retried = [p for _, p, _ in api.requests if "again=" in p]
+        assert sorted(retried) == sorted(
+            ["/flaky/loop_b?fail=2&again=1"] * 2 + ["/flaky/loop_c?fail=1&again=2"]
+        )
+        rows = await conn.fetch("SELECT key, calls, idx FROM compat_items ORDER BY key")
+        assert [tuple(r) for r in rows] == [("a", 1, 0), ("b", 3, 1), ("c", 2, 2)]
+        # The rules' `next` is taken once, when the loop ends (the last item's args win).
+        events = await client.store.list_events(int(doc["execution_id"]))
+        starts = [e for e in events if e["event_type"] == "step.started"]
+        assert [e["step"] for e in starts].count("after") == 1
+        assert doc["result"] == "c"
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS compat_items")
+        await conn.close()

@@ -173,7 +173,7 @@ def test_per_item_rule_sink_writes_each_item_before_the_loop_ends() -> None:
                 sink:
                   tool: {kind: postgres, table: t}
                   args: {n: "{{ n }}", i: "{{ loop.index }}", r: "{{ result.v }}"}
-                next: [{step: after}]
+                next: [{step: after, args: {last: "{{ n }}"}}]
         - step: after
           tool: {kind: python, code: x}
     """)
@@ -201,6 +201,7 @@ def test_per_item_rule_sink_writes_each_item_before_the_loop_ends() -> None:
     ]  # fmt: skip
     assert state.steps["start"].result == [{"v": 10}, {"v": 20}]
     assert started(sim, "after") == 1
+    assert sim.issued[-1].edge_args == {"last": 20}
     assert_replays(sim)
 
 
