@@ -137,6 +137,8 @@ def _key(obj: Any, key: Any) -> Any:
         if isinstance(obj, LenientMapping):
             return obj._lookup(key)
         if isinstance(obj, LenientSequence):
+            if key == "command_0":
+                return obj.command_0
             return obj if key in ("data", "result") else MISSING
         if isinstance(obj, Undefined):
             return obj

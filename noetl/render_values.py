@@ -23,6 +23,8 @@ from typing import Any, Final
 
 from jinja2.runtime import Undefined
 
+from noetl.sql_shape import command_view, is_statements, last_rows
+
 
 class _Missing(enum.Enum):
     MISSING = "MISSING"
@@ -142,6 +144,11 @@ class LenientSequence(Sequence[Any]):
         return self
 
     @property
+    def command_0(self) -> LenientMapping:
+        """NoETL's per-statement shape of a single SQL statement's rows (see sql_shape)."""
+        return LenientMapping(command_view(self._target))
+
+    @property
     def stats(self) -> dict[str, int]:
         """`{total, success, failed}` of the items (NoETL's `step.stats`)."""
         failed = sum(1 for item in self._target if _is_failure(item))
@@ -153,10 +160,32 @@ def _is_failure(item: Any) -> bool:
     return isinstance(item, Mapping) and item.keys() == {"error"}
 
 
+class StatementsView(LenientMapping):
+    """NoETL's mapping of SQL statements (see `noetl.sql_shape`), read as its `command_<i>`
+    and also as the list of rows it stands for: the rows of the last statement that
+    returned rows give its length, `[i]` and iteration."""
+
+    __slots__ = ()
+
+    def _lookup(self, key: Any) -> Any:
+        if isinstance(key, int) and not isinstance(key, bool):
+            rows = last_rows(self._target)
+            return wrap(rows[key]) if -len(rows) <= key < len(rows) else MISSING
+        return super()._lookup(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(wrap, last_rows(self._target))
+
+    def __len__(self) -> int:
+        return len(last_rows(self._target))
+
+
 def wrap(value: Any) -> Any:
     """A proxy for a dict, list or tuple read from a result; anything else as is."""
     if isinstance(value, (LenientMapping, LenientSequence)):
         return value
+    if is_statements(value):
+        return StatementsView(value)
     if isinstance(value, Mapping):
         return LenientMapping(value)
     if isinstance(value, (list, tuple)):

@@ -1,9 +1,10 @@
 """The `postgres` tool: SQL against PostgreSQL through asyncpg, one pool per connection.
 
 A call's statements (split at top-level `;`) run on one pooled connection, in one
-transaction when there are several and none manages the transaction itself. The result is
-the rows of the last statement that returns rows, as JSON-safe dicts, else
-`{rowcount, status}` of the last statement (status: PostgreSQL's command tag). `params` fill
+transaction when there are several and none manages the transaction itself. The result
+(see `noetl.sql_shape`) is the rows of a single statement as JSON-safe dicts; `{rowcount,
+status}` of the last statement (status: PostgreSQL's command tag) with NoETL's `command_<i>`
+beside when no statement returns rows; else NoETL's `command_<i>` mapping. `params` fill
 `$1..$n` in every statement; text params are converted to the parameter's type (an ISO
 date for a date, digits for an int) since templates render most values as text.
 """
@@ -27,10 +28,10 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from noetl.errors import ToolError, ToolTimeout
+from noetl.sql_shape import script_result, statement_entry
 from plugins.base import ToolContext, until_done
 from plugins.sql import (
     TRANSACTION_KEYWORDS,
-    command_result,
     json_safe,
     params_of,
     split_statements,
@@ -168,7 +169,7 @@ class PostgresTool:
         self.pools = PgPools(max_size=pool_size, idle=idle)
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
-        """Run the call's statements and return its rows or `{rowcount, status}`."""
+        """Run the call's statements and return their result (see `noetl.sql_shape`)."""
         sql = await sql_text(ctx, spec, "postgres tool")
         statements = split_statements(sql)
         if not statements:
@@ -247,8 +248,7 @@ async def _run_statements(
                 await conn.execute(f"SET {scope}statement_timeout = {limit}")
         except asyncpg.PostgresError as exc:
             raise _StatementFailed(0, exc) from exc
-        rows: list[dict[str, Any]] | None = None
-        status = ""
+        entries: list[dict[str, Any]] = []
         for index, text in enumerate(texts):
             try:
                 stmt = await conn.prepare(text)
@@ -256,11 +256,14 @@ async def _run_statements(
                 records = await stmt.fetch(*args)
             except asyncpg.PostgresError as exc:
                 raise _StatementFailed(index, exc) from exc
-            if stmt.get_attributes():
+            attributes = stmt.get_attributes()
+            rows = None
+            if attributes:
                 rows = [
                     {key: json_safe(value) for key, value in record.items()} for record in records
                 ]
-            status = stmt.get_statusmsg() or ""
+            columns = [a.name for a in attributes]
+            entries.append(statement_entry(rows, columns, stmt.get_statusmsg() or ""))
         if tx is not None:
             try:
                 await tx.commit()
@@ -274,21 +277,13 @@ async def _run_statements(
         if tx is not None:
             await _rollback(tx)
         raise
-    if rows is not None:
-        return rows
-    return command_result(_tag_count(status), status)
+    return script_result(entries)
 
 
 async def _rollback(tx: Any) -> None:
     # The connection may be gone already; the pool discards it then.
     with contextlib.suppress(Exception):
         await tx.rollback()
-
-
-def _tag_count(status: str) -> int:
-    """The row count at the end of a command tag ("INSERT 0 3" -> 3; "CREATE TABLE" -> 0)."""
-    last = status.rsplit(" ", 1)[-1]
-    return int(last) if last.isdigit() else 0
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -129,15 +129,54 @@ class ResultList(list[Any]):
         if key == "stats":
             failed = sum(1 for item in self if isinstance(item, dict) and item.keys() == {"error"})
             return {"total": len(self), "success": len(self) - failed, "failed": failed}
+        if key == "command_0":  # NoETL's shape of one SQL statement's rows
+            first = self[0] if self else None
+            columns = list(first) if isinstance(first, dict) else []
+            rows = list(self)
+            return {"status": "success", "rows": rows, "row_count": len(rows), "columns": columns}
         return super().__getitem__(key)
 
     def get(self, key: str, default: Any = None) -> Any:
         """`value.get('results')`, as code written for a dict does."""
-        return self[key] if key in ("results", "stats") else default
+        return self[key] if key in ("results", "stats", "command_0") else default
+
+
+class Statements(dict[str, Any]):
+    """NoETL's mapping of SQL statements (`command_<i>`), which also answers `value[i]`
+    with the rows of the last statement that returned rows (this runtime's list shape)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int) and not isinstance(key, bool):
+            return self.rows()[key]
+        return super().__getitem__(key)
+
+    def rows(self) -> list[Any]:
+        """The rows of the last statement that returned rows ([] when none did)."""
+        keys = [k for k, v in self.items() if isinstance(v, dict) and "rows" in v]
+        if not keys:
+            return []
+        last = max(keys, key=lambda k: int(k.split("_", 1)[1]))
+        rows: list[Any] = super().__getitem__(last)["rows"]
+        return rows
+
+
+def _is_statements(value: Any) -> bool:
+    # As noetl.sql_shape.is_statements (this module imports nothing of the runtime).
+    return (
+        type(value) is dict
+        and "command_0" in value
+        and all(isinstance(k, str) and k.startswith("command_") and k[8:].isdigit() for k in value)
+    )
+
+
+def _noetl_shape(value: Any) -> Any:
+    if type(value) is list:
+        return ResultList(value)
+    return Statements(value) if _is_statements(value) else value
 
 
 def _noetl_shapes(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: ResultList(v) if type(v) is list else v for k, v in values.items()}
+    return {k: _noetl_shape(v) for k, v in values.items()}
 
 
 def _execute(request: Request) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from noetl.errors import ToolError
+from noetl.sql_shape import is_statements, last_rows
 from plugins.base import ToolContext
 
 
@@ -29,7 +30,10 @@ class Sink(Protocol):
 
 
 def rows_of(value: Any) -> list[dict[str, Any]]:
-    """The rows in a step's data: a mapping is one row, a list of mappings many."""
+    """The rows in a step's data: a mapping is one row, a list of mappings many; NoETL's
+    mapping of SQL statements stands for the rows of its last statement that has rows."""
+    if is_statements(value):
+        value = last_rows(value)
     if isinstance(value, Mapping):
         return [dict(value)]
     if isinstance(value, list | tuple):

@@ -291,3 +291,72 @@ async def test_loop_case_rules_per_item_on_the_mesh(
     finally:
         await conn.execute("DROP TABLE IF EXISTS compat_items")
         await conn.close()
+
+
+async def test_postgres_result_answers_noetl_command_shape(
+    client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
+) -> None:
+    await (await credentials(client)).set("pg_shape", "postgres", {"dsn": pg_dsn})
+    path = write(
+        tmp_path,
+        "pg_shape",
+        """
+        - step: start
+          tool:
+            kind: postgres
+            auth: pg_shape
+            query: "SELECT n, n * n AS sq FROM generate_series(1, 3) AS n ORDER BY n"
+          next: [{step: script}]
+        - step: script
+          tool:
+            kind: postgres
+            auth: pg_shape
+            query: >-
+              CREATE TEMP TABLE shape_t AS SELECT 7 AS v;
+              SELECT v FROM shape_t; SELECT 'x' AS k, 2 AS m
+          next: [{step: use}]
+        - step: use
+          tool:
+            kind: python
+            args:
+              rows: "{{ start.command_0.rows }}"
+              count: "{{ start.command_0.row_count }}"
+              columns: "{{ start.command_0.columns }}"
+              today: "{{ start | length }}"
+              first_v: "{{ script.command_1.rows[0].v }}"
+              made: "{{ script.command_0.message }}"
+              last_k: "{{ script[0].k }}"
+              script_len: "{{ script | length }}"
+              whole: "{{ script }}"
+              listed: "{{ start }}"
+            code: |
+              result = {
+                  "rows": rows, "count": count, "columns": columns, "today": today,
+                  "first_v": first_v, "made": made, "last_k": last_k,
+                  "script_len": script_len,
+                  "py_cmd": whole["command_1"]["rows"][0]["v"],
+                  "py_last": whole[0]["m"],
+                  "py_single": listed["command_0"]["row_count"],
+                  "py_ctx": context["script"]["command_2"]["columns"],
+              }
+        """,
+    )
+    doc = await run(client, path, timeout=60)
+    assert doc["status"] == "completed", doc.get("error")
+    assert doc["result"] == {
+        "rows": [{"n": 1, "sq": 1}, {"n": 2, "sq": 4}, {"n": 3, "sq": 9}],
+        "count": 3,
+        "columns": ["n", "sq"],
+        "today": 3,
+        "first_v": 7,
+        "made": "SELECT 1",
+        "last_k": "x",
+        "script_len": 1,
+        "py_cmd": 7,
+        "py_last": 2,
+        "py_single": 3,
+        "py_ctx": ["k", "m"],
+    }
+    # Stored once: the single statement as today's list, the script as NoETL's mapping.
+    assert doc["steps"]["start"] == [{"n": 1, "sq": 1}, {"n": 2, "sq": 4}, {"n": 3, "sq": 9}]
+    assert sorted(doc["steps"]["script"]) == ["command_0", "command_1", "command_2"]

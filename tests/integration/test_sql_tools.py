@@ -120,7 +120,11 @@ async def test_postgres_params_types_and_json_safe_rows(pg_tool: PostgresTool, p
             42,
         ],
     )
-    assert inserted == {"rowcount": 1, "status": "INSERT 0 1"}
+    assert inserted == {
+        "rowcount": 1,
+        "status": "INSERT 0 1",
+        "command_0": {"status": "success", "row_count": 1, "message": "INSERT 0 1"},
+    }
     rows = await pg(pg_tool, pg_dsn, "SELECT * FROM items WHERE id = $1", [1])
     assert rows == [
         {
@@ -142,24 +146,33 @@ async def test_postgres_params_types_and_json_safe_rows(pg_tool: PostgresTool, p
     ]
 
 
+def command(tag: str) -> dict[str, Any]:
+    """Today's `{rowcount, status}` with NoETL's `command_0` beside (one statement)."""
+    count = int(tag.rsplit(" ", 1)[-1]) if tag[-1].isdigit() else 0
+    return {
+        "rowcount": count,
+        "status": tag,
+        "command_0": {"status": "success", "row_count": count, "message": tag},
+    }
+
+
 async def test_postgres_rowcount_and_status_of_commands(pg_tool: PostgresTool, pg_dsn: str) -> None:
-    assert await pg(pg_tool, pg_dsn, "CREATE TABLE t (id int)") == {
-        "rowcount": 0,
-        "status": "CREATE TABLE",
-    }
-    assert await pg(pg_tool, pg_dsn, "INSERT INTO t SELECT generate_series(1, 3)") == {
-        "rowcount": 3,
-        "status": "INSERT 0 3",
-    }
-    assert await pg(pg_tool, pg_dsn, "UPDATE t SET id = id + 1 WHERE id > $1", [1]) == {
-        "rowcount": 2,
-        "status": "UPDATE 2",
-    }
+    assert await pg(pg_tool, pg_dsn, "CREATE TABLE t (id int)") == command("CREATE TABLE")
+    assert await pg(pg_tool, pg_dsn, "INSERT INTO t SELECT generate_series(1, 3)") == command(
+        "INSERT 0 3"
+    )
+    assert await pg(pg_tool, pg_dsn, "UPDATE t SET id = id + 1 WHERE id > $1", [1]) == command(
+        "UPDATE 2"
+    )
     assert await pg(pg_tool, pg_dsn, "SELECT * FROM t WHERE id > 100") == []
-    # The rows of the LAST statement returning rows, even with a command after it.
+    # Several statements with rows: NoETL's mapping, each statement's rows stored once.
     assert await pg(
         pg_tool, pg_dsn, "SELECT 1 AS a; SELECT count(*) AS n FROM t; DELETE FROM t"
-    ) == [{"n": 3}]
+    ) == {
+        "command_0": {"status": "success", "rows": [{"a": 1}], "row_count": 1, "columns": ["a"]},
+        "command_1": {"status": "success", "rows": [{"n": 3}], "row_count": 1, "columns": ["n"]},
+        "command_2": {"status": "success", "row_count": 3, "message": "DELETE 3"},
+    }
     assert await pg(pg_tool, pg_dsn, "SELECT count(*) AS n FROM t") == [{"n": 0}]
 
 
@@ -187,7 +200,8 @@ async def test_postgres_statements_share_one_transaction(
         CREATE FUNCTION two() RETURNS int AS $$ BEGIN RETURN 2; END; $$ LANGUAGE plpgsql;
         /* block; comment */ SELECT id, two() AS two FROM t""",
     )
-    assert rows == [{"id": 3, "two": 2}]
+    assert sorted(rows) == ["command_0", "command_1", "command_2"]
+    assert rows["command_2"]["rows"] == [{"id": 3, "two": 2}]
 
 
 async def test_postgres_script_managing_its_own_transaction(
@@ -197,7 +211,20 @@ async def test_postgres_script_managing_its_own_transaction(
     result = await pg(
         pg_tool, pg_dsn, "BEGIN; INSERT INTO t VALUES (1); ROLLBACK; INSERT INTO t VALUES (2)"
     )
-    assert result == {"rowcount": 1, "status": "INSERT 0 1"}
+    assert {k: result[k] for k in ("rowcount", "status", "command_1", "command_2")} == {
+        "rowcount": 1,
+        "status": "INSERT 0 1",
+        "command_1": {"status": "success", "row_count": 1, "message": "INSERT 0 1"},
+        "command_2": {"status": "success", "row_count": 0, "message": "ROLLBACK"},
+    }
+    assert sorted(result) == [
+        "command_0",
+        "command_1",
+        "command_2",
+        "command_3",
+        "rowcount",
+        "status",
+    ]
     assert await pg(pg_tool, pg_dsn, "SELECT id FROM t") == [{"id": 2}]
 
 
