@@ -339,6 +339,13 @@ class Runner(Actor):
             ctx.secrets.update(await resolve_secrets(names, self.credentials))
             masker.update(ctx.secrets.values())
             context["secret"] = dict(ctx.secrets)
+        keychain = (
+            secret_names_in(command.tool, "keychain")
+            | secret_names_in(command.args, "keychain")
+            | secret_names_in(command.sink, "keychain")
+        )
+        if keychain:
+            context["keychain"] = await _keychain(ctx, keychain)
         if command.kind == "sink":
             result = context.get("result")
             done.sink = await self._sink(ctx, command.tool, result, context)
@@ -453,6 +460,22 @@ def _error_of(exc: ToolError | RenderError) -> ErrorInfo:
     if isinstance(exc, ToolError):
         return ErrorInfo.of(exc.details, type=exc.error_type, message=str(exc))
     return ErrorInfo(type="render", message=str(exc))
+
+
+async def _keychain(ctx: ToolContext, names: set[str]) -> dict[str, Any]:
+    """NoETL's `keychain.NAME`: the data of the stored credential each entry names
+    (decrypted through `ctx`, so its secret values are masked in what the command records).
+    Raises ToolError for a name the playbook's `keychain` does not declare."""
+    found: dict[str, Any] = {}
+    for name in sorted(names):
+        if name not in ctx.bindings:
+            raise ToolError(
+                f"`keychain.{name}` is not declared: add `{{name: {name}, kind: credential, "
+                "credential: STORED_NAME}` to the playbook's `keychain`",
+                error_type="credential",
+            )
+        found[name] = dict(await ctx.credential(ctx.bindings[name]))
+    return found
 
 
 def _runtime_secrets(settings: Settings) -> list[str]:

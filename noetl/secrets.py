@@ -305,48 +305,47 @@ def secret_env_name(name: str) -> str:
 _PARSER: Final = Environment(autoescape=False)
 
 
-def secret_names_in(value: Any) -> set[str]:
+def secret_names_in(value: Any, root: str = _SECRET_ROOT) -> set[str]:
     """The secret names the templates inside `value` read as `secret.NAME` or
-    `secret['NAME']` (dict values, lists and tuples are walked, like `render.render`).
+    `secret['NAME']` (dict values, lists and tuples are walked, like `render.render`);
+    `root` names another such mapping (`keychain`).
 
     Raises RenderError on a syntax error, or when a template uses `secret` any other way
     (`secret[name]`, `secret | tojson`, ...): which secrets to fetch must be known before
     rendering.
     """
     names: set[str] = set()
-    _collect_secret_names(value, names)
+    _collect_secret_names(value, names, root)
     return names
 
 
-def _collect_secret_names(value: Any, names: set[str]) -> None:
+def _collect_secret_names(value: Any, names: set[str], root: str) -> None:
     if isinstance(value, str):
-        if _SECRET_ROOT in value and ("{{" in value or "{%" in value):
-            names.update(_secret_names_in_template(value))
+        if root in value and ("{{" in value or "{%" in value):
+            names.update(_secret_names_in_template(value, root))
     elif isinstance(value, dict):
         for item in value.values():
-            _collect_secret_names(item, names)
+            _collect_secret_names(item, names, root)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _collect_secret_names(item, names)
+            _collect_secret_names(item, names, root)
 
 
 @functools.lru_cache(maxsize=4096)
-def _secret_names_in_template(source: str) -> frozenset[str]:
+def _secret_names_in_template(source: str, root: str) -> frozenset[str]:
     try:
         tree = _PARSER.parse(source)
     except TemplateSyntaxError as exc:
         raise RenderError(
             f"syntax error at line {exc.lineno} of {source[:300]!r}: {exc.message}"
         ) from exc
-    uses = sum(
-        1 for node in tree.find_all(nodes.Name) if node.name == _SECRET_ROOT and node.ctx == "load"
-    )
+    uses = sum(1 for node in tree.find_all(nodes.Name) if node.name == root and node.ctx == "load")
     names: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         if not (
             isinstance(node, (nodes.Getattr, nodes.Getitem))
             and isinstance(node.node, nodes.Name)
-            and node.node.name == _SECRET_ROOT
+            and node.node.name == root
         ):
             continue
         if isinstance(node, nodes.Getattr):
@@ -357,7 +356,7 @@ def _secret_names_in_template(source: str) -> frozenset[str]:
             uses -= 1
     if uses:
         raise RenderError(
-            f"{source[:300]!r}: `secret` can only be read by a literal name, as secret.NAME "
-            "or secret['NAME']"
+            f"{source[:300]!r}: `{root}` can only be read by a literal name, as {root}.NAME "
+            f"or {root}['NAME']"
         )
     return frozenset(names)

@@ -11,7 +11,7 @@ import ast
 import difflib
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Final
 
 import jinja2
 from msgspec import Struct
@@ -26,6 +26,9 @@ API_VERSION = "noetl.io/v2"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # Only syntax is checked, which needs no filters or sandbox.
 _JINJA = jinja2.Environment()
+
+# NoETL keychain kinds filled here: both read one stored credential.
+KEYCHAIN_KINDS: Final = frozenset({"credential", "postgres_credential"})
 
 
 class Ref(Struct):
@@ -96,6 +99,35 @@ class DocumentRules:
                 "`metadata.name` must be an identifier "
                 f"(letters, digits, `_` and `-`, not starting with a digit), got `{name}`",
             )
+
+    def _keychain(self, data: dict[Any, Any]) -> None:
+        """NoETL's `keychain`: an entry this runtime cannot fill (a secret manager, an
+        OAuth2 token, a condition) is an error, since leaving it out would leave
+        `{{ keychain.NAME }}` unset. Entries naming a stored credential are filled."""
+        entries = data.get("keychain")
+        if not isinstance(entries, list):
+            return
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue  # the model reports the wrong type
+            kind = entry.get("kind", "credential")
+            name = entry.get("name", f"#{i}")
+            if kind not in KEYCHAIN_KINDS:
+                self._error(
+                    ("keychain", i, "kind") if "kind" in entry else ("keychain", i),
+                    f"keychain entry `{name}`: kind `{kind}` is not supported by this "
+                    "runtime (it fills `credential` entries, from a stored credential); "
+                    "store the value as a credential (`noetl-runtime credential set`) and "
+                    "name it in a `credential` entry, a tool's `auth` or `{{ secret.NAME }}`",
+                )
+            elif "when" in entry or "map" in entry:
+                field = "when" if "when" in entry else "map"
+                self._error(
+                    ("keychain", i, field),
+                    f"keychain entry `{name}`: `{field}` is not supported (entries here "
+                    "name one stored credential each)",
+                    at_key=True,
+                )
 
     def _routes(self, has_workflow: bool) -> None:
         """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""

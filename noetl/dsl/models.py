@@ -147,6 +147,15 @@ class Metadata(Model, kw_only=True):
 
 # dict=True lets cached_property store the step index; weakref=True lets Graph.of cache
 # per playbook object without keeping it alive.
+class KeychainEntry(Model, kw_only=True):
+    """NoETL's `keychain` entry, in the one kind this runtime fills: a stored credential
+    (`credential`, default the entry's `name`), read by tools as `{{ keychain.NAME.field }}`."""
+
+    name: str
+    kind: str = "credential"
+    credential: str | None = None
+
+
 class Playbook(Model, kw_only=True, dict=True, weakref=True):
     """A whole `noetl.io/v2` playbook. Treat it as immutable: lookups are cached."""
 
@@ -156,6 +165,7 @@ class Playbook(Model, kw_only=True, dict=True, weakref=True):
     workload: dict[str, Any] = {}
     workbook: list[WorkbookTask] = []
     workflow: list[Step]
+    keychain: list[KeychainEntry] = []
 
     @property
     def catalog_path(self) -> str:

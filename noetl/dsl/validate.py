@@ -24,6 +24,7 @@ from noetl.dsl.models import (
     Collect,
     Edge,
     Else,
+    KeychainEntry,
     Loop,
     Metadata,
     NextEntry,
@@ -44,6 +45,7 @@ _LABELS: dict[type, str] = {
     Retry: "`retry`",
     Pagination: "`pagination`",
     CaseRule: "a `case` rule",
+    KeychainEntry: "a `keychain` entry",
     CaseThen: "the `then` of a `case` rule",
     Collect: "`collect`",
     Edge: "a route",
@@ -151,17 +153,7 @@ class _Checker(DocumentRules):
                     "warning",
                 )
             )
-        if "keychain" in data:
-            # NoETL fills `keychain` at execution start (secret managers, OAuth2 tokens cached
-            # and renewed per scope); silently ignoring it would leave `{{ keychain.* }}` unset.
-            self._error(
-                ("keychain",),
-                "`keychain` is not supported by this runtime: name a stored credential in a "
-                "tool's `auth` or the step's `credentials`, or read one with "
-                "`{{ secret.NAME }}`",
-                at_key=True,
-            )
-            data = {key: value for key, value in data.items() if key != "keychain"}
+        self._keychain(data)
         ok, playbook = self._struct(Playbook, data, ())
         self._header(data)
         self._routes("workflow" in data)

@@ -74,9 +74,29 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
         index=pending.index,
         overrides=pending.overrides,
         sink=call.sink,
-        credentials=step.step.credentials,
+        credentials=credential_bindings(plan, state, step.step.credentials),
         files=call.files,
     )
+
+
+def credential_bindings(
+    plan: Plan, state: ExecutionState, step_bindings: dict[str, Any]
+) -> dict[str, Any]:
+    """The credentials a command may name: the playbook's `keychain` entries (each read by
+    the runner as `keychain.NAME`; a templated `credential` rendered here, where it sees the
+    workload), then the step's own `credentials`, which win a shared alias. Only names
+    travel: the runner decrypts the values. Raises RenderError."""
+    entries = plan.playbook.keychain
+    if not entries:
+        return step_bindings
+    context = template_context(state) if any("{{" in (e.credential or "") for e in entries) else {}
+    bindings: dict[str, Any] = {}
+    for entry in entries:
+        name = entry.credential or entry.name
+        if "{{" in name:
+            name = str(render.render(name, context, where=f"keychain `{entry.name}` credential"))
+        bindings[entry.name] = {"key": name}
+    return {**bindings, **step_bindings}
 
 
 def reads_context(tool: dict[str, Any]) -> bool:

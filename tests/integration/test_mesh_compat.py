@@ -360,3 +360,36 @@ async def test_postgres_result_answers_noetl_command_shape(
     # Stored once: the single statement as today's list, the script as NoETL's mapping.
     assert doc["steps"]["start"] == [{"n": 1, "sq": 1}, {"n": 2, "sq": 4}, {"n": 3, "sq": 9}]
     assert sorted(doc["steps"]["script"]) == ["command_0", "command_1", "command_2"]
+
+
+async def test_keychain_credential_entries_fill_tool_templates_masked(
+    client: Client, mesh: Mesh, tmp_path: Path, api: HttpApi
+) -> None:
+    token = "kc-tok-5a4b3c2d1e"
+    await (await credentials(client)).set("stored_api", "http", {"token": token, "username": "ada"})
+    path = tmp_path / "keychain.yaml"
+    path.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: keychain_use}\n"
+        "workload: {cred: stored_api}\n"
+        "keychain:\n"
+        "  - {name: api, kind: credential, credential: '{{ workload.cred }}'}\n"
+        "workflow:\n"
+        "  - step: start\n"
+        "    tool:\n"
+        "      kind: http\n"
+        f"      url: '{api.url}/echo'\n"
+        "      headers: {Authorization: 'Bearer {{ keychain.api.token }}'}\n"
+        "      params: {who: '{{ keychain.api.username }}'}\n"
+    )
+    doc = await run(client, path, timeout=60)
+    assert doc["status"] == "completed", doc.get("error")
+    sent = [h for _, p, h in api.requests if p.startswith("/echo")]
+    assert sent and sent[-1]["Authorization"] == f"Bearer {token}"
+    assert doc["result"]["data"]["query"] == {"who": ["ada"]}
+    # The value reached the request only: every recorded copy is masked.
+    assert doc["result"]["data"]["headers"]["Authorization"] == "Bearer ***"
+    for table in ("noetl.event e", "noetl.execution e"):
+        hits = await client.store.pool.fetchval(
+            f"SELECT count(*) FROM {table} WHERE e::text LIKE '%' || $1 || '%'", token
+        )
+        assert hits == 0, table

@@ -511,11 +511,33 @@ def test_load_text_raises_playbook_error() -> None:
     ]
 
 
-def test_keychain_is_refused_with_what_to_use_instead() -> None:
-    body = "keychain:\n  - {name: token, kind: oauth2}\nworkflow:\n  - step: start\n"
+def test_keychain_kinds_this_runtime_cannot_fill_are_refused_with_what_to_use() -> None:
+    body = (
+        "keychain:\n  - {name: token, kind: oauth2}\n  - {name: gated, when: x}\n"
+        "workflow:\n  - step: start\n"
+    )
     assert errors(body) == [
-        "pb.yaml:5:1: `keychain` is not supported by this runtime: name a stored credential "
-        "in a tool's `auth` or the step's `credentials`, or read one with `{{ secret.NAME }}`"
+        "pb.yaml:6:25: keychain entry `token`: kind `oauth2` is not supported by this runtime "
+        "(it fills `credential` entries, from a stored credential); store the value as a "
+        "credential (`noetl-runtime credential set`) and name it in a `credential` entry, a "
+        "tool's `auth` or `{{ secret.NAME }}`",
+        "pb.yaml:7:19: keychain entry `gated`: `when` is not supported (entries here name one "
+        "stored credential each)",
     ]
-    with pytest.raises(PlaybookError, match="`keychain` is not supported"):
+    with pytest.raises(PlaybookError, match="kind `oauth2` is not supported"):
         load_text(HEADER + body)
+
+
+def test_keychain_credential_entries_are_accepted() -> None:
+    body = (
+        "keychain:\n  - {name: api, kind: credential, credential: stored_api}\n"
+        "  - {name: pg, kind: postgres_credential}\n"
+        "workflow:\n  - step: start\n"
+        "    tool: {kind: http, url: 'http://x', headers: {A: '{{ keychain.api.token }}'}}\n"
+    )
+    assert errors(body) == []
+    playbook = load_text(HEADER + body)
+    assert [(e.name, e.credential) for e in playbook.keychain] == [
+        ("api", "stored_api"),
+        ("pg", None),
+    ]
