@@ -264,7 +264,6 @@ class Run(ItemRules):
             index=retry.get("index"),
             phase=retry.get("phase", "tool"),
             overrides=retry.get("overrides") or {},
-            # A `case` rule's sink keeps what it writes across its retries.
             data=None
             if retry.get("rule") is None
             else RuleCall(rule=retry["rule"], result=retry.get("data")),
@@ -309,11 +308,11 @@ class Run(ItemRules):
                 "index": pending.index,
                 "phase": pending.phase,
                 "overrides": pending.overrides,
-                "rule": pending.rule,
-                "data": pending.data,
                 "error": error,
             },
         )
+        if pending.rule is not None:  # a `case` rule's sink keeps what it writes
+            timer.retry.update(rule=pending.rule, data=pending.data)
         self._schedule(timer)
         if delay <= 0:
             self._fire(timer)

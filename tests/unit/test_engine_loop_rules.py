@@ -253,3 +253,39 @@ def test_loop_done_rule_without_next_leaves_routing_to_the_items_then_next() -> 
     assert state.status == "completed", state.error
     assert state.variables == {"done": True}
     assert started(sim, "after") == 1
+
+
+def test_a_retried_rule_sink_writes_the_same_item_again() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2], iterator: n}
+          tool: {kind: python, code: x}
+          retry: {max_attempts: 2, delay: 1}
+          case:
+            - when: "{{ event.name == 'call.done' }}"
+              then: {sink: {tool: {kind: event_log}, args: {n: "{{ n }}"}}}
+    """)
+    )
+    failed_once: set[int] = set()
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.kind == "sink":
+            n = item_of(command)
+            if n not in failed_once:
+                failed_once.add(n)
+                return "error", {"message": "sink down"}
+            return "ok", {"rows": 1}
+        return "ok", {"v": item_of(command)}
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    sinks = [c for c in sim.issued if c.kind == "sink"]
+    assert [(c.attempt, item_of(c), (c.context.locals or {})["result"]) for c in sinks] == [
+        (1, 1, {"v": 1}),
+        (2, 1, {"v": 1}),
+        (1, 2, {"v": 2}),
+        (2, 2, {"v": 2}),
+    ]
+    assert_replays(sim)
