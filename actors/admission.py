@@ -11,12 +11,19 @@ from noetl.config import Settings
 from noetl.engine import ExecutionState
 from noetl.engine.limits import Limits
 from noetl.messages import ErrorInfo, ExecMessage, StartExecution
+from noetl.pools import PoolRouting, parse_kind_pools
 from noetl.store import Store
 
 
 def engine_limits(settings: Settings) -> Limits:
-    """The engine's share of the settings."""
-    return Limits(max_depth=settings.max_depth, max_loop_items=settings.max_loop_items)
+    """The engine's share of the settings: bounds, and where commands go."""
+    return Limits(
+        max_depth=settings.max_depth,
+        max_loop_items=settings.max_loop_items,
+        pools=PoolRouting(
+            default=settings.runner_pool, by_kind=parse_kind_pools(settings.runner_pools)
+        ),
+    )
 
 
 async def start_refusal(

@@ -421,7 +421,6 @@ class CoordinatorHost(Actor):
         """Send commands to their runner pools (concurrently; each waits for its ack)."""
         if not commands:
             return
-        pool = cmd_subject(self.settings.runner_pool)
         payloads = []
         for command in commands:
             command.reply_to = reply_to
@@ -432,8 +431,8 @@ class CoordinatorHost(Actor):
                 stored = await self.store.put_blob(blobs.encode(command.context))
                 command.context = CommandContext.stored(stored)
                 data = encode(command)
-            payloads.append((command.command_id, data))
-        await asyncio.gather(*(self.bus.publish(pool, data, cid) for cid, data in payloads))
+            payloads.append((cmd_subject(command.pool), command.command_id, data))
+        await asyncio.gather(*(self.bus.publish(to, data, cid) for to, cid, data in payloads))
 
     async def announce(self, execution_id: int, events: list[Event]) -> None:
         """Tell live watchers what was just committed (best effort, core NATS), and count

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,7 +26,7 @@ from nats.aio.msg import Msg
 from actors.base import Actor
 from actors.outcome import outcome_message
 from noetl import blobs, keys, render
-from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject, gave_up
+from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject, gave_up, pool_ping_subject
 from noetl.config import Settings
 from noetl.egress import EgressPolicy
 from noetl.engine import Event
@@ -82,6 +83,8 @@ class Runner(Actor):
         self._refresher: asyncio.Task[None] | None = None
         root = settings.script_root
         self._script_root = None if root is None else Path(root).expanduser()
+        #: Who ran a command, recorded in its `command.started` event.
+        self.identity = f"{settings.runner_pool}/{socket.gethostname()}/{os.getpid()}"
 
     async def start(self) -> None:
         """Join the pool's work queue."""
@@ -95,6 +98,8 @@ class Runner(Actor):
         self._refresher = asyncio.create_task(self._keep_known_secrets())
         pool = self.settings.runner_pool
         await self.bus.serve(f"{CANCEL_PREFIX}.*", self._on_cancel, queue="")
+        # Whether the pool has a live runner is asked here (`status`: "waiting for pool").
+        await self.bus.serve(pool_ping_subject(pool), self._pong, queue=f"runner-{pool}")
         await self.bus.consume(
             CMD_STREAM,
             cmd_subject(pool),
@@ -188,7 +193,9 @@ class Runner(Actor):
             step=command.step,
             command_id=cid,
             status="running",
-            payload=plain(CommandStarted(attempt=command.attempt, kind=command.kind)),
+            payload=plain(
+                CommandStarted(attempt=command.attempt, kind=command.kind, runner=self.identity)
+            ),
         )
         recorded = None
         if msg.metadata.num_delivered <= 1:

@@ -58,6 +58,11 @@ def cmd_subject(pool: str) -> str:
     return f"noetl.cmd.{pool}"
 
 
+def pool_ping_subject(pool: str) -> str:
+    """Core subject every live runner of `pool` answers (no responders: none is live)."""
+    return f"{PING_PREFIX}.runner.{pool}"
+
+
 def events_subject(execution_id: int) -> str:
     """Core subject where committed events of one execution are announced to watchers."""
     return f"noetl.events.{execution_id}"

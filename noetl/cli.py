@@ -48,6 +48,7 @@ from noetl.cli_server import server, worker
 from noetl.cli_view import events, list_, logs, playbooks, result, status
 from noetl.client import Client
 from noetl.config import ROLES
+from noetl.pools import bad_pool_name
 
 __all__ = ["main"]
 
@@ -126,7 +127,24 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
     envvar="NOETL_API_INSECURE",
     help="Serve the API without a token on a non-loopback address anyway.",
 )
-def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insecure: bool) -> None:
+@click.option(
+    "--pool",
+    help="The runner pool this process's runner serves: it takes commands of "
+    "`noetl.cmd.POOL` only (default NOETL_RUNNER_POOL, `default`).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Commands this process's runner holds at once (default NOETL_RUNNER_CONCURRENCY, 16).",
+)
+def up(
+    roles: tuple[str, ...],
+    api_port: int | None,
+    api_host: str | None,
+    insecure: bool,
+    pool: str | None,
+    concurrency: int | None,
+) -> None:
     """Start the mesh (and the REST API) and run until SIGTERM/SIGINT, then drain."""
     from prometheus_client import start_http_server
 
@@ -136,6 +154,13 @@ def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insec
 
     chosen = (*ROLES, "api") if not roles or "all" in roles else roles
     config = settings()
+    if pool is not None:
+        problem = bad_pool_name(pool)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--pool")
+        config = msgspec.structs.replace(config, runner_pool=pool)
+    if concurrency is not None:
+        config = msgspec.structs.replace(config, runner_concurrency=concurrency)
     one_line_reconnects()
 
     async def body(client: Client) -> int:

@@ -34,6 +34,7 @@ from noetl.cli_core import (
 from noetl.cli_daemon import Daemon, DaemonInfo, mesh_command
 from noetl.config import Settings
 from noetl.errors import NoetlError
+from noetl.pools import bad_pool_name
 from noetl.store import Store
 
 __all__ = ["server", "start_server", "start_worker", "worker"]
@@ -229,8 +230,9 @@ def _workers(config: Settings) -> list[DaemonInfo]:
 
 def _worker(config: Settings, pool: str | None) -> tuple[Daemon, str]:
     chosen = pool or config.runner_pool
-    if not chosen.replace("-", "").replace("_", "").isalnum():
-        raise click.UsageError(f"--pool is letters, digits, - and _, got {chosen!r}")
+    problem = bad_pool_name(chosen)
+    if problem is not None:
+        raise click.UsageError(f"--pool: {problem}")
     return Daemon(config.home, f"worker-{chosen}"), chosen
 
 
@@ -260,7 +262,7 @@ def start_worker(config: Settings, pool: str | None = None) -> tuple[DaemonInfo,
     info = daemon.running()
     if info is not None:
         return info, chosen, True
-    argv = mesh_command("up", "--role", "runner")
+    argv = mesh_command("up", "--role", "runner", "--pool", chosen)
     offset = daemon.log_size()  # the log is appended to: only this run's lines count
     info = daemon.spawn(argv, _env(config, NOETL_RUNNER_POOL=chosen), pool=chosen)
     _wait_for(daemon, info, lambda: _WORKER_UP in daemon.log_since(offset), "up")

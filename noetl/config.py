@@ -9,6 +9,7 @@ from typing import Any, Final
 import msgspec
 
 from noetl.errors import ConfigError
+from noetl.pools import bad_pool_name, parse_kind_pools
 
 # The actor roles a mesh process can take.
 ROLES: Final = ("catalog", "coordinator", "runner")
@@ -31,7 +32,11 @@ class Settings(msgspec.Struct, kw_only=True):
     partitions: int = 8
     # Replicas of every JetStream stream: 1 on one server, 3 on a 3-node cluster.
     js_replicas: int = 1
+    # The pool a runner serves, and where commands go that nothing else routes.
     runner_pool: str = "default"
+    # Tool kinds routed to a pool as a whole: `duckdb=heavy,snowflake=warehouse`.
+    runner_pools: str = ""
+    # Commands one runner process holds at once (JetStream delivers no more to it).
     runner_concurrency: int = 16
     api_token: str | None = None
     encryption_key: str | None = None
@@ -99,6 +104,12 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("max_depth", "max_descendants", "max_loop_items"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"NOETL_{name.upper()} must be at least 1")
+        problem = bad_pool_name(settings.runner_pool)
+        if problem is not None:
+            raise ConfigError(f"NOETL_RUNNER_POOL: {problem}")
+        parse_kind_pools(settings.runner_pools)
+        if settings.runner_concurrency < 1:
+            raise ConfigError("NOETL_RUNNER_CONCURRENCY must be at least 1")
         if settings.partitions < 1:
             raise ConfigError("NOETL_PARTITIONS must be at least 1")
         if not 1 <= settings.js_replicas <= 5:

@@ -136,7 +136,7 @@ class StartExecution(Message, tag="start"):
 
 
 class CommandIssued(Message, tag="command"):
-    """One call of a step's tool, for a runner of `pool`.
+    """One call of a step's tool, for a runner of `pool` (published to its subject).
 
     `tool` and `args` are raw (templates unrendered): the runner renders them with `context`
     and its secrets, so secret values never reach the coordinator or the event table.
@@ -147,6 +147,7 @@ class CommandIssued(Message, tag="command"):
     step: str
     kind: str
     tool: dict[str, Any]
+    pool: str = "default"
     args: dict[str, Any] = {}
     edge_args: dict[str, Any] = {}
     context: CommandContext = msgspec.field(default_factory=CommandContext)

@@ -123,6 +123,8 @@ class Step(Model, kw_only=True):
     next: list[NextEntry] = []
     case: list[CaseRule] = []
     credentials: dict[str, Any] = {}
+    # The runner pool of the step's commands (a `runner_pool` in the tool block wins).
+    runner_pool: str | None = None
 
 
 class WorkbookTask(Model, kw_only=True):

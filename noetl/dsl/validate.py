@@ -37,6 +37,7 @@ from noetl.dsl.models import (
 )
 from noetl.dsl.report import Problem, Report
 from noetl.dsl.tool_fields import BUILTIN_KINDS, TOOL_FIELDS, TOOL_NEEDS, TOOL_TYPES
+from noetl.pools import POOL_FIELD, bad_pool_name
 
 _LABELS: dict[type, str] = {
     Playbook: "the playbook",
@@ -116,6 +117,7 @@ class _Checker(DocumentRules):
             (WorkbookTask, "tool"): self._tool,
             (Step, "next"): self._next,
             (Step, "loop"): self._loop,
+            (Step, POOL_FIELD): self._pool,
             (When, "then"): lambda value, path: self._edges(value, path, "`then`"),
             (Else, "else"): lambda value, path: self._edges(value, path, "`else`"),
             (CaseThen, "next"): lambda value, path: self._edges(value, path, "case `next`"),
@@ -420,6 +422,14 @@ class _Checker(DocumentRules):
             out[item["name"]] = item.get("value")
         return True, out
 
+    def _pool(self, value: Any, path: NodePath) -> tuple[bool, Any]:
+        """A runner pool name: routing is decided unrendered, so no template either."""
+        problem = bad_pool_name(value)
+        if problem is not None:
+            self._error(path, f"`{POOL_FIELD}`: {problem}")
+            return False, None
+        return True, value
+
     def _tool(self, value: Any, path: NodePath) -> tuple[bool, Any]:
         if value is None:  # `tool:` left empty: a step that only routes
             return True, None
@@ -437,6 +447,8 @@ class _Checker(DocumentRules):
         if not isinstance(kind, str):
             self._wrong((*path, "kind"), "kind", "a string", kind)
             return
+        if POOL_FIELD in tool:
+            self._pool(tool[POOL_FIELD], (*path, POOL_FIELD))
         if kind not in self.kinds:
             self._error((*path, "kind"), f"unknown tool kind `{kind}`{suggest(kind, self.kinds)}")
             return
@@ -445,6 +457,8 @@ class _Checker(DocumentRules):
             return
         for key, raw in tool.items():
             where = (*path, key)
+            if key == POOL_FIELD:
+                continue
             if key not in fields:
                 # Kept in the block: the plugin may use it (NoETL's `pool`, `assert`, ...).
                 self._warning(

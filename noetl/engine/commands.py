@@ -12,7 +12,7 @@ from noetl import keys, render
 from noetl.dsl.tool_fields import RAW_FIELDS
 from noetl.engine.context import item_locals, loop_result, template_context
 from noetl.engine.events import TERMINAL_STATUSES
-from noetl.engine.plan import Plan
+from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState
 from noetl.messages import (
     ChildCompleted,
@@ -21,10 +21,16 @@ from noetl.messages import (
     StartExecution,
     TerminalStatus,
 )
+from noetl.pools import PoolRouting, without_pool
+
+_DEFAULT_ROUTING = PoolRouting()
 
 
-def command_message(plan: Plan, state: ExecutionState, command_id: str) -> CommandIssued:
-    """The runner message of pending command `command_id`."""
+def command_message(
+    plan: Plan, state: ExecutionState, command_id: str, pools: PoolRouting | None = None
+) -> CommandIssued:
+    """The runner message of pending command `command_id`, for the pool `pools` route it
+    to (the default pool when None)."""
     pending = state.pending[command_id]
     step = plan.steps[pending.step]
     assert step.call is not None
@@ -57,13 +63,15 @@ def command_message(plan: Plan, state: ExecutionState, command_id: str) -> Comma
         steps={n: steps[n].result for n in names if n in steps and steps[n].status == "completed"},
         locals=locals_ or None,
     )
+    kind = "sink" if pending.phase == "sink" else str(call.tool.get("kind", ""))
     return CommandIssued(
         execution_id=state.execution_id,
         dedup_id=command_id,
         command_id=command_id,
         step=pending.step,
-        kind="sink" if pending.phase == "sink" else str(call.tool.get("kind", "")),
-        tool=dict(call.tool),
+        kind=kind,
+        pool=command_pool(step, kind, pools),
+        tool=without_pool(call.tool),
         args=dict(call.args),
         edge_args=pending.args,
         context=context,
@@ -97,6 +105,13 @@ def credential_bindings(
             name = str(render.render(name, context, where=f"keychain `{entry.name}` credential"))
         bindings[entry.name] = {"key": name}
     return {**bindings, **step_bindings}
+
+
+def command_pool(step: StepPlan, kind: str, pools: PoolRouting | None) -> str:
+    """The runner pool of a command of `kind` of `step` (see noetl.pools): a sink goes
+    where its step goes, whatever its tool block names."""
+    tool = step.call.tool if step.call is not None and kind != "sink" else {}
+    return (pools or _DEFAULT_ROUTING).pool_for(tool, step.step.runner_pool, kind)
 
 
 def reads_context(tool: dict[str, Any]) -> bool:

@@ -98,7 +98,7 @@ class Engine:
     def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:
         """The runner messages of every issued command without a consumed outcome."""
         return [
-            command_message(self.plan, state, cid)
+            command_message(self.plan, state, cid, self.limits.pools)
             for cid, p in state.pending.items()
             if p.child is None
         ]
@@ -113,4 +113,4 @@ class Engine:
 
     def command_message(self, state: ExecutionState, command_id: str) -> CommandIssued:
         """Rebuild the message of a pending command from the state (for republishing)."""
-        return command_message(self.plan, state, command_id)
+        return command_message(self.plan, state, command_id, self.limits.pools)

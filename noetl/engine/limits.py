@@ -11,16 +11,20 @@ from typing import Final
 
 import msgspec
 
+from noetl.pools import PoolRouting
+
 DEFAULT_MAX_DEPTH: Final = 16
 DEFAULT_MAX_LOOP_ITEMS: Final = 100_000
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """`max_depth`: sub-playbook nesting (the top execution is depth 0);
-    `max_loop_items`: items of one loop activation."""
+    `max_loop_items`: items of one loop activation; `pools`: where commands go that
+    neither their tool nor their step sends to a runner pool."""
 
     max_depth: int = DEFAULT_MAX_DEPTH
     max_loop_items: int = DEFAULT_MAX_LOOP_ITEMS
+    pools: PoolRouting = msgspec.field(default_factory=PoolRouting)
 
 
 DEFAULT_LIMITS: Final = Limits()

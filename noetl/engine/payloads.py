@@ -77,13 +77,15 @@ class CommandIssuedPayload(msgspec.Struct, kw_only=True):
     """command.issued: one call of a step's tool (or sink), and where it belongs.
 
     `index` is the loop item or page; `child` the execution a `playbook` call starts;
-    `overrides` what a page or a `case` retry changes in the tool block.
+    `overrides` what a page or a `case` retry changes in the tool block; `pool` the runner
+    pool it was sent to, when not `default`.
     """
 
     activation: int
     attempt: int
     args: dict[str, Any] = {}
     kind: str | None = None
+    pool: str | UnsetType = UNSET
     index: int | UnsetType = UNSET
     phase: Phase | UnsetType = UNSET
     overrides: dict[str, Any] | UnsetType = UNSET
@@ -149,10 +151,12 @@ class TimerFired(msgspec.Struct, kw_only=True):
 
 
 class CommandStarted(msgspec.Struct, kw_only=True):
-    """command.started, recorded by the runner before it runs the tool."""
+    """command.started, recorded by the runner before it runs the tool; `runner` names
+    it (`POOL/HOST/PID`), absent from events written before runners named themselves."""
 
     attempt: int
     kind: str
+    runner: str | UnsetType = UNSET
 
 
 class CommandDone(msgspec.Struct, kw_only=True):

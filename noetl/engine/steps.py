@@ -16,7 +16,7 @@ import msgspec
 from noetl import blobs, keys, render
 from noetl.engine import events as ev
 from noetl.engine import routing, wire
-from noetl.engine.commands import child_message, command_message
+from noetl.engine.commands import child_message, command_message, command_pool
 from noetl.engine.context import loop_result, template_context
 from noetl.engine.emitter import Emitter
 from noetl.engine.events import Event
@@ -37,6 +37,7 @@ from noetl.engine.plan import Plan, StepPlan
 from noetl.engine.state import ExecutionState, PendingCommand
 from noetl.errors import RenderError
 from noetl.messages import ErrorInfo, Phase
+from noetl.pools import DEFAULT_POOL
 
 
 class RuleOutcome(msgspec.Struct, kw_only=True):
@@ -200,12 +201,11 @@ class StepRun(Emitter, ABC):
         """Record a command and build its message (a child start for a `playbook` call)."""
         step = self.plan.steps[name]
         cid = keys.command_id(self.state.execution_id, name, activation, attempt, index, phase)
-        payload = CommandIssuedPayload(
-            activation=activation,
-            attempt=attempt,
-            args=args,
-            kind="sink" if phase == "sink" else step.kind,
-        )
+        kind = "sink" if phase == "sink" else step.kind
+        payload = CommandIssuedPayload(activation=activation, attempt=attempt, args=args, kind=kind)
+        pool = command_pool(step, str(kind), self.limits.pools)
+        if pool != DEFAULT_POOL:
+            payload.pool = pool
         if index is not None:
             payload.index = index
         if phase != "tool":
@@ -234,7 +234,7 @@ class StepRun(Emitter, ABC):
                 wire.check(start, f"step `{name}`")
                 self.children.append(start)
             else:
-                command = command_message(self.plan, self.state, cid)
+                command = command_message(self.plan, self.state, cid, self.limits.pools)
                 wire.check(command, f"step `{name}`")
                 self.commands.append(command)
         except (RenderError, ValueError, KeyError) as exc:

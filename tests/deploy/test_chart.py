@@ -139,6 +139,7 @@ def test_a_bad_object_would_be_caught() -> None:
         ({"api": {"service": {"type": "Ingress"}}}, "/api/service/type"),
         ({"runners": {"pools": {"Heavy_Pool": {"replicas": 1, "concurrency": 1}}}}, "Heavy_Pool"),
         ({"runners": {"pools": {"heavy": {"replicas": 1}}}}, "concurrency"),
+        ({"runners": {"kindPools": {"duckdb": "heavy.x"}}}, "kindPools"),
         ({"securityContext": {"runAsNonRoot": False}}, "/securityContext/runAsNonRoot"),
         ({"nats": {"enabled": False, "url": ""}}, "/nats/url"),
         ({"config": {"partitions": 0}}, "/config/partitions"),
@@ -182,8 +183,10 @@ def test_each_role_runs_the_image_entry_point_with_its_role() -> None:
     roles = {
         f"{FULLNAME}-api": ["up", "--role", "api", "--role", "catalog", "--api-host", "0.0.0.0"],
         f"{FULLNAME}-coordinator": ["up", "--role", "coordinator"],
-        f"{FULLNAME}-runner-default": ["up", "--role", "runner"],
-        f"{FULLNAME}-runner-heavy": ["up", "--role", "runner"],
+        f"{FULLNAME}-runner-default": ["up", "--role", "runner", "--pool", "default"]
+        + ["--concurrency", "32"],
+        f"{FULLNAME}-runner-heavy": ["up", "--role", "runner", "--pool", "heavy"]
+        + ["--concurrency", "4"],
     }
     deployments = {d["metadata"]["name"]: d for d in of_kind(objects, "Deployment")}
     assert set(deployments) == set(roles)
@@ -200,6 +203,9 @@ def test_each_role_runs_the_image_entry_point_with_its_role() -> None:
     assert pools[f"{FULLNAME}-runner-heavy"]["NOETL_RUNNER_POOL"] == "heavy"
     assert pools[f"{FULLNAME}-runner-heavy"]["NOETL_RUNNER_CONCURRENCY"] == "4"
     assert pools[f"{FULLNAME}-runner-default"]["NOETL_RUNNER_POOL"] == "default"
+    # The kind-to-pool map reaches every role through the ConfigMap.
+    config = named(objects, "ConfigMap", FULLNAME)["data"]
+    assert config["NOETL_RUNNER_POOLS"] == "duckdb=heavy"
 
 
 def test_replicas_and_resources_come_from_the_values() -> None:

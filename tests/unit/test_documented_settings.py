@@ -43,6 +43,10 @@ def sample(field: str) -> Any:
         return "true"
     if isinstance(default, int | float):
         return str(default + 3)
+    if field == "runner_pool":  # one NATS subject token
+        return "heavy"
+    if field == "runner_pools":
+        return "duckdb=heavy"
     if field.endswith("_port"):  # an optional port: unset by default
         return "9999"
     return "/tmp/elsewhere" if field == "home" else "x.example.com"
