@@ -33,6 +33,7 @@ from noetl.client import Client
 from noetl.engine.events import TERMINAL_STATUSES
 from noetl.errors import ExecutionNotFound, MessageError
 from noetl.messages import StartExecution, decode_start
+from noetl.pool_wait import waiting_for_pools
 from noetl.store import views
 from noetl.timeline import Timeline, log_lines
 
@@ -97,10 +98,12 @@ def status(execution_id: str, as_json: bool, following: bool) -> None:
             doc = await follow(client, eid, show=not as_json)
         timeline = Timeline()
         timeline.feed(await views.events_after(client.store.pool, eid, 0))
+        waiting = await waiting_for_pools(client.store.pool, client.bus, eid, doc["status"])
+        doc["waiting_for_pool"] = waiting
         doc["step_states"] = [
             {
                 "step": s.step,
-                "status": s.status,
+                "status": f"waiting for pool {waiting[s.step]}" if s.step in waiting else s.status,
                 "progress": s.progress() or None,
                 "seconds": round(s.seconds(), 3),
                 "retries": s.retries,
@@ -117,7 +120,7 @@ def status(execution_id: str, as_json: bool, following: bool) -> None:
             rows.append(
                 (
                     s.step,
-                    s.status,
+                    f"waiting for pool {waiting[s.step]}" if s.step in waiting else s.status,
                     s.progress(),
                     _duration(s.seconds()),
                     str(s.retries) if s.retries else "",

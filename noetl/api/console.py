@@ -22,6 +22,7 @@ from noetl.api.schemas import ErrorBody
 from noetl.client import Client
 from noetl.dsl.graph import END, Graph
 from noetl.dsl.models import Edge, Playbook, Step, When
+from noetl.pool_wait import waiting_for_pools
 from noetl.store.credentials import KNOWN_TYPES
 from plugins.registry import known_kinds
 
@@ -350,6 +351,9 @@ class ConsoleRoutes(RouteGroup):
         eid = _id_param(request.match_info["id"], "id")
         store = self.client.store
         doc = await store.describe(eid)
+        doc["waiting_for_pool"] = await waiting_for_pools(
+            store.pool, self.client.bus, eid, doc["status"]
+        )
         workload = await store.pool.fetchval(
             "SELECT workload FROM noetl.execution WHERE execution_id = $1", eid
         )

@@ -20,6 +20,7 @@ from noetl.api.schemas import (
     StartBody,
     Started,
 )
+from noetl.pool_wait import waiting_for_pools
 
 __all__ = ["Executions", "document"]
 
@@ -115,7 +116,12 @@ class Executions(RouteGroup):
 
     async def get_execution(self, request: web.Request) -> web.Response:
         """The execution document: status, result, each step's result, vars."""
-        return respond(document(await self.client.store.describe(execution_id(request))))
+        eid = execution_id(request)
+        doc = await self.client.store.describe(eid)
+        doc["waiting_for_pool"] = await waiting_for_pools(
+            self.client.store.pool, self.client.bus, eid, doc["status"]
+        )
+        return respond(document(doc))
 
     async def list_events(self, request: web.Request) -> web.Response:
         """Every event of the execution, oldest first."""

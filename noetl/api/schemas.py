@@ -121,6 +121,8 @@ class ExecutionDocument(msgspec.Struct):
     restarted_from: Id | None
     started_at: str
     ended_at: str | None
+    # Step -> runner pool, for steps whose command waits for a pool with no live runner.
+    waiting_for_pool: dict[str, str] = {}
 
 
 class EventRow(msgspec.Struct):
