@@ -155,14 +155,13 @@ async def test_each_step_runs_on_its_pool_and_waits_for_an_empty_one(
 def test_a_bad_pool_name_is_refused_at_start(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
     env["NOETL_HOME"] = str(tmp_path)
-    for bad in ("heavy.x", "a b", "noetl.>"):
-        proc = subprocess.run(
-            [CLI, "up", "--role", "runner", "--pool", bad],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert "1 to 64 letters, digits" in proc.stderr and repr(bad) in proc.stderr
+    proc = subprocess.run(
+        [CLI, "up", "--role", "runner", "--pool", "noetl.>"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "1 to 64 letters, digits" in proc.stderr and "'noetl.>'" in proc.stderr
     assert not (tmp_path / "nats").exists()  # refused before any server was started
