@@ -100,7 +100,7 @@ class Runner(Actor):
         await self.bus.serve(f"{CANCEL_PREFIX}.*", self._on_cancel, queue="")
         # Whether the pool has a live runner is asked here (`status`: "waiting for pool").
         await self.bus.serve(pool_ping_subject(pool), self._pong, queue=f"runner-{pool}")
-        await self.bus.consume(
+        await self.bus.pull(
             CMD_STREAM,
             cmd_subject(pool),
             f"runner-{pool}",
@@ -150,7 +150,8 @@ class Runner(Actor):
         except MessageError as exc:
             await self.bus.dead_letter(msg, str(exc))
             return
-        self.spawn(self._execute_or_give_up(msg, command))
+        # Awaited: the bus pulls another command when this one is done.
+        await self.spawn(self._execute_or_give_up(msg, command))
 
     async def _execute_or_give_up(self, msg: Msg, command: CommandIssued) -> None:
         """`execute`, and if that itself breaks (store or bus down), let JetStream deliver

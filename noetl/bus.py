@@ -27,7 +27,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from noetl.errors import ConfigError
 
@@ -46,6 +46,11 @@ _CONSUMER_EXISTS: Final = frozenset({10013, 10148})
 _CREATE_ATTEMPTS: Final = 5
 # Longest wait before a message whose handling failed is delivered again (seconds).
 _MAX_REDELIVERY_DELAY: Final = 30.0
+# Unacknowledged messages of one pulled consumer (a runner pool) across all its processes;
+# each process also pulls no more than its own `max_in_flight`.
+POOL_MAX_ACK_PENDING: Final = 10_000
+# Seconds one pull request waits for a message: how long a stopping puller may take.
+_PULL_WAIT: Final = 1.0
 
 
 def exec_subject(partition: int) -> str:
@@ -103,6 +108,10 @@ class Bus:
         self.dedup_window = dedup_window
         self.replicas = replicas
         self._subs: list[Subscription] = []
+        self._pullers: list[asyncio.Task[None]] = []
+        self._pull_subs: list[JetStreamContext.PullSubscription] = []
+        self._handling: set[asyncio.Task[None]] = set()
+        self._pulling = True
 
     @classmethod
     async def connect(
@@ -216,6 +225,81 @@ class Bus:
                 await asyncio.sleep(0.2 * (attempt + 1))
         self._subs.append(sub)
 
+    async def pull(
+        self, stream: str, subject: str, durable: str, handler: Handler, *, max_in_flight: int
+    ) -> None:
+        """Hand messages of `subject` to `handler`, at most `max_in_flight` at a time in this
+        process, through a durable pull consumer shared by every process naming `durable`.
+
+        A message is pulled only when a slot is free, so whatever this process cannot take
+        yet stays in JetStream for the others (or for later): nothing queues in memory. A
+        slot is released when `handler` returns, so it must return when the work is done.
+        """
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=POOL_MAX_ACK_PENDING,
+            max_deliver=-1,
+            filter_subject=subject,
+        )
+        await self._drop_push_consumer(stream, durable)
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                sub = await self.js.pull_subscribe(
+                    subject, durable=durable, stream=stream, config=config
+                )
+                break
+            except BadRequestError as exc:
+                # Processes starting together race to create the consumer (see `consume`).
+                if exc.err_code not in _CONSUMER_EXISTS or attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
+        self._pulling = True
+        self._pull_subs.append(sub)
+        self._pullers.append(asyncio.create_task(self._pull_loop(sub, handler, max_in_flight)))
+
+    async def _drop_push_consumer(self, stream: str, durable: str) -> None:
+        """Delete a push consumer left under `durable` by an older runtime: its unacked
+        messages stay in the work queue and go to the pull consumer that replaces it."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return
+        if info.config.deliver_subject:
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(stream, durable)
+
+    async def _pull_loop(
+        self, sub: JetStreamContext.PullSubscription, handler: Handler, slots: int
+    ) -> None:
+        free = asyncio.Semaphore(slots)
+
+        async def handle(msg: Msg) -> None:
+            try:
+                await handler(msg)
+            except Exception:
+                log.exception("handling a message of %s failed", msg.subject)
+            finally:
+                free.release()
+
+        while self._pulling:
+            await free.acquire()
+            try:
+                (msg,) = await sub.fetch(1, timeout=_PULL_WAIT)
+            except (TimeoutError, nats.errors.TimeoutError):
+                free.release()
+                continue
+            except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
+                free.release()
+                log.debug("pull from %s failed: %s", sub, exc)
+                await asyncio.sleep(_PULL_WAIT / 2)
+                continue
+            task = asyncio.get_running_loop().create_task(handle(msg))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
     async def serve(self, subject: str, handler: Handler, *, queue: str) -> None:
         """Answer core NATS requests on `subject` (request/reply)."""
         self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=handler))
@@ -251,6 +335,15 @@ class Bus:
 
     async def stop_consuming(self) -> None:
         """Stop receiving new messages (in-flight handlers finish on their own)."""
+        # A puller ends when its pull request does (at most _PULL_WAIT): none is left
+        # behind on the server to take a message nobody will handle.
+        self._pulling = False
+        pullers, self._pullers = self._pullers, []
+        await asyncio.gather(*pullers, return_exceptions=True)
+        pulled, self._pull_subs = self._pull_subs, []
+        for pull in pulled:
+            with contextlib.suppress(nats.errors.Error):
+                await pull.unsubscribe()
         subs, self._subs = self._subs, []
         for sub in subs:
             with contextlib.suppress(

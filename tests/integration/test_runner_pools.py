@@ -130,7 +130,7 @@ async def test_each_step_runs_on_its_pool_and_waits_for_an_empty_one(
         # A heavy runner starts later: the waiting command runs and the execution ends.
         procs["heavy"] = _up(settings, log, "--role", "runner", "--pool", "heavy")
         final = await client.wait(eid, timeout=120)
-        assert final["status"] == "completed", final
+        assert final["status"] == "completed", (final, log.read_text()[-2000:])
         assert final["steps"]["crunch"] == "heavy" and final["steps"]["back"] == "back"
         done = await _cli_status(settings, eid)
         assert done["waiting_for_pool"] == {}
@@ -165,3 +165,71 @@ def test_a_bad_pool_name_is_refused_at_start(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "1 to 64 letters, digits" in proc.stderr and "'noetl.>'" in proc.stderr
     assert not (tmp_path / "nats").exists()  # refused before any server was started
+
+
+CONCURRENT = """\
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata:
+  name: pools_concurrency
+  path: tests/pools_concurrency
+workflow:
+  - step: start
+    loop: {in: [0, 1, 2, 3, 4, 5, 6, 7], iterator: i, mode: async, max_concurrency: 8}
+    tool:
+      kind: python
+      args: {n: "{{ i }}"}
+      code: |
+        import time
+        def main(n):
+            time.sleep(0.5)
+            return n
+    next: [{step: end}]
+  - step: end
+"""
+
+
+def _most_at_once(spans: list[tuple[int, int]]) -> int:
+    """The most intervals open at one instant (an end before a start at the same time)."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_each_runner_holds_no_more_than_its_own_concurrency(
+    settings: Settings, client: Client, tmp_path: Path
+) -> None:
+    log = tmp_path / "mesh.log"
+    procs = [
+        _up(settings, log, "--role", "catalog", "--role", "coordinator"),
+        _up(settings, log, "--role", "runner", "--concurrency", "2"),
+        _up(settings, log, "--role", "runner", "--concurrency", "2"),
+    ]
+    try:
+        async with asyncio.timeout(60):
+            while await missing_roles(client.bus, ["catalog", "coordinator", "runner.default"]):
+                await asyncio.sleep(0.2)
+        reply = await client.register_content(CONCURRENT, filename="pools_concurrency.yaml")
+        final = await client.wait(await client.start(reply.path), timeout=120)
+        assert final["status"] == "completed", (final, log.read_text()[-2000:])
+        assert sorted(final["steps"]["start"]) == list(range(8))
+        events = await client.store.list_events(int(final["execution_id"]))
+    finally:
+        for proc in procs:
+            stop_gracefully(proc)
+    began = {
+        e["command_id"]: (e["payload"]["runner"], int(e["event_id"]) >> 22)
+        for e in events
+        if e["event_type"] == "command.started"
+    }
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for e in events:
+        if e["event_type"] == "command.completed":
+            runner, start = began[e["command_id"]]
+            spans.setdefault(runner, []).append((start, int(e["event_id"]) >> 22))
+    # Both runners took part, and neither ever held more than the two it may.
+    assert len(spans) == 2 and sum(map(len, spans.values())) == 8
+    assert all(_most_at_once(s) <= 2 for s in spans.values()), spans
