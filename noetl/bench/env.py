@@ -57,6 +57,7 @@ class BenchEnv:
         self.client = client
         self.home = home
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._spawned = 0
 
     @property
     def dsn(self) -> str:
@@ -80,20 +81,43 @@ class BenchEnv:
         )
         return env
 
-    def _spawn(self) -> None:
+    def _spawn(self, name: str, role: str) -> None:
         with (self.home / "mesh.log").open("ab") as log:
-            for role in ROLES:
-                self.procs[role] = subprocess.Popen(
-                    [*_UP, "--role", role],
-                    env=self.mesh_env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its python workers go with it
-                )
+            self.procs[name] = subprocess.Popen(
+                [*_UP, "--role", role],
+                env=self.mesh_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its python workers go with it
+            )
+        self._spawned += 1
+
+    async def scale(self, role: str, count: int) -> None:
+        """Run `count` (at most 9) processes of `role` (`role`, `role-2`, ...): start the
+        missing ones and wait until they take messages, or stop (drain) those beyond."""
+        beyond = [n for n in self.procs if n.startswith(f"{role}-") and int(n[-1]) > count]
+        for name in beyond:
+            proc = self.procs.pop(name)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 60)
+        for i in range(2, count + 1):
+            if f"{role}-{i}" not in self.procs:
+                self._spawn(f"{role}-{i}", role)
+        await self._all_up()
+
+    async def _all_up(self) -> None:
+        # Every `up` says "mesh up" once its actors consume: count them in the shared log.
+        deadline = time.monotonic() + 120
+        while self.log_tail(None).count("noetl: mesh up (") < self._spawned:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise NoetlError(f"the bench mesh did not come up:\n{self.log_tail()}")
+            await asyncio.sleep(0.2)
 
     async def start_mesh(self) -> None:
         """One `up --role R` process per role; returns once every role answers."""
-        self._spawn()
+        for role in ROLES:
+            self._spawn(role, role)
         deadline = time.monotonic() + 120
         while await missing_roles(self.client.bus, ROLES):
             self.check_alive()
@@ -109,10 +133,11 @@ class BenchEnv:
                     f"the bench's {role} process exited ({proc.returncode}):\n{self.log_tail()}"
                 )
 
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of the mesh processes' shared log."""
+    def log_tail(self, chars: int | None = 3000) -> str:
+        """The end of the mesh processes' shared log (all of it with `chars` None)."""
         try:
-            return (self.home / "mesh.log").read_text(errors="replace")[-chars:]
+            text = (self.home / "mesh.log").read_text(errors="replace")
+            return text if chars is None else text[-chars:]
         except OSError:
             return "(no log)"
 

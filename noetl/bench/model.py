@@ -8,7 +8,15 @@ from typing import Final, Literal
 import msgspec
 
 Workload = Literal[
-    "floors", "chain", "fanout", "throughput", "replay", "history", "wide_loop", "sink"
+    "floors",
+    "chain",
+    "fanout",
+    "throughput",
+    "replay",
+    "history",
+    "wide_loop",
+    "sink",
+    "scaling",
 ]
 
 # What `bench` runs when no `--workload` is named (the contract's figures).
@@ -20,8 +28,9 @@ DEFAULT_WORKLOADS: Final[tuple[Workload, ...]] = (
     "replay",
     "history",
 )
-# Run only when named: the issue's further targets and the sink's rows/second.
-EXTRA_WORKLOADS: Final[tuple[Workload, ...]] = ("wide_loop", "sink")
+# Run only when named: the issue's further targets, the sink's rows/second, and the
+# throughput as mesh processes are added.
+EXTRA_WORKLOADS: Final[tuple[Workload, ...]] = ("wide_loop", "sink", "scaling")
 ALL_WORKLOADS: Final[tuple[Workload, ...]] = DEFAULT_WORKLOADS + EXTRA_WORKLOADS
 
 
@@ -38,6 +47,7 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     history_runs: int = 5
     wide_loop_items: int = 10_000
     sink_rows: int = 100_000
+    scaling_executions: int = 150
 
 
 FULL: Final = Sizes()
@@ -51,6 +61,7 @@ QUICK: Final = Sizes(
     history_runs=1,
     wide_loop_items=1_000,
     sink_rows=5_000,
+    scaling_executions=20,
 )
 
 
@@ -130,6 +141,15 @@ class Sink(msgspec.Struct, kw_only=True):
     upsert_new_rows_per_s: float
 
 
+class Scaling(msgspec.Struct, kw_only=True):
+    """`executions` concurrent executions of `steps` steps per point; executions/second by
+    point, `coordinators_C_runners_R`: C coordinator hosts and R runner processes."""
+
+    executions: int
+    steps: int
+    executions_per_s: dict[str, float]
+
+
 class Machine(msgspec.Struct, kw_only=True):
     """Where the figures were measured."""
 
@@ -153,3 +173,4 @@ class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
     history: History | None = None
     wide_loop: WideLoop | None = None
     sink: Sink | None = None
+    scaling: Scaling | None = None

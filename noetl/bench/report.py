@@ -20,7 +20,7 @@ def figures(document: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, f
     """Every numeric figure as (dotted name, value), machine facts and sizes excluded."""
     for key, value in document.items():
         name = f"{prefix}{key}"
-        if key in ("machine", "quick", "items", "events", "executions", "rows"):
+        if key in ("machine", "quick", "items", "events", "executions", "rows", "steps"):
             continue
         if isinstance(value, dict):
             yield from figures(value, f"{name}.")

@@ -11,6 +11,7 @@ from noetl.bench.floors import floors
 from noetl.bench.machine import machine
 from noetl.bench.model import FULL, QUICK, Document, Floors, Workload
 from noetl.bench.replay import replay_seconds
+from noetl.bench.scaling import scaling
 from noetl.bench.sink import sink
 from noetl.bench.throughput import throughput
 from noetl.config import Settings
@@ -49,6 +50,9 @@ async def run_bench(
         if "sink" in workloads:
             say("bench: sink")
             document.sink = await sink(env, sizes.sink_rows)
+        if "scaling" in workloads:  # adds and removes mesh processes: after the others
+            say("bench: scaling")
+            document.scaling = await scaling(env, sizes.scaling_executions)
         if "history" in workloads:  # last: it empties the event table, then fills it
             say("bench: history")
             document.history = await history(

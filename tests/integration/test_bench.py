@@ -70,22 +70,27 @@ async def test_quick_json_document_has_the_contract_keys(
     assert left == 0
 
 
-async def test_one_workload_and_a_mesh_already_running_is_refused(
+async def test_chosen_workloads_and_a_mesh_already_running_is_refused(
     settings: Settings, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
     env.update(NOETL_NATS_URL=str(settings.nats_url), NOETL_PG_DSN=str(settings.pg_dsn))
     proc = await asyncio.to_thread(
         subprocess.run,
-        [CLI, "bench", "--quick", "--json", "--workload", "replay"],
+        [CLI, "bench", "--quick", "--json", "--workload", "replay", "--workload", "scaling"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=280,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(json.loads(proc.stdout)) == {"machine", "quick", "replay"}
+    document = json.loads(proc.stdout)
+    assert set(document) == {"machine", "quick", "replay", "scaling"}
+    # Every point of the scaling grid measured: 1 and 2 coordinator hosts, 1 to 3 runners.
+    rates = document["scaling"]["executions_per_s"]
+    assert set(rates) == {f"coordinators_{c}_runners_{r}" for c in (1, 2) for r in (1, 2, 3)}
+    assert all(rate > 0 for rate in rates.values())
     mesh = await asyncio.create_subprocess_exec(
         CLI, "up", "--role", "runner", env=env, cwd=tmp_path
     )
