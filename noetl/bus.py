@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import nats
@@ -27,7 +28,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from noetl.errors import ConfigError
 
@@ -43,7 +44,8 @@ CATALOG_GET: Final = "noetl.catalog.get"
 PING_PREFIX: Final = "noetl.mesh.ping"
 # JetStream's "consumer name already in use" and "consumer already exists".
 _CONSUMER_EXISTS: Final = frozenset({10013, 10148})
-_CREATE_ATTEMPTS: Final = 5
+# Tries of a stream or consumer declaration, about 25 s in all (see `_settled`).
+_SETUP_ATTEMPTS: Final = 8
 # Longest wait before a message whose handling failed is delivered again (seconds).
 _MAX_REDELIVERY_DELAY: Final = 30.0
 # Unacknowledged messages of one pulled consumer (a runner pool) across all its processes;
@@ -88,6 +90,7 @@ def partition_of(execution_id: int, partitions: int) -> int:
 
 
 Handler = Callable[[Msg], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Bus:
@@ -166,10 +169,13 @@ class Bus:
                 max_age=7 * 86400 if retention == RetentionPolicy.LIMITS else None,
                 num_replicas=self.replicas,
             )
-            try:
-                await self.js.add_stream(config)
-            except BadRequestError:
-                await self.js.update_stream(config)
+            await _settled(functools.partial(self._declare, config))
+
+    async def _declare(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            await self.js.update_stream(config)
 
     async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish to JetStream and wait for the server's ack; dedup by `msg_id`."""
@@ -204,25 +210,18 @@ class Bus:
             max_deliver=max_deliver,
             filter_subject=subject,
         )
-        for attempt in range(_CREATE_ATTEMPTS):
-            try:
-                sub = await self.js.subscribe(
-                    subject,
-                    queue=durable,
-                    durable=durable,
-                    stream=stream,
-                    cb=handler,
-                    manual_ack=True,
-                    config=config,
-                    pending_msgs_limit=max(1024, max_in_flight * 4),
-                )
-                break
-            except BadRequestError as exc:
-                # On a cluster, processes starting together race to create the durable
-                # consumer and the losers are refused; the next try binds to it.
-                if exc.err_code not in _CONSUMER_EXISTS or attempt == _CREATE_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+        sub = await _settled(
+            lambda: self.js.subscribe(
+                subject,
+                queue=durable,
+                durable=durable,
+                stream=stream,
+                cb=handler,
+                manual_ack=True,
+                config=config,
+                pending_msgs_limit=max(1024, max_in_flight * 4),
+            )
+        )
         self._subs.append(sub)
 
     async def pull(
@@ -244,18 +243,10 @@ class Bus:
             max_deliver=-1,
             filter_subject=subject,
         )
-        await self._drop_push_consumer(stream, durable)
-        for attempt in range(_CREATE_ATTEMPTS):
-            try:
-                sub = await self.js.pull_subscribe(
-                    subject, durable=durable, stream=stream, config=config
-                )
-                break
-            except BadRequestError as exc:
-                # Processes starting together race to create the consumer (see `consume`).
-                if exc.err_code not in _CONSUMER_EXISTS or attempt == _CREATE_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.2 * (attempt + 1))
+        await _settled(lambda: self._drop_push_consumer(stream, durable))
+        sub = await _settled(
+            lambda: self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        )
         self._pulling = True
         self._pull_subs.append(sub)
         self._pullers.append(asyncio.create_task(self._pull_loop(sub, handler, max_in_flight)))
@@ -359,6 +350,27 @@ class Bus:
                 await self.nc.drain()
             except (TimeoutError, nats.errors.ConnectionClosedError):
                 await self.nc.close()
+
+
+async def _settled(declare: Callable[[], Awaitable[T]]) -> T:
+    """`declare()`, tried again while JetStream answers what a later try does not.
+
+    On a cluster, processes starting together race to create a durable consumer and the
+    losers are refused (the next try binds to it); a busy or electing cluster times out or
+    has no JetStream responder for a moment. A process starting then must not die of it.
+    """
+    for attempt in range(_SETUP_ATTEMPTS):
+        try:
+            return await declare()
+        except BadRequestError as exc:
+            if exc.err_code not in _CONSUMER_EXISTS or attempt == _SETUP_ATTEMPTS - 1:
+                raise
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError):
+            if attempt == _SETUP_ATTEMPTS - 1:
+                raise
+            log.warning("JetStream is busy or electing a leader: trying again")
+        await asyncio.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def gave_up(max_deliveries: int, exc: BaseException) -> str:

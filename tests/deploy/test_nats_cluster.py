@@ -68,6 +68,9 @@ async def test_a_cluster_loses_and_regains_a_node_mid_run(pg_dsn: str, tmp_path:
             nats_url=cluster.url, pg_dsn=pg_dsn, js_replicas=3, home=tmp_path / "client"
         )
         client = await Client.connect(settings)
+        # Every process up before the work starts: a busy cluster answers the mesh's
+        # declarations slowly, and the node must die under a whole mesh, not a starting one.
+        await _until_up(procs, tmp_path)
         for stream in (EXEC_STREAM, CMD_STREAM, START_STREAM):
             info = await client.bus.js.stream_info(stream)
             assert info.config.num_replicas == 3
@@ -99,7 +102,7 @@ async def test_a_cluster_loses_and_regains_a_node_mid_run(pg_dsn: str, tmp_path:
             assert doc["result"] == expected[int(doc["execution_id"])], doc
         assert await _duplicates(pg_dsn) == []
         assert await _count(pg_dsn, "execution.completed") == len(expected)
-        assert all(proc.poll() is None for proc in procs), "a mesh process died"
+        assert all(proc.poll() is None for proc in procs), f"a mesh process died:{_logs(tmp_path)}"
     finally:
         if client is not None:
             await client.close()
@@ -120,6 +123,26 @@ def _start_mesh(
         stdout=(base / f"mesh{i}.log").open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+    )
+
+
+async def _until_up(procs: list[subprocess.Popen[bytes]], base: Path) -> None:
+    """Until each mesh process says its actors are up; fails with the logs if one exits."""
+    async with asyncio.timeout(180):
+        while True:
+            dead = [i for i, proc in enumerate(procs) if proc.poll() is not None]
+            assert not dead, f"mesh process {dead} exited while starting:{_logs(base)}"
+            logs = [(base / f"mesh{i}.log").read_text(errors="replace") for i in range(len(procs))]
+            if all("noetl: mesh up" in log for log in logs):
+                return
+            await asyncio.sleep(0.5)
+
+
+def _logs(base: Path) -> str:
+    """The tail of every mesh process's log, for a failure's message."""
+    return "".join(
+        f"\n--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
+        for log in sorted(base.glob("mesh*.log"))
     )
 
 
