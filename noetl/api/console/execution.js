@@ -60,6 +60,8 @@ export async function executionPage(id, signal) {
         doc.restarted_from && h("span", {}, "restarted from ", h("a", { href: `#/executions/${doc.restarted_from}` }, doc.restarted_from)),
         info.children.length > 0 && h("a", { href: `#/executions?parent=${doc.execution_id}` }, `${info.children.length} child execution${info.children.length > 1 ? "s" : ""}`)),
       doc.error && h("div", { class: "card error", id: "execution-error" }, doc.error.message ?? pretty(doc.error)),
+      Object.entries(doc.waiting_for_pool ?? {}).map(([step, pool]) =>
+        h("div", { class: "card", id: `waiting-${step}` }, `Step ${step} is waiting for pool ${pool}: no runner of that pool is live (noetl-runtime up --role runner --pool ${pool}).`)),
     ]);
     renderActions();
   }
@@ -123,7 +125,8 @@ export async function executionPage(id, signal) {
       let status = s?.status ?? "pending";
       if (status === "pending" && doc.status !== "running") status = "skipped";
       const children = info.children.filter((c) => c.step === node.id).length;
-      const note = [s ? noteOf(s) : "", children ? `${children} child run${children > 1 ? "s" : ""}` : ""];
+      const pool = doc.waiting_for_pool?.[node.id];
+      const note = [pool ? `waiting for pool ${pool}` : "", s ? noteOf(s) : "", children ? `${children} child run${children > 1 ? "s" : ""}` : ""];
       graph.update(node.id, { status, note: note.filter(Boolean).join(", ") });
     }
   }
