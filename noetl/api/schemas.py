@@ -106,8 +106,9 @@ class ExecutionSummary(msgspec.Struct):
     ended_at: str | None
 
 
-class ExecutionDocument(msgspec.Struct):
-    """The execution as `noetl-runtime status --json` prints it."""
+class ExecutionDocument(msgspec.Struct, omit_defaults=True):
+    """The execution as `noetl-runtime status --json` prints it (`waiting_for_pool` only
+    when a step waits for a pool)."""
 
     execution_id: Id
     path: str
@@ -121,7 +122,8 @@ class ExecutionDocument(msgspec.Struct):
     restarted_from: Id | None
     started_at: str
     ended_at: str | None
-    # Step -> runner pool, for steps whose command waits for a pool with no live runner.
+    # Step -> runner pool, for steps whose command waits for a pool with no live runner;
+    # left out when none does.
     waiting_for_pool: dict[str, str] = {}
 
 
