@@ -176,6 +176,9 @@ def _container(obj: Manifest) -> Manifest:
     return container
 
 
+RUNNER = ["up", "--role", "runner"]
+
+
 def test_each_role_runs_the_image_entry_point_with_its_role() -> None:
     objects = render(VALUE_SETS["production.yaml"])
     entrypoint = DockerfileParser(str(DOCKERFILE)).structure
@@ -183,10 +186,8 @@ def test_each_role_runs_the_image_entry_point_with_its_role() -> None:
     roles = {
         f"{FULLNAME}-api": ["up", "--role", "api", "--role", "catalog", "--api-host", "0.0.0.0"],
         f"{FULLNAME}-coordinator": ["up", "--role", "coordinator"],
-        f"{FULLNAME}-runner-default": ["up", "--role", "runner", "--pool", "default"]
-        + ["--concurrency", "32"],
-        f"{FULLNAME}-runner-heavy": ["up", "--role", "runner", "--pool", "heavy"]
-        + ["--concurrency", "4"],
+        f"{FULLNAME}-runner-default": [*RUNNER, "--pool", "default", "--concurrency", "32"],
+        f"{FULLNAME}-runner-heavy": [*RUNNER, "--pool", "heavy", "--concurrency", "4"],
     }
     deployments = {d["metadata"]["name"]: d for d in of_kind(objects, "Deployment")}
     assert set(deployments) == set(roles)
