@@ -57,6 +57,19 @@ def start_roles(settings: Settings, log: Path) -> dict[str, subprocess.Popen[byt
     return {name: start_mesh(settings, log, role) for name, role in ROLES.items()}
 
 
+async def until_up(procs: dict[str, subprocess.Popen[bytes]], log: Path) -> None:
+    """Until every process of `procs` says its actors are up (faults are meant for a running
+    mesh: a process still starting under load would die of one, which no drill tests)."""
+    async with asyncio.timeout(180):
+        while True:
+            text = await asyncio.to_thread(log.read_text, errors="replace")
+            if text.count("noetl: mesh up (") >= len(procs):
+                return
+            dead = [name for name, proc in procs.items() if proc.poll() is not None]
+            assert not dead, f"{dead} exited while starting:\n{text[-3000:]}"
+            await asyncio.sleep(0.2)
+
+
 class Drill(msgspec.Struct, kw_only=True):
     """The figures a drill prints: executions run, faults injected, and for each
     coordinator kill the seconds from the kill to the next step completed by its

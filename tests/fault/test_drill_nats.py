@@ -10,7 +10,7 @@ from pathlib import Path
 from noetl.client import Client
 from noetl.config import Settings
 from noetl.servers.nats import start_nats
-from tests.fault.drills import Drill, Mix, start_roles, timed
+from tests.fault.drills import Drill, Mix, start_roles, timed, until_up
 from tests.fault.harness import assert_db_clean, kill_hard
 from tests.support.http_api import HttpApi
 from tests.support.services import stop_process
@@ -33,6 +33,7 @@ async def test_nats_stopped_and_restarted_twice(
     drill = Drill(name="nats restart x2")
     mix = Mix(client, api, tmp_path, shared_path)
     try:
+        await until_up(procs, mesh_log)
         with timed(drill):
             await mix.register()
             for _ in range(2):

@@ -13,7 +13,7 @@ import asyncpg
 from noetl.client import Client
 from noetl.config import Settings
 from noetl.servers.postgres import start_postgres
-from tests.fault.drills import Drill, Mix, start_roles, timed
+from tests.fault.drills import Drill, Mix, start_roles, timed, until_up
 from tests.fault.harness import assert_db_clean, kill_hard
 from tests.support.http_api import HttpApi
 from tests.support.services import (
@@ -60,6 +60,7 @@ async def test_postgres_restarted_and_connections_terminated(
     drill = Drill(name="postgres restart + terminated sessions")
     mix = Mix(client, api, tmp_path, shared_path)
     try:
+        await until_up(procs, mesh_log)
         with timed(drill):
             await mix.register()
             await mix.wave()
