@@ -47,6 +47,7 @@ from noetl.messages import (
     encode,
 )
 from noetl.metrics import COMMANDS_IN_FLIGHT, STEP_SECONDS
+from noetl.render_thread import RenderThreads
 from noetl.secrets import Masker, secret_names_in, secret_values
 from noetl.store import Store
 from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
@@ -55,6 +56,7 @@ from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of
 
 STORED_SECRETS_EVERY: Final = 30.0  # seconds between refreshes of the masked values
+RENDER_THREADS: Final = 4  # tool blocks rendered at once, off the event loop
 
 
 class Runner(Actor):
@@ -82,6 +84,7 @@ class Runner(Actor):
         self._refresher: asyncio.Task[None] | None = None
         root = settings.script_root
         self._script_root = None if root is None else Path(root).expanduser()
+        self._render_threads = RenderThreads(RENDER_THREADS, "noetl-runner-render")
 
     async def start(self) -> None:
         """Join the pool's work queue."""
@@ -108,6 +111,7 @@ class Runner(Actor):
         if self._refresher is not None:
             self._refresher.cancel()
         await super().stop()
+        self._render_threads.close()
         await close_sinks()
         for plugin in self.plugins.values():
             close = getattr(plugin, "aclose", None)
@@ -355,7 +359,8 @@ class Runner(Actor):
             raise ToolError(
                 f"no plugin is installed for tool kind `{command.kind}`", error_type="unknown_kind"
             )
-        spec = self._render(command, plugin, context)
+        # In a thread: a template running until its deadline must not hold the loop.
+        spec = await self._render_threads.run(self._render, command, plugin, context)
         result = await plugin.run(ctx, spec)
         if command.sink is not None:
             done.sink = await self._sink(ctx, command.sink, result, context)
@@ -459,7 +464,7 @@ def _job(command: CommandIssued) -> dict[str, Any]:
 def _error_of(exc: ToolError | RenderError) -> ErrorInfo:
     if isinstance(exc, ToolError):
         return ErrorInfo.of(exc.details, type=exc.error_type, message=str(exc))
-    return ErrorInfo(type="render", message=str(exc))
+    return ErrorInfo(type=exc.error_type, message=str(exc))
 
 
 async def _keychain(ctx: ToolContext, names: set[str]) -> dict[str, Any]:
