@@ -156,6 +156,7 @@ def up(roles: tuple[str, ...], api_port: int | None, api_host: str | None, insec
                 token=client.settings.api_token,
                 insecure=insecure or client.settings.api_insecure,
                 allowed_hosts=allowed_hosts(client.settings.api_allowed_hosts),
+                read_timeout=client.settings.api_read_timeout,
             )
             await api.start()
         stop = asyncio.Event()
