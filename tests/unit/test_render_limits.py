@@ -79,7 +79,10 @@ def test_concatenation_is_bounded(template: str, expected: str) -> None:
 
 
 def test_ordinary_loops_concatenation_and_addition_are_unchanged() -> None:
-    looped = "{% for x in xs %}{{ loop.index }}/{{ loop.length }}{{ '.' if loop.last else '' }} {% endfor %}"
+    looped = (
+        "{% for x in xs %}{{ loop.index }}/{{ loop.length }}"
+        "{{ '.' if loop.last else '' }} {% endfor %}"
+    )
     assert render(looped, {"xs": [1, 2, 3]}) == "1/3 2/3 3/3. "
     assert render("{% for x in [] %}{% else %}none{% endfor %}", {}) == "none"
     assert (
