@@ -408,17 +408,9 @@ class Runner(Actor):
         self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
     ) -> dict[str, Any]:
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
-        where = f"step `{ctx.step}` sink"
-        # NoETL's names for the step's result in a sink: `response` and `this`.
-        scope = {**context, "result": result, "response": result, "this": result}
-        tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
-        assert isinstance(tool, dict)
-        data = block.get("args", block.get("data"))
-        value = result if data is None else render.render(data, scope, where=f"{where}.args")
-        if data is None and ("args" in tool or "data" in tool):
-            # NoETL's form: the rows inside the sink's tool block (rendered with it).
-            tool = dict(tool)
-            value = tool.pop("args") if "args" in tool else tool.pop("data")
+        tool, value = await self._render_threads.run(
+            _render_sink, block, result, context, f"step `{ctx.step}` sink"
+        )
         if tool.get("kind") == "postgres" and "statement" in tool:
             return await self._statement_sink(ctx, tool)
         sink = get_sink(str(tool.get("kind", "")))
@@ -450,6 +442,23 @@ class Runner(Actor):
         """Send the recorded `outcome` to the execution's coordinator."""
         message = outcome_message(command.execution_id, outcome, time.time())
         await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
+
+
+def _render_sink(
+    block: dict[str, Any], result: Any, context: dict[str, Any], where: str
+) -> tuple[dict[str, Any], Any]:
+    """A sink's rendered tool block and the value it writes."""
+    # NoETL's names for the step's result in a sink: `response` and `this`.
+    scope = {**context, "result": result, "response": result, "this": result}
+    tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
+    assert isinstance(tool, dict)
+    data = block.get("args", block.get("data"))
+    value = result if data is None else render.render(data, scope, where=f"{where}.args")
+    if data is None and ("args" in tool or "data" in tool):
+        # NoETL's form: the rows inside the sink's tool block (rendered with it).
+        tool = dict(tool)
+        value = tool.pop("args") if "args" in tool else tool.pop("data")
+    return tool, value
 
 
 def _job(command: CommandIssued) -> dict[str, Any]:
