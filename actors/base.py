@@ -9,6 +9,7 @@ from typing import Any
 
 from noetl.bus import PING_PREFIX, Bus
 from noetl.config import Settings
+from noetl.render_limits import set_time_limit
 from noetl.store import Store
 
 
@@ -26,6 +27,7 @@ class Actor:
 
     async def start(self) -> None:
         """Begin receiving messages; answer liveness pings for this role."""
+        set_time_limit(self.settings.render_timeout)
         await self.bus.serve(f"{PING_PREFIX}.{self.role}", self._pong, queue=self.role)
 
     async def stop(self) -> None:

@@ -53,6 +53,7 @@ from noetl.messages import (
     encode,
 )
 from noetl.metrics import EXECUTIONS_ENDED, EXECUTIONS_STARTED
+from noetl.render_thread import RenderThreads
 from noetl.store import Projection, Store
 from plugins.registry import known_kinds
 
@@ -62,6 +63,8 @@ _MAX_CONFLICTS = 8
 _MAX_BATCH = 256
 # How many large values a coordinator host keeps in memory.
 _VALUE_CACHE = 64
+# Decisions (and so their templates) running at once, off the event loop.
+_DECIDE_THREADS = 8
 
 
 class ExecutionActor:
@@ -193,7 +196,9 @@ class ExecutionActor:
             else:
                 assert self.engine is not None
                 values = await self.host.values_for(self.state, message)
-                decisions.append(self.engine.decide(self.state, message, values))
+                # In a thread: a template running until its deadline must not hold the loop.
+                decide = self.engine.decide
+                decisions.append(await self.host.deciding.run(decide, self.state, message, values))
         if not fresh and any(d.duplicate for d in decisions):
             # "Already done" judged on a cached state may only mean that another host
             # decided since: check against the store before dropping the message.
@@ -280,6 +285,7 @@ class CoordinatorHost(Actor):
         self.timers = TimerWheel(self)
         # Recently used large values by digest (content-addressed, so never stale).
         self._values: dict[str, Any] = {}
+        self.deciding = RenderThreads(_DECIDE_THREADS, "noetl-decide")
 
     async def start(self) -> None:
         """Subscribe to the partitions and the start subject; start the reconciler."""
@@ -305,6 +311,7 @@ class CoordinatorHost(Actor):
         for actor in list(self.actors.values()):
             await actor.close()
         await super().stop()
+        self.deciding.close()
 
     # -- mailboxes ---------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from noetl.messages import (
     encode,
 )
 from noetl.metrics import COMMANDS_IN_FLIGHT, STEP_SECONDS
+from noetl.render_thread import RenderThreads
 from noetl.secrets import Masker, secret_names_in, secret_values
 from noetl.store import Store
 from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
@@ -56,6 +57,7 @@ from plugins.registry import load_plugins
 from plugins.sinks import close_sinks, get_sink, rows_of
 
 STORED_SECRETS_EVERY: Final = 30.0  # seconds between refreshes of the masked values
+RENDER_THREADS: Final = 4  # tool blocks rendered at once, off the event loop
 
 
 class Runner(Actor):
@@ -85,6 +87,7 @@ class Runner(Actor):
         self._script_root = None if root is None else Path(root).expanduser()
         #: Who ran a command, recorded in its `command.started` event.
         self.identity = f"{settings.runner_pool}/{socket.gethostname()}/{os.getpid()}"
+        self._render_threads = RenderThreads(RENDER_THREADS, "noetl-runner-render")
 
     async def start(self) -> None:
         """Join the pool's work queue."""
@@ -113,6 +116,7 @@ class Runner(Actor):
         if self._refresher is not None:
             self._refresher.cancel()
         await super().stop()
+        self._render_threads.close()
         await close_sinks()
         for plugin in self.plugins.values():
             close = getattr(plugin, "aclose", None)
@@ -363,7 +367,8 @@ class Runner(Actor):
             raise ToolError(
                 f"no plugin is installed for tool kind `{command.kind}`", error_type="unknown_kind"
             )
-        spec = self._render(command, plugin, context)
+        # In a thread: a template running until its deadline must not hold the loop.
+        spec = await self._render_threads.run(self._render, command, plugin, context)
         result = await plugin.run(ctx, spec)
         if command.sink is not None:
             done.sink = await self._sink(ctx, command.sink, result, context)
@@ -411,17 +416,9 @@ class Runner(Actor):
         self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
     ) -> dict[str, Any]:
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
-        where = f"step `{ctx.step}` sink"
-        # NoETL's names for the step's result in a sink: `response` and `this`.
-        scope = {**context, "result": result, "response": result, "this": result}
-        tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
-        assert isinstance(tool, dict)
-        data = block.get("args", block.get("data"))
-        value = result if data is None else render.render(data, scope, where=f"{where}.args")
-        if data is None and ("args" in tool or "data" in tool):
-            # NoETL's form: the rows inside the sink's tool block (rendered with it).
-            tool = dict(tool)
-            value = tool.pop("args") if "args" in tool else tool.pop("data")
+        tool, value = await self._render_threads.run(
+            _render_sink, block, result, context, f"step `{ctx.step}` sink"
+        )
         if tool.get("kind") == "postgres" and "statement" in tool:
             return await self._statement_sink(ctx, tool)
         sink = get_sink(str(tool.get("kind", "")))
@@ -455,6 +452,23 @@ class Runner(Actor):
         await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
 
 
+def _render_sink(
+    block: dict[str, Any], result: Any, context: dict[str, Any], where: str
+) -> tuple[dict[str, Any], Any]:
+    """A sink's rendered tool block and the value it writes."""
+    # NoETL's names for the step's result in a sink: `response` and `this`.
+    scope = {**context, "result": result, "response": result, "this": result}
+    tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
+    assert isinstance(tool, dict)
+    data = block.get("args", block.get("data"))
+    value = result if data is None else render.render(data, scope, where=f"{where}.args")
+    if data is None and ("args" in tool or "data" in tool):
+        # NoETL's form: the rows inside the sink's tool block (rendered with it).
+        tool = dict(tool)
+        value = tool.pop("args") if "args" in tool else tool.pop("data")
+    return tool, value
+
+
 def _job(command: CommandIssued) -> dict[str, Any]:
     """NoETL's `job`: which execution of which playbook version this is."""
     return {
@@ -467,7 +481,7 @@ def _job(command: CommandIssued) -> dict[str, Any]:
 def _error_of(exc: ToolError | RenderError) -> ErrorInfo:
     if isinstance(exc, ToolError):
         return ErrorInfo.of(exc.details, type=exc.error_type, message=str(exc))
-    return ErrorInfo(type="render", message=str(exc))
+    return ErrorInfo(type=exc.error_type, message=str(exc))
 
 
 async def _keychain(ctx: ToolContext, names: set[str]) -> dict[str, Any]:

@@ -181,6 +181,7 @@ def up(
                 token=client.settings.api_token,
                 insecure=insecure or client.settings.api_insecure,
                 allowed_hosts=allowed_hosts(client.settings.api_allowed_hosts),
+                read_timeout=client.settings.api_read_timeout,
             )
             await api.start()
         stop = asyncio.Event()

@@ -27,6 +27,9 @@ class Settings(msgspec.Struct, kw_only=True):
     api_insecure: bool = False
     # Host names the API answers to (comma-separated; empty: any): stops DNS rebinding.
     api_allowed_hosts: str = ""
+    # Seconds a client has to send a request's headers (from connecting, or from the end of
+    # its previous request) and, separately, its body: slow clients are cut off.
+    api_read_timeout: float = 30.0
     # Where a mesh process without the API (coordinators, runners) serves its /metrics.
     metrics_port: int | None = None
     partitions: int = 8
@@ -78,6 +81,8 @@ class Settings(msgspec.Struct, kw_only=True):
     max_descendants: int = 1000
     # Items of one loop: a longer `loop.in` fails its step, with the count in the message.
     max_loop_items: int = 100_000
+    # Seconds one template may run; a longer one fails its step (`render_timeout`).
+    render_timeout: float = 5.0
 
     @property
     def local_mode(self) -> bool:
@@ -110,6 +115,9 @@ class Settings(msgspec.Struct, kw_only=True):
         parse_kind_pools(settings.runner_pools)
         if settings.runner_concurrency < 1:
             raise ConfigError("NOETL_RUNNER_CONCURRENCY must be at least 1")
+        for name in ("render_timeout", "api_read_timeout"):
+            if not getattr(settings, name) > 0:
+                raise ConfigError(f"NOETL_{name.upper()} must be a positive number of seconds")
         if settings.partitions < 1:
             raise ConfigError("NOETL_PARTITIONS must be at least 1")
         if not 1 <= settings.js_replicas <= 5:

@@ -43,7 +43,16 @@ class PlaybookError(NoetlError):
 
 
 class RenderError(NoetlError):
-    """A Jinja2 template could not be rendered (syntax, undefined name, sandbox)."""
+    """A Jinja2 template could not be rendered (syntax, undefined name, sandbox);
+    `error_type` is the type of the step error it causes."""
+
+    error_type: str = "render"
+
+
+class RenderTimeout(RenderError):
+    """A template ran longer than its time limit (`NOETL_RENDER_TIMEOUT`)."""
+
+    error_type = "render_timeout"
 
 
 class ToolError(NoetlError):

@@ -16,9 +16,11 @@ from typing import Any, Final, NamedTuple, NoReturn, cast
 from jinja2 import Template, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Undefined
+from jinja2.visitor import NodeTransformer
 
-from noetl.errors import RenderError
-from noetl.render_sandbox import ENV, MAX_RENDERED_CHARS, UNDEFINED_TESTS, Scope, ScopeContext
+from noetl.errors import RenderError, RenderTimeout
+from noetl.render_limits import TemplateTimeout, clock, joined, time_limit
+from noetl.render_sandbox import ENV, UNDEFINED_TESTS, Scope, ScopeContext
 from noetl.render_values import (
     LENIENT_KEY,
     MISSING,
@@ -70,10 +72,29 @@ class _Compiled(NamedTuple):
     lookup: bool  # native, and only a name with attributes / constant subscripts
 
 
+class _Bounds(NodeTransformer):
+    """Rewrites a parsed template so that every `for` loop checks the clock at each item
+    and every `~` checks the size of what it builds (`noetl.render_limits`)."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = _call("guarded", [cast(nodes.Expr, node.iter)], node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return _call("concat", node.nodes, node.lineno)
+
+
+def _call(function: str, arguments: list[nodes.Expr], lineno: int) -> nodes.Call:
+    name = nodes.ImportedName(f"noetl.render_limits.{function}", lineno=lineno)
+    return nodes.Call(name, arguments, [], None, None, lineno=lineno)
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def _compile(source: str) -> _Compiled:
     """The compiled template of a source text. Raises TemplateSyntaxError."""
-    tree = ENV.parse(source)
+    tree = _Bounds().visit(ENV.parse(source))
     expression = _single_expression(tree)
     if expression is None:
         return _Compiled(ENV.from_string(tree), native=False, lookup=False)
@@ -247,10 +268,11 @@ def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool
         # globals, and Context only needs `in` and `[]` on it.
         scope = cast(dict[str, Any], Scope(context))
         jinja_context = ScopeContext(ENV, scope, None, template.blocks)
-        if not native:
-            return _bounded("".join(template.root_render_func(jinja_context)))
-        for _ in template.root_render_func(jinja_context):
-            pass
+        with clock():
+            if not native:
+                return joined(template.root_render_func(jinja_context))
+            for _ in template.root_render_func(jinja_context):
+                pass
         value = jinja_context.vars[_VALUE]
         if type(value) in SCALARS:
             return value
@@ -265,18 +287,15 @@ def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool
         return plain(value)
     except UndefinedError as exc:
         _fail(where, text, exc, f"{exc}. Defined names: {listing(defined(context))}")
+    except TemplateTimeout as exc:
+        raise RenderTimeout(
+            f"{_prefix(where)}cannot render {_shorten(text)}: it ran longer than "
+            f"{time_limit():g} s (NOETL_RENDER_TIMEOUT)"
+        ) from exc
     except SecurityError as exc:
         _fail(where, text, exc, f"refused by the sandbox: {exc}")
     except Exception as exc:
         _fail(where, text, exc, f"{type(exc).__name__}: {exc}")
-
-
-def _bounded(text: str) -> str:
-    if len(text) > MAX_RENDERED_CHARS:
-        raise SecurityError(
-            f"the template renders {len(text):,} characters, more than {MAX_RENDERED_CHARS:,}"
-        )
-    return text
 
 
 def _fail(where: str, text: str, exc: Exception, detail: str) -> NoReturn:

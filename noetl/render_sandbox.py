@@ -1,6 +1,7 @@
 """The Jinja2 sandbox templates run in: strict-but-chainable undefined names that are false
-in tests, dict keys before attributes, huge `*` / `**` refused, and a scope that reads the
-context without copying it.
+in tests, dict keys before attributes, huge `*` / `**` / `+` refused, the template's clock
+checked at every call (`noetl.render_limits`), and a scope that reads the context without
+copying it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from noetl.render_filters import FILTERS
+from noetl.render_limits import MAX_RENDERED_CHARS, check_time
 from noetl.render_values import (
     LENIENT_KEY,
     MISSING,
@@ -29,8 +31,6 @@ from noetl.render_values import (
     wrap,
 )
 
-MAX_RENDERED_CHARS: Final = 16 * 1024 * 1024
-"""The longest string a template may render to (and the largest sequence `*` may build)."""
 MAX_INT_BITS: Final = 4096
 """The largest integer `**` may compute, in bits."""
 # Names always read leniently; step names are added per context by `build_context`.
@@ -76,20 +76,30 @@ class StrictUndefinedName(ChainableUndefined, StrictUndefined):
 
 class SandboxEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, with dict keys winning over attributes and lenient result proxies, and
-    `*` / `**` refused when their result would be huge (a template must not be able to freeze
-    or exhaust the process that renders it with `{{ 10 ** 10 ** 9 }}` or `{{ 'x' * 10**10 }}`).
+    `*` / `**` / `+` refused when their result would be huge (a template must not be able to
+    freeze or exhaust the process that renders it with `{{ 10 ** 10 ** 9 }}` or
+    `{{ 'x' * 10**10 }}`); calls and these operators check the template's clock.
     """
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        """`left * right` or `left ** right`, after checking the size of the result."""
+        """`left * right`, `left ** right` or `left + right`, after checking the size of the
+        result and the clock."""
+        check_time()
         if operator == "**":
             _check_power(left, right)
+        elif operator == "+":
+            _check_sum(left, right)
         else:
             _check_repeat(left, right)
             _check_repeat(right, left)
         return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """A call from the template (function, method, macro, `loop(...)`), on the clock."""
+        check_time()
+        return super().call(context, obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """`obj.attribute`: a key of a mapping first, then a (safe) attribute."""
@@ -124,6 +134,18 @@ def _check_repeat(sequence: Any, count: Any) -> None:
     ):
         raise SecurityError(
             f"repeating {len(sequence)} items {count:,} times would exceed "
+            f"{MAX_RENDERED_CHARS:,} items"
+        )
+
+
+def _check_sum(left: Any, right: Any) -> None:
+    if (
+        isinstance(left, str | list | tuple | bytes)
+        and isinstance(right, str | list | tuple | bytes)
+        and len(left) + len(right) > MAX_RENDERED_CHARS
+    ):
+        raise SecurityError(
+            f"adding {len(left):,} and {len(right):,} items would exceed "
             f"{MAX_RENDERED_CHARS:,} items"
         )
 

@@ -79,13 +79,15 @@ def make_app(
     sql_timeout: float = 30.0,
     sql_rows: int = 1000,
     allowed_hosts: frozenset[str] = frozenset(),
+    read_timeout: float = 30.0,
 ) -> web.Application:
     """The API application over `client`. With `token`, every `/api` route but the probes and
     the OpenAPI document requires `Authorization: Bearer <token>` (`/health` and `/metrics`
     never do). Requests a web page could forge are refused (`middleware.guard`), and with
     `allowed_hosts`, so are requests naming another host. `sql` turns `/api/postgres/execute`
     on (default: `NOETL_API_SQL=on`); it still needs the token; each statement runs at most
-    `sql_timeout` seconds and answers at most `sql_rows` rows."""
+    `sql_timeout` seconds and answers at most `sql_rows` rows. A request's body must arrive
+    within `read_timeout` seconds (`middleware.read_body`)."""
     if sql is None:
         sql = os.environ.get("NOETL_API_SQL", "off").strip().lower() == "on"
     routes, streams, _ = route_table(
@@ -99,6 +101,7 @@ def make_app(
     ]
     if token:
         middlewares.append(middleware.auth(token, public))
+    middlewares.append(middleware.read_body(read_timeout))
     app = web.Application(middlewares=middlewares)
     app.add_routes(web.route(r.method, r.path, r.handler) for r in routes)
     app.on_shutdown.append(streams.close_streams)

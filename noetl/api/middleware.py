@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import Final
@@ -16,7 +17,7 @@ from noetl.api.schemas import ErrorBody
 from noetl.errors import CatalogError, ExecutionNotFound, NoetlError, PlaybookError, StoreError
 from noetl.metrics import HTTP_REQUESTS
 
-__all__ = ["auth", "count_requests", "errors", "guard", "loggable"]
+__all__ = ["auth", "count_requests", "errors", "guard", "loggable", "read_body"]
 
 log = logging.getLogger("noetl.api")
 
@@ -167,3 +168,28 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
         HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+
+
+def read_body(seconds: float) -> Middleware:
+    """Reads a request's body, all of it within `seconds`, before the handler runs (handlers
+    then get it from memory): a client sending its body slower than that, or less of it than
+    its `Content-Length` says, is answered 408 and its connection closed, instead of holding
+    a request open for as long as it likes. Responses, event streams included, are not timed.
+    """
+
+    @web.middleware
+    async def read_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.can_read_body:
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.read()
+            except TimeoutError:
+                log.info("%s: body not received within %g s", loggable(request), seconds)
+                raise ApiError(
+                    408,
+                    f"the request body did not arrive within {seconds:g} s",
+                    headers={"Connection": "close"},
+                ) from None
+        return await handler(request)
+
+    return read_body_middleware

@@ -17,6 +17,8 @@ log = logging.getLogger("noetl.api")
 
 # Requests still running at stop get this long to finish; open event streams end at once.
 _SHUTDOWN_SECONDS = 5.0
+# Longest time the server drains the unread body of a request it has answered.
+_LINGER_SECONDS = 10.0
 
 
 class ApiServer:
@@ -25,6 +27,11 @@ class ApiServer:
     Without a token it listens on loopback only, and refuses any other address unless
     `insecure`: anyone who reaches an open API runs code on the runners. With a token it
     listens on every address by default.
+
+    A client gets `read_timeout` seconds to send a request's headers (counted from the
+    connection, or from the end of its previous response; an idle keep-alive connection is
+    closed after as long) and as long again for its body; slower clients are cut off.
+    Responses are not timed: event streams stay open.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class ApiServer:
         token: str | None = None,
         insecure: bool = False,
         allowed_hosts: frozenset[str] = frozenset(),
+        read_timeout: float = 30.0,
     ) -> None:
         self.host = host or ("0.0.0.0" if token else "127.0.0.1")
         if not token and not insecure and not _loopback(self.host):
@@ -45,7 +53,10 @@ class ApiServer:
             )
         self.port = port
         self.open = not token
-        self._app = make_app(client, token=token, allowed_hosts=allowed_hosts)
+        self._app = make_app(
+            client, token=token, allowed_hosts=allowed_hosts, read_timeout=read_timeout
+        )
+        self.read_timeout = read_timeout
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -53,7 +64,15 @@ class ApiServer:
         cannot be bound."""
         if self._runner is not None:
             raise RuntimeError("the API server is already started")
-        runner = web.AppRunner(self._app, shutdown_timeout=_SHUTDOWN_SECONDS)
+        # aiohttp has no header timeout of its own, but its keep-alive timer closes a
+        # connection that is still waiting for a complete request when it fires: timed from
+        # the connection (or the previous response), it bounds the time to send headers.
+        runner = web.AppRunner(
+            self._app,
+            shutdown_timeout=_SHUTDOWN_SECONDS,
+            keepalive_timeout=self.read_timeout,
+            lingering_time=min(_LINGER_SECONDS, self.read_timeout),
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()

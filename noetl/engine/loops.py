@@ -30,7 +30,7 @@ def loop_items(
     try:
         items = render.render(spec.items, context, where=f"step `{name}` loop.in")
     except RenderError as exc:
-        return [], ErrorInfo(type="render", message=str(exc))
+        return [], ErrorInfo(type=exc.error_type, message=str(exc))
     if isinstance(items, list | tuple) and len(items) > limit:
         return [], ErrorInfo(
             type="loop",

@@ -41,7 +41,7 @@ class Run(ItemRules):
             workload = self._workload(message.workload)
         except RenderError as exc:
             workload = dict(message.workload)
-            failure = ErrorInfo(type="render", message=str(exc))
+            failure = ErrorInfo(type=exc.error_type, message=str(exc))
         if (
             failure is None
             and message.return_step is not None

@@ -238,7 +238,8 @@ class StepRun(Emitter, ABC):
                 wire.check(command, f"step `{name}`")
                 self.commands.append(command)
         except (RenderError, ValueError, KeyError) as exc:
-            failure = ErrorInfo(type="render", message=f"step `{name}`: {exc}")
+            kind = exc.error_type if isinstance(exc, RenderError) else "render"
+            failure = ErrorInfo(type=kind, message=f"step `{name}`: {exc}")
             self.failed(cid, failure.record())
 
     # -- loops and pages ---------------------------------------------------------------
@@ -407,7 +408,7 @@ class StepRun(Emitter, ABC):
             if routes is None:
                 routes = self.routes(step, result=shown, error=None, variables=variables)
         except RenderError as exc:
-            self.fail_step(step.name, command_id, ErrorInfo(type="render", message=str(exc)))
+            self.fail_step(step.name, command_id, ErrorInfo(type=exc.error_type, message=str(exc)))
             return
         payload = StepCompleted(result=result, vars=variables, routes=routes, tool=True)
         if pages is not None:
@@ -475,7 +476,7 @@ class StepRun(Emitter, ABC):
             variables = self.step_vars(step, None, args=edge_args)
             routes = self.routes(step, result=None, error=None, variables=variables, args=edge_args)
         except RenderError as exc:
-            self.fail_step(step.name, None, ErrorInfo(type="render", message=str(exc)))
+            self.fail_step(step.name, None, ErrorInfo(type=exc.error_type, message=str(exc)))
             return
         self.emit(
             Event(

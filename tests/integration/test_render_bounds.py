@@ -1,0 +1,97 @@
+"""Templates written to spin, on a real mesh: each fails its step as `render_timeout` once
+NOETL_RENDER_TIMEOUT has passed, and another execution on the same mesh makes progress
+meanwhile (the coordinator decides, and the runner renders tool blocks, off the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from actors.mesh import Mesh
+from noetl.client import Client
+from noetl.config import Settings
+from noetl.errors import ExecutionNotFound
+from noetl.render_limits import DEFAULT_TIME_LIMIT, set_time_limit
+from tests.integration.test_mesh_constructs import write
+
+# About 10**10 loop iterations: hours, without a deadline.
+SPIN = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+CLOSED_PORT = "http://127.0.0.1:9/never"  # never reached: the step fails before its call
+HOSTILE = {
+    # where the template is: the playbook's steps
+    "when": f"""
+    - step: start
+      next:
+        - when: "{SPIN}"
+          then: [{{step: after}}]
+    - step: after
+    """,
+    "vars": f"""
+    - step: start
+      vars: {{x: "{SPIN}"}}
+    """,
+    "args": f"""
+    - step: start
+      tool: {{kind: http, url: "{CLOSED_PORT}", args: {{x: "{SPIN}"}}}}
+    """,
+    "loop_in": f"""
+    - step: start
+      loop: {{in: "{SPIN}", iterator: i}}
+      tool: {{kind: http, url: "{CLOSED_PORT}"}}
+    """,
+    "tool_block": f"""
+    - step: start
+      tool: {{kind: http, url: "{SPIN}"}}
+    """,
+}
+TIMEOUT = 8.0
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, render_timeout=TIMEOUT)
+
+
+@pytest.fixture(autouse=True)
+def _default_time_limit_after() -> object:
+    yield None
+    set_time_limit(DEFAULT_TIME_LIMIT)
+
+
+async def status(client: Client, execution_id: str) -> str:
+    """The execution's status; `deciding` while its first decision is not committed."""
+    try:
+        return str((await client.store.describe(int(execution_id)))["status"])
+    except ExecutionNotFound:
+        return "deciding"
+
+
+async def start(client: Client, path: Path) -> str:
+    reply = await client.register(path)
+    return await client.start(reply.path, version=reply.version)
+
+
+async def test_spinning_templates_fail_their_step_and_others_progress(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    hostile = {
+        where: await start(client, write(tmp_path, f"spin_{where}", body))
+        for where, body in HOSTILE.items()
+    }
+    await asyncio.sleep(0.3)  # the hostile decisions and renders are under way
+    calm = write(tmp_path, "calm", "- step: start\n  next: [{step: second}]\n- step: second\n")
+    done = await client.wait(await start(client, calm), timeout=60)
+    assert done["status"] == "completed", done
+    # Progress while the templates spin: none of them has ended yet (with the decisions on
+    # the coordinator's loop, the calm one would wait for all but the runner's to end).
+    still = {where: await status(client, eid) for where, eid in hostile.items()}
+    assert set(still.values()) <= {"running", "deciding"}, still
+    for where, eid in hostile.items():
+        doc = await client.wait(eid, timeout=120)
+        assert doc["status"] == "failed", (where, doc)
+        error = doc["error"]
+        assert error["type"] == "render_timeout", (where, error)
+        assert f"ran longer than {TIMEOUT:g} s (NOETL_RENDER_TIMEOUT)" in error["message"]
