@@ -135,8 +135,11 @@ class Store:
         """Store JSON `data` once (by content hash) and return its reference."""
         ref, digest = blobs.make_ref(data)
         await self.pool.execute(
+            # A blob reused after an hour is marked young again, so that `db prune` (which
+            # spares blobs younger than two hours) never deletes a value being referenced.
             "INSERT INTO noetl.blob (digest, data, size) VALUES ($1, $2::text::jsonb, $3) "
-            "ON CONFLICT (digest) DO NOTHING",
+            "ON CONFLICT (digest) DO UPDATE SET created_at = now() "
+            "WHERE noetl.blob.created_at < now() - interval '1 hour'",
             digest,
             order.encode(msgspec.json.decode(data)),
             len(data),
