@@ -10,10 +10,11 @@ import msgspec
 
 from noetl import blobs
 from noetl.engine.events import Event
+from noetl.engine.state import ExecutionState
 from noetl.errors import CatalogError, ExecutionNotFound, StoreError
 from noetl.keys import TIMER_FIRED_PREFIX
 from noetl.store import events as event_sql
-from noetl.store import order, schema
+from noetl.store import order, replay, schema
 from noetl.store.events import Projection
 from noetl.store.views import execution_summary
 
@@ -116,6 +117,10 @@ class Store:
     async def load_decisions(self, execution_id: int, after_version: int = 0) -> list[Event]:
         """Decision events in version order."""
         return await event_sql.load_decisions(self.pool, execution_id, after_version)
+
+    async def load_state(self, execution_id: int) -> ExecutionState:
+        """The execution's state rebuilt from its decision events (a new one if none)."""
+        return await replay.load_state(self.pool, execution_id)
 
     async def live_tree(self, root_execution_id: int, execution_id: int) -> tuple[int, bool]:
         """The running executions under `root_execution_id` (itself excluded) and whether
