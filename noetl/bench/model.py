@@ -8,7 +8,7 @@ from typing import Final, Literal
 import msgspec
 
 Workload = Literal[
-    "floors", "chain", "fanout", "throughput", "replay", "history", "wide_loop", "sink"
+    "floors", "chain", "fanout", "throughput", "replay", "history", "wide_loop", "sink", "idle"
 ]
 
 # What `bench` runs when no `--workload` is named (the contract's figures).
@@ -21,7 +21,7 @@ DEFAULT_WORKLOADS: Final[tuple[Workload, ...]] = (
     "history",
 )
 # Run only when named: the issue's further targets and the sink's rows/second.
-EXTRA_WORKLOADS: Final[tuple[Workload, ...]] = ("wide_loop", "sink")
+EXTRA_WORKLOADS: Final[tuple[Workload, ...]] = ("wide_loop", "sink", "idle")
 ALL_WORKLOADS: Final[tuple[Workload, ...]] = DEFAULT_WORKLOADS + EXTRA_WORKLOADS
 
 
@@ -38,6 +38,7 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     history_runs: int = 5
     wide_loop_items: int = 10_000
     sink_rows: int = 100_000
+    idle_executions: int = 2_000
 
 
 FULL: Final = Sizes()
@@ -51,6 +52,7 @@ QUICK: Final = Sizes(
     history_runs=1,
     wide_loop_items=1_000,
     sink_rows=5_000,
+    idle_executions=200,
 )
 
 
@@ -130,6 +132,13 @@ class Sink(msgspec.Struct, kw_only=True):
     upsert_new_rows_per_s: float
 
 
+class Idle(msgspec.Struct, kw_only=True):
+    """Python memory a coordinator holds per idle cached execution (tracemalloc)."""
+
+    kib_per_execution: float
+    executions: int
+
+
 class Machine(msgspec.Struct, kw_only=True):
     """Where the figures were measured."""
 
@@ -153,3 +162,4 @@ class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
     history: History | None = None
     wide_loop: WideLoop | None = None
     sink: Sink | None = None
+    idle: Idle | None = None
