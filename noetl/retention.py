@@ -50,22 +50,31 @@ class PruneReport(msgspec.Struct, kw_only=True):
 
 
 async def _archive(
-    store: Store, archive: Archive, trees: list[sql.Tree], gzipped: bool
+    conn: sql.Conn, archive: Archive, trees: list[sql.Tree], gzipped: bool
 ) -> dict[int, tuple[int, int]]:
-    """Write every execution of `trees`; return each one's (event count, newest event id)."""
+    """Write every execution of `trees`; return each one's (event count, newest event id).
+    Reads go through `conn` one at a time, writes run concurrently."""
     written: dict[int, tuple[int, int]] = {}
     gate = asyncio.Semaphore(_ARCHIVE_CONCURRENCY)
 
-    async def one(execution_id: int) -> None:
-        async with gate:
-            rows = await sql.event_rows(store.pool, execution_id)
-            await archive.put(
-                object_name(execution_id, gzipped=gzipped), encode_events(rows, gzipped=gzipped)
-            )
-            newest = max((int(r["event_id"]) for r in rows), default=0)
-            written[execution_id] = (len(rows), newest)
+    async def put(execution_id: int, data: bytes, found: tuple[int, int]) -> None:
+        try:
+            await archive.put(object_name(execution_id, gzipped=gzipped), data)
+            written[execution_id] = found
+        finally:
+            gate.release()
 
-    await asyncio.gather(*(one(i) for t in trees for i in t.ids))
+    tasks = []
+    for execution_id in (i for t in trees for i in t.ids):
+        rows = await sql.event_rows(conn, execution_id)
+        newest = max((int(r["event_id"]) for r in rows), default=0)
+        await gate.acquire()
+        data = encode_events(rows, gzipped=gzipped)
+        tasks.append(asyncio.create_task(put(execution_id, data, (len(rows), newest))))
+    # Every write ends before the first failure is raised: none is left running.
+    for failure in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(failure, BaseException):
+            raise failure
     return written
 
 
@@ -114,7 +123,7 @@ async def prune(
                     kept, events = trees, sum(t.events for t in trees)
                     chosen.extend(i for t in trees for i in t.ids)
                 else:
-                    written = await _archive(store, sink, trees, gzipped) if sink else None
+                    written = await _archive(conn, sink, trees, gzipped) if sink else None
                     report.archived += len(written or ())
                     kept, events = await sql.delete_trees(conn, trees, cutoff, written)
                 report.batches += 1

@@ -85,6 +85,14 @@ async def test_prune_keeps_what_is_live_and_archives_what_goes(
     before = {eid: await client.store.list_events(eid) for eid in (old, big_old, big_solo, parent)}
     everything = await _ids(pool, "event")
 
+    # An archive that cannot be written: the prune fails and deletes nothing.
+    (tmp_path / "not-a-dir").write_text("")
+    server = ["--nats-url", str(client.settings.nats_url), "--pg-dsn", str(client.settings.pg_dsn)]
+    args = ["db", "prune", "--older-than", "30d", "--archive", str(tmp_path / "not-a-dir")]
+    failed = await asyncio.to_thread(CliRunner().invoke, main, [*server, *args])
+    assert failed.exit_code == 1 and "cannot write the archive" in failed.output
+    assert await _ids(pool, "event") == everything
+
     dry = await _prune(client, "--older-than", "30d", "--dry-run")
     assert (dry["executions"], dry["blobs"], dry["dry_run"]) == (3, 1, True)
     assert dry["events"] == sum(len(before[e]) for e in (old, big_old, big_solo))
