@@ -111,8 +111,9 @@ def db_prune(
             verb = "would delete" if dry_run else "deleted"
             kept = f", archived to {archive}" if archive and not dry_run else ""
             out.print(
-                f"{verb} {report.executions} execution(s), {report.events} event(s) and "
-                f"{report.blobs} stored value(s) ended before {report.cutoff}{kept}",
+                f"{verb} {report.executions} execution(s) ended before {report.cutoff} "
+                f"({report.events} event(s)) and {report.blobs} stored value(s) nothing "
+                f"refers to any more{kept}",
                 markup=False,
             )
         return EXIT_OK
