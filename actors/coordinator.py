@@ -37,7 +37,7 @@ from noetl.bus import (
     partition_of,
 )
 from noetl.config import Settings
-from noetl.engine import Decision, Engine, Event, ExecutionState, refuse_start, replay
+from noetl.engine import Decision, Engine, Event, ExecutionState, refuse_start
 from noetl.engine import events as ev
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
@@ -216,8 +216,7 @@ class ExecutionActor:
         return combined, unusable
 
     async def _load(self, message: ExecMessage) -> bool:
-        events = await self.host.store.load_decisions(self.execution_id)
-        state = replay(self.execution_id, events)
+        state = await self.host.store.load_state(self.execution_id)
         if state.status == "new":
             if not isinstance(message, StartExecution):
                 return False
@@ -484,7 +483,7 @@ class CoordinatorHost(Actor):
         return nudged
 
     async def _reconcile_one(self, execution_id: int) -> None:
-        state = replay(execution_id, await self.store.load_decisions(execution_id))
+        state = await self.store.load_state(execution_id)
         if not state.running:
             return
         engine = await self.engine_for(state.path, state.version)

@@ -91,6 +91,10 @@ class VersionConflict(StoreError):
     """Another coordinator wrote a decision for the same execution first."""
 
 
+class ArchiveError(NoetlError):
+    """`db prune --archive` could not write an execution's events where it was told to."""
+
+
 class MessageError(NoetlError):
     """A message on the bus could not be decoded or has no meaning here."""
 

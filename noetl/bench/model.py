@@ -17,6 +17,7 @@ Workload = Literal[
     "wide_loop",
     "sink",
     "scaling",
+    "idle",
 ]
 
 # What `bench` runs when no `--workload` is named (the contract's figures).
@@ -28,9 +29,9 @@ DEFAULT_WORKLOADS: Final[tuple[Workload, ...]] = (
     "replay",
     "history",
 )
-# Run only when named: the issue's further targets, the sink's rows/second, and the
-# throughput as mesh processes are added.
-EXTRA_WORKLOADS: Final[tuple[Workload, ...]] = ("wide_loop", "sink", "scaling")
+# Run only when named: the issue's further targets, the sink's rows/second, the
+# throughput as mesh processes are added, and an idle cached execution's memory.
+EXTRA_WORKLOADS: Final[tuple[Workload, ...]] = ("wide_loop", "sink", "scaling", "idle")
 ALL_WORKLOADS: Final[tuple[Workload, ...]] = DEFAULT_WORKLOADS + EXTRA_WORKLOADS
 
 
@@ -48,6 +49,7 @@ class Sizes(msgspec.Struct, frozen=True, kw_only=True):
     wide_loop_items: int = 10_000
     sink_rows: int = 100_000
     scaling_executions: int = 150
+    idle_executions: int = 2_000
 
 
 FULL: Final = Sizes()
@@ -62,6 +64,7 @@ QUICK: Final = Sizes(
     wide_loop_items=1_000,
     sink_rows=5_000,
     scaling_executions=20,
+    idle_executions=200,
 )
 
 
@@ -150,6 +153,13 @@ class Scaling(msgspec.Struct, kw_only=True):
     executions_per_s: dict[str, float]
 
 
+class Idle(msgspec.Struct, kw_only=True):
+    """Python memory a coordinator holds per idle cached execution (tracemalloc)."""
+
+    kib_per_execution: float
+    executions: int
+
+
 class Machine(msgspec.Struct, kw_only=True):
     """Where the figures were measured."""
 
@@ -174,3 +184,4 @@ class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
     wide_loop: WideLoop | None = None
     sink: Sink | None = None
     scaling: Scaling | None = None
+    idle: Idle | None = None

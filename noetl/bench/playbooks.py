@@ -9,15 +9,20 @@ _HEAD = "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {{name: {name}}}\nwo
 
 def chain(directory: Path, steps: int) -> Path:
     """`steps` trivial python steps one after the other."""
+    path = directory / f"bench_chain_{steps}.yaml"
+    path.write_text(chain_text(steps))
+    return path
+
+
+def chain_text(steps: int) -> str:
+    """The text of the chain playbook."""
     lines = [_HEAD.format(name=f"bench_chain_{steps}")]
     for i in range(steps):
         name = "start" if i == 0 else f"s{i}"
         lines.append(f"  - step: {name}\n    tool: {{kind: python, code: 'result = {i}'}}\n")
         if i < steps - 1:
             lines.append(f"    next: [s{i + 1}]\n")
-    path = directory / f"bench_chain_{steps}.yaml"
-    path.write_text("".join(lines))
-    return path
+    return "".join(lines)
 
 
 def fanout(directory: Path, name: str) -> Path:

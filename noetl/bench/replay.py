@@ -14,7 +14,7 @@ from collections import deque
 from noetl import dsl
 from noetl.bench.env import BenchEnv
 from noetl.bench.model import Replay
-from noetl.engine import Engine, Event, ExecutionState, replay
+from noetl.engine import Engine, Event, ExecutionState
 from noetl.errors import NoetlError
 from noetl.keys import new_execution_id, outcome_id, start_id
 from noetl.messages import CommandCompleted, StartExecution
@@ -69,8 +69,9 @@ def _events(execution_id: int, items: int) -> list[Event]:
 
 
 async def replay_seconds(env: BenchEnv, events: int) -> Replay:
-    """Median seconds of `store.load_decisions` + `replay` over an execution of about
-    `events` decision events (2 per loop item, 4 more)."""
+    """Median seconds of `store.load_state` (what a coordinator does to rebuild an
+    execution it has not cached) over an execution of about `events` decision events (2
+    per loop item, 4 more)."""
     eid = new_execution_id()
     made = _events(eid, max(1, (events - 4) // 2))
     store = env.client.store
@@ -79,7 +80,7 @@ async def replay_seconds(env: BenchEnv, events: int) -> Replay:
     times = []
     for _ in range(_RUNS):
         began = time.perf_counter()
-        state = replay(eid, await store.load_decisions(eid))
+        state = await store.load_state(eid)
         times.append(time.perf_counter() - began)
         if state.status != "completed":
             raise NoetlError(f"bench replay rebuilt a {state.status} execution")

@@ -9,6 +9,7 @@ from noetl.bench.env import bench_env
 from noetl.bench.fanout import fanout, wide_loop
 from noetl.bench.floors import floors
 from noetl.bench.machine import machine
+from noetl.bench.memory import idle
 from noetl.bench.model import FULL, QUICK, Document, Floors, Workload
 from noetl.bench.replay import replay_seconds
 from noetl.bench.scaling import scaling
@@ -53,6 +54,9 @@ async def run_bench(
         if "scaling" in workloads:  # adds and removes mesh processes: after the others
             say("bench: scaling")
             document.scaling = await scaling(env, sizes.scaling_executions)
+        if "idle" in workloads:
+            say("bench: idle")
+            document.idle = await idle(sizes.idle_executions)
         if "history" in workloads:  # last: it empties the event table, then fills it
             say("bench: history")
             document.history = await history(

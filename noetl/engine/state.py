@@ -334,6 +334,12 @@ _FOLDS: dict[str, tuple[_Fold, type[msgspec.Struct]]] = {
 }
 
 
+def payload_type(event_type: str) -> type[msgspec.Struct] | None:
+    """The Struct `fold` reads an event of this type's payload as (None: it ignores it)."""
+    found = _FOLDS.get(event_type)
+    return None if found is None else found[1]
+
+
 def replay(execution_id: int, events: Iterable[Event]) -> ExecutionState:
     """Rebuild an execution's state from its decision events, in version order."""
     state = ExecutionState(execution_id=execution_id)

@@ -10,10 +10,11 @@ import msgspec
 
 from noetl import blobs
 from noetl.engine.events import Event
+from noetl.engine.state import ExecutionState
 from noetl.errors import CatalogError, ExecutionNotFound, StoreError
 from noetl.keys import TIMER_FIRED_PREFIX
 from noetl.store import events as event_sql
-from noetl.store import order, schema
+from noetl.store import order, replay, schema
 from noetl.store.events import Projection
 from noetl.store.views import execution_summary
 
@@ -117,6 +118,10 @@ class Store:
         """Decision events in version order."""
         return await event_sql.load_decisions(self.pool, execution_id, after_version)
 
+    async def load_state(self, execution_id: int) -> ExecutionState:
+        """The execution's state rebuilt from its decision events (a new one if none)."""
+        return await replay.load_state(self.pool, execution_id)
+
     async def live_tree(self, root_execution_id: int, execution_id: int) -> tuple[int, bool]:
         """The running executions under `root_execution_id` (itself excluded) and whether
         `execution_id` is among them or is the root, running."""
@@ -135,8 +140,11 @@ class Store:
         """Store JSON `data` once (by content hash) and return its reference."""
         ref, digest = blobs.make_ref(data)
         await self.pool.execute(
+            # A blob reused after an hour is marked young again, so that `db prune` (which
+            # spares blobs younger than two hours) never deletes a value being referenced.
             "INSERT INTO noetl.blob (digest, data, size) VALUES ($1, $2::text::jsonb, $3) "
-            "ON CONFLICT (digest) DO NOTHING",
+            "ON CONFLICT (digest) DO UPDATE SET created_at = now() "
+            "WHERE noetl.blob.created_at < now() - interval '1 hour'",
             digest,
             order.encode(msgspec.json.decode(data)),
             len(data),

@@ -11,11 +11,12 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["ORDER_KEY", "decode", "encode"]
+__all__ = ["MARK", "ORDER_KEY", "decode", "encode"]
 
 #: The extra key holding an object's key order (never seen by readers of the store).
 ORDER_KEY: Final = "@noetl:keys"
-_MARK: Final = f'"{ORDER_KEY}"'
+#: How a recorded key order shows in JSON text (its key, quoted).
+MARK: Final = f'"{ORDER_KEY}"'
 
 
 def _jsonb_rank(key: str) -> tuple[int, bytes]:
@@ -57,5 +58,5 @@ def encode(value: Any) -> str:
 def decode(text: str | bytes) -> Any:
     """JSONB text back to the value `encode` was given, key order included."""
     value = msgspec.json.decode(text)
-    marked = _MARK in text if isinstance(text, str) else _MARK.encode() in text
+    marked = MARK in text if isinstance(text, str) else MARK.encode() in text
     return _restored(value) if marked else value

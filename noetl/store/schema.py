@@ -104,6 +104,14 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             ON noetl.execution (parent_execution_id) WHERE status = 'running';
         """,
     ),
+    (
+        6,
+        "children of an execution, for `db prune`'s walk down a tree",
+        """
+        CREATE INDEX IF NOT EXISTS execution_children
+            ON noetl.execution (parent_execution_id) WHERE parent_execution_id IS NOT NULL;
+        """,
+    ),
 ]
 
 # What `db validate` expects to find: table -> columns.
