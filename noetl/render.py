@@ -17,7 +17,7 @@ from jinja2 import Template, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Undefined
 
-from noetl.errors import RenderError
+from noetl.errors import RenderError, TooManyItems
 from noetl.render_sandbox import ENV, MAX_RENDERED_CHARS, UNDEFINED_TESTS, Scope, ScopeContext
 from noetl.render_values import (
     LENIENT_KEY,
@@ -265,7 +265,7 @@ def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool
         return plain(value)
     except UndefinedError as exc:
         _fail(where, text, exc, f"{exc}. Defined names: {listing(defined(context))}")
-    except SecurityError as exc:
+    except (SecurityError, TooManyItems) as exc:
         _fail(where, text, exc, f"refused by the sandbox: {exc}")
     except Exception as exc:
         _fail(where, text, exc, f"{type(exc).__name__}: {exc}")

@@ -1,12 +1,12 @@
 """The Jinja2 sandbox templates run in: strict-but-chainable undefined names that are false
-in tests, dict keys before attributes, huge `*` / `**` refused, and a scope that reads the
-context without copying it.
+in tests, dict keys before attributes, huge `*` / `**` / `+` and long sequences refused
+(`noetl.render_limits`), and a scope that reads the context without copying it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -16,6 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from noetl.render_filters import FILTERS
+from noetl.render_limits import bounded_list, bounded_range, check_count
 from noetl.render_values import (
     LENIENT_KEY,
     MISSING,
@@ -30,7 +31,7 @@ from noetl.render_values import (
 )
 
 MAX_RENDERED_CHARS: Final = 16 * 1024 * 1024
-"""The longest string a template may render to (and the largest sequence `*` may build)."""
+"""The longest string a template may render to, or build with `*` or `+`."""
 MAX_INT_BITS: Final = 4096
 """The largest integer `**` may compute, in bits."""
 # Names always read leniently; step names are added per context by `build_context`.
@@ -80,16 +81,26 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
     or exhaust the process that renders it with `{{ 10 ** 10 ** 9 }}` or `{{ 'x' * 10**10 }}`).
     """
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        """`left * right` or `left ** right`, after checking the size of the result."""
+        """`left * right`, `left ** right` or `left + right`, after checking the size of
+        the result."""
         if operator == "**":
             _check_power(left, right)
+        elif operator == "+":
+            _check_concat(left, right)
         else:
             _check_repeat(left, right)
             _check_repeat(right, left)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """A call, whose result may not be a sequence over the limit (`s.split()`)."""
+        result = super().call(__context, __obj, *args, **kwargs)
+        if isinstance(result, list | tuple):
+            check_count("the result of a call", len(result))
+        return result
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """`obj.attribute`: a key of a mapping first, then a (safe) attribute."""
@@ -117,15 +128,26 @@ def _check_power(base: Any, exponent: Any) -> None:
 
 
 def _check_repeat(sequence: Any, count: Any) -> None:
-    if (
-        isinstance(sequence, str | list | tuple | bytes)
-        and isinstance(count, int)
-        and len(sequence) * count > MAX_RENDERED_CHARS
-    ):
+    if not isinstance(count, int):
+        return
+    if isinstance(sequence, str | bytes) and len(sequence) * count > MAX_RENDERED_CHARS:
         raise SecurityError(
             f"repeating {len(sequence)} items {count:,} times would exceed "
             f"{MAX_RENDERED_CHARS:,} items"
         )
+    if isinstance(sequence, list | tuple):
+        check_count(f"a list of {len(sequence):,} repeated {count:,} times", len(sequence) * count)
+
+
+def _check_concat(left: Any, right: Any) -> None:
+    if isinstance(left, str) and isinstance(right, str):
+        if len(left) + len(right) > MAX_RENDERED_CHARS:
+            raise SecurityError(
+                f"joining {len(left):,} and {len(right):,} characters would exceed "
+                f"{MAX_RENDERED_CHARS:,} characters"
+            )
+    elif isinstance(left, Sequence) and isinstance(right, Sequence):
+        check_count(f"a list of {len(left):,} + {len(right):,} items", len(left) + len(right))
 
 
 def _key(obj: Any, key: Any) -> Any:
@@ -162,7 +184,9 @@ ENV: Final = SandboxEnvironment(
     cache_size=0,  # templates are cached by `_compile` instead
 )
 ENV.filters.update(FILTERS)
+ENV.filters["list"] = bounded_list
 GLOBALS: Final = ENV.globals
+GLOBALS["range"] = bounded_range
 
 
 class Scope(Mapping[str, Any]):

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from jinja2.runtime import Undefined
 
+from noetl.render_limits import bounded_list
 from noetl.sql_shape import command_view, is_statements, last_rows
 
 
@@ -211,7 +212,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     if isinstance(value, _LISTABLE):
-        value = list(value)
+        value = bounded_list(value)
     return map_items(value, plain)
 
 
