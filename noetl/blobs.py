@@ -10,18 +10,52 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgspec
+
+from noetl.errors import TooManyItems
 
 REF_KEY: Final = "$noetl_ref"
 
 _json = msgspec.json.Encoder()
 
 
+class Oversized(dict[str, Any]):
+    """A stored value left unloaded because it holds a list of `count` items (at its top or
+    under one of its keys), more than `limit`: the coordinator, which never iterates it
+    but would hold all of it, keeps its reference instead.
+
+    It is the reference as a dict (so it encodes as one); a template may take its length
+    (`count`), and any other read raises TooManyItems.
+    """
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, ref: Mapping[str, Any], count: int, limit: int) -> None:
+        super().__init__(ref)
+        self.count = count
+        self.limit = limit
+
+    def _refuse(self, *_: Any) -> NoReturn:
+        raise TooManyItems("a stored result", self.count, self.limit)
+
+    def __len__(self) -> int:
+        return self.count
+
+    __iter__ = __getitem__ = __contains__ = get = _refuse
+
+
 def is_ref(value: Any) -> bool:
-    """True when `value` is a reference to a stored blob."""
-    return isinstance(value, dict) and REF_KEY in value and len(value) <= 2
+    """True when `value` is a reference to a stored blob (an Oversized value is one)."""
+    # dict's own methods: an Oversized value refuses the usual reads.
+    return (
+        isinstance(value, dict) and dict.__contains__(value, REF_KEY) and dict.__len__(value) <= 2
+    )
+
+
+def _digest(ref: dict[str, Any]) -> str:
+    return str(dict.__getitem__(ref, REF_KEY))
 
 
 def make_ref(data: bytes) -> tuple[dict[str, Any], str]:
@@ -39,7 +73,7 @@ def refs_in(value: Any, depth: int = 2) -> Iterator[str]:
     """Digests referenced at the top of `value` or in its lists/dicts up to `depth` deep
     (where results sit: a step result, a loop's list of results)."""
     if is_ref(value):
-        yield str(value[REF_KEY])
+        yield _digest(value)
     elif depth > 0 and isinstance(value, list):
         for item in value:
             yield from refs_in(item, depth - 1)
@@ -51,7 +85,7 @@ def refs_in(value: Any, depth: int = 2) -> Iterator[str]:
 def resolve(value: Any, blobs: Mapping[str, Any], depth: int = 2) -> Any:
     """`value` with the references it holds (as `refs_in` finds them) replaced."""
     if is_ref(value):
-        return blobs.get(str(value[REF_KEY]), value)
+        return blobs.get(_digest(value), value)
     if depth > 0 and isinstance(value, list):
         if not any(True for _ in refs_in(value, depth)):
             return value
