@@ -92,6 +92,14 @@ def page_outcome(
     tested by `continue_while` is noted in `notes`."""
     outcome = PageOutcome()
     where = f"step `{name}` loop.pagination"
+    if isinstance(response, Oversized):
+        # Left in the store by the coordinator: a page this long is not merged or read.
+        outcome.error = ErrorInfo(
+            type="pagination",
+            message=f"{where}: page {index} holds {response.count:,} items, more than the "
+            f"limit of {response.limit:,} (NOETL_MAX_LOOP_ITEMS)",
+        )
+        return outcome
     try:
         if not per_page_sink:
             outcome.part = extract(response, page.merge_path)

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from noetl import blobs, render
-from noetl.engine.loops import loop_items
+from noetl.dsl import Pagination
+from noetl.engine.loops import loop_items, page_outcome
 from noetl.engine.plan import LoopSpec
 from noetl.errors import RenderError, TooManyItems
 
@@ -82,3 +83,14 @@ def test_an_unloaded_value_gives_its_length_refuses_reads_and_encodes_as_its_ref
         assert isinstance(caught.value.__cause__, TooManyItems), template
     assert msgspec.json.decode(msgspec.json.encode(big)) == ref
     assert blobs.is_ref(big) and list(blobs.refs_in({"make": big})) == ["abc"]
+
+
+def test_a_page_left_unloaded_ends_its_pagination_with_the_count() -> None:
+    page = Pagination(continue_while="{{ true }}", next_page={"params": {"p": 2}})
+    response = blobs.Oversized({blobs.REF_KEY: "abc", "size": 9}, 200_000, 100_000)
+    outcome = page_outcome(page, "pages", 3, response, {}, {}, per_page_sink=False, notes=[])
+    assert outcome.error is not None and outcome.next_overrides is None
+    assert outcome.error.message == (
+        "step `pages` loop.pagination: page 3 holds 200,000 items, more than the limit of "
+        "100,000 (NOETL_MAX_LOOP_ITEMS)"
+    )
