@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import msgspec
-
-from noetl.errors import TooManyItems
 
 REF_KEY: Final = "$noetl_ref"
 
@@ -23,11 +21,11 @@ _json = msgspec.json.Encoder()
 
 class Oversized(dict[str, Any]):
     """A stored value left unloaded because it holds a list of `count` items (at its top or
-    under one of its keys), more than `limit`: the coordinator, which never iterates it
-    but would hold all of it, keeps its reference instead.
+    under one of its keys), more than `limit`: the coordinator, which would hold all of it
+    and never iterates it, keeps its reference instead.
 
-    It is the reference as a dict (so it encodes as one); a template may take its length
-    (`count`), and any other read raises TooManyItems.
+    It is the reference, as a plain dict to everything but templates, which see it through
+    `render_values.OversizedView`: its length, and TooManyItems on any other read.
     """
 
     __slots__ = ("count", "limit")
@@ -37,25 +35,10 @@ class Oversized(dict[str, Any]):
         self.count = count
         self.limit = limit
 
-    def _refuse(self, *_: Any) -> NoReturn:
-        raise TooManyItems("a stored result", self.count, self.limit)
-
-    def __len__(self) -> int:
-        return self.count
-
-    __iter__ = __getitem__ = __contains__ = get = _refuse
-
 
 def is_ref(value: Any) -> bool:
     """True when `value` is a reference to a stored blob (an Oversized value is one)."""
-    # dict's own methods: an Oversized value refuses the usual reads.
-    return (
-        isinstance(value, dict) and dict.__contains__(value, REF_KEY) and dict.__len__(value) <= 2
-    )
-
-
-def _digest(ref: dict[str, Any]) -> str:
-    return str(dict.__getitem__(ref, REF_KEY))
+    return isinstance(value, dict) and REF_KEY in value and len(value) <= 2
 
 
 def make_ref(data: bytes) -> tuple[dict[str, Any], str]:
@@ -73,7 +56,7 @@ def refs_in(value: Any, depth: int = 2) -> Iterator[str]:
     """Digests referenced at the top of `value` or in its lists/dicts up to `depth` deep
     (where results sit: a step result, a loop's list of results)."""
     if is_ref(value):
-        yield _digest(value)
+        yield str(value[REF_KEY])
     elif depth > 0 and isinstance(value, list):
         for item in value:
             yield from refs_in(item, depth - 1)
@@ -85,7 +68,7 @@ def refs_in(value: Any, depth: int = 2) -> Iterator[str]:
 def resolve(value: Any, blobs: Mapping[str, Any], depth: int = 2) -> Any:
     """`value` with the references it holds (as `refs_in` finds them) replaced."""
     if is_ref(value):
-        return blobs.get(_digest(value), value)
+        return blobs.get(str(value[REF_KEY]), value)
     if depth > 0 and isinstance(value, list):
         if not any(True for _ in refs_in(value, depth)):
             return value

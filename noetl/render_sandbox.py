@@ -23,6 +23,7 @@ from noetl.render_values import (
     SCALARS,
     LenientMapping,
     LenientSequence,
+    OversizedView,
     defined,
     listing,
     plain,
@@ -153,6 +154,8 @@ def _check_concat(left: Any, right: Any) -> None:
 def _key(obj: Any, key: Any) -> Any:
     """The value under `key` when `obj` is a mapping holding it (or a lenient alias), else
     MISSING. Uses `get`, so that a defaultdict-like mapping is never mutated."""
+    if isinstance(obj, OversizedView):
+        obj.refuse()
     try:
         if type(obj) is dict:
             return obj.get(key, MISSING)

@@ -11,6 +11,7 @@ from noetl.dsl import Pagination
 from noetl.engine.loops import loop_items, page_outcome
 from noetl.engine.plan import LoopSpec
 from noetl.errors import RenderError, TooManyItems
+from noetl.store import order
 
 
 def spec(items: str) -> LoopSpec:
@@ -81,6 +82,9 @@ def test_an_unloaded_value_gives_its_length_refuses_reads_and_encodes_as_its_ref
         with pytest.raises(RenderError) as caught:
             render.render(template, context)
         assert isinstance(caught.value.__cause__, TooManyItems), template
+    # Anywhere else (an edge's args, an event) it is its reference.
+    passed_on = render.render({"rows": "{{ make }}"}, context)
+    assert order.decode(order.encode(passed_on)) == {"rows": ref}
     assert msgspec.json.decode(msgspec.json.encode(big)) == ref
     assert blobs.is_ref(big) and list(blobs.refs_in({"make": big})) == ["abc"]
 
