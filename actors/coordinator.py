@@ -414,7 +414,10 @@ class CoordinatorHost(Actor):
             return {}
         missing = [d for d in digests if d not in self._values]
         if missing:
-            self._values.update(await self.store.get_blobs(missing))
+            # A value holding more items than a loop may have is left in the store: the
+            # coordinator only ever needs its length (a loop over it fails).
+            limit = self.settings.max_loop_items
+            self._values.update(await self.store.get_blobs(missing, max_items=limit))
             while len(self._values) > _VALUE_CACHE:
                 self._values.pop(next(iter(self._values)))
         return {d: self._values[d] for d in digests if d in self._values}

@@ -19,8 +19,25 @@ REF_KEY: Final = "$noetl_ref"
 _json = msgspec.json.Encoder()
 
 
+class Oversized(dict[str, Any]):
+    """A stored value left unloaded because it holds a list of `count` items (at its top or
+    under one of its keys), more than `limit`: the coordinator, which would hold all of it
+    and never iterates it, keeps its reference instead.
+
+    It is the reference, as a plain dict to everything but templates, which see it through
+    `render_values.OversizedView`: its length, and TooManyItems on any other read.
+    """
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, ref: Mapping[str, Any], count: int, limit: int) -> None:
+        super().__init__(ref)
+        self.count = count
+        self.limit = limit
+
+
 def is_ref(value: Any) -> bool:
-    """True when `value` is a reference to a stored blob."""
+    """True when `value` is a reference to a stored blob (an Oversized value is one)."""
     return isinstance(value, dict) and REF_KEY in value and len(value) <= 2
 
 

@@ -55,6 +55,18 @@ class RenderTimeout(RenderError):
     error_type = "render_timeout"
 
 
+class TooManyItems(NoetlError):
+    """A template produced (or was about to produce) a sequence longer than its limit:
+    `count` items when known, else at least `limit + 1`."""
+
+    def __init__(self, what: str, count: int | None, limit: int) -> None:
+        self.what = what
+        self.count = count
+        self.limit = limit
+        has = f"{count:,} items" if count is not None else f"more than {limit:,} items"
+        super().__init__(f"{what} has {has}, more than the limit of {limit:,}")
+
+
 class ToolError(NoetlError):
     """A tool failed; `error_type` and `details` go into the step's error record."""
 

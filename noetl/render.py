@@ -18,7 +18,7 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Undefined
 from jinja2.visitor import NodeTransformer
 
-from noetl.errors import RenderError, RenderTimeout
+from noetl.errors import RenderError, RenderTimeout, TooManyItems
 from noetl.render_limits import TemplateTimeout, clock, joined, time_limit
 from noetl.render_sandbox import ENV, UNDEFINED_TESTS, Scope, ScopeContext
 from noetl.render_values import (
@@ -292,7 +292,7 @@ def _render_string(text: str, context: Mapping[str, Any], where: str, test: bool
             f"{_prefix(where)}cannot render {_shorten(text)}: it ran longer than "
             f"{time_limit():g} s (NOETL_RENDER_TIMEOUT)"
         ) from exc
-    except SecurityError as exc:
+    except (SecurityError, TooManyItems) as exc:
         _fail(where, text, exc, f"refused by the sandbox: {exc}")
     except Exception as exc:
         _fail(where, text, exc, f"{type(exc).__name__}: {exc}")

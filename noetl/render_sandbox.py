@@ -1,13 +1,13 @@
 """The Jinja2 sandbox templates run in: strict-but-chainable undefined names that are false
-in tests, dict keys before attributes, huge `*` / `**` / `+` refused, the template's clock
-checked at every call (`noetl.render_limits`), and a scope that reads the context without
-copying it.
+in tests, dict keys before attributes, huge `*` / `**` / `+` and long sequences refused
+(`noetl.render_items`), the template's clock checked at every call
+(`noetl.render_limits`), and a scope that reads the context without copying it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -17,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from noetl.render_filters import FILTERS
+from noetl.render_items import bounded_list, bounded_range, check_count
 from noetl.render_limits import MAX_RENDERED_CHARS, check_time
 from noetl.render_values import (
     LENIENT_KEY,
@@ -24,6 +25,7 @@ from noetl.render_values import (
     SCALARS,
     LenientMapping,
     LenientSequence,
+    OversizedView,
     defined,
     listing,
     plain,
@@ -90,16 +92,20 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         if operator == "**":
             _check_power(left, right)
         elif operator == "+":
-            _check_sum(left, right)
+            _check_concat(left, right)
         else:
             _check_repeat(left, right)
             _check_repeat(right, left)
         return super().call_binop(context, operator, left, right)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """A call from the template (function, method, macro, `loop(...)`), on the clock."""
+        """A call from the template (function, method, macro, `loop(...)`), on the clock;
+        its result may not be a sequence over the limit (`s.split()`)."""
         check_time()
-        return super().call(context, obj, *args, **kwargs)
+        result = super().call(context, obj, *args, **kwargs)
+        if isinstance(result, list | tuple):
+            check_count("the result of a call", len(result))
+        return result
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """`obj.attribute`: a key of a mapping first, then a (safe) attribute."""
@@ -127,32 +133,33 @@ def _check_power(base: Any, exponent: Any) -> None:
 
 
 def _check_repeat(sequence: Any, count: Any) -> None:
-    if (
-        isinstance(sequence, str | list | tuple | bytes)
-        and isinstance(count, int)
-        and len(sequence) * count > MAX_RENDERED_CHARS
-    ):
+    if not isinstance(count, int):
+        return
+    if isinstance(sequence, str | bytes) and len(sequence) * count > MAX_RENDERED_CHARS:
         raise SecurityError(
             f"repeating {len(sequence)} items {count:,} times would exceed "
             f"{MAX_RENDERED_CHARS:,} items"
         )
+    if isinstance(sequence, list | tuple):
+        check_count(f"a list of {len(sequence):,} repeated {count:,} times", len(sequence) * count)
 
 
-def _check_sum(left: Any, right: Any) -> None:
-    if (
-        isinstance(left, str | list | tuple | bytes)
-        and isinstance(right, str | list | tuple | bytes)
-        and len(left) + len(right) > MAX_RENDERED_CHARS
-    ):
-        raise SecurityError(
-            f"adding {len(left):,} and {len(right):,} items would exceed "
-            f"{MAX_RENDERED_CHARS:,} items"
-        )
+def _check_concat(left: Any, right: Any) -> None:
+    if isinstance(left, str) and isinstance(right, str):
+        if len(left) + len(right) > MAX_RENDERED_CHARS:
+            raise SecurityError(
+                f"joining {len(left):,} and {len(right):,} characters would exceed "
+                f"{MAX_RENDERED_CHARS:,} characters"
+            )
+    elif isinstance(left, Sequence) and isinstance(right, Sequence):
+        check_count(f"a list of {len(left):,} + {len(right):,} items", len(left) + len(right))
 
 
 def _key(obj: Any, key: Any) -> Any:
     """The value under `key` when `obj` is a mapping holding it (or a lenient alias), else
     MISSING. Uses `get`, so that a defaultdict-like mapping is never mutated."""
+    if isinstance(obj, OversizedView):
+        obj.refuse()
     try:
         if type(obj) is dict:
             return obj.get(key, MISSING)
@@ -184,7 +191,9 @@ ENV: Final = SandboxEnvironment(
     cache_size=0,  # templates are cached by `_compile` instead
 )
 ENV.filters.update(FILTERS)
+ENV.filters["list"] = bounded_list
 GLOBALS: Final = ENV.globals
+GLOBALS["range"] = bounded_range
 
 
 class Scope(Mapping[str, Any]):

@@ -19,10 +19,13 @@ from collections.abc import (
     Sequence,
     ValuesView,
 )
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from jinja2.runtime import Undefined
 
+from noetl.blobs import Oversized
+from noetl.errors import TooManyItems
+from noetl.render_items import bounded_list
 from noetl.sql_shape import command_view, is_statements, last_rows
 
 
@@ -156,6 +159,33 @@ class LenientSequence(Sequence[Any]):
         return {"total": total, "success": total - failed, "failed": failed}
 
 
+class OversizedView:
+    """What a template sees of a stored value the coordinator left unloaded
+    (`blobs.Oversized`): its length; any other read raises TooManyItems."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Oversized) -> None:
+        self._target = target
+
+    def refuse(self) -> NoReturn:
+        """Raise TooManyItems with the value's count."""
+        target = self._target
+        raise TooManyItems("a stored result, not loaded", target.count, target.limit)
+
+    def __len__(self) -> int:
+        return self._target.count
+
+    def __iter__(self) -> Iterator[Any]:
+        self.refuse()
+
+    def __getitem__(self, key: Any) -> Any:
+        self.refuse()
+
+    def __contains__(self, item: object) -> bool:
+        self.refuse()
+
+
 def _is_failure(item: Any) -> bool:
     return isinstance(item, Mapping) and item.keys() == {"error"}
 
@@ -182,8 +212,10 @@ class StatementsView(LenientMapping):
 
 def wrap(value: Any) -> Any:
     """A proxy for a dict, list or tuple read from a result; anything else as is."""
-    if isinstance(value, (LenientMapping, LenientSequence)):
+    if isinstance(value, (LenientMapping, LenientSequence, OversizedView)):
         return value
+    if isinstance(value, Oversized):
+        return OversizedView(value)
     if is_statements(value):
         return StatementsView(value)
     if isinstance(value, Mapping):
@@ -195,7 +227,7 @@ def wrap(value: Any) -> Any:
 
 def unwrap(value: Any) -> Any:
     """The object behind a proxy (shallow)."""
-    if isinstance(value, (LenientMapping, LenientSequence)):
+    if isinstance(value, (LenientMapping, LenientSequence, OversizedView)):
         return value._target
     return value
 
@@ -205,13 +237,13 @@ def plain(value: Any) -> Any:
 
     Containers holding none of them are returned as they are (no copy).
     """
-    if isinstance(value, (LenientMapping, LenientSequence)):
+    if isinstance(value, (LenientMapping, LenientSequence, OversizedView)):
         # A proxy's target comes from the context and so never holds proxies.
         return value._target
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     if isinstance(value, _LISTABLE):
-        value = list(value)
+        value = bounded_list(value)
     return map_items(value, plain)
 
 

@@ -13,30 +13,38 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from noetl import render
+from noetl.blobs import Oversized
 from noetl.dsl import Pagination
 from noetl.engine import conditions
 from noetl.engine.iteration import deep_merge, extract
 from noetl.engine.plan import LoopSpec
 from noetl.engine.state import LoopState
-from noetl.errors import RenderError
+from noetl.errors import RenderError, TooManyItems
 from noetl.messages import ErrorInfo
+from noetl.render_items import items_at_most
 
 
 def loop_items(
     spec: LoopSpec, name: str, context: Mapping[str, Any], limit: int
 ) -> tuple[list[Any], ErrorInfo | None]:
     """The items of step `name`'s loop, or no items and the error why they are unusable
-    (more than `limit` items among them: the step fails before any item is issued)."""
+    (more than `limit` items among them: the step fails before any item is issued).
+
+    The limit bites while the items are built (`render_items.items_at_most`), and a
+    stored result over it was never loaded (`blobs.Oversized`), so asking for ten million
+    items costs no more memory than asking for `limit`."""
     try:
-        items = render.render(spec.items, context, where=f"step `{name}` loop.in")
+        with items_at_most(limit):
+            items = render.render(spec.items, context, where=f"step `{name}` loop.in")
     except RenderError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, TooManyItems):
+            return [], _too_many(name, cause.count, limit, f": {cause.what}")
         return [], ErrorInfo(type=exc.error_type, message=str(exc))
+    if isinstance(items, Oversized):
+        return [], _too_many(name, items.count, limit, ": a stored result, not loaded")
     if isinstance(items, list | tuple) and len(items) > limit:
-        return [], ErrorInfo(
-            type="loop",
-            message=f"step `{name}`: loop.in has {len(items):,} items, more than the limit "
-            f"of {limit:,} (NOETL_MAX_LOOP_ITEMS)",
-        )
+        return [], _too_many(name, len(items), limit, "")
     if not isinstance(items, list | tuple):
         return [], ErrorInfo(
             type="loop",
@@ -44,6 +52,17 @@ def loop_items(
             f"{type(items).__name__} {preview(items)}",
         )
     return list(items), None
+
+
+def _too_many(name: str, count: int | None, limit: int, how: str) -> ErrorInfo:
+    has = (
+        f"{count:,} items, more than the limit of {limit:,}"
+        if count is not None
+        else f"more than {limit:,} items, the limit"
+    )
+    return ErrorInfo(
+        type="loop", message=f"step `{name}`: loop.in has {has} (NOETL_MAX_LOOP_ITEMS){how}"
+    )
 
 
 class PageOutcome(msgspec.Struct, kw_only=True):
@@ -73,6 +92,14 @@ def page_outcome(
     tested by `continue_while` is noted in `notes`."""
     outcome = PageOutcome()
     where = f"step `{name}` loop.pagination"
+    if isinstance(response, Oversized):
+        # Left in the store by the coordinator: a page this long is not merged or read.
+        outcome.error = ErrorInfo(
+            type="pagination",
+            message=f"{where}: page {index} holds {response.count:,} items, more than the "
+            f"limit of {response.limit:,} (NOETL_MAX_LOOP_ITEMS)",
+        )
+        return outcome
     try:
         if not per_page_sink:
             outcome.part = extract(response, page.merge_path)

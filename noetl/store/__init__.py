@@ -19,6 +19,23 @@ from noetl.store.events import Projection
 from noetl.store.views import execution_summary
 
 # Walks running executions only: an ended one's subtree is being cancelled.
+# The longest list at the top of each value or under one of its keys, counted in PostgreSQL;
+# a value over the bound is not sent.
+_BOUNDED_BLOBS = """
+SELECT digest, size, items, CASE WHEN items <= $2 THEN data END AS data
+FROM (
+  SELECT digest, size, data,
+         CASE jsonb_typeof(data)
+           WHEN 'array' THEN jsonb_array_length(data)
+           WHEN 'object' THEN (SELECT coalesce(max(jsonb_array_length(v)), 0)
+                               FROM jsonb_each(data) AS e(k, v)
+                               WHERE jsonb_typeof(v) = 'array')
+           ELSE 0
+         END AS items
+  FROM noetl.blob WHERE digest = ANY($1::text[])
+) AS b
+"""
+
 _LIVE_TREE = """
 WITH RECURSIVE tree(id) AS (
     SELECT execution_id FROM noetl.execution WHERE execution_id = $1 AND status = 'running'
@@ -139,6 +156,9 @@ class Store:
     async def put_blob(self, data: bytes) -> dict[str, Any]:
         """Store JSON `data` once (by content hash) and return its reference."""
         ref, digest = blobs.make_ref(data)
+        # Key orders need recording only where there are objects: a list of ten million
+        # scalars goes as it is, without a walk over its items.
+        text = order.encode(msgspec.json.decode(data)) if b"{" in data else data.decode()
         await self.pool.execute(
             # A blob reused after an hour is marked young again, so that `db prune` (which
             # spares blobs younger than two hours) never deletes a value being referenced.
@@ -146,20 +166,33 @@ class Store:
             "ON CONFLICT (digest) DO UPDATE SET created_at = now() "
             "WHERE noetl.blob.created_at < now() - interval '1 hour'",
             digest,
-            order.encode(msgspec.json.decode(data)),
+            text,
             len(data),
         )
         return ref
 
-    async def get_blobs(self, digests: Iterable[str]) -> dict[str, Any]:
-        """The values of stored blobs, by digest."""
+    async def get_blobs(
+        self, digests: Iterable[str], max_items: int | None = None
+    ) -> dict[str, Any]:
+        """The values of stored blobs, by digest. With `max_items`, a value holding a list
+        longer than that (at its top or under one key) is counted by PostgreSQL and left
+        there: it comes back as `blobs.Oversized`, so the caller's memory stays bounded."""
         wanted = sorted(set(digests))
         if not wanted:
             return {}
-        rows = await self.pool.fetch(
-            "SELECT digest, data FROM noetl.blob WHERE digest = ANY($1::text[])", wanted
-        )
-        found = {r["digest"]: r["data"] for r in rows}
+        if max_items is None:
+            rows = await self.pool.fetch(
+                "SELECT digest, data FROM noetl.blob WHERE digest = ANY($1::text[])", wanted
+            )
+            found = {r["digest"]: r["data"] for r in rows}
+        else:
+            found = {}
+            for r in await self.pool.fetch(_BOUNDED_BLOBS, wanted, max_items):
+                ref = {blobs.REF_KEY: r["digest"], "size": r["size"]}
+                over = r["items"] > max_items
+                found[r["digest"]] = (
+                    blobs.Oversized(ref, r["items"], max_items) if over else r["data"]
+                )
         missing = set(wanted) - set(found)
         if missing:
             raise StoreError(f"stored values are missing: {sorted(missing)}")

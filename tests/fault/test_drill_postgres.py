@@ -1,11 +1,13 @@
-"""Drill: PostgreSQL stopped for 5 s and restarted, and every mesh connection terminated
-(`pg_terminate_backend`) again and again while decisions commit, under a mix of playbooks
-on a mesh of one process per role."""
+"""Drill: PostgreSQL stopped for 5 s and restarted, a connection terminated
+(`pg_terminate_backend`) exactly inside a decision's commit, and every mesh connection
+terminated again and again while decisions commit, under a mix of playbooks on a mesh of
+one process per role."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 import asyncpg
@@ -13,8 +15,9 @@ import asyncpg
 from noetl.client import Client
 from noetl.config import Settings
 from noetl.servers.postgres import start_postgres
+from tests.fault.commit_hold import CommitHold
 from tests.fault.drills import Drill, Mix, start_roles, timed, until_up
-from tests.fault.harness import assert_db_clean, kill_hard
+from tests.fault.harness import assert_db_clean, count_events, kill_hard, wait_until
 from tests.support.http_api import HttpApi
 from tests.support.services import (
     TEST_PG_SETTINGS,
@@ -38,6 +41,42 @@ async def terminate_backends(admin_dsn: str) -> int:
         return int(await conn.fetchval(_TERMINATE))
     finally:
         await conn.close()
+
+
+async def terminate_inside_a_commit(client: Client, dsn: str, mix: Mix, drill: Drill) -> None:
+    """Terminate the backend committing the decision that starts step `s4` of a chain,
+    while it sleeps inside the commit (its events inserted, not committed): the coordinator
+    decides again, the same decision is held again with none of its events committed, and
+    once let go it is committed once, whole."""
+    hold = await CommitHold.install(dsn)
+    try:
+        eid = await client.start("slow_chain")
+        mix.expected[eid] = {"done": True}
+        await hold.hold(eid, "s4")
+        first = await hold.held()
+        assert first.execution_id == eid and first.events >= 2, first
+        await hold.terminate(first)
+        began = time.monotonic()
+        again = await hold.held(other_than=first.pid)
+        drill.faults.append(
+            f"terminated inside a commit of {first.events} events (decided again after "
+            f"{time.monotonic() - began:.1f} s)"
+        )
+        assert (again.execution_id, again.version, again.events) == (
+            first.execution_id,
+            first.version,
+            first.events,
+        )
+        assert await hold.committed(first) == 0
+        await hold.release()
+
+        async def committed_whole() -> bool:
+            return await hold.committed(first) == first.events
+
+        await wait_until(committed_whole)
+        assert (await count_events(client, eid, "step.started"))["s4"] == 1
+    finally:
+        await hold.uninstall()
 
 
 async def test_postgres_restarted_and_connections_terminated(
@@ -64,6 +103,7 @@ async def test_postgres_restarted_and_connections_terminated(
         with timed(drill):
             await mix.register()
             await mix.wave()
+            await terminate_inside_a_commit(client, server.dsn("drill"), mix, drill)
             for _ in range(TERMINATIONS):
                 await asyncio.sleep(0.4)
                 killed = await terminate_backends(server.admin_dsn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from noetl import render as render_module
 from noetl import render_values
-from noetl.errors import RenderError
+from noetl.errors import RenderError, TooManyItems
 from noetl.render import (
     MISSING,
     build_context,
@@ -23,6 +24,7 @@ from noetl.render import (
     syntax_error,
     truthy,
 )
+from noetl.render_items import items_at_most
 
 FETCH = {
     "id": "c1",
@@ -785,7 +787,7 @@ def test_templates_are_parsed_once() -> None:
     [
         ("{{ 10 ** 5000 }}", "10 ** 5000 would have more than 4096 bits"),
         ("{{ 'x' * 10 ** 9 }}", "repeating 1 items 1,000,000,000 times would exceed"),
-        ("{{ 10 ** 9 * [0] }}", "repeating 1 items 1,000,000,000 times would exceed"),
+        ("{{ 10 ** 9 * [0] }}", "has 1,000,000,000 items, more than the limit of 16,777,216"),
         (
             "a{{ 'x' * 10 ** 7 }}b{{ 'y' * 10 ** 7 }}",
             "the template renders more than 16,777,216 characters",
@@ -795,6 +797,50 @@ def test_templates_are_parsed_once() -> None:
 def test_huge_values_are_refused_before_they_are_built(template: str, expected: str) -> None:
     message = render_error(template)
     assert "refused by the sandbox" in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            "{{ range(10000000) }}",
+            "range(10000000) has 10,000,000 items, more than the limit of 1,000",
+        ),
+        ("{{ range(1000) | list * 2 }}", "a list of 1,000 repeated 2 times has 2,000 items"),
+        ("{{ range(600) | list + range(600) | list }}", "a list of 600 + 600 items has 1,200"),
+        ("{{ range(1000) | map('string') | list + ['x'] }}", "has 1,001 items"),
+        ("{{ ('a,' * 5000) .split(',') }}", "the result of a call has 5,001 items"),
+        ("{{ (range(1000) | map('string') | join(',') + ',x').split(',') }}", "has 1,001"),
+    ],
+)
+def test_sequences_past_the_item_limit_are_refused_while_built(
+    template: str, expected: str
+) -> None:
+    with items_at_most(1000), pytest.raises(RenderError) as caught:
+        render(template, {})
+    assert isinstance(caught.value.__cause__, TooManyItems), caught.value
+    assert expected in str(caught.value), caught.value
+
+
+def test_a_generator_listed_past_the_item_limit_stops_at_the_first_item_over() -> None:
+    drawn: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for n in range(10**9):
+            drawn.append(n)
+            yield n
+
+    with items_at_most(10), pytest.raises(RenderError, match="more than 10 items"):
+        render("{{ numbers() | list }}", {"numbers": numbers})
+    assert len(drawn) == 11
+    with items_at_most(10):
+        assert render("{{ range(10) | list }}", {}) == list(range(10))
+
+
+def test_outside_a_loop_range_keeps_jinjas_limit() -> None:
+    assert len(render("{{ range(100000) | list }}", {})) == 100000
+    with pytest.raises(RenderError, match=r"range\(100001\) has 100,001 items"):
+        render("{{ range(100001) }}", {})
 
 
 def test_ordinary_arithmetic_still_works() -> None:
