@@ -29,7 +29,7 @@ import struct
 import sys
 import tempfile
 
-from plugins.python_worker import Request, exit_with_parent, run, serve
+from plugins.python_worker import exit_with_parent, serve
 
 MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
 _PR_SET_DUMPABLE = 4
@@ -53,7 +53,7 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
             importlib.import_module(name)
         except Exception as exc:  # the steps that need it will fail with the reason
             sys.stderr.write(f"python workers: cannot preload {name!r}: {exc!r}\n")
-    _warm_up()
+    _freeze()
     control = socket.socket(fileno=control_fd)
     control.set_inheritable(False)
     wake_r, wake_w = os.pipe()
@@ -94,11 +94,9 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
         control.send(MESSAGE.pack(b"S", child, 0))
 
 
-def _warm_up() -> None:
-    """Run a fixed trivial call once, so that what a worker's first call would load lazily
-    (compiled helpers, caches) is in every fork already, then freeze the objects: a child's
-    garbage collector then leaves the template's pages shared instead of copying them."""
-    run(Request(code="result = None", args={}, libs={}))
+def _freeze() -> None:
+    """Move the template's objects out of the garbage collector's reach: a worker's
+    collections then leave the template's pages shared instead of copying them."""
     gc.collect()
     gc.freeze()
 
