@@ -221,11 +221,22 @@ _ACTORS: Final = ("noetl.catalog", "noetl.coordinator", "noetl.runner", "noetl.a
 # -- running --------------------------------------------------------------------------------
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (less CPU per message on the mesh's hot
+    path: see documentation/docs/operations/performance.md), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_command(coro: Coroutine[Any, Any, int]) -> NoReturn:
     """Run a command's coroutine and exit with the code it returns; our exceptions become a
     message on stderr and their documented exit code (see the module docstring)."""
     try:
-        code = asyncio.run(coro)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(coro)
     except PlaybookError as exc:
         for problem in exc.problems:
             say(problem)

@@ -7,10 +7,14 @@ when the socket is readable, so a worker that hangs, spins or dies never stalls 
 
 Workers belong to one execution: a worker is reused only by calls of the execution it first
 served, so nothing one execution's code does to its process (a patched module, a cached
-secret) reaches another's. Forking from the template costs about a millisecond, against tens
-for a fresh interpreter. At most `size` workers live at once; a new one makes room by
-stopping an idle worker of another execution. A worker that times out, is cancelled or dies
-is discarded. Running as root, workers switch to an unprivileged account before any code.
+secret) reaches another's. At most `size` workers of executions live at once; a new one makes
+room by stopping an idle worker of another execution. A worker that times out, is cancelled or
+dies is discarded. Running as root, workers switch to an unprivileged account before any code.
+
+Every execution's first python step needs a new process, and a fork costs milliseconds
+(tens on a loaded machine): the pool keeps up to `size` spares, forked ahead, and binds one
+to an execution that needs a worker, forking its replacement in the background. A spare has
+run no code, so binding one is the same as forking then.
 """
 
 from __future__ import annotations
@@ -227,7 +231,7 @@ def _fail_started(started: asyncio.Future[int]) -> None:
 class _Worker:
     """One worker process of one execution (`owner`), its socket and its exit."""
 
-    def __init__(self, pid: int, owner: object, channel: _Channel, zygote: _Zygote) -> None:
+    def __init__(self, pid: int, owner: object | None, channel: _Channel, zygote: _Zygote) -> None:
         self.pid = pid
         self.owner = owner
         self.channel = channel
@@ -275,8 +279,8 @@ class _Worker:
 
 
 class WorkerPool:
-    """Up to `size` worker processes, forked on demand from a clean template; a worker is
-    reused only by its own execution; callers queue in FIFO order.
+    """Up to `size` worker processes, forked from a clean template, and up to `size` unused
+    spares; a worker is reused only by its own execution; callers queue in FIFO order.
 
     `user`: the account workers run as when the runtime runs as root (ignored otherwise).
     `memory_bytes`: each worker's data size limit (0: none). `preload`: comma-separated
@@ -294,6 +298,9 @@ class WorkerPool:
         self.preload = preload
         self._slots = asyncio.Semaphore(size)
         self._idle: list[_Worker] = []
+        # Forked ahead, owned by nobody, never used; counted in `_workers` too.
+        self._spares: collections.deque[_Worker] = collections.deque()
+        self._refill: asyncio.Task[None] | None = None
         self._workers: set[_Worker] = set()
         self._zygote: _Zygote | None = None
         self._zygote_lock = asyncio.Lock()
@@ -336,12 +343,18 @@ class WorkerPool:
                 worker.kill()
                 raise
             self._idle.append(worker)
+            # Forked after the call, not during it: the fork would compete with the code.
+            self._keep_spares()
             return answer
 
     async def aclose(self) -> None:
         """Kill every worker and the template, and wait until each worker is reaped."""
         self._closed = True
         self._idle.clear()
+        self._spares.clear()
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.wait([self._refill])
         workers = list(self._workers)
         for worker in workers:
             worker.kill()
@@ -365,14 +378,41 @@ class WorkerPool:
         return None
 
     async def _start(self, owner: object) -> _Worker:
-        # Make room: at most `size` processes, idle ones of other executions stopped first
-        # (the oldest first). Those of this execution that died are dropped along the way.
+        # Make room: at most `size` processes of executions, idle ones of other executions
+        # stopped first (the oldest first). Those of this execution that died are dropped
+        # along the way.
         self._idle = [worker for worker in self._idle if worker.alive]
-        excess = max(0, len(self._workers) + 1 - self.size)
+        excess = max(0, len(self._workers) - len(self._spares) + 1 - self.size)
         for worker in self._idle[:excess]:
             worker.kill()
         del self._idle[:excess]
-        zygote = await self._template()
+        worker = self._take_spare() or await self._fork(await self._template())
+        worker.owner = owner
+        return worker
+
+    def _take_spare(self) -> _Worker | None:
+        while self._spares:
+            worker = self._spares.popleft()
+            if worker.alive and worker.zygote.alive:
+                return worker
+            worker.kill()
+        return None
+
+    def _keep_spares(self) -> None:
+        """Fork spares up to `size` in the background, unless that is under way."""
+        if self._closed or (self._refill is not None and not self._refill.done()):
+            return
+        self._refill = asyncio.get_running_loop().create_task(self._fill_spares())
+
+    async def _fill_spares(self) -> None:
+        try:
+            while not self._closed and len(self._spares) < self.size:
+                zygote = await self._template()
+                self._spares.append(await self._fork(zygote))
+        except ToolError:
+            return  # the template is gone: the next call starts another and forks itself
+
+    async def _fork(self, zygote: _Zygote) -> _Worker:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         with theirs:  # the worker's end: once forked, the worker holds its own copy
@@ -382,7 +422,7 @@ class WorkerPool:
             except BaseException:
                 transport.close()
                 raise
-        worker = _Worker(pid, owner, channel, zygote)
+        worker = _Worker(pid, None, channel, zygote)
         self._workers.add(worker)
         worker.exited.add_done_callback(lambda _: self._workers.discard(worker))
         return worker

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import pkgutil
@@ -52,6 +53,7 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
             importlib.import_module(name)
         except Exception as exc:  # the steps that need it will fail with the reason
             sys.stderr.write(f"python workers: cannot preload {name!r}: {exc!r}\n")
+    _freeze()
     control = socket.socket(fileno=control_fd)
     control.set_inheritable(False)
     wake_r, wake_w = os.pipe()
@@ -90,6 +92,13 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
         os.close(fd)
         homes[child] = home
         control.send(MESSAGE.pack(b"S", child, 0))
+
+
+def _freeze() -> None:
+    """Move the template's objects out of the garbage collector's reach: a worker's
+    collections then leave the template's pages shared instead of copying them."""
+    gc.collect()
+    gc.freeze()
 
 
 def _become_worker(

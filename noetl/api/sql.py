@@ -172,7 +172,13 @@ class SqlEndpoint:
     async def _connection(self, sent: SqlBody) -> AsyncIterator[Connection]:
         if sent.connection_string is None and sent.credential is None:
             async with self.client.store.pool.acquire() as pooled:
-                yield pooled
+                try:
+                    yield pooled
+                finally:
+                    # The store's pool skips the session reset (see noetl.store); a user's
+                    # statement may have left session state (SET, LISTEN, a session lock).
+                    if not pooled.is_closed():
+                        await pooled.reset()
             return
         if sent.connection_string is not None and sent.credential is not None:
             raise ApiError(400, "give `connection_string` or `credential`, not both")

@@ -57,6 +57,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool as it is (asyncpg rolls back an open transaction
+    first). The default reset (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`)
+    is one more round trip on every store call, a decision's and an outcome's commit
+    included; the store leaves no session state behind: its locks are transaction-scoped
+    (`pg_advisory_xact_lock`), its settings `SET LOCAL` or fixed at connect, and it neither
+    listens nor declares cursors outside a transaction."""
+
+
 class Store:
     """A pool of connections to the runtime's database and the operations on it."""
 
@@ -73,7 +82,11 @@ class Store:
         """Open a pool (and a small relaxed-durability pool when `relaxed`)."""
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, init=_init_connection
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                reset=_keep_session,
             )
             relaxed_pool = None
             if relaxed:
@@ -82,6 +95,7 @@ class Store:
                     min_size=1,
                     max_size=max(2, max_size // 2),
                     init=_init_connection,
+                    reset=_keep_session,
                     server_settings={"synchronous_commit": "off"},
                 )
         except (OSError, asyncpg.PostgresError) as exc:

@@ -154,6 +154,22 @@ async def test_a_statement_past_its_timeout_is_cancelled(sql: Http, client: Clie
     assert (await call(sql, {"query": "SELECT 2 AS x"}))[1]["result"] == [{"x": 2}]
 
 
+async def test_session_settings_of_user_sql_never_reach_the_store(
+    sql: Http, client: Client
+) -> None:
+    # The store's pool skips asyncpg's reset on release: the endpoint resets what it lent.
+    status, _ = await call(sql, {"query": "SET work_mem TO '7MB'"})
+    assert status == 200
+    pool = client.store.pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        settings = {await conn.fetchval("SHOW work_mem") for conn in held}
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert "7MB" not in settings
+
+
 async def test_another_database_by_connection_string_or_credential(
     sql: Http, client: Client, pg_dsn: str
 ) -> None:

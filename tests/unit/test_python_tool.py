@@ -472,13 +472,13 @@ async def test_calls_run_in_parallel_up_to_the_worker_count() -> None:
 
 
 async def test_extra_calls_wait_in_fifo_order() -> None:
-    before = worker_pids()
     tool = PythonTool(workers=1)
     try:
         finished: list[int] = []
+        pids: set[int] = set()
 
         async def call(i: int) -> None:
-            await run(tool, "import time\ntime.sleep(0.05)")
+            pids.add(await run(tool, "import os, time\ntime.sleep(0.05)\nresult = os.getpid()"))
             finished.append(i)
 
         calls = []
@@ -489,7 +489,7 @@ async def test_extra_calls_wait_in_fifo_order() -> None:
         await asyncio.gather(*calls)
         assert finished == [0, 1, 2, 3]
         assert time.monotonic() - started >= 0.2
-        assert len(worker_pids() - before) == 1
+        assert len(pids) == 1  # one execution's calls, one worker
     finally:
         await tool.aclose()
 
@@ -515,9 +515,11 @@ async def test_event_loop_stays_responsive_during_cpu_bound_code(tool: PythonToo
 async def test_aclose_leaves_no_worker_processes() -> None:
     before = worker_pids()
     tool = PythonTool(workers=3)
-    await asyncio.gather(*(run(tool, "import time\ntime.sleep(0.1)") for _ in range(3)))
+    code = "import os, time\ntime.sleep(0.1)\nresult = os.getpid()"
+    pids = await asyncio.gather(*(run(tool, code, ctx_of(n)) for n in range(3)))
     started = worker_pids() - before
-    assert len(started) == 3
+    # The three callers' workers, and the spares forked for the next executions.
+    assert len(set(pids)) == 3 and set(pids) <= started
     await tool.aclose()
     assert not any(psutil.pid_exists(pid) for pid in started)
     assert worker_pids() == before
@@ -565,6 +567,23 @@ async def test_a_worker_serves_one_execution_only() -> None:
         assert third not in (first, other)
         await asyncio.sleep(0.1)
         assert len(worker_pids() & {first, other, third}) == 2
+    finally:
+        await tool.aclose()
+
+
+async def test_a_new_execution_gets_a_spare_forked_ahead() -> None:
+    before = worker_pids()  # other pools' workers
+    tool = PythonTool(workers=1)
+    try:
+        code = "import os\nresult = os.getpid()"
+        first = await run(tool, code, ctx_of(1))
+        deadline = time.monotonic() + 30
+        while not worker_pids() - before - {first} and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        spares = worker_pids() - before - {first}
+        second = await run(tool, code, ctx_of(2))
+        assert second in spares
+        assert await run(tool, code, ctx_of(1)) not in (first, second)  # first was evicted
     finally:
         await tool.aclose()
 
