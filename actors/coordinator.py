@@ -363,10 +363,14 @@ class CoordinatorHost(Actor):
             if key in self._engines:
                 return self._engines[key]
             version, content = await self.store.get_playbook(path, version)
-        playbook = dsl.load_text(content, filename=f"{path}@{version}", known_kinds=known_kinds())
+        playbook, lines = dsl.load_with_lines(
+            content, filename=f"{path}@{version}", known_kinds=known_kinds()
+        )
         files = await self.store.get_files(path, version)
         limits = engine_limits(self.settings)
-        engine = self._engines[key] = Engine(playbook, version=version, files=files, limits=limits)
+        engine = self._engines[key] = Engine(
+            playbook, version=version, files=files, limits=limits, code_lines=lines
+        )
         return engine
 
     async def carry_out(self, execution_id: int, decision: Decision, reply_to: str) -> None:

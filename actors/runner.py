@@ -232,6 +232,7 @@ class Runner(Actor):
             credentials=self._credential_reader(masker),
             bindings=parse_bindings(command.credentials),
             files=command.files,
+            code_lines=command.code_lines,
             script_root=self._script_root,
             allow_absolute_scripts=self.settings.allow_absolute_scripts,
             egress=self._egress,

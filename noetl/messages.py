@@ -106,6 +106,24 @@ class CommandContext(msgspec.Struct, kw_only=True, omit_defaults=True):
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
+class CodeLines(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """Where the lines of a tool's code sit in their file, for errors to name them.
+
+    Line n (1-based) of the code is line `first + n - 1` of `file`, or `lines[n - 1]` when
+    `lines` is set (a folded or quoted YAML scalar); a line past its end takes the last.
+    """
+
+    file: str
+    first: int = 1
+    lines: tuple[int, ...] = ()
+
+    def line_of(self, n: int) -> int:
+        """The file line of code line `n`."""
+        if not self.lines:
+            return self.first + n - 1
+        return self.lines[min(max(n, 1), len(self.lines)) - 1]
+
+
 class Message(msgspec.Struct, tag_field="t", kw_only=True, omit_defaults=True):
     """Common header of every message delivered to an execution's coordinator or a runner."""
 
@@ -166,6 +184,8 @@ class CommandIssued(Message, tag="command"):
     credentials: dict[str, Any] = {}
     # The script file(s) this tool names that travelled with the playbook.
     files: dict[str, str] = {}
+    # Where the tool's inline python `code` sits in the playbook, for its errors.
+    code_lines: CodeLines | None = None
 
 
 class CommandCompleted(Message, tag="completed"):

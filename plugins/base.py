@@ -17,6 +17,7 @@ import msgspec
 
 from noetl.egress import EgressPolicy
 from noetl.errors import ToolError, ToolTimeout
+from noetl.messages import CodeLines
 from noetl.secrets import Masker, secret_values
 
 #: A JSON value: what a tool returns, and what the runtime records and hands on.
@@ -57,6 +58,8 @@ class ToolContext:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     # Script files that travel with the registered playbook, by path relative to it.
     files: dict[str, str] = field(default_factory=dict)
+    # Where the step's inline python `code` sits in its playbook file, for its errors.
+    code_lines: CodeLines | None = None
     # Where a relative `file` script is read from when it did not travel with the playbook.
     script_root: Path | None = None
     allow_absolute_scripts: bool = False

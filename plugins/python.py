@@ -17,7 +17,7 @@ from noetl.config import Settings
 from noetl.errors import ToolError
 from plugins.base import ToolContext
 from plugins.python_pool import WorkerPool
-from plugins.python_worker import Reply, Request
+from plugins.python_worker import Origin, Reply, Request
 from plugins.sources import load_code
 
 _reply_decoder = msgspec.json.Decoder(Reply)
@@ -47,7 +47,7 @@ class PythonTool:
             raise ToolError(
                 "python tool: `code`, `code_b64` or `script` is required", error_type="python"
             )
-        request = _request(spec, code, ctx.execution_data)
+        request = _request(spec, code, ctx.execution_data, _origin(spec, ctx))
 
         async def heartbeat() -> None:
             try:
@@ -67,8 +67,15 @@ class PythonTool:
             ctx.record("output", stdout=reply.stdout, stderr=reply.stderr)
         if not reply.ok:
             message = f"{reply.exception}: {reply.message}" if reply.message else reply.exception
+            details = {"at": reply.where} if reply.where else {}
+            if reply.where:
+                message = f"{message} (at {reply.where})"
             raise ToolError(
-                message, error_type="python", exception=reply.exception, traceback=reply.traceback
+                message,
+                error_type="python",
+                exception=reply.exception,
+                traceback=reply.traceback,
+                **details,
             )
         result = reply.result
         if isinstance(result, dict) and result.get("status") == "error":
@@ -82,7 +89,22 @@ class PythonTool:
         await self.pool.aclose()
 
 
-def _request(spec: dict[str, Any], code: str, context: dict[str, Any]) -> bytes:
+def _origin(spec: dict[str, Any], ctx: ToolContext) -> Origin | None:
+    """Where the code that runs sits: a script's own uri and lines, or the playbook's lines
+    of an inline `code` block (`code_b64` has none)."""
+    script = spec.get("script")
+    if script is not None:
+        uri = script.get("uri") if isinstance(script, dict) else None
+        return Origin(file=uri) if isinstance(uri, str) else None
+    if spec.get("code_b64") is not None or ctx.code_lines is None:
+        return None
+    lines = ctx.code_lines
+    return Origin(file=lines.file, first=lines.first, lines=list(lines.lines))
+
+
+def _request(
+    spec: dict[str, Any], code: str, context: dict[str, Any], origin: Origin | None
+) -> bytes:
     """The encoded request for the worker, or ToolError naming what is wrong with `spec`."""
     libs = spec.get("libs") or {}
     if not isinstance(libs, dict) or not all(
@@ -98,7 +120,9 @@ def _request(spec: dict[str, Any], code: str, context: dict[str, Any]) -> bytes:
             "python tool: `args` must map variable names to values", error_type="python"
         )
     try:
-        return msgspec.msgpack.encode(Request(code=code, args=args, libs=libs, context=context))
+        return msgspec.msgpack.encode(
+            Request(code=code, args=args, libs=libs, context=context, origin=origin)
+        )
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise ToolError(
             f"python tool: the args cannot be passed to the code: {exc}", error_type="python"

@@ -34,24 +34,44 @@ _BODY = "__step__"  # the function a top-level `return` turns the code into
 _PR_SET_PDEATHSIG = 1
 
 
+class Origin(msgspec.Struct, array_like=True):
+    """Where the code's lines sit in their file (`noetl.messages.CodeLines`, whose wire
+    form this is): line n is `first + n - 1`, or `lines[n - 1]` (the last past its end)."""
+
+    file: str
+    first: int = 1
+    lines: list[int] = []
+
+    def line_of(self, n: int) -> int:
+        """The file line of code line `n`."""
+        if not self.lines:
+            return self.first + n - 1
+        return self.lines[min(max(n, 1), len(self.lines)) - 1]
+
+
 class Request(msgspec.Struct, array_like=True):
-    """One call: the code, its args (also bound as `input_data`), `libs` to import and the
-    execution's `context` (workload, vars, step results, execution_id), bound read-only."""
+    """One call: the code, its args (also bound as `input_data`), `libs` to import, the
+    execution's `context` (workload, vars, step results, execution_id), bound read-only,
+    and the code's `origin`, which errors name instead of FILENAME's lines."""
 
     code: str
     args: dict[str, Any]
     libs: dict[str, str]
     context: dict[str, Any] = {}
+    origin: Origin | None = None
 
 
 class Reply(msgspec.Struct, omit_defaults=True):
-    """The outcome of one call; `exception`, `message` and `traceback` are set when not `ok`."""
+    """The outcome of one call; `exception`, `message` and `traceback` are set when not `ok`,
+    and `where` (`FILE:LINE` of the innermost line of the code that failed) when the
+    request had an origin."""
 
     ok: bool
     result: Any = None
     exception: str = ""
     message: str = ""
     traceback: str = ""
+    where: str = ""
     stdout: str = ""
     stderr: str = ""
 
@@ -84,7 +104,7 @@ def run(request: Request) -> Reply:
     try:
         reply = Reply(ok=True, result=_execute(request))
     except BaseException as exc:  # SystemExit included: whatever the code raises fails the step
-        reply = _failure(exc)
+        reply = _failure(exc, request.origin)
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         sys.modules.pop(_MODULE, None)
@@ -234,7 +254,7 @@ def _call_main(main: types.FunctionType, args: dict[str, Any], context: Any) -> 
     return main(**keywords)
 
 
-def _failure(exc: BaseException) -> Reply:
+def _failure(exc: BaseException, origin: Origin | None) -> Reply:
     # Start the traceback at the first frame of the step's code: the worker's frames above it
     # say nothing to the playbook's author.
     tb = exc.__traceback__
@@ -244,8 +264,38 @@ def _failure(exc: BaseException) -> Reply:
         message = str(exc)
     except Exception:  # a broken __str__ must not lose the failure itself
         message = f"<{type(exc).__name__} with an unprintable message>"
-    formatted = "".join(traceback.TracebackException(type(exc), exc, tb).format())
-    return Reply(ok=False, exception=type(exc).__name__, message=message, traceback=formatted)
+    summary = traceback.TracebackException(type(exc), exc, tb)
+    where = "" if origin is None else _relocate(summary, origin, set())
+    formatted = "".join(summary.format())
+    return Reply(
+        ok=False, exception=type(exc).__name__, message=message, traceback=formatted, where=where
+    )
+
+
+def _relocate(summary: traceback.TracebackException, origin: Origin, seen: set[int]) -> str:
+    """Name the file's lines in `summary`'s frames of the code (and in those of the
+    exceptions it chains), keeping the code's own line as the source shown; the
+    `FILE:LINE` of the innermost such frame of `summary` itself."""
+    seen.add(id(summary))
+    where = ""
+    for frame_ in summary.stack:
+        if frame_.filename != FILENAME or frame_.lineno is None:
+            continue
+        _ = frame_.line  # the code's line, read from linecache while FILENAME maps to it
+        line = origin.line_of(frame_.lineno)
+        if frame_.end_lineno is not None:
+            frame_.end_lineno = line + frame_.end_lineno - frame_.lineno
+        frame_.filename, frame_.lineno = origin.file, line
+        where = f"{origin.file}:{line}"
+    syntax = summary.exc_type is not None and issubclass(summary.exc_type, SyntaxError)
+    if syntax and summary.filename == FILENAME and summary.lineno is not None:
+        summary.filename = origin.file
+        summary.lineno = str(origin.line_of(int(summary.lineno)))
+        where = where or f"{origin.file}:{summary.lineno}"
+    for chained in (summary.__cause__, summary.__context__):
+        if chained is not None and id(chained) not in seen:
+            _relocate(chained, origin, seen)
+    return where
 
 
 def _encode(encoder: msgspec.json.Encoder, reply: Reply) -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from noetl.dsl.graph import Graph
+from noetl.dsl.loader import NodePath
 from noetl.dsl.models import (
     CaseRule,
     CaseThen,
@@ -30,6 +31,7 @@ from noetl.dsl.scripts import script_file, script_files
 from noetl.dsl.tool_fields import BUILTIN_KINDS
 from noetl.dsl.validate import check_file, check_text
 from noetl.errors import PlaybookError
+from noetl.messages import CodeLines
 
 __all__ = [
     "BUILTIN_KINDS",
@@ -54,6 +56,7 @@ __all__ = [
     "check_text",
     "load_file",
     "load_text",
+    "load_with_lines",
     "script_file",
     "script_files",
 ]
@@ -64,6 +67,15 @@ def load_text(
 ) -> Playbook:
     """The playbook in `text`; PlaybookError lists every error when it is invalid."""
     return _playbook(check_text(text, filename=filename, known_kinds=known_kinds))
+
+
+def load_with_lines(
+    text: str, *, filename: str = "<playbook>", known_kinds: Collection[str] = ()
+) -> tuple[Playbook, dict[NodePath, CodeLines]]:
+    """The playbook in `text` with where each python `code` block's lines sit in it (by the
+    block's path in the document); PlaybookError as `load_text`."""
+    report = check_text(text, filename=filename, known_kinds=known_kinds)
+    return _playbook(report), report.code_lines
 
 
 def load_file(path: str | Path, *, known_kinds: Collection[str] = ()) -> Playbook:

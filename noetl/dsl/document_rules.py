@@ -16,6 +16,7 @@ from typing import Any, Final
 import jinja2
 from msgspec import Struct
 
+from noetl.dsl.code_lines import code_lines
 from noetl.dsl.graph import START, Graph
 from noetl.dsl.loader import Document, NodePath, Position
 from noetl.dsl.models import Step, WorkbookTask
@@ -78,6 +79,9 @@ class DocumentRules:
             line, col = self.doc.text_line_at(path, (exc.lineno or 1) - 1)
             if (exc.lineno and exc.lineno > 1) or path in self.doc.block_scalars:
                 col += max((exc.offset or 1) - 1, 0)
+            folded = code_lines(self.doc, path, self.filename, code).line_of(exc.lineno or 1)
+            if folded != line:  # folded or quoted code: its line is known, not its column
+                line, col = folded, self.doc.value_at(path)[1]
             self.errors.append(
                 Problem(self.filename, line, col, f"Python syntax error in `code`: {exc.msg}")
             )

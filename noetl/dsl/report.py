@@ -7,7 +7,9 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
+from noetl.dsl.loader import NodePath
 from noetl.dsl.models import Playbook
+from noetl.messages import CodeLines
 
 Severity = Literal["error", "warning"]
 
@@ -27,11 +29,13 @@ class Problem(Struct):
 
 
 class Report(Struct):
-    """The outcome of a check: the playbook when there is no error, and every finding."""
+    """The outcome of a check: the playbook when there is no error, and every finding;
+    with the playbook, where each python `code` block's lines sit in the file."""
 
     playbook: Playbook | None
     errors: list[Problem]
     warnings: list[Problem]
+    code_lines: dict[NodePath, CodeLines] = {}
 
     @property
     def ok(self) -> bool:

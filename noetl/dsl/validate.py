@@ -16,6 +16,7 @@ from typing import Any
 from msgspec import Struct
 from msgspec import inspect as mi
 
+from noetl.dsl.code_lines import code_lines, python_code_paths
 from noetl.dsl.document_rules import API_VERSION, DocumentRules, Ref, is_template, suggest
 from noetl.dsl.loader import Document, NodePath, SyntaxProblem, parse_yaml
 from noetl.dsl.models import (
@@ -62,7 +63,13 @@ def check_text(
     parsed = parse_yaml(text)
     if isinstance(parsed, SyntaxProblem):
         return Report(None, [Problem(filename, parsed.line, parsed.col, parsed.message)], [])
-    return _Checker(parsed, filename, BUILTIN_KINDS | frozenset(known_kinds)).run()
+    report = _Checker(parsed, filename, BUILTIN_KINDS | frozenset(known_kinds)).run()
+    if report.playbook is not None:
+        report.code_lines = {
+            path: code_lines(parsed, path, filename, code)
+            for path, code in python_code_paths(parsed.data)
+        }
+    return report
 
 
 def check_file(path: str | Path, *, known_kinds: Collection[str] = ()) -> Report:

@@ -84,6 +84,7 @@ def command_message(
         sink=call.sink,
         credentials=credential_bindings(plan, state, step.step.credentials),
         files=call.files,
+        code_lines=call.code_lines,
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from noetl.dsl import Playbook
+from noetl.dsl.loader import NodePath
 from noetl.engine.commands import child_message, command_message
 from noetl.engine.emitter import Decision
 from noetl.engine.limits import DEFAULT_LIMITS, Limits
@@ -25,6 +26,7 @@ from noetl.engine.state import ExecutionState
 from noetl.messages import (
     CancelExecution,
     ChildCompleted,
+    CodeLines,
     CommandCompleted,
     CommandFailed,
     CommandIssued,
@@ -49,12 +51,13 @@ class Engine:
         version: int,
         files: Mapping[str, str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        code_lines: Mapping[NodePath, CodeLines] | None = None,
     ) -> None:
         self.playbook = playbook
         self.limits = limits
         self.version = version
         self.path = playbook.catalog_path
-        self.plan: Plan = compile_plan(playbook, version, files)
+        self.plan: Plan = compile_plan(playbook, version, files, code_lines)
 
     def decide(
         self, state: ExecutionState, message: ExecMessage, values: Mapping[str, Any] | None = None

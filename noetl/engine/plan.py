@@ -17,8 +17,10 @@ import msgspec
 
 from noetl import render
 from noetl.dsl import Graph, Playbook, Retry, Step, script_file
+from noetl.dsl.loader import NodePath
 from noetl.dsl.tool_fields import RAW_FIELDS
 from noetl.errors import RenderError
+from noetl.messages import CodeLines
 
 
 class LoopSpec(msgspec.Struct, frozen=True):
@@ -44,6 +46,7 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     sink: dict[str, Any] | None
     names: tuple[str, ...] | None
     files: dict[str, str]
+    code_lines: CodeLines | None = None
 
 
 class StepPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,24 +95,37 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     has_end: bool
 
 
-def compile_plan(playbook: Playbook, version: int, files: Mapping[str, str] | None) -> Plan:
-    """Resolve every step of `playbook` once (see the module docstring)."""
+def compile_plan(
+    playbook: Playbook,
+    version: int,
+    files: Mapping[str, str] | None,
+    code_lines: Mapping[NodePath, CodeLines] | None = None,
+) -> Plan:
+    """Resolve every step of `playbook` once (see the module docstring); `code_lines` are
+    where python code blocks sit in the file, by path (`dsl.load_with_lines`)."""
     by_path = {posixpath.normpath(k): v for k, v in (files or {}).items()}
+    lines = code_lines or {}
     return Plan(
         playbook=playbook,
         path=playbook.catalog_path,
         version=version,
         graph=Graph.of(playbook),
         steps={
-            s.step: _step_plan(playbook, _with_task_sink(playbook, s), by_path)
-            for s in playbook.workflow
+            s.step: _step_plan(playbook, _with_task_sink(playbook, s), by_path, lines, i)
+            for i, s in enumerate(playbook.workflow)
         },
         order={s.step: i for i, s in enumerate(playbook.workflow)},
         has_end=playbook.has_end,
     )
 
 
-def _step_plan(playbook: Playbook, step: Step, files: Mapping[str, str]) -> StepPlan:
+def _step_plan(
+    playbook: Playbook,
+    step: Step,
+    files: Mapping[str, str],
+    code_lines: Mapping[NodePath, CodeLines],
+    index: int,
+) -> StepPlan:
     loop = _loop_of(step) if step.tool is not None else None
     call = None
     timeout = step.timeout
@@ -118,7 +134,8 @@ def _step_plan(playbook: Playbook, step: Step, files: Mapping[str, str]) -> Step
     if step.tool is not None:
         tool, args, timeout = _resolve_tool(playbook, step)
         inline = sink if sink is not None and (loop is None or per_item) else None
-        call = _call(tool, args, inline, files)
+        where = _tool_path(playbook, step, ("workflow", index, "tool"))
+        call = _call(tool, args, inline, files, code_lines.get((*where, "code")))
     after = _call(dict(sink or {}), {}, None, files)
     rule_sinks = tuple(_call(dict(rule.then.sink or {}), {}, None, files) for rule in step.case)
     return StepPlan(
@@ -138,6 +155,7 @@ def _call(
     args: dict[str, Any],
     sink: dict[str, Any] | None,
     files: Mapping[str, str],
+    code_lines: CodeLines | None = None,
 ) -> Call:
     raw = RAW_FIELDS.get(str(tool.get("kind")), frozenset())
     templated = {k: v for k, v in tool.items() if k not in raw}
@@ -158,7 +176,21 @@ def _call(
         sink=sink,
         names=names,
         files={} if uri is None or text is None else {uri: text},
+        code_lines=code_lines,
     )
+
+
+def _tool_path(playbook: Playbook, step: Step, path: NodePath) -> NodePath:
+    """Where in the document the tool block a step runs is (as `_resolve_tool` finds it)."""
+    tool = step.tool or {}
+    if tool.get("kind") == "iterator" and isinstance(tool.get("task"), dict):
+        path = (*path, "task", "tool") if "tool" in tool["task"] else (*path, "task")
+        tool = tool["task"].get("tool", tool["task"])
+    if tool.get("kind") == "workbook":
+        task = playbook.task(str(tool["name"]))
+        index = next(i for i, t in enumerate(playbook.workbook) if t is task)
+        path = ("workbook", index, "tool")
+    return path
 
 
 def _resolve_tool(
