@@ -27,7 +27,9 @@ STYLES = {
     "literal": "      code: |\n        x = 1\n        y = 2\n        z = 1 / 0\n",
     "literal_strip_indent": "      code: |2-\n        x = 1\n        y = 2\n        z = 1 / 0\n",
     "folded": "      code: >\n        x = 1\n\n        y = 2\n\n        z = 1 / 0\n",
-    "folded_more_indented": "      code: >-\n        if True:\n          y = 2\n        z = 1 / 0\n",
+    "folded_more_indented": (
+        "      code: >-\n        if True:\n          y = 2\n        z = 1 / 0\n"
+    ),
     "double_quoted_one_line": '      code: "x = 1\\ny = 2\\nz = 1 / 0"\n',
     "double_quoted_escaped_breaks": (
         '      code: "x = 1\\n\\\n        y = 2\\n\\\n        z = 1 / 0"\n'
