@@ -265,3 +265,34 @@ def test_clean_edges(settings: Settings) -> None:
     waiting = cli(settings, "status", started["execution_id"], "--json")
     assert waiting.returncode == 0, waiting.stderr
     assert json.loads(waiting.stdout)["status"] == "queued"
+
+
+BOOM = """\
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: boom, path: tests/boom}
+workflow:
+  - step: start
+    tool:
+      kind: python
+      code: |
+        total = 0
+        for n in range(3):
+            total += 10 / (n - 2)
+        result = total
+"""
+
+
+def test_a_python_error_names_the_playbook_line(settings: Settings, tmp_path: Path) -> None:
+    playbook = tmp_path / "boom.yaml"
+    playbook.write_text(BOOM)
+    done = cli(settings, "run", str(playbook))
+    assert done.returncode == 1
+    where = "(at tests/boom@1:11)"  # the code's 3rd line is the file's 11th
+    assert f"ZeroDivisionError: division by zero {where}" in done.stderr
+    eid = json.loads(cli(settings, "list", "--json", "--path", "tests/boom").stdout)[0]
+    status = cli(settings, "status", eid["execution_id"])
+    assert status.returncode == 1 and where in status.stdout + status.stderr
+    logs = cli(settings, "logs", eid["execution_id"]).stdout
+    assert 'File "tests/boom@1", line 11, in <module>' in logs
+    assert "total += 10 / (n - 2)" in logs and "<step code>" not in logs
