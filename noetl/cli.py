@@ -10,6 +10,7 @@ error, 2 invalid playbook or usage (see `noetl.cli_core`).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -40,6 +41,7 @@ from noetl.cli_core import (
     with_client,
 )
 from noetl.cli_credentials import credential
+from noetl.cli_daemon import Daemon
 from noetl.cli_db import db
 from noetl.cli_deploy import build, k8s
 from noetl.cli_inspect import catalog, execution
@@ -47,7 +49,8 @@ from noetl.cli_run import Hosted, cancel, execute, load_or_exit, restart, run, t
 from noetl.cli_server import server, worker
 from noetl.cli_view import events, list_, logs, playbooks, result, status
 from noetl.client import Client
-from noetl.config import ROLES
+from noetl.config import ROLES, Settings
+from noetl.errors import ConfigError
 from noetl.pools import bad_pool_name
 
 __all__ = ["main"]
@@ -164,6 +167,8 @@ def up(
     one_line_reconnects()
 
     async def body(client: Client) -> int:
+        if "api" in chosen:
+            _refuse_the_server_daemons_port(client.settings, api_port)
         mesh = Mesh(client.bus, client.store, client.settings, [r for r in chosen if r != "api"])
         await mesh.start()
         api = None
@@ -206,6 +211,19 @@ def up(
         return EXIT_OK
 
     run_command(with_client(config, body, relaxed=True))
+
+
+def _refuse_the_server_daemons_port(config: Settings, api_port: int | None) -> None:
+    """ConfigError when the `server` daemon of this home (started by `server start`, or by
+    `execute` on demand) already serves the API port `up` would listen on."""
+    port = config.api_port if api_port is None else api_port
+    info = Daemon(config.home, "server").running()
+    if info is not None and info.pid != os.getpid() and info.port == port:
+        raise ConfigError(
+            f"the noetl server (pid {info.pid}) already serves the API on port {port} and "
+            "runs a mesh: use it as it is, stop it with `noetl-runtime server stop` (and "
+            "`noetl-runtime worker stop`), or pass --api-port"
+        )
 
 
 async def _log_announcement(msg: Any) -> None:
