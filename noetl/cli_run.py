@@ -239,7 +239,9 @@ def show_document(doc: dict[str, Any], as_json: bool) -> None:
     )
     if doc.get("error"):
         out.print(f"[red]error:[/] {doc['error'].get('message', doc['error'])}", markup=True)
-    out.print_json(data=doc.get("result"), default=str)
+    if doc.get("result") is not None or doc["status"] == "completed":
+        # A running, failed or cancelled execution without a result: no `null` to read.
+        out.print_json(data=doc.get("result"), default=str)
 
 
 @click.command()
