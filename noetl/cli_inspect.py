@@ -5,6 +5,7 @@ NOETL_SERVER_URL), by a remote API (bearer token from NOETL_API_TOKEN)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -71,6 +72,18 @@ class Direct:
         return str(await self.client.start(path, version=version, workload=workload))
 
 
+def _reason(exc: Exception) -> str:
+    """Why a request to the API got no answer, in words (not the exception's repr)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        return os.strerror(errno) if errno else str(exc.os_error) or "connection failed"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, ValueError):
+        return f"the answer is not JSON ({exc})"
+    return str(exc) or type(exc).__name__
+
+
 class Remote:
     """Answers from a noetl-runtime API."""
 
@@ -84,7 +97,7 @@ class Remote:
                 data = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise NoetlError(f"cannot reach the API at {self.url}: {exc!r}") from None
+            raise NoetlError(f"cannot reach the API at {self.url}: {_reason(exc)}") from None
         if status == 401:
             raise NoetlError(f"{self.url} refused the token: set NOETL_API_TOKEN")
         if status >= 400:
