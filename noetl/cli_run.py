@@ -186,6 +186,11 @@ class Hosted:
             await asyncio.wait_for(mesh.stop(), grace)
 
 
+# Seconds `run` and `execute --wait` keep waiting past `--timeout`, which is also the
+# execution's own: its timer ends it then, and that end is worth showing.
+_TIMER_GRACE = 10.0
+
+
 async def _follow_and_show(
     client: Client,
     hosted: Hosted,
@@ -193,15 +198,17 @@ async def _follow_and_show(
     *,
     as_json: bool,
     timeout: float | None,
+    timed: bool = False,
 ) -> int:
     """Follow `eid` live (Ctrl-C: cancel, then detach), print its document, return the
-    exit code of its status."""
+    exit code of its status. `timed`: the execution was started with `timeout` as its own,
+    so its timer gets a few seconds to end it before the waiting stops."""
     try:
         doc = await follow(
             client,
             eid,
             show=not as_json,
-            timeout=timeout,
+            timeout=timeout if timeout is None or not timed else timeout + _TIMER_GRACE,
             interruptible=True,
             on_tick=lambda: hosted.name_others(eid),
         )
@@ -212,7 +219,8 @@ async def _follow_and_show(
         doc = await client.store.describe(eid)
         doc["error"] = doc.get("error") or {
             "type": "timeout",
-            "message": f"still {doc['status']} after {timeout}s",
+            "message": f"stopped waiting after {timeout}s with the execution still "
+            f"{doc['status']}: `noetl-runtime watch {eid}` follows it on a running mesh",
         }
         await hosted.finish(eid)
         show_document(doc, as_json)
@@ -269,7 +277,9 @@ def run(
             )
             if not as_json:
                 err.print(f"execution [bold]{eid}[/] of {reply.path}")
-            return await _follow_and_show(client, hosted, eid, as_json=as_json, timeout=timeout)
+            return await _follow_and_show(
+                client, hosted, eid, as_json=as_json, timeout=timeout, timed=True
+            )
 
     run_command(with_client(settings(), body, relaxed=True))
 
@@ -331,7 +341,9 @@ def execute(
                 eid = await client.start(path, version=version, workload=data, timeout=timeout)
                 if not as_json:
                     err.print(f"execution [bold]{eid}[/] of {path}")
-                return await _follow_and_show(client, hosted, eid, as_json=as_json, timeout=timeout)
+                return await _follow_and_show(
+                    client, hosted, eid, as_json=as_json, timeout=timeout, timed=True
+                )
         from actors.mesh import missing_roles
 
         await client.store.get_playbook(path, version)  # unknown paths fail before any start
