@@ -476,7 +476,9 @@ class _Checker(DocumentRules):
                 )
                 continue
             types, expected = TOOL_TYPES.get(key, ((object,), ""))
-            if not isinstance(raw, types) and not is_template(raw) and raw is not None:
+            # `args` are layered over other args when the step runs: a template cannot be.
+            templated = is_template(raw) and key != "args"
+            if not isinstance(raw, types) and not templated and raw is not None:
                 self._wrong(where, key, expected, raw)
         needs = TOOL_NEEDS.get(kind, ())
         if needs and not any(tool.get(key) is not None for key in needs):

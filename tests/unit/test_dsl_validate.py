@@ -541,3 +541,11 @@ def test_keychain_credential_entries_are_accepted() -> None:
         ("api", "stored_api"),
         ("pg", None),
     ]
+
+
+def test_tool_args_as_a_template_string_is_an_error() -> None:
+    # Layered over the step's args when it runs, a string could only crash the engine.
+    body = (
+        'workflow:\n  - step: start\n    tool: {kind: python, args: "{{ workload.a }}", code: x}\n'
+    )
+    assert errors(body) == ["pb.yaml:7:32: `args` must be a mapping, got a string"]
