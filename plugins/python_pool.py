@@ -27,32 +27,18 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from noetl.errors import ToolError, ToolTimeout
-from plugins import python_worker, python_zygote
+from plugins import python_worker
+from plugins.python_forker import Zygote
 from plugins.python_worker import HEADER
-from plugins.python_zygote import MESSAGE
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats while a call runs
 WATCH_AFTER = 0.05  # seconds into a call before cancellation is watched (and heartbeats begin)
 EXIT_GRACE = 2.0  # seconds a worker that closed its socket gets to exit before it is killed
 _PR_SET_DUMPABLE = 4
-
-# Runs in the template: take the parent's import path (as multiprocessing's spawn does), then
-# serve. `-P` keeps the current directory from shadowing modules before the path is set.
-_BOOTSTRAP = (
-    "import sys; fd, parent, user, memory, preload, *sys.path[:] = sys.argv[1:]; "
-    f"sys.argv[:] = ['']; from {python_zygote.__name__} import zygote; "
-    "zygote(int(fd), int(parent), user, int(memory), preload)"
-)
-
-
-def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """What step code may see of the runner's environment: everything but `NOETL_*` (the API
-    token, the encryption key, the store's DSN, `NOETL_SECRET_*`)."""
-    return {name: value for name, value in environ.items() if not name.startswith("NOETL_")}
 
 
 class _Gone(Exception):
@@ -97,141 +83,10 @@ class _Channel(asyncio.Protocol):
             self.reply.set_exception(_Gone())
 
 
-class _Zygote:
-    """The template process, its control socket, and the workers it forked and not yet reaped.
-
-    `exits[pid]` resolves with a worker's exit code (minus the signal number when killed) once
-    the template reaps it, or with None if the template itself is gone.
-    """
-
-    def __init__(self, proc: asyncio.subprocess.Process, control: socket.socket) -> None:
-        self.proc = proc
-        self.control = control
-        self.exits: dict[int, asyncio.Future[int | None]] = {}
-        self._starting: collections.deque[asyncio.Future[int]] = collections.deque()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(control.fileno(), self._readable)
-        self.alive = True
-
-    @classmethod
-    async def start(cls, user: str, memory_bytes: int, preload: str) -> _Zygote:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs:
-            command = [
-                sys.executable,
-                "-P",
-                "-c",
-                _BOOTSTRAP,
-                str(theirs.fileno()),
-                str(os.getpid()),
-                user,
-                str(memory_bytes),
-                preload,
-                *sys.path,
-            ]
-            try:
-                # A new session: a terminal's Ctrl-C does not reach it (the pool stops it).
-                proc = await asyncio.create_subprocess_exec(
-                    *command,
-                    pass_fds=(theirs.fileno(),),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    env=worker_environment(os.environ),
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                ours.close()
-                raise ToolError(
-                    f"could not start the python worker template process: {exc}",
-                    error_type="python",
-                ) from exc
-            except BaseException:
-                ours.close()
-                raise
-        ours.setblocking(False)
-        zygote = cls(proc, ours)
-        asyncio.ensure_future(proc.wait()).add_done_callback(lambda _: zygote.lost())
-        return zygote
-
-    async def fork(self, fd: int) -> int:
-        """Have the template fork a worker serving the socket `fd`; its pid."""
-        started: asyncio.Future[int] = self._loop.create_future()
-        self._send(b"F", 0, fds=[fd])
-        self._starting.append(started)
-        return await started
-
-    def kill(self, pid: int) -> None:
-        """Kill the worker `pid` and its process group, unless it was already reaped."""
-        if self.alive:
-            self._send(b"K", pid)
-        elif pid in self.exits:  # no template to ask: its death signal is on the way anyway
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-
-    def stop(self) -> None:
-        """Kill the template (its workers die with it) and stop reading its socket."""
-        self.lost()
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def lost(self) -> None:
-        """The template is gone: no worker can start, no exit can be reported any more."""
-        if not self.alive:
-            return
-        self.alive = False
-        self._loop.remove_reader(self.control.fileno())
-        self.control.close()
-        while self._starting:
-            _fail_started(self._starting.popleft())
-        for done in self.exits.values():
-            if not done.done():
-                done.set_result(None)
-
-    def _send(self, kind: bytes, pid: int, fds: list[int] | None = None) -> None:
-        try:
-            socket.send_fds(self.control, [MESSAGE.pack(kind, pid, 0)], fds or [])
-        except OSError as exc:
-            self.lost()
-            raise ToolError(
-                f"the python worker template process is gone: {exc}", error_type="python"
-            ) from exc
-
-    def _readable(self) -> None:
-        while self.alive:
-            try:
-                message = self.control.recv(MESSAGE.size)
-            except BlockingIOError:
-                return
-            except OSError:
-                message = b""
-            if not message:
-                self.lost()
-                return
-            kind, pid, code = MESSAGE.unpack(message)
-            if kind == b"S":
-                self.exits[pid] = self._loop.create_future()
-                started = self._starting.popleft()
-                if started.done():  # its caller was cancelled meanwhile: nobody will use it
-                    self._send(b"K", pid)
-                else:
-                    started.set_result(pid)
-            elif kind == b"X":
-                done = self.exits.pop(pid, None)
-                if done is not None and not done.done():
-                    done.set_result(code)
-
-
-def _fail_started(started: asyncio.Future[int]) -> None:
-    if not started.done():
-        started.set_exception(
-            ToolError("the python worker template process died", error_type="python")
-        )
-
-
 class _Worker:
     """One worker process of one execution (`owner`), its socket and its exit."""
 
-    def __init__(self, pid: int, owner: object | None, channel: _Channel, zygote: _Zygote) -> None:
+    def __init__(self, pid: int, owner: object | None, channel: _Channel, zygote: Zygote) -> None:
         self.pid = pid
         self.owner = owner
         self.channel = channel
@@ -302,7 +157,7 @@ class WorkerPool:
         self._spares: collections.deque[_Worker] = collections.deque()
         self._refill: asyncio.Task[None] | None = None
         self._workers: set[_Worker] = set()
-        self._zygote: _Zygote | None = None
+        self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
         self._closed = False
 
@@ -412,7 +267,7 @@ class WorkerPool:
         except ToolError:
             return  # the template is gone: the next call starts another and forks itself
 
-    async def _fork(self, zygote: _Zygote) -> _Worker:
+    async def _fork(self, zygote: Zygote) -> _Worker:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         with theirs:  # the worker's end: once forked, the worker holds its own copy
@@ -427,14 +282,14 @@ class WorkerPool:
         worker.exited.add_done_callback(lambda _: self._workers.discard(worker))
         return worker
 
-    async def _template(self) -> _Zygote:
+    async def _template(self) -> Zygote:
         async with self._zygote_lock:
             if self._closed:
                 raise self._closed_meanwhile()
             if self._zygote is None or not self._zygote.alive:
                 if os.geteuid() != 0:
                     _protect_this_process()
-                self._zygote = await _Zygote.start(self.user, self.memory_bytes, self.preload)
+                self._zygote = await Zygote.start(self.user, self.memory_bytes, self.preload)
             return self._zygote
 
     async def _died(self, worker: _Worker) -> ToolError:
