@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from actors.admission import engine_limits, start_refusal
 from actors.base import Actor
+from actors.batch import combine, projection
 from actors.outcome import outcome_message
 from actors.timers import TimerWheel
 from noetl import blobs, dsl, keys
@@ -54,7 +55,7 @@ from noetl.messages import (
 )
 from noetl.metrics import EXECUTIONS_ENDED, EXECUTIONS_STARTED
 from noetl.render_thread import RenderThreads
-from noetl.store import Projection, Store
+from noetl.store import Store
 from plugins.registry import known_kinds
 
 # How many times a decision is retried after losing a race with another coordinator.
@@ -204,14 +205,14 @@ class ExecutionActor:
             # decided since: check against the store before dropping the message.
             self.state = None
             raise VersionConflict(f"execution {self.execution_id}: cached state may be stale")
-        combined = _combine(decisions)
+        combined = combine(decisions)
         if combined.events:
             assert self.state is not None
             await self.host.store.append_decision(
                 self.execution_id,
                 self.state.parent_execution_id,
                 combined.events,
-                _projection(self.state, combined),
+                projection(self.state, combined),
             )
         return combined, unusable
 
@@ -231,39 +232,6 @@ class ExecutionActor:
             self.refusal = ErrorInfo(type="catalog", message=str(exc))
         self.state = state
         return True
-
-
-def _combine(decisions: list[Decision]) -> Decision:
-    """One decision doing what a batch of consecutive decisions did."""
-    if len(decisions) == 1:
-        return decisions[0]
-    combined = Decision(duplicate=bool(decisions) and all(d.duplicate for d in decisions))
-    for d in decisions:
-        combined.events.extend(d.events)
-        combined.commands.extend(d.commands)
-        combined.children.extend(d.children)
-        combined.timers.extend(d.timers)
-        combined.cancel_children.extend(d.cancel_children)
-        combined.stop_running = combined.stop_running or d.stop_running
-        combined.parent_notice = d.parent_notice or combined.parent_notice
-    if combined.stop_running or combined.parent_notice is not None:
-        # The execution ended within the batch: what earlier decisions issued is moot.
-        combined.commands, combined.children = [], []
-    return combined
-
-
-def _projection(state: ExecutionState, decision: Decision) -> Projection | None:
-    if not decision.projection_changed:
-        return None
-    return Projection(
-        path=state.path,
-        version=state.version,
-        status=state.status,
-        workload=state.workload,
-        result=state.result,
-        error=state.error,
-        restarted_from=state.restarted_from,
-    )
 
 
 class CoordinatorHost(Actor):
