@@ -107,6 +107,16 @@ class Zygote:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
 
+    async def drain(self, timeout: float) -> None:
+        """Kill every worker this template forked, those whose fork is still under way
+        included, and wait (at most `timeout` seconds) until the template has reaped them."""
+        deadline = self._loop.time() + timeout
+        while self.alive and (self._starting or self.exits) and self._loop.time() < deadline:
+            with contextlib.suppress(ToolError):  # the template is gone: nothing to wait for
+                for pid in list(self.exits):
+                    self._send(b"K", pid)  # the template ignores a pid it has already reaped
+            await asyncio.sleep(0.01)
+
     def stop(self) -> None:
         """Kill the template (its workers die with it) and stop reading its socket."""
         self.lost()

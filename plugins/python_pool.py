@@ -216,6 +216,9 @@ class WorkerPool:
         await asyncio.gather(*(worker.exited for worker in workers))
         async with self._zygote_lock:  # a template still starting is stopped too
             if self._zygote is not None:
+                # A spare whose fork was under way when the refill was cancelled is in no
+                # worker list yet: the template still knows it.
+                await self._zygote.drain(EXIT_GRACE)
                 self._zygote.stop()
                 await self._zygote.proc.wait()
 
