@@ -277,19 +277,28 @@ class Bus:
 
         while self._pulling:
             await free.acquire()
+            # Ask for as many messages as there are free slots, in one round trip: a burst
+            # (a loop's items) is taken in batches, not one request per message.
+            wanted = 1
+            while wanted < slots and not free.locked():
+                await free.acquire()  # does not wait: a slot is free
+                wanted += 1
             try:
-                (msg,) = await sub.fetch(1, timeout=_PULL_WAIT)
+                msgs = await sub.fetch(wanted, timeout=_PULL_WAIT)
             except (TimeoutError, nats.errors.TimeoutError):
-                free.release()
-                continue
+                msgs = []
             except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
-                free.release()
+                for _ in range(wanted):
+                    free.release()
                 log.debug("pull from %s failed: %s", sub, exc)
                 await asyncio.sleep(_PULL_WAIT / 2)
                 continue
-            task = asyncio.get_running_loop().create_task(handle(msg))
-            self._handling.add(task)
-            task.add_done_callback(self._handling.discard)
+            for _ in range(wanted - len(msgs)):
+                free.release()
+            for msg in msgs:
+                task = asyncio.get_running_loop().create_task(handle(msg))
+                self._handling.add(task)
+                task.add_done_callback(self._handling.discard)
 
     async def serve(self, subject: str, handler: Handler, *, queue: str) -> None:
         """Answer core NATS requests on `subject` (request/reply)."""
