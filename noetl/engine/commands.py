@@ -34,10 +34,15 @@ def command_message(
     pending = state.pending[command_id]
     step = plan.steps[pending.step]
     assert step.call is not None
-    if pending.phase == "sink" and pending.rule is not None:
+    if pending.phase == "sink" and pending.rule is not None and pending.index is None and step.loop:
         call = step.rule_sinks[pending.rule]
-        # A loop item's rule sink sees the item and `loop` beside the item's result.
-        locals_: dict[str, Any] = {**item_locals(step, state, pending), "result": pending.data}
+        locals_: dict[str, Any] = {"result": loop_result(state, step.name)}  # `loop.done`
+    elif pending.phase == "sink" and pending.rule is not None:
+        call = step.rule_sinks[pending.rule]
+        # A loop item's rule sink sees the item and `loop` beside the item's result (or
+        # the item's `error`, for a `call.error` rule).
+        outcome = {"result": pending.data} if pending.error is None else {"error": pending.error}
+        locals_ = {**item_locals(step, state, pending), **outcome}
     elif pending.phase == "sink":
         call = step.after_sink
         locals_ = {"result": loop_result(state, step.name)}

@@ -95,12 +95,9 @@ class ItemRules(StepRun):
                 index=pending.index,
                 overrides=deep_merge(pending.overrides, overrides),
             )
-        elif failure is not None:
-            # A rule that retried and ran out leaves the item failed; any other took it.
-            outcome.handled = not then.retry
-            self.item_done(command_id, pending, error=failure, rows=rows, rule=outcome)
         elif then.sink is not None:
-            self._carry_on(step, command_id, pending, outcome, None, rows)
+            # The item ends when its sink has written it (see `rule_sink_done`).
+            self._carry_on(step, command_id, pending, outcome, error, rows)
             self.issue(
                 step.name,
                 pending.activation,
@@ -108,11 +105,29 @@ class ItemRules(StepRun):
                 {},
                 index=pending.index,
                 phase="sink",
-                data=RuleCall(rule=index, result=result),
+                data=RuleCall(rule=index, result=result)
+                if error is None
+                else RuleCall(rule=index, error=error),
             )
+        elif failure is not None:
+            # A rule that retried and ran out leaves the item failed; any other took it.
+            outcome.handled = not then.retry
+            self.item_done(command_id, pending, error=failure, rows=rows, rule=outcome)
         else:
             self.item_done(command_id, pending, result=result, rows=rows, rule=outcome)
         return True
+
+    def rule_sink_done(self, command_id: str, pending: PendingCommand, rows: int) -> None:
+        """A loop item's rule sink wrote it: the item ends with its result, or with the
+        error its `call.error` rule took (still failed when the rule's retries ran out)."""
+        if pending.error is None:
+            self.item_done(command_id, pending, result=pending.data, rows=rows)
+            return
+        assert pending.rule is not None
+        then = self.plan.steps[pending.step].step.case[pending.rule].then
+        outcome = RuleOutcome(index=pending.rule, handled=not then.retry)
+        failure = ErrorInfo.of(pending.error, type="error", message="the tool failed")
+        self.item_done(command_id, pending, error=failure, rows=rows, rule=outcome)
 
     def _carry_on(
         self,
@@ -143,15 +158,26 @@ class ItemRules(StepRun):
             payload,
         )
 
+    def loop_sink_rule(self, step: StepPlan, result: Any) -> int | None:
+        """The `loop.done` rule that fires at this loop's end when it has a `sink` (run
+        before the step completes, which then applies that same rule)."""
+        if not step.step.case or step.loop is None or step.loop.paginate:
+            return None
+        shown = self.value(result)
+        variables = self.step_vars(step, shown)
+        index, _ = self._match(step, "loop.done", shown, variables)
+        return index if index is not None and step.step.case[index].then.sink else None
+
     def end_rules(
-        self, step: StepPlan, result: Any, variables: dict[str, Any]
+        self, step: StepPlan, result: Any, variables: dict[str, Any], rule: int | None = None
     ) -> tuple[list[Route] | None, dict[str, Any], Any]:
         """The routes, vars and result of a step that succeeded, by the rules met at its
-        end (see the module doc). Raises RenderError."""
+        end (see the module doc); `rule`: the `loop.done` rule whose sink ran. Raises
+        RenderError."""
         routes: list[Route] | None = None
         loop = self.state.step_state(step.name).loop
         if loop is not None and loop.items is not None:
-            fired = self._end_rule(step, "loop.done", result, variables)
+            fired = self._end_rule(step, "loop.done", result, variables, rule)
             if fired is not None:
                 routes, variables, result = fired
             if not routes:
@@ -162,20 +188,39 @@ class ItemRules(StepRun):
                 routes, variables, _ = fired
         return routes, variables, result
 
-    def _end_rule(
+    def _match(
         self, step: StepPlan, event: str, result: Any, variables: dict[str, Any]
-    ) -> tuple[list[Route], dict[str, Any], Any] | None:
-        """The first rule matching `event` at the step's end: its routes, the vars with its
-        `set` and `collect`, and the result with its `then.result`."""
+    ) -> tuple[int | None, dict[str, Any]]:
+        """The first rule matching `event` at the step's end, and the vars it sees."""
         args = self.state.step_state(step.name).args
-        extra = rules.rule_extra(result, None, event)
         seen = {**self.state.variables, **variables}
-        context = self.context(args=args, extra=extra, variables=seen)
+        context = self.context(
+            args=args, extra=rules.rule_extra(result, None, event), variables=seen
+        )
         notes: list[str] = []
         index = rules.first_rule(step, context, notes)
         self.warn(step.name, notes)
+        return index, seen
+
+    def _end_rule(
+        self,
+        step: StepPlan,
+        event: str,
+        result: Any,
+        variables: dict[str, Any],
+        rule: int | None = None,
+    ) -> tuple[list[Route], dict[str, Any], Any] | None:
+        """The rule met at the step's end (`rule`, else the first matching `event`): its
+        routes, the vars with its `set` and `collect`, the result with its `then.result`."""
+        args = self.state.step_state(step.name).args
+        extra = rules.rule_extra(result, None, event)
+        if rule is None:
+            index, seen = self._match(step, event, result, variables)
+        else:
+            index, seen = rule, {**self.state.variables, **variables}
         if index is None:
             return None
+        context = self.context(args=args, extra=extra, variables=seen)
         try:
             updates = rules.rule_updates(step, index, context, result, seen)
         except KeyError as exc:

@@ -67,10 +67,12 @@ class StepStarted(msgspec.Struct, kw_only=True):
 
 
 class RuleCall(msgspec.Struct, kw_only=True):
-    """What a `case` rule's sink writes: which rule fired and the call's result."""
+    """What a `case` rule's sink writes: which rule fired and the call's result, or the
+    `error` of a loop item's call a `call.error` rule took (its sink sees it)."""
 
     rule: int
     result: Any = None
+    error: dict[str, Any] | UnsetType = UNSET
 
 
 class CommandIssuedPayload(msgspec.Struct, kw_only=True):

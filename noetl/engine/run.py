@@ -104,7 +104,18 @@ class Run(ItemRules):
         step = self.plan.steps[pending.step]
         item = pending.index is not None and step.loop is not None
         if pending.phase == "sink" and pending.rule is not None and item:
-            self.item_done(command_id, pending, result=pending.data, rows=rows)
+            self.rule_sink_done(command_id, pending, rows)
+        elif pending.phase == "sink" and pending.rule is not None and step.loop is not None:
+            # a `loop.done` rule's sink: the rule it ran for decides the step's end
+            loop = self.state.step_state(step.name).loop
+            assert loop is not None
+            self.complete_step(
+                step,
+                command_id,
+                loop_result(self.state, step.name),
+                sink={"rows": loop.rows + rows},
+                rule=pending.rule,
+            )
         elif pending.phase == "sink" and pending.rule is not None:
             rule = step.step.case[pending.rule]
             context = self.context(
@@ -266,7 +277,11 @@ class Run(ItemRules):
             overrides=retry.get("overrides") or {},
             data=None
             if retry.get("rule") is None
-            else RuleCall(rule=retry["rule"], result=retry.get("data")),
+            else RuleCall(
+                rule=retry["rule"],
+                result=retry.get("data"),
+                error=retry.get("item_error") or UNSET,
+            ),
         )
 
     def _retry(self, command_id: str, pending: PendingCommand, failure: ErrorInfo) -> bool:
@@ -313,6 +328,8 @@ class Run(ItemRules):
         )
         if pending.rule is not None:  # a `case` rule's sink keeps what it writes
             timer.retry.update(rule=pending.rule, data=pending.data)
+            if pending.error is not None:
+                timer.retry["item_error"] = pending.error
         self._schedule(timer)
         if delay <= 0:
             self._fire(timer)

@@ -71,6 +71,7 @@ class PendingCommand(msgspec.Struct, kw_only=True):
     overrides: dict[str, Any] = {}  # pagination: what the next page changes
     rule: int | None = None  # a `case` rule's sink: which rule, and the call's result
     data: Any = None
+    error: dict[str, Any] | None = None  # ... or the loop item's error a rule took
 
 
 class TimerState(msgspec.Struct, kw_only=True):
@@ -229,6 +230,7 @@ def _command_issued(state: ExecutionState, event: Event, p: Any) -> None:
         overrides={} if p.overrides is UNSET else p.overrides,
         rule=None if data is None else data.rule,
         data=None if data is None else data.result,
+        error=None if data is None or data.error is UNSET else data.error,
     )
     loop = state.step_state(event.step).loop
     if loop is not None and index is not None and phase == "tool" and p.attempt == 1:

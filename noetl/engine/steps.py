@@ -72,10 +72,15 @@ class StepRun(Emitter, ABC):
 
     @abstractmethod
     def end_rules(
-        self, step: StepPlan, result: Any, variables: dict[str, Any]
+        self, step: StepPlan, result: Any, variables: dict[str, Any], rule: int | None = None
     ) -> tuple[list[Route] | None, dict[str, Any], Any]:
         """The `case` rules met when a step that succeeded ends: its routes (None: its
-        `next` decides), its vars and its result (`result` itself when unchanged)."""
+        `next` decides), its vars and its result (`result` itself when unchanged); `rule`
+        the `loop.done` rule already chosen (its sink ran)."""
+
+    @abstractmethod
+    def loop_sink_rule(self, step: StepPlan, result: Any) -> int | None:
+        """The `loop.done` rule with a `sink` that fires at this loop's end, if any."""
 
     def context(self, **kwargs: Any) -> dict[str, Any]:
         """The template context of this execution, large values resolved."""
@@ -371,9 +376,17 @@ class StepRun(Emitter, ABC):
             self.fail_step(step.name, None, loop_failure(loop))
             return
         result = loop_result(self.state, step.name)
+        activation = self.state.step_state(step.name).activation
         if step.step.sink is not None and not step.per_item_sink:
-            activation = self.state.step_state(step.name).activation
             self.issue(step.name, activation, 1, {}, phase="sink")
+            return
+        try:
+            rule = None if spec.paginate else self.loop_sink_rule(step, result)
+        except RenderError as exc:
+            self.fail_step(step.name, None, ErrorInfo(type=exc.error_type, message=str(exc)))
+            return
+        if rule is not None:  # the rule's sink writes the whole list, then the step ends
+            self.issue(step.name, activation, 1, {}, phase="sink", data=RuleCall(rule=rule))
             return
         self.complete_step(
             step,
@@ -394,15 +407,17 @@ class StepRun(Emitter, ABC):
         routes: list[Route] | None = None,
         updates: dict[str, Any] | None = None,
         pages: int | None = None,
+        rule: int | None = None,
     ) -> None:
         """End a step that succeeded: `vars`, then routing (a `case` rule's `next` when one
-        fired, else the rules at the step's end (see `end_rules`), else `next`)."""
+        fired, else the rules at the step's end (see `end_rules`; `rule`: the `loop.done`
+        rule whose sink ran), else `next`)."""
         activation = self.state.step_state(step.name).activation
         shown = self.value(result)
         try:
             variables = {**self.step_vars(step, shown), **(updates or {})}
             if routes is None and step.step.case:
-                routes, variables, replaced = self.end_rules(step, shown, variables)
+                routes, variables, replaced = self.end_rules(step, shown, variables, rule)
                 if replaced is not shown:
                     result = replaced
             if routes is None:

@@ -289,3 +289,158 @@ def test_a_retried_rule_sink_writes_the_same_item_again() -> None:
         (2, 2, {"v": 2}),
     ]
     assert_replays(sim)
+
+
+def test_call_error_rule_sink_writes_the_failed_item_with_its_error() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then:
+                sink:
+                  tool: {kind: postgres, table: failures}
+                  args: {n: "{{ n }}", i: "{{ loop.index }}", why: "{{ error.message }}"}
+                set: {had_errors: true}
+          next: [{step: after}]
+        - step: after
+          tool: {kind: python, code: x}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.kind == "sink":
+            return "ok", {"rows": 1}
+        if command.step == "start" and item_of(command) == 2:
+            return "error", {"type": "python", "message": "no 2"}
+        return "ok", {"v": item_of(command)}
+
+    for seed in SEEDS:
+        sim = Sim(engine, tool, seed=seed)
+        state = sim.run()
+        assert state.status == "completed", state.error
+        sinks = [c for c in sim.issued if c.kind == "sink"]
+        assert len(sinks) == 1
+        seen = sinks[0].context.locals or {}
+        assert (seen["n"], seen["loop"]["index"], seen["error"]["message"]) == (2, 1, "no 2")
+        assert "result" not in seen
+        result = state.steps["start"].result
+        assert result[0] == {"v": 1} and result[2] == {"v": 3}
+        assert result[1]["error"]["message"] == "no 2"
+        assert state.variables == {"had_errors": True}
+        assert started(sim, "after") == 1
+        assert_replays(sim)
+
+
+def test_call_error_rule_sink_that_fails_fails_the_loop() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then: {sink: {tool: {kind: event_log}, args: {n: "{{ n }}"}}}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.kind == "sink":
+            return "error", {"message": "sink down"}
+        return ("error", {"message": "bad"}) if item_of(command) == 1 else ("ok", 1)
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "failed"
+    assert "sink down" in str(state.error)
+    assert_replays(sim)
+
+
+def test_loop_done_rule_sink_writes_the_whole_list_once_then_the_rule_applies() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1, 2, 3], iterator: n, mode: async}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'loop.done' }}"
+              then:
+                sink:
+                  tool: {kind: postgres, table: t}
+                  args: {rows: "{{ result }}", total: "{{ result.stats.total }}"}
+                set: {written: "{{ result | length }}"}
+                next: [{step: after}]
+          next: [{step: not_taken}]
+        - step: after
+          tool: {kind: python, code: x}
+        - step: not_taken
+          tool: {kind: python, code: x}
+    """)
+    )
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        return ("ok", {"rows": 3}) if command.kind == "sink" else ("ok", {"n": item_of(command)})
+
+    for seed in SEEDS:
+        sim = Sim(engine, tool, seed=seed)
+        state = sim.run()
+        assert state.status == "completed", state.error
+        kinds = [(c.step, c.kind) for c in sim.issued]
+        assert kinds.count(("start", "sink")) == 1
+        assert kinds[-2:] == [("start", "sink"), ("after", "python")]
+        sink = next(c for c in sim.issued if c.kind == "sink")
+        assert list((sink.context.locals or {})["result"]) == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert sink.index is None
+        assert state.variables == {"written": 3}
+        assert state.steps["start"].result == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert "not_taken" not in state.steps and started(sim, "after") == 1
+        assert_replays(sim)
+
+
+def test_loop_done_rule_sink_that_fails_fails_the_step() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1], iterator: n}
+          tool: {kind: python, code: x}
+          case:
+            - when: "{{ event.name == 'loop.done' }}"
+              then: {sink: {tool: {kind: event_log}}, set: {never: true}}
+    """)
+    )
+    sim = Sim(engine, lambda c: ("error", {"message": "no db"}) if c.kind == "sink" else ("ok", 1))
+    state = sim.run()
+    assert state.status == "failed" and "no db" in str(state.error)
+    assert state.variables == {}
+    assert_replays(sim)
+
+
+def test_a_retried_call_error_rule_sink_still_sees_the_error() -> None:
+    engine = engine_of(
+        playbook("""
+        - step: start
+          loop: {in: [1], iterator: n}
+          tool: {kind: python, code: x}
+          retry: {max_attempts: 2, delay: 1, when: "{{ error.message == 'sink down' }}"}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then: {sink: {tool: {kind: event_log}, args: {why: "{{ error.message }}"}}}
+    """)
+    )
+    sink_calls: list[int] = []
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        if command.kind == "sink":
+            sink_calls.append(command.attempt)
+            return ("error", {"message": "sink down"}) if command.attempt == 1 else ("ok", {})
+        return "error", {"message": "bad item"}
+
+    sim = Sim(engine, tool)
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert sink_calls == [1, 2]
+    sinks = [c for c in sim.issued if c.kind == "sink"]
+    assert [(c.context.locals or {})["error"]["message"] for c in sinks] == ["bad item"] * 2
+    assert_replays(sim)
