@@ -185,6 +185,34 @@ class DocumentRules:
                     (*path, "step"), f"step `{step.step}` is not reachable from `{START}`"
                 )
 
+    def _loop_end_rules(self) -> None:
+        """What a `loop.done` rule (a rule naming `loop.done` on a `loop.in` step) cannot
+        do: call the whole loop again (`retry`), or write beside the step's own `sink`."""
+        for path, step in self.steps:
+            loop = step.loop
+            if loop is None or loop.pagination is not None:
+                continue
+            after_sink = step.sink is not None and not (
+                step.sink.get("per_item") or step.sink.get("per_page")
+            )
+            for i, rule in enumerate(step.case):
+                if "loop.done" not in rule.when:
+                    continue
+                where = (*path, "case", i, "then")
+                if rule.then.retry is not None:
+                    self._error(
+                        (*where, "retry"),
+                        f"step `{step.step}` case[{i}]: `retry` on a `loop.done` rule is not "
+                        "supported (it would run the whole loop again); retry the items "
+                        "that fail with a `call.error` rule's `retry` or the step's `retry`",
+                    )
+                if rule.then.sink is not None and after_sink:
+                    self._error(
+                        (*where, "sink"),
+                        f"step `{step.step}` case[{i}]: a `loop.done` rule's `sink` and the "
+                        "step's own `sink` both write the list when the loop ends; keep one",
+                    )
+
     def _templates(self, value: Any, path: NodePath) -> None:
         """Parse every template string; python code is not a template and is skipped."""
         if isinstance(value, dict):

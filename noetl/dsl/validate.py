@@ -166,6 +166,7 @@ class _Checker(DocumentRules):
         ok, playbook = self._struct(Playbook, data, ())
         self._header(data)
         self._routes("workflow" in data)
+        self._loop_end_rules()
         for section in ("workload", "workbook", "workflow"):
             if section in data:
                 self._templates(data[section], (section,))

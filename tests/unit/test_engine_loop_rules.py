@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from noetl.dsl import check_text
 from noetl.messages import CommandIssued
 from tests.unit.engine_sim import Sim, engine_of
 from tests.unit.test_engine_constructs import assert_replays, playbook
@@ -444,3 +445,31 @@ def test_a_retried_call_error_rule_sink_still_sees_the_error() -> None:
     sinks = [c for c in sim.issued if c.kind == "sink"]
     assert [(c.context.locals or {})["error"]["message"] for c in sinks] == ["bad item"] * 2
     assert_replays(sim)
+
+
+def test_validation_refuses_retry_on_loop_done_and_a_second_end_sink() -> None:
+    text = """\
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: demo}
+workflow:
+  - step: start
+    loop: {in: [1, 2], iterator: n}
+    tool: {kind: python, code: x}
+    sink: {tool: {kind: event_log}}
+    case:
+      - when: "{{ event.name == 'loop.done' }}"
+        then:
+          retry: {max_attempts: 2}
+          sink: {tool: {kind: event_log}}
+      - when: "{{ event.name == 'call.error' }}"
+        then: {retry: {max_attempts: 2}, sink: {tool: {kind: event_log}}}
+"""
+    report = check_text(text, filename="pb.yaml")
+    assert [str(p) for p in report.errors] == [
+        "pb.yaml:12:18: step `start` case[0]: `retry` on a `loop.done` rule is not supported "
+        "(it would run the whole loop again); retry the items that fail with a `call.error` "
+        "rule's `retry` or the step's `retry`",
+        "pb.yaml:13:17: step `start` case[0]: a `loop.done` rule's `sink` and the step's own "
+        "`sink` both write the list when the loop ends; keep one",
+    ]
