@@ -246,7 +246,11 @@ async def test_loop_case_rules_per_item_on_the_mesh(
             f"""
             - step: start
               loop:
-                in: [{{key: a, fail: 0}}, {{key: b, fail: 2}}, {{key: c, fail: 1}}]
+                in:
+                  - {{key: a, fail: 0}}
+                  - {{key: b, fail: 2}}
+                  - {{key: c, fail: 1}}
+                  - {{key: d, fail: 9}}
                 iterator: item
                 mode: async
               tool:
@@ -254,6 +258,19 @@ async def test_loop_case_rules_per_item_on_the_mesh(
                 url: "{api.url}/flaky/loop_{{{{ item.key }}}}"
                 params: {{fail: "{{{{ item.fail }}}}"}}
               case:
+                - when: "{{{{ event.name == 'call.error' and item.fail > 5 }}}}"
+                  then:
+                    sink:
+                      tool: {{kind: postgres, auth: pg_items, table: compat_items}}
+                      args:
+                        key: "{{{{ item.key }}}}:{{{{ 'error' if error.message else '' }}}}"
+                        calls: 0
+                        idx: "{{{{ loop.index }}}}"
+                - when: "{{{{ event.name == 'loop.done' }}}}"
+                  then:
+                    sink:
+                      tool: {{kind: postgres, auth: pg_items, table: compat_items}}
+                      args: {{key: list, calls: "{{{{ result | length }}}}", idx: -1}}
                 - when: "{{{{ event.name == 'call.error' }}}}"
                   then:
                     retry:
@@ -276,13 +293,21 @@ async def test_loop_case_rules_per_item_on_the_mesh(
         doc = await run(client, path, timeout=90)
         assert doc["status"] == "completed", doc.get("error")
         # Retries re-call the failing item only, each within its max_attempts.
-        assert {k: api.calls[f"loop_{k}"] for k in "abc"} == {"a": 1, "b": 3, "c": 2}
+        calls = {k: api.calls[f"loop_{k}"] for k in "abcd"}
+        assert calls == {"a": 1, "b": 3, "c": 2, "d": 1}
         retried = [p for _, p, _ in api.requests if "again=" in p]
         assert sorted(retried) == sorted(
             ["/flaky/loop_b?fail=2&again=1"] * 2 + ["/flaky/loop_c?fail=1&again=2"]
         )
         rows = await conn.fetch("SELECT key, calls, idx FROM compat_items ORDER BY key")
-        assert [tuple(r) for r in rows] == [("a", 1, 0), ("b", 3, 1), ("c", 2, 2)]
+        # Per item: each success, the failed item with its error; then the list once.
+        assert [tuple(r) for r in rows] == [
+            ("a", 1, 0),
+            ("b", 3, 1),
+            ("c", 2, 2),
+            ("d:error", 0, 3),
+            ("list", 4, -1),
+        ]
         # The rules' `next` is taken once, when the loop ends (the last item's args win).
         events = await client.store.list_events(int(doc["execution_id"]))
         starts = [e for e in events if e["event_type"] == "step.started"]
