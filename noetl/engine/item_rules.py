@@ -5,9 +5,10 @@ each item: their `set` and `collect` as the item ends, `then.result` replaces th
 result, a `sink` writes the item (seeing it, `loop.index` and its `result` or `error`; the
 item ends when it has written), a `retry` calls that item again (within `max_attempts`,
 with `retry.args` overriding the request). The `next` they name is not taken then: it
-is kept with the item (in its `step.item` event) and taken once, when the loop ends. There a matching `loop.done` rule's `sink` writes the step's
-list first (`loop_sink_rule`); the step then completes applying that same rule. At the end,
-routes come from the first of:
+is kept with the item (in its `step.item` event) and taken once, when the loop ends.
+There a matching `loop.done` rule's `sink` writes the step's list first
+(`loop_sink_rule`); the step then completes applying that same rule. At the end, routes
+come from the first of:
 
 1. the first matching `loop.done` rule's `next`;
 2. the `next`s of per-item rules, joined: each target once, in the order of the lowest
