@@ -6,12 +6,13 @@ Pure: every function takes the template context it evaluates in and returns plai
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from noetl import render
-from noetl.engine import conditions
+from noetl.engine import conditions, routing, wire
 from noetl.engine.iteration import extract, merge
+from noetl.engine.payloads import Route
 from noetl.engine.plan import StepPlan
 from noetl.errors import RenderError
 
@@ -121,3 +122,42 @@ def collect_error(step: StepPlan, index: int, exc: RenderError | KeyError) -> st
     if isinstance(exc, RenderError):
         return str(exc)
     return f"step `{step.name}` case[{index}].then.collect.path: missing `{exc.args[0]}`"
+
+
+class RuleEffects(NamedTuple):
+    """What a matched rule does: vars it sets, request overrides and the attempt limit of its
+    `retry`, its routes, and the result it leaves."""
+
+    updates: dict[str, Any]
+    overrides: dict[str, Any]
+    limit: int | None
+    routes: list[Route]
+    result: Any
+
+
+def rule_effects(
+    step: StepPlan,
+    index: int,
+    context: Mapping[str, Any],
+    with_variables: Callable[[dict[str, Any]], Mapping[str, Any]],
+    given: Any,
+    result: Any,
+    variables: Mapping[str, Any],
+    *,
+    failed: bool,
+) -> RuleEffects:
+    """Evaluate rule `index` of `step`: `set`/`collect` from `given` in `context`, then the
+    rest in the context `with_variables` gives for the vars those leave; a failed call keeps
+    its result. Raises RenderError or KeyError (a bad `collect`) for the caller to report."""
+    then = step.step.case[index].then
+    updates = rule_updates(step, index, context, given, variables)
+    context = with_variables({**variables, **updates})
+    overrides: dict[str, Any] = {}
+    limit: int | None = None
+    if then.retry:
+        overrides, limit = retry_overrides(step, index, context)
+    routes = routing.edges(then.next, context)
+    if not failed:
+        result = rule_result(step, index, context, result)
+    wire.check([updates, overrides, routes, result], f"step `{step.name}` case[{index}]")
+    return RuleEffects(updates, overrides, limit, routes, result)

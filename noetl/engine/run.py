@@ -358,18 +358,17 @@ class Run(ItemRules):
         if index is None:
             return False
         then = step.step.case[index].then
-        overrides: dict[str, Any] = {}
-        limit: int | None = None
         try:
-            updates = rules.rule_updates(step, index, context, result, self.state.variables)
-            seen = {**self.state.variables, **updates}
-            context = self.context(args=pending.args, extra=extra, variables=seen)
-            if then.retry:
-                overrides, limit = rules.retry_overrides(step, index, context)
-            routes = routing.edges(then.next, context)
-            if failure is None:
-                result = rules.rule_result(step, index, context, result)
-            wire.check([updates, overrides, routes, result], f"step `{step.name}` case[{index}]")
+            updates, overrides, limit, routes, result = rules.rule_effects(
+                step,
+                index,
+                context,
+                lambda seen: self.context(args=pending.args, extra=extra, variables=seen),
+                result,
+                result,
+                self.state.variables,
+                failed=failure is not None,
+            )
         except (RenderError, KeyError) as exc:
             message = rules.collect_error(step, index, exc)
             self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))
