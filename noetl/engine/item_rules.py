@@ -54,36 +54,16 @@ class ItemRules(StepRun):
         sink wrote); False when none matches (the item then ends as without rules)."""
         assert pending.index is not None
         error = None if failure is None else failure.record()
-        event = "call.done" if error is None else "call.error"
-        result = self.value(result)
-        extra = {
-            **item_locals(step, self.state, pending),
-            **rules.rule_extra(result, error, event),
-        }
-        context = self.context(args=pending.args, extra=extra)
-        notes: list[str] = []
-        index = rules.first_rule(step, context, notes)
-        self.warn(step.name, notes)
-        if index is None:
+        matched = self.call_rule(step, pending, result, error, item=True)
+        if matched is None:
             return False
-        then = step.step.case[index].then
-        try:
-            # A `call.error` rule collects from the error, the only value its call gave.
-            updates, overrides, limit, routes, result = rules.rule_effects(
-                step,
-                index,
-                context,
-                lambda seen: self.context(args=pending.args, extra=extra, variables=seen),
-                result if error is None else error,
-                result,
-                self.state.variables,
-                failed=failure is not None,
-            )
-        except (RenderError, KeyError) as exc:
-            message = rules.collect_error(step, index, exc)
-            failed = ErrorInfo(type="case", message=message)
+        index, effects = matched
+        if isinstance(effects, str):
+            failed = ErrorInfo(type="case", message=effects)
             self.item_done(command_id, pending, error=failed, rows=rows)
             return True
+        then = step.step.case[index].then
+        updates, overrides, limit, routes, result = effects
         outcome = RuleOutcome(index=index, updates=updates, routes=routes)
         if then.retry and (limit is None or pending.attempt < limit):
             outcome.routes = []  # the item is not over: the call that ends it routes
@@ -117,6 +97,32 @@ class ItemRules(StepRun):
         else:
             self.item_done(command_id, pending, result=result, rows=rows, rule=outcome)
         return True
+
+    def call_rule(
+        self,
+        step: StepPlan,
+        pending: PendingCommand,
+        result: Any,
+        error: dict[str, Any] | None,
+        *,
+        item: bool = False,
+    ) -> rules.Matched | None:
+        """The rule matching a call's end and its effects (`rules.call_rule`), what its
+        `when`s noted recorded. `item`: a loop item's call, whose rules see the item's names
+        and whose `call.error` rule collects from the error, the only value its call gave."""
+        notes: list[str] = []
+        matched = rules.call_rule(
+            step,
+            lambda extra, seen: self.context(args=pending.args, extra=extra, variables=seen),
+            self.value(result),
+            error,
+            self.state.variables,
+            notes,
+            local=item_locals(step, self.state, pending) if item else None,
+            from_error=item,
+        )
+        self.warn(step.name, notes)
+        return matched
 
     def rule_sink_done(self, command_id: str, pending: PendingCommand, rows: int) -> None:
         """A loop item's rule sink wrote it: the item ends with its result, or with the

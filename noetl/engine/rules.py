@@ -161,3 +161,49 @@ def rule_effects(
         result = rule_result(step, index, context, result)
     wire.check([updates, overrides, routes, result], f"step `{step.name}` case[{index}]")
     return RuleEffects(updates, overrides, limit, routes, result)
+
+
+class Matched(NamedTuple):
+    """The rule that matched a call's end, and its effects, or why it could not be applied
+    (a `set`/`collect`/`retry`/`next`/`result` that failed to render, a missing `collect`)."""
+
+    rule: int
+    effects: RuleEffects | str
+
+
+def call_rule(
+    step: StepPlan,
+    context: Callable[[Mapping[str, Any], Mapping[str, Any] | None], Mapping[str, Any]],
+    result: Any,
+    error: Mapping[str, Any] | None,
+    variables: Mapping[str, Any],
+    notes: list[str],
+    *,
+    local: Mapping[str, Any] | None = None,
+    from_error: bool = False,
+) -> Matched | None:
+    """The first rule matching a call's end (`call.done`, or `call.error` when `error` is
+    given) and its effects; None when none matches. `context(extra, variables)` builds the
+    template context (variables None: the execution's); `local` adds names the rule sees
+    (a loop item's); `from_error`: a `call.error` rule collects from the error, not from
+    `result`. Undefined names a `when` tested are noted in `notes`."""
+    event = "call.done" if error is None else "call.error"
+    extra = {**(local or {}), **rule_extra(result, error, event)}
+    seen = context(extra, None)
+    index = first_rule(step, seen, notes)
+    if index is None:
+        return None
+    try:
+        effects = rule_effects(
+            step,
+            index,
+            seen,
+            lambda updated: context(extra, updated),
+            error if from_error and error is not None else result,
+            result,
+            variables,
+            failed=error is not None,
+        )
+    except (RenderError, KeyError) as exc:
+        return Matched(index, collect_error(step, index, exc))
+    return Matched(index, effects)

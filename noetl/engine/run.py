@@ -348,31 +348,15 @@ class Run(ItemRules):
         """Apply the first rule matching the call's end (`call.done` / `call.error`);
         False when none matches."""
         error = None if failure is None else failure.record()
-        event = "call.done" if error is None else "call.error"
-        result = self.value(result)
-        extra = rules.rule_extra(result, error, event)
-        context = self.context(args=pending.args, extra=extra)
-        notes: list[str] = []
-        index = rules.first_rule(step, context, notes)
-        self.warn(step.name, notes)
-        if index is None:
+        matched = self.call_rule(step, pending, result, error)
+        if matched is None:
             return False
-        then = step.step.case[index].then
-        try:
-            updates, overrides, limit, routes, result = rules.rule_effects(
-                step,
-                index,
-                context,
-                lambda seen: self.context(args=pending.args, extra=extra, variables=seen),
-                result,
-                result,
-                self.state.variables,
-                failed=failure is not None,
-            )
-        except (RenderError, KeyError) as exc:
-            message = rules.collect_error(step, index, exc)
-            self.fail_step(step.name, command_id, ErrorInfo(type="case", message=message))
+        index, effects = matched
+        if isinstance(effects, str):
+            self.fail_step(step.name, command_id, ErrorInfo(type="case", message=effects))
             return True
+        then = step.step.case[index].then
+        updates, overrides, limit, routes, result = effects
         call = pending.index or 0
         if then.retry and (limit is None or call + 1 < limit):
             self.emit(
