@@ -104,13 +104,23 @@ async def test_timeout_bounds_the_whole_execution(
 ) -> None:
     path = write_playbook(tmp_path, "sleepy_timeout", SLEEPY)
     ran = await noetl(module_settings, "run", str(path), "--timeout", "1", "--json")
-    assert ran.returncode == 1, ran.stderr
-    doc = json.loads(ran.stdout)
-    assert doc["status"] == "failed" and doc["error"]["type"] == "timeout"
-    assert "after" not in doc["steps"]
-
+    await assert_timed_out(module_client, ran)
     executed = await noetl(
         module_settings, "execute", "sleepy_timeout", "--wait", "--timeout", "1", "--json"
     )
-    assert executed.returncode == 1, executed.stderr
-    assert json.loads(executed.stdout)["error"]["type"] == "timeout"
+    await assert_timed_out(module_client, executed)
+
+
+async def assert_timed_out(client: Client, shown: subprocess.CompletedProcess[str]) -> None:
+    """The CLI exited 1 with a timeout, and the execution's own timer ended it: failed,
+    `after` never started. The CLI shows that end when it comes within the few seconds it
+    waits past `--timeout`; a loaded machine can delay the timer past them, and then the
+    CLI says it stopped waiting, and the end is read from the store."""
+    assert shown.returncode == 1, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["error"]["type"] == "timeout", doc
+    if doc["status"] != "failed":
+        assert doc["status"] == "running" and "stopped waiting" in doc["error"]["message"], doc
+        doc = await client.wait(int(doc["execution_id"]), timeout=120)
+    assert doc["status"] == "failed" and doc["error"]["type"] == "timeout", doc
+    assert "after" not in doc["steps"]

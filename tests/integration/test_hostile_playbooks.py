@@ -159,24 +159,26 @@ async def test_a_200_mb_template_fails_its_step(client: Client, mesh: Mesh, tmp_
     await assert_db_clean(client.store)
 
 
+# The step's timeout is what ends `spin`; the others must end by their own cause first,
+# which load only delays: their timeout is set far past anything load stretches them to.
 @pytest.mark.parametrize(
-    ("code", "reason"),
+    ("code", "timeout", "reason"),
     [
-        ("import os\\nos._exit(3)", "exit code 3"),
-        ("while True:\\n    pass", "timeout"),
-        ("x = []\\nwhile True:\\n    x.append(bytearray(2**24))", "memory"),
+        ("import os\\nos._exit(3)", 60, "exit code 3"),
+        ("while True:\\n    pass", 3, "timeout"),
+        ("x = []\\nwhile True:\\n    x.append(bytearray(2**24))", 60, "memory"),
     ],
     ids=["os_exit", "spin", "allocate"],
 )
 async def test_python_that_dies_fails_its_step_and_the_pool_recovers(
-    client: Client, mesh: Mesh, tmp_path: Path, code: str, reason: str
+    client: Client, mesh: Mesh, tmp_path: Path, code: str, timeout: int, reason: str
 ) -> None:
     path = write(
         tmp_path,
         "dies",
         f"""
     - step: start
-      timeout: 3
+      timeout: {timeout}
       tool: {{kind: python, code: "{code}"}}
     """,
     )
