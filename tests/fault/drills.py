@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -20,7 +20,7 @@ import msgspec
 
 from noetl.client import Client
 from noetl.config import Settings
-from tests.fault.harness import register_when_up, start_mesh
+from tests.fault.harness import kill_hard, register_when_up, start_mesh
 from tests.fault.test_sigkill import chain
 from tests.integration.conftest import fixture
 from tests.support.http_api import ITEM_COUNT, HttpApi
@@ -43,6 +43,9 @@ workflow:
 """
 
 
+# The mesh's processes by name.
+Procs = dict[str, subprocess.Popen[bytes]]
+
 # Each its own process: name -> role.
 ROLES: Final = {
     "catalog": "catalog",
@@ -52,12 +55,12 @@ ROLES: Final = {
 }
 
 
-def start_roles(settings: Settings, log: Path) -> dict[str, subprocess.Popen[bytes]]:
+def start_roles(settings: Settings, log: Path) -> Procs:
     """The mesh as one process per entry of ROLES, logging to `log`."""
     return {name: start_mesh(settings, log, role) for name, role in ROLES.items()}
 
 
-async def until_up(procs: dict[str, subprocess.Popen[bytes]], log: Path) -> None:
+async def until_up(procs: Procs, log: Path) -> None:
     """Until every process of `procs` says its actors are up (faults are meant for a running
     mesh: a process still starting under load would die of one, which no drill tests)."""
     async with asyncio.timeout(180):
@@ -68,6 +71,22 @@ async def until_up(procs: dict[str, subprocess.Popen[bytes]], log: Path) -> None
             dead = [name for name, proc in procs.items() if proc.poll() is not None]
             assert not dead, f"{dead} exited while starting:\n{text[-3000:]}"
             await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def drill_mesh(settings: Settings, log: Path) -> AsyncIterator[tuple[Client, Procs]]:
+    """A client, and the mesh as one process per role of ROLES logging to `log`, once every
+    process is up; at the end each process in the dict (a drill may replace them) is killed
+    and the client closed."""
+    client = await Client.connect(settings)
+    procs = start_roles(settings, log)
+    try:
+        await until_up(procs, log)
+        yield client, procs
+    finally:
+        for proc in procs.values():
+            kill_hard(proc)
+        await client.close()
 
 
 class Drill(msgspec.Struct, kw_only=True):

@@ -7,11 +7,10 @@ import asyncio
 import secrets
 from pathlib import Path
 
-from noetl.client import Client
 from noetl.config import Settings
 from noetl.servers.nats import start_nats
-from tests.fault.drills import Drill, Mix, start_roles, timed, until_up
-from tests.fault.harness import assert_db_clean, kill_hard
+from tests.fault.drills import Drill, Mix, drill_mesh, timed
+from tests.fault.harness import assert_db_clean
 from tests.support.http_api import HttpApi
 from tests.support.services import stop_process
 
@@ -27,29 +26,24 @@ async def test_nats_stopped_and_restarted_twice(
     settings = Settings(
         nats_url=server.url, pg_dsn=pg_dsn, home=noetl_home, ack_wait=2.0, reconcile_every=1.0
     )
-    client = await Client.connect(settings)
     mesh_log = tmp_path / "mesh.log"
-    procs = start_roles(settings, mesh_log)
     drill = Drill(name="nats restart x2")
-    mix = Mix(client, api, tmp_path, shared_path)
     try:
-        await until_up(procs, mesh_log)
-        with timed(drill):
-            await mix.register()
-            for _ in range(2):
+        async with drill_mesh(settings, mesh_log) as (client, procs):
+            mix = Mix(client, api, tmp_path, shared_path)
+            with timed(drill):
+                await mix.register()
+                for _ in range(2):
+                    await mix.wave()
+                    await asyncio.sleep(1.5)
+                    stop_process(server)
+                    drill.faults.append(f"nats down {OUTAGE:g} s")
+                    await asyncio.sleep(OUTAGE)
+                    server = start_nats(store, port=server.port, log=log, auth=auth)
                 await mix.wave()
-                await asyncio.sleep(1.5)
-                stop_process(server)
-                drill.faults.append(f"nats down {OUTAGE:g} s")
-                await asyncio.sleep(OUTAGE)
-                server = start_nats(store, port=server.port, log=log, auth=auth)
-            await mix.wave()
-            await mix.assert_all_ended_as_expected()
-            drill.executions = len(mix.expected)
-            await assert_db_clean(client.store)
-            assert all(p.poll() is None for p in procs.values()), mesh_log.read_text()[-3000:]
+                await mix.assert_all_ended_as_expected()
+                drill.executions = len(mix.expected)
+                await assert_db_clean(client.store)
+                assert all(p.poll() is None for p in procs.values()), mesh_log.read_text()[-3000:]
     finally:
-        for proc in procs.values():
-            kill_hard(proc)
-        await client.close()
         stop_process(server)

@@ -16,8 +16,8 @@ from noetl.client import Client
 from noetl.config import Settings
 from noetl.servers.postgres import start_postgres
 from tests.fault.commit_hold import CommitHold
-from tests.fault.drills import Drill, Mix, start_roles, timed, until_up
-from tests.fault.harness import assert_db_clean, count_events, kill_hard, wait_until
+from tests.fault.drills import Drill, Mix, drill_mesh, timed
+from tests.fault.harness import assert_db_clean, count_events, wait_until
 from tests.support.http_api import HttpApi
 from tests.support.services import (
     TEST_PG_SETTINGS,
@@ -93,44 +93,39 @@ async def test_postgres_restarted_and_connections_terminated(
         ack_wait=2.0,
         reconcile_every=1.0,
     )
-    client = await Client.connect(settings)
     mesh_log = tmp_path / "mesh.log"
-    procs = start_roles(settings, mesh_log)
     drill = Drill(name="postgres restart + terminated sessions")
-    mix = Mix(client, api, tmp_path, shared_path)
     try:
-        await until_up(procs, mesh_log)
-        with timed(drill):
-            await mix.register()
-            await mix.wave()
-            await terminate_inside_a_commit(client, server.dsn("drill"), mix, drill)
-            for _ in range(TERMINATIONS):
-                await asyncio.sleep(0.4)
-                killed = await terminate_backends(server.admin_dsn)
-                drill.faults.append(f"terminated {killed} sessions")
-            # The test's own client is not under test: it reconnects before going on.
-            await client.store.pool.expire_connections()
-            await mix.wave()
-            await asyncio.sleep(1.5)
-            stop_process(process, signal.SIGINT, grace=30.0)
-            drill.faults.append(f"postgres down {OUTAGE:g} s")
-            await asyncio.sleep(OUTAGE)
-            process = start_postgres(
-                process.data_dir,
-                password=process.password,
-                port=process.port,
-                log=process.log_path,
-                settings=TEST_PG_SETTINGS,
-            )
-            server.process = process
-            await client.store.pool.expire_connections()
-            await mix.wave()
-            await mix.assert_all_ended_as_expected()
-            drill.executions = len(mix.expected)
-            await assert_db_clean(client.store)
-            assert all(p.poll() is None for p in procs.values()), mesh_log.read_text()[-3000:]
+        async with drill_mesh(settings, mesh_log) as (client, procs):
+            mix = Mix(client, api, tmp_path, shared_path)
+            with timed(drill):
+                await mix.register()
+                await mix.wave()
+                await terminate_inside_a_commit(client, server.dsn("drill"), mix, drill)
+                for _ in range(TERMINATIONS):
+                    await asyncio.sleep(0.4)
+                    killed = await terminate_backends(server.admin_dsn)
+                    drill.faults.append(f"terminated {killed} sessions")
+                # The test's own client is not under test: it reconnects before going on.
+                await client.store.pool.expire_connections()
+                await mix.wave()
+                await asyncio.sleep(1.5)
+                stop_process(process, signal.SIGINT, grace=30.0)
+                drill.faults.append(f"postgres down {OUTAGE:g} s")
+                await asyncio.sleep(OUTAGE)
+                process = start_postgres(
+                    process.data_dir,
+                    password=process.password,
+                    port=process.port,
+                    log=process.log_path,
+                    settings=TEST_PG_SETTINGS,
+                )
+                server.process = process
+                await client.store.pool.expire_connections()
+                await mix.wave()
+                await mix.assert_all_ended_as_expected()
+                drill.executions = len(mix.expected)
+                await assert_db_clean(client.store)
+                assert all(p.poll() is None for p in procs.values()), mesh_log.read_text()[-3000:]
     finally:
-        for proc in procs.values():
-            kill_hard(proc)
-        await client.close()
         server.stop()

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from noetl.client import Client
 from noetl.config import Settings
-from tests.fault.drills import ROLES, Drill, Mix, now, recovery_after, start_roles, timed
+from tests.fault.drills import ROLES, Drill, Mix, drill_mesh, now, recovery_after, timed
 from tests.fault.harness import assert_db_clean, kill_hard, start_mesh
 from tests.support.http_api import HttpApi
 
@@ -19,13 +18,11 @@ from tests.support.http_api import HttpApi
 async def sigkill_drill(
     settings: Settings, api: HttpApi, tmp_path: Path, shared: Path, kills: int
 ) -> Drill:
-    client = await Client.connect(settings)
     log = tmp_path / "mesh.log"
-    procs = start_roles(settings, log)
     rng = random.Random(kills)
     drill = Drill(name=f"sigkill x{kills}")
-    mix = Mix(client, api, tmp_path, shared)
-    try:
+    async with drill_mesh(settings, log) as (client, procs):
+        mix = Mix(client, api, tmp_path, shared)
         with timed(drill):
             await mix.register()
             for _ in range(kills):
@@ -41,10 +38,6 @@ async def sigkill_drill(
             await mix.assert_all_ended_as_expected()
             drill.executions = len(mix.expected)
             await assert_db_clean(client.store)
-    finally:
-        for proc in procs.values():
-            kill_hard(proc)
-        await client.close()
     return drill
 
 
