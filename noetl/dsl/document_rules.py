@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any, Final
 
 import jinja2
@@ -133,19 +133,25 @@ class DocumentRules:
                     at_key=True,
                 )
 
-    def _routes(self, has_workflow: bool) -> None:
-        """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""
+    def _firsts(self, named: Iterable[tuple[NodePath, str, str]], what: str) -> dict[str, Position]:
+        """Where each name of `named` (path, its name's key, name) is first defined; a later
+        definition of a name is warned of as ignored."""
         first: dict[str, Position] = {}
-        for path, step in self.steps:
-            where = (*path, "step")
-            if step.step in first:
+        for path, key, name in named:
+            where = (*path, key)
+            if name in first:
                 self._warning(
                     where,
-                    f"duplicate step name `{step.step}`: this definition is ignored, the "
-                    f"first (line {first[step.step][0]}) is used",
+                    f"duplicate {what} `{name}`: this definition is ignored, the "
+                    f"first (line {first[name][0]}) is used",
                 )
             else:
-                first[step.step] = self.doc.value_at(where)
+                first[name] = self.doc.value_at(where)
+        return first
+
+    def _routes(self, has_workflow: bool) -> None:
+        """Step names: `start`, duplicates, route targets, workbook tasks, reachability."""
+        first = self._firsts(((path, "step", s.step) for path, s in self.steps), "step name")
         if has_workflow and START not in first:
             self._error(
                 ("workflow",),
@@ -159,17 +165,7 @@ class DocumentRules:
                     ref.path,
                     f"{ref.label} names unknown step `{ref.name}`{suggest(ref.name, first)}",
                 )
-        tasks: dict[str, Position] = {}
-        for path, task in self.tasks:
-            where = (*path, "name")
-            if task.name in tasks:
-                self._warning(
-                    where,
-                    f"duplicate workbook task `{task.name}`: this definition is ignored, the "
-                    f"first (line {tasks[task.name][0]}) is used",
-                )
-            else:
-                tasks[task.name] = self.doc.value_at(where)
+        tasks = self._firsts(((path, "name", t.name) for path, t in self.tasks), "workbook task")
         for ref in self.task_refs:
             if ref.name not in tasks:
                 self._error(
