@@ -24,11 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from noetl import keys
-from noetl.engine import events as ev
 from noetl.engine import routing, rules, wire
 from noetl.engine.context import item_locals
-from noetl.engine.events import Event
 from noetl.engine.iteration import deep_merge
 from noetl.engine.payloads import Route, RuleCall, StepItem
 from noetl.engine.plan import StepPlan
@@ -154,16 +151,7 @@ class ItemRules(StepRun):
             payload.vars = outcome.updates
         if outcome.routes:
             payload.routes = outcome.routes
-        self.emit(
-            Event(
-                type=ev.STEP_ITEM,
-                dedup_key=keys.step_item_key(command_id),
-                step=step.name,
-                command_id=command_id,
-                error=error,
-            ),
-            payload,
-        )
+        self.emit_item(step, command_id, payload, error)
 
     def loop_sink_rule(self, step: StepPlan, result: Any) -> int | None:
         """The `loop.done` rule that fires at this loop's end when it has a `sink` (run

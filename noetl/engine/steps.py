@@ -265,6 +265,18 @@ class StepRun(Emitter, ABC):
         if in_flight == 0 and (loop.stopping or loop.issued == len(loop.items)):
             self.finish_loop(step)
 
+    def emit_item(
+        self, step: StepPlan, command_id: str, item: StepItem, error: dict[str, Any] | None
+    ) -> None:
+        """The `step.item` event of command `command_id`: one per command (its dedup key)."""
+        key = keys.step_item_key(command_id)
+        self.emit(
+            Event(
+                type=ev.STEP_ITEM, dedup_key=key, step=step.name, command_id=command_id, error=error
+            ),
+            item,
+        )
+
     def item_done(
         self,
         command_id: str,
@@ -298,16 +310,7 @@ class StepRun(Emitter, ABC):
                 payload.handled = True
         if rows:
             payload.rows = rows
-        self.emit(
-            Event(
-                type=ev.STEP_ITEM,
-                dedup_key=keys.step_item_key(command_id),
-                step=step.name,
-                command_id=command_id,
-                error=None if error is None else error.record(),
-            ),
-            payload,
-        )
+        self.emit_item(step, command_id, payload, None if error is None else error.record())
         self.fill_loop(step)
         self.advance()
 
@@ -344,16 +347,7 @@ class StepRun(Emitter, ABC):
         if rows:
             payload.rows = rows
         payload.last = next_overrides is None
-        self.emit(
-            Event(
-                type=ev.STEP_ITEM,
-                dedup_key=keys.step_item_key(command_id),
-                step=step.name,
-                command_id=command_id,
-                error=None if error is None else error.record(),
-            ),
-            payload,
-        )
+        self.emit_item(step, command_id, payload, None if error is None else error.record())
         if next_overrides is not None:
             self.issue(
                 step.name,
