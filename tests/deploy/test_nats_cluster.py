@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -23,9 +22,9 @@ from noetl.client import Client
 from noetl.config import Settings
 from noetl.errors import ConfigError
 from tests.deploy.nats_cluster import start_cluster
+from tests.support.cli import CLI
 from tests.support.services import stop_process
 
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "playbooks"
 # (playbook, executions, expected result)
 MIX = [

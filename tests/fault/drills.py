@@ -21,9 +21,9 @@ import msgspec
 from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import kill_hard, register_when_up, start_mesh
-from tests.fault.test_sigkill import chain
 from tests.integration.conftest import fixture
 from tests.support.http_api import ITEM_COUNT, HttpApi
+from tests.support.playbooks import slow_chain
 
 RETRY = """apiVersion: noetl.io/v2
 kind: Playbook
@@ -125,7 +125,7 @@ class Mix:
         retried = self.tmp_path / "retried.yaml"
         retried.write_text(RETRY)
         for path in (
-            chain(self.tmp_path),
+            slow_chain(self.tmp_path),
             fixture("loop_async"),
             fixture("composition_child"),
             fixture("composition_parent"),

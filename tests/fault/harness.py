@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,7 @@ from noetl.errors import ExecutionNotFound
 from noetl.messages import CatalogReply
 from noetl.store import Store
 from noetl.store.check import check_events
-
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
+from tests.support.cli import CLI, cli_env
 
 
 def start_mesh(
@@ -28,11 +26,8 @@ def start_mesh(
     """`noetl-runtime up` against the test's servers, with short redelivery times; `roles`
     become `--role` options (default: all), `env_extra` adds or overrides environment
     variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
-    env.update(
-        NOETL_NATS_URL=str(settings.nats_url),
-        NOETL_PG_DSN=str(settings.pg_dsn),
-        NOETL_HOME=str(settings.home),
+    env = cli_env(
+        settings,
         NOETL_ACK_WAIT="2",
         NOETL_RECONCILE_EVERY="1",
         NOETL_API_PORT="0",  # the REST API on a free port, never a fixed one

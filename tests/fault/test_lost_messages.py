@@ -13,8 +13,8 @@ from noetl.bus import CMD_STREAM, EXEC_STREAM
 from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import assert_db_clean, events_of, wait_until
-from tests.integration.conftest import write_playbook
 from tests.support.mesh import connected, running
+from tests.support.playbooks import write_playbook
 
 
 async def test_purged_command_is_republished_by_the_reconciler(

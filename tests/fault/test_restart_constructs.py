@@ -19,9 +19,9 @@ from tests.fault.harness import (
     start_mesh,
     wait_until,
 )
-from tests.integration.conftest import write_playbook
 from tests.support.http_api import ITEM_COUNT, start_http_api
 from tests.support.mesh import connected
+from tests.support.playbooks import write_playbook
 
 Rows = list[dict[str, Any]]
 

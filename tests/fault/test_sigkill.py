@@ -18,37 +18,7 @@ from tests.fault.harness import (
     stop_gracefully,
     wait_until,
 )
-
-STEPS = 8
-
-
-def chain(tmp_path: Path) -> Path:
-    """A chain of python steps, each taking a moment, each adding one to a counter."""
-    lines = [
-        "apiVersion: noetl.io/v2",
-        "kind: Playbook",
-        "metadata: {name: slow_chain}",
-        "workflow:",
-    ]
-    for i in range(STEPS):
-        name = "start" if i == 0 else f"s{i}"
-        following = "end" if i == STEPS - 1 else f"s{i + 1}"
-        previous = "0" if i == 0 else f"{{{{ {'start' if i == 1 else f's{i - 1}'}.n }}}}"
-        lines += [
-            f"  - step: {name}",
-            "    tool:",
-            "      kind: python",
-            f'      args: {{n: "{previous}"}}',
-            "      code: |",
-            "        import time",
-            "        time.sleep(0.4)",
-            "        result = {'n': int(n) + 1}",
-            f"    next: [{following}]",
-        ]
-    lines += ["  - step: end", "    tool: {kind: python, code: 'result = {\"done\": True}'}"]
-    path = tmp_path / "slow_chain.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.support.playbooks import CHAIN_STEPS, slow_chain
 
 
 async def in_flight(client: Client, execution_id: int) -> set[str]:
@@ -68,7 +38,7 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
     log = tmp_path / "mesh.log"
     mesh = start_mesh(settings, log)
     try:
-        reply = await register_when_up(client, chain(tmp_path))
+        reply = await register_when_up(client, slow_chain(tmp_path))
         eid = await client.start(reply.path, version=reply.version)
         # Kill twice, each time while a step's tool call is running (started, no outcome).
         interrupted: set[str] = set()
@@ -87,9 +57,9 @@ async def test_sigkill_mid_run_then_restart_completes_each_step_once(
         doc = await client.wait(eid, timeout=90)
         assert doc["status"] == "completed", (doc, log.read_text()[-3000:])
         assert doc["result"] == {"done": True}
-        assert doc["steps"][f"s{STEPS - 1}"] == {"n": STEPS}
+        assert doc["steps"][f"s{CHAIN_STEPS - 1}"] == {"n": CHAIN_STEPS}
         counts = await count_events(client, eid, "step.completed")
-        expected = {"start": 1, "end": 1, **{f"s{i}": 1 for i in range(1, STEPS)}}
+        expected = {"start": 1, "end": 1, **{f"s{i}": 1 for i in range(1, CHAIN_STEPS)}}
         assert counts == expected
         rows = await events_of(client, eid)
         outcomes = Counter(

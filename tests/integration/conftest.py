@@ -21,7 +21,6 @@ from tests.support.cloud import (  # noqa: F401  (fixtures: moto_server, aws_env
 )
 from tests.support.http_api import HttpApi, start_http_api
 from tests.support.mesh import connected, running
-from tests.support.playbooks import write_playbook  # noqa: F401  (re-exported for the tests)
 from tests.support.services import (
     PgServer,
     fresh_database,

@@ -101,7 +101,7 @@ async def test_without_a_token_the_api_listens_on_loopback_only(client: Client) 
 
 
 def test_up_refuses_an_open_api_on_every_address(settings: Any) -> None:
-    from tests.integration.test_cli import cli
+    from tests.support.cli import cli
 
     done = cli(settings, "up", "--api-host", "0.0.0.0", "--api-port", "0", timeout=60)
     assert done.returncode == 2

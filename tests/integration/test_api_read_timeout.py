@@ -15,8 +15,8 @@ import pytest
 from actors.mesh import Mesh
 from noetl.api.server import ApiServer
 from noetl.client import Client
-from tests.integration.test_mesh_constructs import write
 from tests.support.http_api import HttpApi
+from tests.support.playbooks import write_playbook as write
 
 READ_TIMEOUT = 1.0
 DRIP = 0.2  # seconds between two bytes of a slow client

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -17,8 +16,7 @@ from actors.mesh import missing_roles
 from noetl.bench.model import Document
 from noetl.client import Client
 from noetl.config import Settings
-
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
+from tests.support.cli import CLI
 
 CONTRACT = {
     "floors": {"pg_commit_ms", "js_publish_ack_ms"},

@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from noetl.config import Settings
 from tests.integration.conftest import FIXTURES, fixture
-
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
-
-
-def cli(settings: Settings, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
-    env.update(
-        NOETL_NATS_URL=str(settings.nats_url),
-        NOETL_PG_DSN=str(settings.pg_dsn),
-        NOETL_HOME=str(settings.home),
-        NOETL_ACK_WAIT=str(settings.ack_wait),
-    )
-    return subprocess.run(
-        [CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+from tests.support.cli import cli
 
 
 def test_run_json_prints_the_execution_document(settings: Settings) -> None:

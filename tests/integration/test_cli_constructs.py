@@ -11,8 +11,9 @@ from pathlib import Path
 from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.config import Settings
-from tests.integration.conftest import events_by_type, run, write_playbook
-from tests.integration.test_cli import cli
+from tests.integration.conftest import events_by_type, run
+from tests.support.cli import cli
+from tests.support.playbooks import write_playbook
 
 SLEEPY = """
     - step: start

@@ -6,7 +6,6 @@ would press keys) against real NATS and PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ import pexpect
 from noetl.config import Settings
 from noetl.local import free_port
 from tests.integration.conftest import fixture
-from tests.integration.test_cli import CLI, cli
+from tests.support.cli import CLI, cli, cli_env
 
 # `run` names its execution in bold.
 EXECUTION = r"execution (?:\x1b\[1m)?(\d+)"
@@ -63,16 +62,7 @@ workflow:
 
 
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
-    env.update(
-        NOETL_NATS_URL=str(settings.nats_url),
-        NOETL_PG_DSN=str(settings.pg_dsn),
-        NOETL_HOME=str(settings.home),
-        NOETL_ACK_WAIT=str(settings.ack_wait),
-        NO_COLOR="1",
-        **extra,
-    )
-    return env
+    return cli_env(settings, NO_COLOR="1", **extra)
 
 
 def terminal(settings: Settings, *args: str, **extra: str) -> pexpect.spawn:

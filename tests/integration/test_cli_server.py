@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +21,9 @@ import pytest
 from noetl.cli_daemon import Daemon, DaemonInfo
 from noetl.config import Settings
 from tests.integration.conftest import fixture
+from tests.support.cli import CLI
 from tests.support.services import free_port
 
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
 TOKEN = "daemon-token"
 
 

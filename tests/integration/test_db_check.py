@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,8 +21,7 @@ from noetl.client import Client
 from noetl.keys import command_issued_key, new_execution_id
 from noetl.store.check import Invariant, check_events
 from tests.integration.conftest import fixture, run
-
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
+from tests.support.cli import CLI
 
 FAN_IN = textwrap.dedent("""
     apiVersion: noetl.io/v2

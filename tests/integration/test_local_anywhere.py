@@ -7,7 +7,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,10 @@ import pytest
 from noetl.servers import pgowner
 from noetl.servers.pgowner import RUNTIME_DIR
 from tests.integration.conftest import fixture
+from tests.support.cli import CLI
 from tests.support.services import local_mode_stopped
 
 pytestmark = pytest.mark.timeout(240)
-
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
 
 
 def modes(path: Path) -> dict[str, tuple[int, int]]:

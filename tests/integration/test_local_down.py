@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import fixture
-from tests.integration.test_cli import CLI
+from tests.support.cli import CLI
 from tests.support.services import free_port, local_mode_stopped
 
 pytestmark = pytest.mark.timeout(240)

@@ -16,7 +16,7 @@ from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import assert_db_clean, kill_hard, register_when_up, start_mesh
 from tests.integration.conftest import fixture, run
-from tests.integration.test_mesh_constructs import write
+from tests.support.playbooks import write_playbook as write
 
 # Ten million small ints are 80 MB of list alone; the coordinator may grow by far less.
 MAX_GROWTH_MB = 40

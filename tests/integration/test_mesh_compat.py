@@ -10,9 +10,9 @@ import asyncpg
 from actors.mesh import Mesh
 from noetl.client import Client
 from tests.integration.conftest import run
-from tests.integration.test_mesh_constructs import write
-from tests.integration.test_mesh_data_tools import credentials
 from tests.support.http_api import HttpApi
+from tests.support.mesh import credential_store
+from tests.support.playbooks import write_playbook as write
 
 
 async def test_python_comment_with_template_runs(
@@ -137,7 +137,7 @@ async def test_names_noetl_provides(client: Client, mesh: Mesh, tmp_path: Path) 
 async def test_postgres_sink_statement_and_rows_in_the_tool_block(
     client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
 ) -> None:
-    await (await credentials(client)).set("pg_compat", "postgres", {"dsn": pg_dsn})
+    await credential_store(client).set("pg_compat", "postgres", {"dsn": pg_dsn})
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.execute("DROP TABLE IF EXISTS compat_hits; CREATE TABLE compat_hits(n int)")
@@ -233,7 +233,7 @@ async def test_case_retry_honours_max_attempts(
 async def test_loop_case_rules_per_item_on_the_mesh(
     client: Client, mesh: Mesh, tmp_path: Path, api: HttpApi, pg_dsn: str
 ) -> None:
-    await (await credentials(client)).set("pg_items", "postgres", {"dsn": pg_dsn})
+    await credential_store(client).set("pg_items", "postgres", {"dsn": pg_dsn})
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.execute(
@@ -321,7 +321,7 @@ async def test_loop_case_rules_per_item_on_the_mesh(
 async def test_postgres_result_answers_noetl_command_shape(
     client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
 ) -> None:
-    await (await credentials(client)).set("pg_shape", "postgres", {"dsn": pg_dsn})
+    await credential_store(client).set("pg_shape", "postgres", {"dsn": pg_dsn})
     path = write(
         tmp_path,
         "pg_shape",
@@ -391,7 +391,7 @@ async def test_keychain_credential_entries_fill_tool_templates_masked(
     client: Client, mesh: Mesh, tmp_path: Path, api: HttpApi
 ) -> None:
     token = "kc-tok-5a4b3c2d1e"
-    await (await credentials(client)).set("stored_api", "http", {"token": token, "username": "ada"})
+    await credential_store(client).set("stored_api", "http", {"token": token, "username": "ada"})
     path = tmp_path / "keychain.yaml"
     path.write_text(
         "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: keychain_use}\n"

@@ -8,23 +8,18 @@ import asyncpg
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from noetl.crypto import load_key
-from noetl.store.credentials import CredentialStore
 from tests.integration.conftest import (
     fixture,
     one_step,
     run,
 )
 from tests.integration.shared_mesh import shared_client, shared_mesh  # noqa: F401
+from tests.support.mesh import credential_store
 from tests.support.services import free_port
 
 
-async def credentials(client: Client) -> CredentialStore:
-    return CredentialStore(client.store.pool, load_key(client.settings))
-
-
 async def test_postgres_roundtrip_fixture(client: Client, mesh: Mesh, pg_dsn: str) -> None:
-    await (await credentials(client)).set("pg_local", "postgres", {"dsn": pg_dsn})
+    await credential_store(client).set("pg_local", "postgres", {"dsn": pg_dsn})
     doc = await run(client, fixture("postgres_roundtrip"))
     assert doc["status"] == "completed", doc
     assert doc["result"] == {"best": "ada@example.com"}
@@ -55,7 +50,7 @@ async def test_duckdb_transform_fixture(client: Client, mesh: Mesh) -> None:
 async def test_data_tool_failures_name_step_tool_and_cause(
     client: Client, mesh: Mesh, tmp_path: Path, pg_dsn: str
 ) -> None:
-    creds = await credentials(client)
+    creds = credential_store(client)
     await creds.set("pg_ok", "postgres", {"dsn": pg_dsn})
     await creds.set(
         "pg_wrong_host",

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from tests.integration.conftest import events_by_type, run, write_playbook
+from tests.integration.conftest import events_by_type, run
 from tests.support.http_api import ITEM_COUNT, HttpApi
+from tests.support.playbooks import write_playbook
 
 DIVIDE = 'tool: {kind: python, args: {n: "{{ n }}"}, code: "result = {\'q\': 10 // n}"}'
 

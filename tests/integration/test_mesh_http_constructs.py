@@ -14,8 +14,9 @@ from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.dsl import Retry
 from noetl.engine.iteration import backoff_delay
-from tests.integration.conftest import events_by_type, run, write_playbook
+from tests.integration.conftest import events_by_type, run
 from tests.support.http_api import ITEM_COUNT, HttpApi
+from tests.support.playbooks import write_playbook
 
 IDS = list(range(ITEM_COUNT))
 # A timer's due time minus the moment its failure was recorded is the delay the engine chose,

@@ -15,10 +15,9 @@ from fakesnow import server as fakesnow_server
 
 from actors.mesh import Mesh
 from noetl.client import Client
-from noetl.crypto import load_key
-from noetl.store.credentials import CredentialStore
 from tests.integration.conftest import run
 from tests.support.cloud import GcsEmulator, MotoServer, put_gcs_object, put_s3_object
+from tests.support.mesh import credential_store
 from tests.support.playbooks import write_playbook
 
 ROWS = "[{id: 1, name: ada}, {id: 2, name: bob}, {id: 3, name: cy}]"
@@ -43,9 +42,7 @@ def snowflake() -> Iterator[dict[str, Any]]:
 async def test_snowflake_tool_and_sink(
     client: Client, mesh: Mesh, tmp_path: Path, snowflake: dict[str, Any]
 ) -> None:
-    await CredentialStore(client.store.pool, load_key(client.settings)).set(
-        "sf", "snowflake", snowflake
-    )
+    await credential_store(client).set("sf", "snowflake", snowflake)
     doc = await run(
         client,
         playbook(

@@ -15,7 +15,7 @@ from noetl.client import Client
 from noetl.config import Settings
 from noetl.errors import ExecutionNotFound
 from noetl.render_limits import DEFAULT_TIME_LIMIT, set_time_limit
-from tests.integration.test_mesh_constructs import write
+from tests.support.playbooks import write_playbook as write
 
 # About 10**10 loop iterations: hours, without a deadline.
 SPIN = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"

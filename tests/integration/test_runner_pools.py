@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ from noetl.client import Client
 from noetl.config import Settings
 from tests.fault.harness import stop_gracefully
 from tests.support.api import http_fixture  # noqa: F401  (fixture `http`)
-
-CLI = str(Path(sys.executable).parent / "noetl-runtime")
+from tests.support.cli import CLI, cli_env
 
 PLAYBOOK = """\
 apiVersion: noetl.io/v2
@@ -51,16 +49,9 @@ EXPECTED = {"start": "default", "crunch": "heavy", "back": "default", "query": "
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOETL_")}
-    env.update(
-        NOETL_NATS_URL=str(settings.nats_url),
-        NOETL_PG_DSN=str(settings.pg_dsn),
-        NOETL_HOME=str(settings.home),
-        NOETL_ACK_WAIT="5",
-        NOETL_RECONCILE_EVERY="1",
-        NOETL_RUNNER_POOLS="duckdb=heavy",
+    return cli_env(
+        settings, NOETL_ACK_WAIT="5", NOETL_RECONCILE_EVERY="1", NOETL_RUNNER_POOLS="duckdb=heavy"
     )
-    return env
 
 
 def _up(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -13,8 +13,7 @@ from actors.coordinator import CoordinatorHost
 from actors.mesh import Mesh
 from actors.runner import Runner
 from noetl.client import Client
-from noetl.crypto import load_key
-from noetl.store.credentials import CredentialStore
+from tests.support.mesh import credential_store
 
 TOKEN = "tok-9f8e7d6c5b4a"
 ENV_SECRET = "env-secret-31415926"
@@ -39,7 +38,7 @@ async def test_secret_values_are_masked_everywhere(
     client: Client, mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NOETL_SECRET_FROM_ENV", ENV_SECRET)
-    creds = CredentialStore(client.store.pool, load_key(client.settings))
+    creds = credential_store(client)
     await creds.set("api_token", "secret", {"value": TOKEN})
     await creds.set(
         "warehouse",
@@ -114,7 +113,7 @@ class _Leaky:
 async def test_a_crashing_plugin_does_not_leak_secrets(
     client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    creds = CredentialStore(client.store.pool, load_key(client.settings))
+    creds = credential_store(client)
     await creds.set("api_token", "secret", {"value": TOKEN})
     actors = [
         CatalogActor(client.bus, client.store, client.settings),
@@ -150,7 +149,7 @@ async def test_every_stored_secret_is_masked_not_only_the_steps_own(
     # (the review's playbook decrypted every credential) must not get them into the record.
     other = "zz-not" + "-mine-9f31"
     monkeypatch.setenv("NOETL_SECRET_UNRELATED", "env-only-" + "4b5c6d7e")
-    creds = CredentialStore(client.store.pool, load_key(client.settings))
+    creds = credential_store(client)
     await creds.set(
         "someone_elses", "postgres", {"host": "h", "user": "u", "password": other, "database": "d"}
     )

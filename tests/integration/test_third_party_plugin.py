@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from noetl.config import Settings
-from tests.integration.test_cli import cli
+from tests.support.cli import cli
 
 PACKAGE = Path(__file__).parent.parent / "fixtures" / "plugin_pkg"
 

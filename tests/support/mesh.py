@@ -1,5 +1,5 @@
 """A client and the mesh's actors in this process, as context managers that always close
-what they opened (in the reverse order, as the fixtures do)."""
+what they opened (in the reverse order, as the fixtures do), and the client's credentials."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Iterable
 from actors.mesh import Mesh
 from noetl.client import Client
 from noetl.config import ROLES, Settings
+from noetl.crypto import load_key
+from noetl.store.credentials import CredentialStore
 
-__all__ = ["connected", "running"]
+__all__ = ["connected", "credential_store", "running"]
 
 
 @contextlib.asynccontextmanager
@@ -32,3 +34,9 @@ async def running(client: Client, roles: Iterable[str] = ROLES) -> AsyncIterator
         yield mesh
     finally:
         await mesh.stop()
+
+
+def credential_store(client: Client) -> CredentialStore:
+    """The credential store of `client`'s database, with the key of its settings (as the
+    mesh's runners decrypt with)."""
+    return CredentialStore(client.store.pool, load_key(client.settings))

@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from noetl import dsl, keys
 from noetl.engine import Decision, Engine, Event, ExecutionState, replay
 from noetl.engine.state import TimerState
@@ -18,6 +20,7 @@ from noetl.messages import (
     StartExecution,
     Timer,
 )
+from tests.support.playbooks import playbook_text
 
 # A tool stand-in: given the command, return ("ok", result) or ("error", error dict).
 Tool = Callable[[CommandIssued], tuple[str, Any]]
@@ -30,6 +33,11 @@ EXECUTION_ID = 4242
 def engine_of(text: str) -> Engine:
     """An engine for a playbook given as YAML text."""
     return Engine(dsl.load_text(text), version=1)
+
+
+def playbook(body: str, workload: str = "{}", metadata: str = "{name: t}") -> str:
+    """A playbook's YAML whose `workflow:` is `body`."""
+    return playbook_text(body, metadata=metadata, workload=workload)
 
 
 class Sim:
@@ -151,3 +159,37 @@ class Sim:
 
     def replayed(self) -> ExecutionState:
         return replay(EXECUTION_ID, self.events)
+
+
+def assert_replays(sim: Sim) -> None:
+    """Replaying the events the run recorded rebuilds its state exactly."""
+    assert msgspec.to_builtins(sim.replayed()) == msgspec.to_builtins(sim.state)
+
+
+# A paginated http step over `pages(total)`; MAX is replaced by the test.
+PAGED = """
+    - step: start
+      tool: {kind: http, url: "http://api/items", params: {page: 1}}
+      loop:
+        pagination:
+          continue_while: "{{ response.data.paging.hasMore }}"
+          next_page: {params: {page: "{{ (response.data.paging.page | int) + 1 }}"}}
+          merge_path: data.data
+          max_iterations: MAX
+"""
+
+
+def pages(total: int) -> Tool:
+    """A paged API stand-in: two items a page, `hasMore` until page `total`."""
+
+    def tool(command: CommandIssued) -> tuple[str, Any]:
+        page = command.overrides.get("params", {}).get("page", 1)
+        return "ok", {
+            "status_code": 200,
+            "data": {
+                "data": [page * 10 + i for i in range(2)],
+                "paging": {"page": page, "hasMore": page < total},
+            },
+        }
+
+    return tool

@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from noetl.messages import CommandIssued
-from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
-from tests.unit.test_engine_constructs import PAGED, assert_replays, pages, playbook
+from tests.unit.engine_sim import (
+    EXECUTION_ID,
+    PAGED,
+    Sim,
+    assert_replays,
+    engine_of,
+    pages,
+    playbook,
+)
 
 
 def echo(command: CommandIssued) -> tuple[str, Any]:

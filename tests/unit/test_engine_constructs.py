@@ -5,19 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from noetl.messages import CancelExecution, CommandCompleted, CommandIssued, StartExecution
-from tests.support.playbooks import playbook_text
-from tests.unit.engine_sim import EXECUTION_ID, Sim, engine_of
+from tests.unit.engine_sim import (
+    EXECUTION_ID,
+    PAGED,
+    Sim,
+    assert_replays,
+    engine_of,
+    pages,
+    playbook,
+)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "playbooks"
-
-
-def playbook(body: str, workload: str = "{}", metadata: str = "{name: t}") -> str:
-    return playbook_text(body, metadata=metadata, workload=workload)
 
 
 def square(command: CommandIssued) -> tuple[str, Any]:
@@ -29,10 +31,6 @@ def square(command: CommandIssued) -> tuple[str, Any]:
             "index": locals_["loop"]["index"],
         }
     return "ok", {"step": command.step}
-
-
-def assert_replays(sim: Sim) -> None:
-    assert msgspec.to_builtins(sim.replayed()) == msgspec.to_builtins(sim.state)
 
 
 # -- loops ------------------------------------------------------------------------------
@@ -235,32 +233,6 @@ def test_step_sink_travels_with_the_command() -> None:
 
 
 # -- pagination -------------------------------------------------------------------------
-
-
-PAGED = """
-    - step: start
-      tool: {kind: http, url: "http://api/items", params: {page: 1}}
-      loop:
-        pagination:
-          continue_while: "{{ response.data.paging.hasMore }}"
-          next_page: {params: {page: "{{ (response.data.paging.page | int) + 1 }}"}}
-          merge_path: data.data
-          max_iterations: MAX
-"""
-
-
-def pages(total: int) -> Any:
-    def tool(command: CommandIssued) -> tuple[str, Any]:
-        page = command.overrides.get("params", {}).get("page", 1)
-        return "ok", {
-            "status_code": 200,
-            "data": {
-                "data": [page * 10 + i for i in range(2)],
-                "paging": {"page": page, "hasMore": page < total},
-            },
-        }
-
-    return tool
 
 
 def test_pagination_merges_pages_until_continue_while_is_false() -> None:

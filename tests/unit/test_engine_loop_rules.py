@@ -7,8 +7,7 @@ from typing import Any
 
 from noetl.dsl import check_text
 from noetl.messages import CommandIssued
-from tests.unit.engine_sim import Sim, engine_of
-from tests.unit.test_engine_constructs import assert_replays, playbook
+from tests.unit.engine_sim import Sim, assert_replays, engine_of, playbook
 
 SEEDS = (None, 1, 2, 3)
 
