@@ -1,7 +1,8 @@
 """NATS JetStream: streams, subjects, consumers, and publishing with dedup ids.
 
 Only features of nats-server 2.9 are used: work-queue streams, durable push consumers with
-queue groups, `Nats-Msg-Id` dedup and core request/reply.
+queue groups, durable pull consumers (fed by `bus_pull.Puller`), `Nats-Msg-Id` dedup and core
+request/reply.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
+from noetl.bus_pull import Puller
 from noetl.errors import ConfigError
 
 log = logging.getLogger("noetl.bus")
@@ -51,8 +53,6 @@ _MAX_REDELIVERY_DELAY: Final = 30.0
 # Unacknowledged messages of one pulled consumer (a runner pool) across all its processes;
 # each process also pulls no more than its own `max_in_flight`.
 POOL_MAX_ACK_PENDING: Final = 10_000
-# Seconds one pull request waits for a message: how long a stopping puller may take.
-_PULL_WAIT: Final = 1.0
 
 
 def exec_subject(partition: int) -> str:
@@ -111,10 +111,7 @@ class Bus:
         self.dedup_window = dedup_window
         self.replicas = replicas
         self._subs: list[Subscription] = []
-        self._pullers: list[asyncio.Task[None]] = []
-        self._pull_subs: list[JetStreamContext.PullSubscription] = []
-        self._handling: set[asyncio.Task[None]] = set()
-        self._pulling = True
+        self._pullers: list[Puller] = []
 
     @classmethod
     async def connect(
@@ -132,6 +129,13 @@ class Bus:
         and moves to another when it goes away.
         """
         servers = [server.strip() for server in url.split(",") if server.strip()]
+        bus: Bus | None = None
+
+        async def reconnected() -> None:
+            # The server may have forgotten the pull requests: the pullers ask anew at once.
+            for puller in bus._pullers if bus is not None else ():
+                puller.wake()
+
         try:
             nc = await nats.connect(
                 servers,
@@ -139,6 +143,7 @@ class Bus:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
+                reconnected_cb=reconnected,
             )
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise ConfigError(f"cannot connect to NATS at {url}: {exc}") from exc
@@ -233,6 +238,8 @@ class Bus:
         A message is pulled only when a slot is free, so whatever this process cannot take
         yet stays in JetStream for the others (or for later): nothing queues in memory. A
         slot is released when `handler` returns, so it must return when the work is done.
+        Pull requests are kept on the server for the free slots (`bus_pull.Puller`), so a
+        message is taken as soon as it is stored, without a request of its own.
         """
         config = ConsumerConfig(
             durable_name=durable,
@@ -243,62 +250,26 @@ class Bus:
             max_deliver=-1,
             filter_subject=subject,
         )
-        await _settled(lambda: self._drop_push_consumer(stream, durable))
-        sub = await _settled(
-            lambda: self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
-        )
-        self._pulling = True
-        self._pull_subs.append(sub)
-        self._pullers.append(asyncio.create_task(self._pull_loop(sub, handler, max_in_flight)))
+        await _settled(lambda: self._ensure_pull_consumer(stream, config))
+        puller = Puller(self.nc, stream, durable, handler, slots=max_in_flight)
+        self._pullers.append(puller)
+        await puller.start()
 
-    async def _drop_push_consumer(self, stream: str, durable: str) -> None:
-        """Delete a push consumer left under `durable` by an older runtime: its unacked
-        messages stay in the work queue and go to the pull consumer that replaces it."""
+    async def _ensure_pull_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        """Create the pull consumer `config.durable_name` unless it exists. A push consumer
+        left under that name by an older runtime is deleted first: its unacked messages stay
+        in the work queue and go to the pull consumer that replaces it."""
+        durable = config.durable_name or ""
         try:
             info = await self.js.consumer_info(stream, durable)
         except NotFoundError:
-            return
-        if info.config.deliver_subject:
+            pass
+        else:
+            if not info.config.deliver_subject:
+                return
             with contextlib.suppress(NotFoundError):
                 await self.js.delete_consumer(stream, durable)
-
-    async def _pull_loop(
-        self, sub: JetStreamContext.PullSubscription, handler: Handler, slots: int
-    ) -> None:
-        free = asyncio.Semaphore(slots)
-
-        async def handle(msg: Msg) -> None:
-            try:
-                await handler(msg)
-            except Exception:
-                log.exception("handling a message of %s failed", msg.subject)
-            finally:
-                free.release()
-
-        while self._pulling:
-            await free.acquire()
-            # Ask for as many messages as there are free slots, in one round trip: a burst
-            # (a loop's items) is taken in batches, not one request per message.
-            wanted = 1
-            while wanted < slots and not free.locked():
-                await free.acquire()  # does not wait: a slot is free
-                wanted += 1
-            try:
-                msgs = await sub.fetch(wanted, timeout=_PULL_WAIT)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
-                for _ in range(wanted):
-                    free.release()
-                log.debug("pull from %s failed: %s", sub, exc)
-                await asyncio.sleep(_PULL_WAIT / 2)
-                continue
-            for _ in range(wanted - len(msgs)):
-                free.release()
-            for msg in msgs:
-                task = asyncio.get_running_loop().create_task(handle(msg))
-                self._handling.add(task)
-                task.add_done_callback(self._handling.discard)
+        await self.js.add_consumer(stream, config)
 
     async def serve(self, subject: str, handler: Handler, *, queue: str) -> None:
         """Answer core NATS requests on `subject` (request/reply)."""
@@ -334,16 +305,15 @@ class Bus:
         return bytes(reply.data)
 
     async def stop_consuming(self) -> None:
-        """Stop receiving new messages (in-flight handlers finish on their own)."""
-        # A puller ends when its pull request does (at most _PULL_WAIT): none is left
-        # behind on the server to take a message nobody will handle.
-        self._pulling = False
+        """Stop receiving new messages (in-flight handlers finish on their own).
+
+        Returns within a few seconds at most, leaving no pull request of this process on
+        the server to take a message nobody would handle: each puller's inbox is
+        unsubscribed, and the server drops a waiting request whose reply subject has no
+        subscriber (whatever it had already sent is handed back at once).
+        """
         pullers, self._pullers = self._pullers, []
-        await asyncio.gather(*pullers, return_exceptions=True)
-        pulled, self._pull_subs = self._pull_subs, []
-        for pull in pulled:
-            with contextlib.suppress(nats.errors.Error):
-                await pull.unsubscribe()
+        await asyncio.gather(*(puller.stop() for puller in pullers), return_exceptions=True)
         subs, self._subs = self._subs, []
         for sub in subs:
             with contextlib.suppress(
