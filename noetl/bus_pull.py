@@ -40,13 +40,15 @@ log = logging.getLogger("noetl.bus")
 
 Handler = Callable[[Msg], Awaitable[None]]
 
-# Seconds a pull request waits on the server. Short, so that a frozen process (SIGSTOP)
-# holds its credits, and the messages they would take, no longer than this.
-PULL_EXPIRES: Final = 5.0
-# Seconds between the server's heartbeats for a waiting request.
-PULL_HEARTBEAT: Final = 2.0
-# Silence after which the requests of a generation are taken for lost.
-_LOST_AFTER: Final = 2 * PULL_HEARTBEAT + 0.5
+# Seconds a pull request waits on the server. As short as nats-py's fetch waited: a process
+# that freezes (SIGSTOP, a stalled VM) keeps its credits, and takes messages it cannot run
+# until their ack_wait, only this long after it froze.
+PULL_EXPIRES: Final = 1.0
+# Seconds between the server's heartbeats for a waiting request (at most half `expires`).
+PULL_HEARTBEAT: Final = 0.5
+# Silence after which the requests of a generation are taken for lost: two heartbeats,
+# and some slack for a loaded event loop.
+_LOST_AFTER: Final = 2 * PULL_HEARTBEAT + 1.0
 # How often the watchdog looks, and how long after a refused request it asks again.
 _TICK: Final = 1.0
 # Longest wait for the server to confirm an inbox is gone when stopping.
