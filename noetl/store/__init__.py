@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -13,9 +14,11 @@ from noetl.engine.events import Event
 from noetl.engine.state import ExecutionState
 from noetl.errors import CatalogError, ExecutionNotFound, StoreError
 from noetl.keys import TIMER_FIRED_PREFIX
+from noetl.store import batches, order, replay, schema
 from noetl.store import events as event_sql
-from noetl.store import order, replay, schema
+from noetl.store.batches import DecisionWrite, RunnerWrite
 from noetl.store.events import Projection
+from noetl.store.group import GroupCommit
 from noetl.store.views import execution_summary
 
 # Walks running executions only: an ended one's subtree is being cancelled.
@@ -74,6 +77,21 @@ class Store:
         # Facts whose loss in a crash costs nothing (command.started) commit without waiting
         # for the WAL flush, which takes a disk sync off every command's path.
         self.relaxed = relaxed or pool
+        # Decisions and outcomes of concurrent callers commit together (noetl.store.group);
+        # relaxed facts batch apart, so that they never wait for a WAL flush.
+        self.decisions: GroupCommit[DecisionWrite, None] = GroupCommit(
+            partial(batches.write_decisions, pool), batches.decision_key, batches.MAX_BATCH
+        )
+        self.outcomes = self._runner_batches(pool)
+        self.relaxed_outcomes = (
+            self.outcomes if self.relaxed is pool else self._runner_batches(self.relaxed)
+        )
+
+    @staticmethod
+    def _runner_batches(pool: asyncpg.Pool) -> GroupCommit[RunnerWrite, bool]:
+        return GroupCommit(
+            partial(batches.write_runner_events, pool), batches.runner_key, batches.MAX_BATCH
+        )
 
     @classmethod
     async def connect(
@@ -129,17 +147,20 @@ class Store:
         events: list[Event],
         projection: Projection | None,
     ) -> None:
-        """Commit a coordinator decision (raises VersionConflict if stale)."""
-        await event_sql.append_decision(
-            self.pool, execution_id, parent_execution_id, events, projection
+        """Commit a coordinator decision (raises VersionConflict if stale). Returns once
+        it is committed, possibly in one transaction with other executions' decisions;
+        a conflict is this decision's alone, a failed transaction every caller's."""
+        await self.decisions.submit(
+            DecisionWrite(execution_id, parent_execution_id, events, projection)
         )
 
     async def append_runner_event(
         self, execution_id: int, event: Event, *, durable: bool = True
     ) -> bool:
-        """Record a runner event once; False if it was already there."""
-        pool = self.pool if durable else self.relaxed
-        return await event_sql.append_runner_event(pool, execution_id, event)
+        """Record a runner event once; False if it was already there. Returns once it is
+        committed, possibly in one transaction with other callers' events."""
+        batcher = self.outcomes if durable else self.relaxed_outcomes
+        return await batcher.submit(RunnerWrite(execution_id, event))
 
     async def find_event(self, execution_id: int, dedup_key: str) -> Event | None:
         """The event with this dedup key, if written."""

@@ -67,7 +67,8 @@ class Projection(msgspec.Struct, kw_only=True):
     restarted_from: int | None = None
 
 
-def _text(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
+    """`value` as JSON text for a jsonb column (None stays SQL NULL)."""
     # Key order kept through JSONB (noetl.store.order): SQL rows keep their columns' order.
     return None if value is None else order.encode(value)
 
@@ -91,8 +92,8 @@ async def append_decision(
                 e.command_id,
                 e.dedup_key,
                 e.status,
-                _text(e.payload),
-                _text(e.error),
+                json_text(e.payload),
+                json_text(e.error),
             ),
             strict=True,
         ):
@@ -106,7 +107,7 @@ async def append_decision(
                 execution_id,
                 parent_execution_id,
                 *columns,
-                # jsonb parameters go through the connection's JSON codec, not _text.
+                # jsonb parameters go through the connection's JSON codec, not json_text.
                 projection.path,
                 projection.version,
                 projection.status,

@@ -112,6 +112,75 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             ON noetl.execution (parent_execution_id) WHERE parent_execution_id IS NOT NULL;
         """,
     ),
+    (
+        7,
+        "decisions of many executions in one transaction (group commit)",
+        """
+        -- Each decision commits whole or not at all, on its own: its events go in with the
+        -- rest, and when one of them finds its version or dedup key taken, the decision's
+        -- rows are removed again and its projection is not written. Returns the executions
+        -- whose decision did not go in (a version conflict each). No subtransaction.
+        -- Rows go in (execution, version) order, as every batch writes them, so that two
+        -- writers of the same executions wait for each other instead of deadlocking.
+        CREATE OR REPLACE FUNCTION noetl.append_decisions(
+            e_execution bigint[], e_parent bigint[], e_version int[], e_type text[],
+            e_step text[], e_command text[], e_dedup text[], e_status text[],
+            e_payload text[], e_error text[],
+            p_execution bigint[], p_parent bigint[], p_path text[], p_version int[],
+            p_status text[], p_workload text[], p_result text[], p_error text[],
+            p_restarted bigint[])
+        RETURNS bigint[] LANGUAGE plpgsql AS $fn$
+        DECLARE
+            ids bigint[];
+            owners bigint[];
+            conflicted bigint[];
+        BEGIN
+            WITH ins AS (
+                INSERT INTO noetl.event (execution_id, version, event_type, step, command_id,
+                                         dedup_key, parent_execution_id, status, payload,
+                                         error)
+                SELECT u.execution_id, u.version, u.event_type, u.step, u.command_id,
+                       u.dedup_key, u.parent, u.status, u.payload::jsonb, u.error::jsonb
+                FROM unnest(e_execution, e_version, e_type, e_step, e_command, e_dedup,
+                            e_parent, e_status, e_payload, e_error)
+                     AS u(execution_id, version, event_type, step, command_id, dedup_key,
+                          parent, status, payload, error)
+                ORDER BY u.execution_id, u.version
+                ON CONFLICT DO NOTHING
+                RETURNING event_id, execution_id
+            )
+            SELECT coalesce(array_agg(ins.event_id), '{}'),
+                   coalesce(array_agg(ins.execution_id), '{}')
+            INTO ids, owners FROM ins;
+            SELECT coalesce(array_agg(w.x), '{}') INTO conflicted
+            FROM (SELECT x, count(*) AS n FROM unnest(e_execution) AS x GROUP BY x) AS w
+            LEFT JOIN (SELECT x, count(*) AS n FROM unnest(owners) AS x GROUP BY x) AS g
+                   USING (x)
+            WHERE g.n IS DISTINCT FROM w.n;
+            IF cardinality(conflicted) > 0 THEN
+                DELETE FROM noetl.event
+                WHERE event_id = ANY(ids) AND execution_id = ANY(conflicted);
+            END IF;
+            INSERT INTO noetl.execution (execution_id, path, version, status, workload,
+                                         result, error, parent_execution_id, restarted_from,
+                                         ended_at)
+            SELECT p.execution_id, p.path, p.version, p.status, p.workload::jsonb,
+                   p.result::jsonb, p.error::jsonb, p.parent, p.restarted,
+                   CASE WHEN p.status IN ('completed', 'failed', 'cancelled') THEN now() END
+            FROM unnest(p_execution, p_parent, p_path, p_version, p_status, p_workload,
+                        p_result, p_error, p_restarted)
+                 AS p(execution_id, parent, path, version, status, workload, result, error,
+                      restarted)
+            WHERE NOT p.execution_id = ANY(conflicted)
+            ORDER BY p.execution_id
+            ON CONFLICT (execution_id) DO UPDATE
+               SET status = excluded.status, result = excluded.result,
+                   error = excluded.error, ended_at = excluded.ended_at;
+            RETURN conflicted;
+        END
+        $fn$;
+        """,
+    ),
 ]
 
 # What `db validate` expects to find: table -> columns.
