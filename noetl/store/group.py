@@ -32,8 +32,7 @@ ResultT = TypeVar("ResultT")
 #: lost during the commit, none is known to be), and writing them again one by one on the
 #: same broken link would only repeat the failure.
 LOST: Final = (
-    OSError,
-    TimeoutError,
+    OSError,  # TimeoutError included
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,

@@ -127,6 +127,33 @@ async def test_runner_events_report_duplicates_per_caller(store: Store) -> None:
     assert store.relaxed_outcomes.batches - relaxed == 3
 
 
+async def test_a_refused_value_fails_its_caller_only(store: Store) -> None:
+    """PostgreSQL refuses a batch for one caller's value (NUL in JSON text): the batch is
+    written again write by write, and only that caller fails."""
+    lone, x, y, z = (new_execution_id() for _ in range(4))
+    nul = {"s": "\x00"}
+    bad = Event(type="command.completed", dedup_key="bad", payload=nul)
+    bad_decision = [*_decision(1)[:1], Event(type="x", dedup_key="x", version=2, payload=nul)]
+    outcomes = await asyncio.gather(
+        store.append_runner_event(lone, _outcome("lone")),
+        store.append_runner_event(x, bad),
+        store.append_runner_event(y, _outcome("good")),
+        store.append_decision(lone, None, _decision(1), None),
+        store.append_decision(x, None, bad_decision, None),
+        store.append_decision(y, None, _decision(1), None),
+        store.append_decision(z, None, _decision(1), None),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is True and outcomes[2] is True, outcomes
+    assert outcomes[3] is None and outcomes[5:] == [None, None], outcomes
+    assert isinstance(outcomes[1], asyncpg.DataError), outcomes
+    assert isinstance(outcomes[4], asyncpg.DataError), outcomes
+    assert await store.find_event(y, "good") is not None
+    assert await store.find_event(x, "bad") is None
+    assert await store.load_decisions(x) == []
+    assert len(await store.load_decisions(z)) == 2
+
+
 _HOLD = """
 CREATE TABLE public.gc_hold (on_hold boolean);
 CREATE FUNCTION public.gc_hold() RETURNS trigger LANGUAGE plpgsql AS $$
