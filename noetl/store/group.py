@@ -60,6 +60,7 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self.max_batch = max_batch
         self._queue: list[_Waiter[ItemT, ResultT]] = []
         self._busy = False
+        # Held so that the running drain task is not garbage-collected.
         self._drain: asyncio.Task[None] | None = None
         #: Batches written and items in them, since the start (for tests and metrics).
         self.batches = 0
