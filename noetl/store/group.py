@@ -62,7 +62,7 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._busy = False
         # Held so that the running drain task is not garbage-collected.
         self._drain: asyncio.Task[None] | None = None
-        #: Batches written and items in them, since the start (for tests and metrics).
+        #: Batches written and items in them, since the start (what tests count).
         self.batches = 0
         self.items = 0
 
