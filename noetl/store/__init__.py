@@ -16,7 +16,7 @@ from noetl.errors import CatalogError, ExecutionNotFound, StoreError
 from noetl.keys import TIMER_FIRED_PREFIX
 from noetl.store import batches, order, replay, schema
 from noetl.store import events as event_sql
-from noetl.store.batches import DecisionWrite, RunnerWrite
+from noetl.store.batches import RunnerWrite
 from noetl.store.events import Projection
 from noetl.store.group import GroupCommit
 from noetl.store.views import execution_summary
@@ -77,11 +77,8 @@ class Store:
         # Facts whose loss in a crash costs nothing (command.started) commit without waiting
         # for the WAL flush, which takes a disk sync off every command's path.
         self.relaxed = relaxed or pool
-        # Decisions and outcomes of concurrent callers commit together (noetl.store.group);
-        # relaxed facts batch apart, so that they never wait for a WAL flush.
-        self.decisions: GroupCommit[DecisionWrite, None] = GroupCommit(
-            partial(batches.write_decisions, pool), batches.decision_key, batches.MAX_BATCH
-        )
+        # Runner events of concurrent callers commit together (noetl.store.group); relaxed
+        # facts batch apart, so that they never wait for a WAL flush.
         self.outcomes = self._runner_batches(pool)
         self.relaxed_outcomes = (
             self.outcomes if self.relaxed is pool else self._runner_batches(self.relaxed)
@@ -147,11 +144,9 @@ class Store:
         events: list[Event],
         projection: Projection | None,
     ) -> None:
-        """Commit a coordinator decision (raises VersionConflict if stale). Returns once
-        it is committed, possibly in one transaction with other executions' decisions;
-        a conflict is this decision's alone, a failed transaction every caller's."""
-        await self.decisions.submit(
-            DecisionWrite(execution_id, parent_execution_id, events, projection)
+        """Commit a coordinator decision (raises VersionConflict if stale)."""
+        await event_sql.append_decision(
+            self.pool, execution_id, parent_execution_id, events, projection
         )
 
     async def append_runner_event(

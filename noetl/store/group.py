@@ -9,9 +9,9 @@ written by a drain task that runs while the queue is not empty.
 Invariants:
 - a caller's await returns only after the batch holding its write has committed, and it
   then gets its own result (per-item results come from the batch's writer);
-- a batch holds at most one item per key (an execution, or an execution and a dedup key):
-  a second item with a key already in the batch waits for the next one, in arrival order,
-  so items of one key are written one after the other as they would be without batching;
+- a batch holds at most one item per `key` (a runner event's execution and dedup key): a second item
+  with a key already in the batch waits for the next one, in arrival order, so items of
+  one key are written one after the other as they would be without batching;
 - a batch that failed as a whole because the connection or the server went (`LOST`) fails
   every caller in it with that error; one that failed otherwise (a value PostgreSQL refused,
   say) is written again item by item, so that one caller's bad value fails that caller only.
@@ -40,7 +40,7 @@ LOST: Final = (
 )
 
 #: Writes a batch and returns one outcome per item, in order: a result, or the exception
-#: that item's caller must raise (a version conflict). Raises when the transaction failed.
+#: that item's caller alone must raise. Raises when the transaction failed.
 BatchWriter = Callable[[Sequence[ItemT]], Awaitable[Sequence["ResultT | Exception"]]]
 
 _Waiter = tuple[ItemT, "asyncio.Future[ResultT]"]

@@ -1,5 +1,5 @@
-"""Group commit (`noetl.store.group`) against a real PostgreSQL: concurrent callers'
-writes share one transaction, each caller still gets its own outcome, and a transaction
+"""Group commit (`noetl.store.group`) against a real PostgreSQL: concurrent runner
+events share one transaction, each caller still gets its own outcome, and a transaction
 lost mid-batch fails every caller in it with nothing of it committed.
 
 Which transaction wrote a row is its `xmin`: rows of one batch share it.
@@ -14,23 +14,14 @@ import asyncpg
 import pytest
 
 from noetl.engine.events import Event
-from noetl.errors import VersionConflict
 from noetl.keys import new_execution_id
-from noetl.store import Projection, Store
+from noetl.store import Store
 from noetl.store.check import check_events
 from noetl.store.group import LOST
 
 _TRANSACTIONS = """
 SELECT count(DISTINCT xmin::text) FROM noetl.event WHERE execution_id = ANY($1::bigint[])
 """
-
-
-def _decision(first: int, end: str = "execution.completed") -> list[Event]:
-    """A whole run in one decision from version `first`: start, then end."""
-    return [
-        Event(type="execution.started", dedup_key=f"start-{first}", version=first),
-        Event(type=end, dedup_key=f"end-{first}", version=first + 1, payload={"v": first}),
-    ]
 
 
 def _outcome(key: str) -> Event:
@@ -49,55 +40,6 @@ async def store(pg_dsn: str) -> AsyncIterator[Store]:
 
 async def _transactions(store: Store, ids: list[int]) -> int:
     return int(await store.pool.fetchval(_TRANSACTIONS, ids))
-
-
-async def test_decisions_coalesce_and_a_conflict_is_its_callers_alone(store: Store) -> None:
-    lone, a, b, stale, d = (new_execution_id() for _ in range(5))
-    # Another coordinator already wrote versions 1 and 2 of `stale`.
-    await store.append_decision(stale, None, _decision(1), None)
-    ended = Projection(path="p", version=1, status="completed", result={"r": 1})
-    batches = store.decisions.batches
-    # Stale: version 2 is taken, version 3 is free; neither may be committed.
-    writes = [
-        store.append_decision(lone, None, _decision(1), None),
-        store.append_decision(a, None, _decision(1), ended),
-        store.append_decision(b, a, _decision(1), None),
-        store.append_decision(stale, None, _decision(2, "step.started"), ended),
-        store.append_decision(d, None, _decision(1), ended),
-    ]
-    outcomes = await asyncio.gather(*writes, return_exceptions=True)
-    assert outcomes[:3] == [None, None, None] and outcomes[4] is None, outcomes
-    assert isinstance(outcomes[3], VersionConflict), outcomes
-    # The lone write went at once; the four that came while it was in flight, in one.
-    assert store.decisions.batches - batches == 2
-    assert await _transactions(store, [a, b, d]) == 1
-    assert await _transactions(store, [lone, a]) == 2
-    rows = await store.pool.fetch(
-        "SELECT version, payload FROM noetl.event WHERE execution_id = $1 ORDER BY version",
-        stale,
-    )
-    assert [(r["version"], r["payload"]) for r in rows] == [(1, None), (2, {"v": 1})]
-    assert (
-        await store.pool.fetchval(
-            "SELECT count(*) FROM noetl.execution WHERE execution_id = $1", stale
-        )
-        == 0
-    )
-    row = await store.get_execution(a)
-    assert (row["status"], row["result"], row["ended_at"] is not None) == (
-        "completed",
-        {"r": 1},
-        True,
-    )
-    assert (await store.get_execution(d))["status"] == "completed"
-    assert (await store.load_decisions(b))[1].payload == {"v": 1}
-    assert (
-        await store.pool.fetchval(
-            "SELECT parent_execution_id FROM noetl.event WHERE execution_id = $1 LIMIT 1", b
-        )
-        == a
-    )
-    assert (await check_events(store.pool, settle=0)).clean
 
 
 async def test_runner_events_report_duplicates_per_caller(store: Store) -> None:
@@ -130,28 +72,19 @@ async def test_runner_events_report_duplicates_per_caller(store: Store) -> None:
 async def test_a_refused_value_fails_its_caller_only(store: Store) -> None:
     """PostgreSQL refuses a batch for one caller's value (NUL in JSON text): the batch is
     written again write by write, and only that caller fails."""
-    lone, x, y, z = (new_execution_id() for _ in range(4))
-    nul = {"s": "\x00"}
-    bad = Event(type="command.completed", dedup_key="bad", payload=nul)
-    bad_decision = [*_decision(1)[:1], Event(type="x", dedup_key="x", version=2, payload=nul)]
+    lone, x, y = (new_execution_id() for _ in range(3))
+    bad = Event(type="command.completed", dedup_key="bad", payload={"s": "\x00"})
     outcomes = await asyncio.gather(
         store.append_runner_event(lone, _outcome("lone")),
         store.append_runner_event(x, bad),
         store.append_runner_event(y, _outcome("good")),
-        store.append_decision(lone, None, _decision(1), None),
-        store.append_decision(x, None, bad_decision, None),
-        store.append_decision(y, None, _decision(1), None),
-        store.append_decision(z, None, _decision(1), None),
+        store.append_runner_event(x, _outcome("good")),
         return_exceptions=True,
     )
-    assert outcomes[0] is True and outcomes[2] is True, outcomes
-    assert outcomes[3] is None and outcomes[5:] == [None, None], outcomes
+    assert outcomes[0] is True and outcomes[2:] == [True, True], outcomes
     assert isinstance(outcomes[1], asyncpg.DataError), outcomes
-    assert isinstance(outcomes[4], asyncpg.DataError), outcomes
     assert await store.find_event(y, "good") is not None
     assert await store.find_event(x, "bad") is None
-    assert await store.load_decisions(x) == []
-    assert len(await store.load_decisions(z)) == 2
 
 
 _HOLD = """
@@ -182,49 +115,34 @@ async def test_a_backend_terminated_mid_batch_fails_every_caller(store: Store, p
     inside its transaction (rows inserted, not committed) until the test terminates it."""
     admin = await asyncpg.connect(pg_dsn)
     await admin.execute(_HOLD)
-    ids = [new_execution_id() for _ in range(7)]
-    lone, batched, lone_x, x, y = ids[0], ids[1:4], ids[4], ids[5], ids[6]
+    lone, *batched = (new_execution_id() for _ in range(4))
 
-    def decisions() -> list[asyncio.Future[None]]:
-        return [
-            asyncio.ensure_future(store.append_decision(e, None, _decision(1), None))
-            for e in batched
-        ]
+    def outcomes() -> list[asyncio.Future[bool]]:
+        return [asyncio.ensure_future(store.append_runner_event(e, _outcome("o"))) for e in batched]
 
     try:
-        first = asyncio.ensure_future(store.append_decision(lone, None, _decision(1), None))
-        held = decisions()
-        first_outcome = asyncio.ensure_future(store.append_runner_event(lone_x, _outcome("o")))
-        outcomes = [
-            asyncio.ensure_future(store.append_runner_event(e, _outcome("o"))) for e in (x, y)
-        ]
-        await asyncio.gather(first, first_outcome)
+        first = asyncio.ensure_future(store.append_runner_event(lone, _outcome("o")))
+        held = outcomes()
+        assert await first
         async with asyncio.timeout(60):
-            while len(pids := await admin.fetchval(_HELD) or []) < 2:
+            while not (pids := await admin.fetchval(_HELD)):
                 await asyncio.sleep(0.05)
-        assert (
-            await admin.fetchval(
-                "SELECT count(pg_terminate_backend(p)) FROM unnest($1::int[]) p", pids
-            )
-            == 2
-        )
-        failures = await asyncio.gather(*held, *outcomes, return_exceptions=True)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pids[0])
+        failures = await asyncio.gather(*held, return_exceptions=True)
         assert all(isinstance(f, LOST) for f in failures), failures
-        assert type(failures[0]) is type(failures[1]) is type(failures[2])
-        assert await _transactions(store, [*batched, x, y]) == 0
-        # The callers write again, as the coordinator and the runner do, and all commit.
+        assert len({type(f) for f in failures}) == 1, failures
+        assert await _transactions(store, batched) == 0
+        # The callers write again, as the runner does on redelivery, and all commit.
         await admin.execute("DELETE FROM public.gc_hold")
-        await asyncio.gather(*decisions())
-        assert await asyncio.gather(
-            *(store.append_runner_event(e, _outcome("o")) for e in (x, y))
-        ) == [True, True]
+        assert await asyncio.gather(*outcomes()) == [True, True, True]
     finally:
         await admin.execute("DELETE FROM public.gc_hold")
         await admin.close()
     assert (
         await store.pool.fetchval(
-            "SELECT count(*) FROM noetl.event WHERE execution_id = ANY($1::bigint[])", ids
+            "SELECT count(*) FROM noetl.event WHERE execution_id = ANY($1::bigint[])",
+            [lone, *batched],
         )
-        == 2 * 4 + 3
+        == 4
     )
     assert (await check_events(store.pool, settle=0)).clean
