@@ -197,9 +197,15 @@ class ExecutionActor:
             else:
                 assert self.engine is not None
                 values = await self.host.values_for(self.state, message)
-                # In a thread: a template running until its deadline must not hold the loop.
                 decide = self.engine.decide
-                decisions.append(await self.host.deciding.run(decide, self.state, message, values))
+                if self.engine.renders(message):
+                    # In a thread: a template running until its deadline must not hold the
+                    # loop.
+                    decision = await self.host.deciding.run(decide, self.state, message, values)
+                else:
+                    # Renders no template: nothing can hold the loop long, no thread hop.
+                    decision = decide(self.state, message, values)
+                decisions.append(decision)
         if not fresh and any(d.duplicate for d in decisions):
             # "Already done" judged on a cached state may only mean that another host
             # decided since: check against the store before dropping the message.
