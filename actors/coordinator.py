@@ -35,6 +35,7 @@ from noetl.bus import (
     events_subject,
     exec_subject,
     gave_up,
+    milestones_subject,
     partition_of,
 )
 from noetl.config import Settings
@@ -423,18 +424,28 @@ class CoordinatorHost(Actor):
 
     async def announce(self, execution_id: int, events: list[Event]) -> None:
         """Tell live watchers what was just committed (best effort, core NATS), and count
-        the executions that started or ended."""
+        the executions that started or ended. A start, an end or a failed step is also
+        repeated on the milestones subject, which `up` logs: it does not receive every
+        step's announcement."""
+        milestone = False
         for e in events:
             if e.type == ev.EXECUTION_STARTED:
                 EXECUTIONS_STARTED.inc()
+                milestone = True
             elif e.type.startswith("execution.") and e.status in ev.TERMINAL_STATUSES:
                 EXECUTIONS_ENDED.labels(e.status).inc()
+                milestone = True
+            elif e.type == ev.STEP_FAILED:
+                milestone = True
         brief: list[dict[str, Any]] = [
             {"type": e.type, "step": e.step, "status": e.status, "error": e.error}
             for e in events
             if e.type != ev.COMMAND_ISSUED
         ]
-        await self.bus.announce(events_subject(execution_id), encode_json(brief))
+        data = encode_json(brief)
+        await self.bus.announce(events_subject(execution_id), data)
+        if milestone:
+            await self.bus.announce(milestones_subject(execution_id), data)
 
     # -- reconciler --------------------------------------------------------------------
 
