@@ -35,6 +35,7 @@ from noetl.bus import (
     events_subject,
     exec_subject,
     gave_up,
+    milestones_subject,
     partition_of,
 )
 from noetl.config import Settings
@@ -197,9 +198,15 @@ class ExecutionActor:
             else:
                 assert self.engine is not None
                 values = await self.host.values_for(self.state, message)
-                # In a thread: a template running until its deadline must not hold the loop.
                 decide = self.engine.decide
-                decisions.append(await self.host.deciding.run(decide, self.state, message, values))
+                if self.engine.renders(message):
+                    # In a thread: a template running until its deadline must not hold the
+                    # loop.
+                    decision = await self.host.deciding.run(decide, self.state, message, values)
+                else:
+                    # Renders no template: nothing can hold the loop long, no thread hop.
+                    decision = decide(self.state, message, values)
+                decisions.append(decision)
         if not fresh and any(d.duplicate for d in decisions):
             # "Already done" judged on a cached state may only mean that another host
             # decided since: check against the store before dropping the message.
@@ -417,18 +424,28 @@ class CoordinatorHost(Actor):
 
     async def announce(self, execution_id: int, events: list[Event]) -> None:
         """Tell live watchers what was just committed (best effort, core NATS), and count
-        the executions that started or ended."""
+        the executions that started or ended. A start, an end or a failed step is also
+        repeated on the milestones subject, which `up` logs: it does not receive every
+        step's announcement."""
+        milestone = False
         for e in events:
             if e.type == ev.EXECUTION_STARTED:
                 EXECUTIONS_STARTED.inc()
+                milestone = True
             elif e.type.startswith("execution.") and e.status in ev.TERMINAL_STATUSES:
                 EXECUTIONS_ENDED.labels(e.status).inc()
+                milestone = True
+            elif e.type == ev.STEP_FAILED:
+                milestone = True
         brief: list[dict[str, Any]] = [
             {"type": e.type, "step": e.step, "status": e.status, "error": e.error}
             for e in events
             if e.type != ev.COMMAND_ISSUED
         ]
-        await self.bus.announce(events_subject(execution_id), encode_json(brief))
+        data = encode_json(brief)
+        await self.bus.announce(events_subject(execution_id), data)
+        if milestone:
+            await self.bus.announce(milestones_subject(execution_id), data)
 
     # -- reconciler --------------------------------------------------------------------
 

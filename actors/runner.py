@@ -137,6 +137,11 @@ class Runner(Actor):
             except Exception as exc:  # the store is away: keep the last known set
                 self.log.warning("could not refresh the stored secrets to mask: %s", exc)
 
+    @property
+    def render_hops(self) -> int:
+        """Tool and sink blocks rendered in a thread so far (those with a template)."""
+        return self._render_threads.hops
+
     def executions_in_hand(self) -> set[int]:
         """The executions whose commands this runner is running now."""
         return set(self._running)
@@ -368,8 +373,11 @@ class Runner(Actor):
             raise ToolError(
                 f"no plugin is installed for tool kind `{command.kind}`", error_type="unknown_kind"
             )
-        # In a thread: a template running until its deadline must not hold the loop.
-        spec = await self._render_threads.run(self._render, command, plugin, context)
+        if _renders(command, plugin):
+            # In a thread: a template running until its deadline must not hold the loop.
+            spec = await self._render_threads.run(self._render, command, plugin, context)
+        else:
+            spec = self._render(command, plugin, context)  # no template: no thread hop
         result = await plugin.run(ctx, spec)
         if command.sink is not None:
             done.sink = await self._sink(ctx, command.sink, result, context)
@@ -417,9 +425,13 @@ class Runner(Actor):
         self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
     ) -> dict[str, Any]:
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
-        tool, value = await self._render_threads.run(
-            _render_sink, block, result, context, f"step `{ctx.step}` sink"
-        )
+        where = f"step `{ctx.step}` sink"
+        if render.has_template(block):
+            tool, value = await self._render_threads.run(
+                _render_sink, block, result, context, where
+            )
+        else:
+            tool, value = _render_sink(block, result, context, where)
         if tool.get("kind") == "postgres" and "statement" in tool:
             return await self._statement_sink(ctx, tool)
         sink = get_sink(str(tool.get("kind", "")))
@@ -451,6 +463,18 @@ class Runner(Actor):
         """Send the recorded `outcome` to the execution's coordinator."""
         message = outcome_message(command.execution_id, outcome, time.time())
         await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
+
+
+def _renders(command: CommandIssued, plugin: ToolPlugin) -> bool:
+    """Whether `Runner._render` runs a template for `command` (its args or a tool field the
+    plugin does not keep raw); when it runs none, it cannot reach the render deadline and
+    needs no thread. `edge_args` and `overrides` arrive rendered."""
+    if render.has_template(command.args):
+        return True
+    raw_fields: frozenset[str] = getattr(plugin, "raw_fields", frozenset())
+    return any(
+        render.has_template(value) for key, value in command.tool.items() if key not in raw_fields
+    )
 
 
 def _render_sink(

@@ -75,6 +75,12 @@ def events_subject(execution_id: int) -> str:
     return f"noetl.events.{execution_id}"
 
 
+def milestones_subject(execution_id: int) -> str:
+    """Core subject repeating the announcements of an execution's start, end and failed
+    steps (what `up` logs, without receiving every step's announcement)."""
+    return f"noetl.milestones.{execution_id}"
+
+
 CANCEL_PREFIX: Final = "noetl.cancel"
 
 

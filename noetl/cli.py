@@ -23,7 +23,7 @@ import nats
 import nats.errors
 
 from noetl import dsl, local
-from noetl.bus import PING_PREFIX, events_subject
+from noetl.bus import PING_PREFIX, milestones_subject
 from noetl.cli_bench import bench
 from noetl.cli_check import db_check
 from noetl.cli_core import (
@@ -55,8 +55,8 @@ from noetl.pools import bad_pool_name
 
 __all__ = ["main"]
 
-# Every execution's announcements (`noetl.bus.events_subject` of any id).
-_ANNOUNCEMENTS = events_subject(0).rpartition(".")[0] + ".*"
+# Every execution's starts, ends and failed steps (`noetl.bus.milestones_subject`, any id).
+_ANNOUNCEMENTS = milestones_subject(0).rpartition(".")[0] + ".*"
 
 
 @click.group()

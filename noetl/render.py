@@ -38,6 +38,7 @@ __all__ = [
     "build_context",
     "condition",
     "evaluate",
+    "has_template",
     "is_template",
     "referenced_names",
     "render",
@@ -140,6 +141,19 @@ def _names_in(source: str) -> frozenset[str]:
 def is_template(value: str) -> bool:
     """Whether the string contains Jinja2 markup (`{{` or `{%`)."""
     return "{{" in value or "{%" in value
+
+
+def has_template(value: Any) -> bool:
+    """Whether `render` would run a template anywhere inside `value` (dict values, lists
+    and tuples, walked as `render` walks them). False means rendering `value` runs no
+    template, so it cannot run until the render clock's deadline."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(has_template(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(has_template(item) for item in value)
+    return False
 
 
 def render(value: Any, context: Mapping[str, Any], *, where: str = "") -> Any:

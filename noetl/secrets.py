@@ -194,6 +194,8 @@ class Masker:
     def copy(self) -> Masker:
         """A masker of the same values; adding to it leaves this one as it is. The compiled
         patterns are shared until the copy learns a new value."""
+        if self._substrings:
+            self._compiled()  # once here, not once per copy
         twin = Masker()
         twin._substrings = set(self._substrings)
         twin._whole = set(self._whole)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from noetl import render
 from noetl.dsl import Playbook
 from noetl.dsl.loader import NodePath
 from noetl.engine.commands import child_message, command_message
@@ -97,6 +98,16 @@ class Engine:
             run.cancel(message)
         elif isinstance(message, Wake):
             run.wake()
+
+    def renders(self, message: ExecMessage) -> bool:
+        """Whether deciding `message` may run a template (False: it runs none, so it cannot
+        hold its thread until the render clock's deadline). Besides the playbook's own
+        templates, a start renders the workload it carries."""
+        if self.plan.templated:
+            return True
+        if isinstance(message, StartExecution):
+            return render.has_template(message.workload) or render.has_template(message.restore)
+        return False
 
     def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:
         """The runner messages of every issued command without a consumed outcome."""

@@ -10,7 +10,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from actors.coordinator import CoordinatorHost
 from actors.mesh import Mesh
+from actors.runner import Runner
 from noetl.client import Client
 from noetl.config import Settings
 from noetl.errors import ExecutionNotFound
@@ -81,6 +83,9 @@ async def test_spinning_templates_fail_their_step_and_others_progress(
         where: await start(client, write(tmp_path, f"spin_{where}", body))
         for where, body in HOSTILE.items()
     }
+    # A playbook without a template decides on the loop, unless its start brings one.
+    plain = await client.register(write(tmp_path, "spin_workload", "- step: start\n"))
+    hostile["workload"] = await client.start(plain.path, workload={"x": SPIN})
     await asyncio.sleep(0.3)  # the hostile decisions and renders are under way
     calm = write(tmp_path, "calm", "- step: start\n  next: [{step: second}]\n- step: second\n")
     done = await client.wait(await start(client, calm), timeout=60)
@@ -95,3 +100,30 @@ async def test_spinning_templates_fail_their_step_and_others_progress(
         error = doc["error"]
         assert error["type"] == "render_timeout", (where, error)
         assert f"ran longer than {TIMEOUT:g} s (NOETL_RENDER_TIMEOUT)" in error["message"]
+
+
+async def test_work_without_templates_is_done_on_the_loop(
+    client: Client, mesh: Mesh, tmp_path: Path
+) -> None:
+    coordinator = next(a for a in mesh.actors if isinstance(a, CoordinatorHost))
+    runner = next(a for a in mesh.actors if isinstance(a, Runner))
+    chain = """
+    - step: start
+      tool: {kind: python, code: "result = 1"}
+      next: [second]
+    - step: second
+      tool: {kind: python, code: "result = 2"}
+    """
+    done = await client.wait(await start(client, write(tmp_path, "plain", chain)), timeout=60)
+    assert done["status"] == "completed", done["error"]
+    assert done["steps"] == {"start": 1, "second": 2}
+    assert (coordinator.deciding.hops, runner.render_hops) == (0, 0)
+    # A template anywhere in the playbook (here a tool's args): every decision and that
+    # tool block go through a thread.
+    templated = """
+    - step: start
+      tool: {kind: python, args: {n: "{{ 20 + 1 }}"}, code: "result = n * 2"}
+    """
+    done = await client.wait(await start(client, write(tmp_path, "tmpl", templated)), timeout=60)
+    assert done["status"] == "completed" and done["steps"]["start"] == 42, done
+    assert coordinator.deciding.hops >= 2 and runner.render_hops == 1
