@@ -152,6 +152,8 @@ class Runner(Actor):
             return
         for ctx in self._running.get(int(token), ()):
             ctx.cancelled.set()
+        for plugin in self.plugins.values():  # what they keep for it (python workers) goes
+            getattr(plugin, "execution_ended", lambda _: None)(int(token))
 
     async def _on_command(self, msg: Msg) -> None:
         try:

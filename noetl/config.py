@@ -65,6 +65,14 @@ class Settings(msgspec.Struct, kw_only=True):
     # Modules (comma-separated) imported once by the workers' template: faster steps, and
     # under a root runtime, packages the unprivileged account could not read itself.
     python_preload: str = ""
+    # Idle python workers kept per runner for their executions' next steps (0: none): a
+    # worker serves one execution only, so keeping it saves the next step a fork.
+    python_idle_workers: int = 256
+    # Seconds an idle python worker is kept before it is stopped.
+    python_idle_seconds: float = 30.0
+    # Idle python workers are kept only while this many MiB of memory stay available to the
+    # runner (the machine's, or its cgroup's limit minus its usage).
+    python_idle_free_mb: int = 256
     # Egress policy of http tools and script sources: comma-separated CIDRs, addresses and
     # host names (`*.example.com`); link-local and metadata ranges are always denied.
     http_deny: str = ""
@@ -115,7 +123,10 @@ class Settings(msgspec.Struct, kw_only=True):
         parse_kind_pools(settings.runner_pools)
         if settings.runner_concurrency < 1:
             raise ConfigError("NOETL_RUNNER_CONCURRENCY must be at least 1")
-        for name in ("render_timeout", "api_read_timeout"):
+        for name in ("python_idle_workers", "python_idle_free_mb"):
+            if getattr(settings, name) < 0:
+                raise ConfigError(f"NOETL_{name.upper()} must not be negative")
+        for name in ("render_timeout", "api_read_timeout", "python_idle_seconds"):
             if not getattr(settings, name) > 0:
                 raise ConfigError(f"NOETL_{name.upper()} must be a positive number of seconds")
         if settings.partitions < 1:

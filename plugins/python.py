@@ -38,6 +38,9 @@ class PythonTool:
             user=settings.python_user,
             memory_bytes=settings.python_memory_mb * 1024 * 1024,
             preload=settings.python_preload,
+            idle=settings.python_idle_workers,
+            idle_seconds=settings.python_idle_seconds,
+            idle_free_bytes=settings.python_idle_free_mb * 1024 * 1024,
         )
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
@@ -83,6 +86,10 @@ class PythonTool:
             message = result.get("error") or result.get("message") or "the code returned an error"
             raise ToolError(str(message), error_type="python", result=result)
         return result
+
+    def execution_ended(self, execution_id: int) -> None:
+        """Stop the worker processes kept for `execution_id`: it will send no more code."""
+        self.pool.execution_ended(execution_id)
 
     async def aclose(self) -> None:
         """Stop every worker process."""

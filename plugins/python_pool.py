@@ -7,9 +7,12 @@ when the socket is readable, so a worker that hangs, spins or dies never stalls 
 
 Workers belong to one execution: a worker is reused only by calls of the execution it first
 served, so nothing one execution's code does to its process (a patched module, a cached
-secret) reaches another's. At most `size` workers of executions live at once; a new one makes
-room by stopping an idle worker of another execution. A worker that times out, is cancelled or
-dies is discarded. Running as root, workers switch to an unprivileged account before any code.
+secret) reaches another's. At most `size` calls run at once, of one execution or of several:
+an execution whose calls run concurrently (an async loop's items) gets a worker for each.
+Between calls a worker waits for its execution's next one among the idle workers
+(`plugins.python_idle`: bounded by count, memory and idleness), and is stopped when its
+execution ends. A worker that times out, is cancelled or dies is discarded. Running as root,
+workers switch to an unprivileged account before any code.
 
 Every execution's first python step needs a new process, and a fork costs milliseconds
 (tens on a loaded machine): the pool keeps up to `size` spares, forked ahead, and binds one
@@ -33,6 +36,7 @@ from typing import cast
 from noetl.errors import ToolError, ToolTimeout
 from plugins import python_worker
 from plugins.python_forker import Zygote
+from plugins.python_idle import IdleWorkers
 from plugins.python_worker import HEADER
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats while a call runs
@@ -134,16 +138,27 @@ class _Worker:
 
 
 class WorkerPool:
-    """Up to `size` worker processes, forked from a clean template, and up to `size` unused
-    spares; a worker is reused only by its own execution; callers queue in FIFO order.
+    """Up to `size` calls at once in worker processes forked from a clean template, up to
+    `size` unused spares, and up to `idle` idle workers kept for their executions; a worker
+    is reused only by its own execution; callers queue in FIFO order.
 
     `user`: the account workers run as when the runtime runs as root (ignored otherwise).
     `memory_bytes`: each worker's data size limit (0: none). `preload`: comma-separated
-    modules the template imports once, so that workers start with them.
+    modules the template imports once, so that workers start with them. `idle_seconds`: how
+    long an idle worker is kept; `idle_free_bytes`: idle workers are kept only while this much
+    memory is left to the runner.
     """
 
     def __init__(
-        self, size: int, *, user: str = "nobody", memory_bytes: int = 0, preload: str = ""
+        self,
+        size: int,
+        *,
+        user: str = "nobody",
+        memory_bytes: int = 0,
+        preload: str = "",
+        idle: int = 256,
+        idle_seconds: float = 30.0,
+        idle_free_bytes: int = 0,
     ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, not {size}")
@@ -152,7 +167,11 @@ class WorkerPool:
         self.memory_bytes = memory_bytes
         self.preload = preload
         self._slots = asyncio.Semaphore(size)
-        self._idle: list[_Worker] = []
+        self._idle: IdleWorkers[_Worker] = IdleWorkers(idle, idle_seconds, idle_free_bytes)
+        # Calls running per execution, and executions that ended while theirs ran: their
+        # workers are stopped when the call returns instead of being kept.
+        self._busy: collections.Counter[object] = collections.Counter()
+        self._ended: set[object] = set()
         # Forked ahead, owned by nobody, never used; counted in `_workers` too.
         self._spares: collections.deque[_Worker] = collections.deque()
         self._refill: asyncio.Task[None] | None = None
@@ -180,12 +199,13 @@ class WorkerPool:
             if self._closed:
                 raise ToolError("the python tool is closed", error_type="python")
             try:
-                worker = self._take_idle(owner) or await self._start(owner)
+                worker = self._idle.take(owner) or await self._start(owner)
             except ToolError:
                 if self._closed:
                     raise self._closed_meanwhile() from None
                 raise
             reply = worker.send(payload)
+            self._busy[owner] += 1
             try:
                 answer = await _wait(reply, timeout, cancelled, heartbeat)
             except _Gone:
@@ -197,10 +217,20 @@ class WorkerPool:
             except BaseException:  # the caller itself was cancelled: kill now, reap later
                 worker.kill()
                 raise
-            self._idle.append(worker)
+            finally:
+                ended = self._release(owner)
+            if ended or self._closed or not self._idle.keep(worker):
+                worker.kill()
             # Forked after the call, not during it: the fork would compete with the code.
             self._keep_spares()
             return answer
+
+    def execution_ended(self, owner: object) -> None:
+        """Stop the idle workers of `owner`, and those of its calls still running once they
+        return (a call still running is stopped by its own cancellation, if any)."""
+        self._idle.drop(owner)
+        if self._busy[owner]:
+            self._ended.add(owner)
 
     async def aclose(self) -> None:
         """Kill every worker and the template, and wait until each worker is reaped."""
@@ -226,24 +256,18 @@ class WorkerPool:
     def _closed_meanwhile() -> ToolError:
         return ToolError("the python tool was closed while the code ran", error_type="python")
 
-    def _take_idle(self, owner: object) -> _Worker | None:
-        # The most recently used first: its caches are warmest.
-        for index in range(len(self._idle) - 1, -1, -1):
-            worker = self._idle[index]
-            if worker.owner == owner and worker.alive:
-                del self._idle[index]
-                return worker
-        return None
+    def _release(self, owner: object) -> bool:
+        """Count one call of `owner` done; whether its execution ended meanwhile."""
+        self._busy[owner] -= 1
+        if self._busy[owner]:
+            return owner in self._ended
+        del self._busy[owner]
+        if owner in self._ended:
+            self._ended.discard(owner)
+            return True
+        return False
 
     async def _start(self, owner: object) -> _Worker:
-        # Make room: at most `size` processes of executions, idle ones of other executions
-        # stopped first (the oldest first). Those of this execution that died are dropped
-        # along the way.
-        self._idle = [worker for worker in self._idle if worker.alive]
-        excess = max(0, len(self._workers) - len(self._spares) + 1 - self.size)
-        for worker in self._idle[:excess]:
-            worker.kill()
-        del self._idle[:excess]
         worker = self._take_spare() or await self._fork(await self._template())
         worker.owner = owner
         return worker

@@ -39,7 +39,8 @@ class Decision(msgspec.Struct, kw_only=True):
     children: list[StartExecution] = []
     timers: list[TimerState] = []
     parent_notice: ChildCompleted | None = None
-    # Executions ended with work in flight: runners are told to stop, children cancelled.
+    # The execution ended: runners are told to stop its work in flight and to release what
+    # they keep for it (python workers); children are cancelled.
     stop_running: bool = False
     cancel_children: list[int] = []
     duplicate: bool = False
@@ -111,7 +112,7 @@ class Emitter:
             and not state.running
             and any(e.type.startswith("execution.") for e in self.events)
         ):
-            decision.stop_running = bool(state.pending)
+            decision.stop_running = True
             decision.cancel_children = [
                 p.child for p in state.pending.values() if p.child is not None
             ]

@@ -555,14 +555,14 @@ def ctx_of(execution_id: int) -> ToolContext:
 
 
 async def test_a_worker_serves_one_execution_only() -> None:
-    tool = PythonTool(workers=2)
+    tool = PythonTool(workers=2, settings=Settings(python_idle_workers=2))
     try:
         code = "import os\nresult = os.getpid()"
         first = await run(tool, code, ctx_of(1))
         assert await run(tool, code, ctx_of(1)) == first  # reused within its execution
         other = await run(tool, code, ctx_of(2))
         assert other != first
-        # With both slots held by other executions, a third evicts an idle one.
+        # With the idle set full of other executions' workers, a third's is not kept.
         third = await run(tool, code, ctx_of(3))
         assert third not in (first, other)
         await asyncio.sleep(0.1)
@@ -573,7 +573,7 @@ async def test_a_worker_serves_one_execution_only() -> None:
 
 async def test_a_new_execution_gets_a_spare_forked_ahead() -> None:
     before = worker_pids()  # other pools' workers
-    tool = PythonTool(workers=1)
+    tool = PythonTool(workers=1, settings=Settings(python_idle_workers=0))
     try:
         code = "import os\nresult = os.getpid()"
         first = await run(tool, code, ctx_of(1))
@@ -583,7 +583,7 @@ async def test_a_new_execution_gets_a_spare_forked_ahead() -> None:
         spares = worker_pids() - before - {first}
         second = await run(tool, code, ctx_of(2))
         assert second in spares
-        assert await run(tool, code, ctx_of(1)) not in (first, second)  # first was evicted
+        assert await run(tool, code, ctx_of(1)) not in (first, second)  # first was not kept
     finally:
         await tool.aclose()
 
