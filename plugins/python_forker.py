@@ -117,6 +117,16 @@ class Zygote:
                     self._send(b"K", pid)  # the template ignores a pid it has already reaped
             await asyncio.sleep(0.01)
 
+    async def close(self, timeout: float) -> None:
+        """Let the template exit by itself (it removes the homes of the workers it reaped
+        first), and kill it if it has not within `timeout` seconds."""
+        self.lost()  # closes the control socket: the template reads its end
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+        except TimeoutError:
+            self.stop()
+            await self.proc.wait()
+
     def stop(self) -> None:
         """Kill the template (its workers die with it) and stop reading its socket."""
         self.lost()

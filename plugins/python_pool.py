@@ -249,8 +249,7 @@ class WorkerPool:
                 # A spare whose fork was under way when the refill was cancelled is in no
                 # worker list yet: the template still knows it.
                 await self._zygote.drain(EXIT_GRACE)
-                self._zygote.stop()
-                await self._zygote.proc.wait()
+                await self._zygote.close(EXIT_GRACE)
 
     @staticmethod
     def _closed_meanwhile() -> ToolError:

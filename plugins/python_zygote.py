@@ -14,7 +14,6 @@ that worker's process group); zygote to pool: `S pid` (started, in request order
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import importlib
 import os
@@ -29,7 +28,7 @@ import struct
 import sys
 import tempfile
 
-from plugins.python_worker import exit_with_parent, serve
+from plugins.python_worker import exit_with_parent, prctl, serve
 
 MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
 _PR_SET_DUMPABLE = 4
@@ -62,19 +61,26 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd is written
     account = pwd.getpwnam(user) if switching else None
     homes: dict[int, str] = {}
+    # Homes of reaped workers, removed while no request waits: a removal takes a fraction of
+    # a millisecond to milliseconds of wall time on a disk file system, off the forks' path.
+    spent: list[str] = []
     me = os.getpid()
     while True:
         try:
-            ready, _, _ = select.select([control.fileno(), wake_r], [], [])
+            ready, _, _ = select.select([control.fileno(), wake_r], [], [], 0 if spent else None)
         except InterruptedError:
             continue
         if wake_r in ready:
             os.read(wake_r, 512)
-            _reap(control, homes)
+            _reap(control, homes, spent)
         if control.fileno() not in ready:
+            if spent and not ready:
+                _remove(spent.pop())
             continue
         message, fds, _, _ = socket.recv_fds(control, MESSAGE.size, 1)
         if not message:  # the pool is gone: workers die with us (their death signal)
+            for home in spent:
+                _remove(home)
             os._exit(0)
         kind, pid, _ = MESSAGE.unpack(message)
         if kind == b"K":
@@ -83,7 +89,7 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
                     os.killpg(pid, signal.SIGKILL)
             continue
         (fd,) = fds
-        home = tempfile.mkdtemp(prefix="noetl-python-")
+        home = _new_home()
         if account is not None:
             os.chown(home, account.pw_uid, account.pw_gid)
         child = os.fork()
@@ -132,7 +138,7 @@ def _become_worker(
             os.setuid(account.pw_uid)
             # Switching users made the process non-dumpable: its own /proc entries would be
             # root's. It holds nothing of root's now, so let it read them again.
-            ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 1)
+            prctl(_PR_SET_DUMPABLE, 1)
             os.environ["USER"] = os.environ["LOGNAME"] = account.pw_name
             os.chdir(home)
         serve(fd, zygote_pid)
@@ -173,7 +179,28 @@ def _import_standard_library() -> None:
                     importlib.import_module(info.name)
 
 
-def _reap(control: socket.socket, homes: dict[int, str]) -> None:
+def _new_home() -> str:
+    """A new private directory (0700) under the temporary folder, as `tempfile.mkdtemp`
+    makes one, with fewer of the template's pages written (each a page copy while workers
+    share them)."""
+    while True:
+        home = os.path.join(tempfile.gettempdir(), f"noetl-python-{os.urandom(8).hex()}")
+        try:
+            os.mkdir(home, 0o700)
+        except FileExistsError:
+            continue
+        return home
+
+
+def _remove(home: str) -> None:
+    try:
+        os.rmdir(home)  # most code leaves its home empty: one call, no directory scan
+    except OSError:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _reap(control: socket.socket, homes: dict[int, str], spent: list[str]) -> None:
+    """Report every exited worker; its home joins `spent`, to be removed."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -183,9 +210,6 @@ def _reap(control: socket.socket, homes: dict[int, str]) -> None:
             return
         home = homes.pop(pid, None)
         if home is not None:
-            try:
-                os.rmdir(home)  # most code leaves its home empty: one call, no directory scan
-            except OSError:
-                shutil.rmtree(home, ignore_errors=True)
+            spent.append(home)
         with contextlib.suppress(OSError):
             control.send(MESSAGE.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
