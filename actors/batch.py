@@ -23,6 +23,7 @@ def combine(decisions: list[Decision]) -> Decision:
         combined.timers.extend(d.timers)
         combined.cancel_children.extend(d.cancel_children)
         combined.stop_running = combined.stop_running or d.stop_running
+        combined.ended = combined.ended or d.ended
         combined.parent_notice = d.parent_notice or combined.parent_notice
     if combined.stop_running or combined.parent_notice is not None:
         # The execution ended within the batch: what earlier decisions issued is moot.

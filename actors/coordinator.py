@@ -41,6 +41,7 @@ from noetl.bus import (
 from noetl.config import Settings
 from noetl.engine import Decision, Engine, Event, ExecutionState, refuse_start
 from noetl.engine import events as ev
+from noetl.engine.emitter import END_NOTICE
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
     CancelExecution,
@@ -376,8 +377,9 @@ class CoordinatorHost(Actor):
                 self.bus.publish(self.mailbox_of(child_id), encode(cancel), cancel.dedup_id)
             )
         await asyncio.gather(self.publish_commands(decision.commands, reply_to), *sends)
-        if decision.stop_running:
-            await self.bus.announce(cancel_subject(execution_id), b"")
+        if decision.stop_running or decision.ended:
+            ended = b"" if decision.stop_running else END_NOTICE  # python workers released
+            await self.bus.announce(cancel_subject(execution_id), ended)
         for timer in decision.timers:
             self.timers.schedule(execution_id, timer.name, timer.due_at)
         if decision.events:

@@ -31,6 +31,7 @@ from noetl.config import Settings
 from noetl.egress import EgressPolicy
 from noetl.engine import Event
 from noetl.engine import events as ev
+from noetl.engine.emitter import END_NOTICE
 from noetl.engine.iteration import deep_merge
 from noetl.engine.payloads import CommandDone, CommandStarted, plain
 from noetl.errors import (
@@ -150,7 +151,7 @@ class Runner(Actor):
         token = msg.subject.rsplit(".", 1)[1]
         if not token.isdigit():  # nobody's execution: nothing to stop
             return
-        for ctx in self._running.get(int(token), ()):
+        for ctx in self._running.get(int(token), ()) if msg.data != END_NOTICE else ():
             ctx.cancelled.set()
         for plugin in self.plugins.values():  # what they keep for it (python workers) goes
             getattr(plugin, "execution_ended", lambda _: None)(int(token))

@@ -7,7 +7,7 @@ run built on it, `run.py`) is the only thing that changes the state during a dec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from msgspec import UNSET
@@ -26,6 +26,10 @@ from noetl.messages import (
     TerminalStatus,
 )
 
+#: The payload of `noetl.cancel.<id>` when the execution ended with nothing in flight:
+#: runners release what they keep for it and stop nothing (an empty payload stops its work).
+END_NOTICE: Final = b"ended"
+
 
 class Decision(msgspec.Struct, kw_only=True):
     """The outcome of one `decide`: events to commit, then messages to publish.
@@ -39,9 +43,10 @@ class Decision(msgspec.Struct, kw_only=True):
     children: list[StartExecution] = []
     timers: list[TimerState] = []
     parent_notice: ChildCompleted | None = None
-    # The execution ended: runners are told to stop its work in flight and to release what
-    # they keep for it (python workers); children are cancelled.
+    # Executions ended with work in flight: runners are told to stop, children cancelled.
     stop_running: bool = False
+    # The execution ended: runners release what they keep for it (python workers).
+    ended: bool = False
     cancel_children: list[int] = []
     duplicate: bool = False
 
@@ -112,7 +117,8 @@ class Emitter:
             and not state.running
             and any(e.type.startswith("execution.") for e in self.events)
         ):
-            decision.stop_running = True
+            decision.stop_running = bool(state.pending)
+            decision.ended = True
             decision.cancel_children = [
                 p.child for p in state.pending.values() if p.child is not None
             ]
