@@ -85,9 +85,9 @@ class Store:
         )
 
     @staticmethod
-    def _runner_batches(pool: asyncpg.Pool) -> GroupCommit[RunnerWrite, bool]:
+    def _runner_batches(pool: asyncpg.Pool) -> GroupCommit[RunnerWrite, tuple[bool, ...]]:
         return GroupCommit(
-            partial(batches.write_runner_events, pool), batches.runner_key, batches.MAX_BATCH
+            partial(batches.write_runner_events, pool), batches.runner_keys, batches.MAX_BATCH
         )
 
     @classmethod
@@ -155,7 +155,18 @@ class Store:
         """Record a runner event once; False if it was already there. Returns once it is
         committed, possibly in one transaction with other callers' events."""
         batcher = self.outcomes if durable else self.relaxed_outcomes
-        return await batcher.submit(RunnerWrite(execution_id, event))
+        (inserted,) = await batcher.submit(RunnerWrite(execution_id, (event,)))
+        return inserted
+
+    async def append_runner_events(self, execution_id: int, events: list[Event]) -> list[bool]:
+        """Record several runner events of one caller once each, durably, in one
+        transaction and one round trip (never split across batches), earlier events with
+        lower event ids; per event, whether it was new. Their dedup keys must differ and be
+        in descending order (the order batches write rows in): `started:` before `outcome:`."""
+        keys = [e.dedup_key for e in events]
+        if keys != sorted(set(keys), reverse=True):
+            raise StoreError(f"runner events of one write need distinct, descending keys: {keys}")
+        return list(await self.outcomes.submit(RunnerWrite(execution_id, tuple(events))))
 
     async def find_event(self, execution_id: int, dedup_key: str) -> Event | None:
         """The event with this dedup key, if written."""

@@ -3,8 +3,10 @@
 A batch of one is written by the statement a caller alone has always used
 (`noetl.store.events`); a larger batch by one `INSERT ... ON CONFLICT DO NOTHING RETURNING`,
 hence one round trip and one transaction, whose rows say which events were new. Rows go in
-(execution, dedup key) order, the order every batch uses, so that two runners recording
-the same command's events wait for each other, never deadlock.
+(execution, dedup key descending) order, the order every batch uses, so that two runners
+recording the same command's events wait for each other, never deadlock; descending puts a
+command's `started:` row before its `outcome:` row, so the start gets the lower event id
+when both go in one write.
 """
 
 from __future__ import annotations
@@ -29,44 +31,47 @@ SELECT u.execution_id, u.event_type, u.step, u.command_id, u.dedup_key, u.status
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[])
      AS u(execution_id, event_type, step, command_id, dedup_key, status, payload, error)
-ORDER BY u.execution_id, u.dedup_key
+ORDER BY u.execution_id, u.dedup_key DESC
 ON CONFLICT (execution_id, dedup_key) DO NOTHING
 RETURNING execution_id, dedup_key
 """
 
 
 class RunnerWrite(NamedTuple):
-    """One runner event waiting for its commit."""
+    """Runner events of one caller waiting for their commit, all in one transaction."""
 
     execution_id: int
-    event: Event
+    events: tuple[Event, ...]
 
 
-def runner_key(item: RunnerWrite) -> tuple[int, str]:
+def runner_keys(item: RunnerWrite) -> list[tuple[int, str]]:
     """At most one event per dedup key per batch, so each row returned names its caller."""
-    return item.execution_id, item.event.dedup_key
+    return [(item.execution_id, e.dedup_key) for e in item.events]
 
 
-async def write_runner_events(pool: asyncpg.Pool, items: Sequence[RunnerWrite]) -> list[bool]:
-    """Record the events once each; per item, whether it was new (False: a duplicate)."""
-    if len(items) == 1:
+async def write_runner_events(
+    pool: asyncpg.Pool, items: Sequence[RunnerWrite]
+) -> list[tuple[bool, ...]]:
+    """Record the events once each; per item, per event, whether it was new (False: a
+    duplicate)."""
+    if len(items) == 1 and len(items[0].events) == 1:
         (one,) = items
-        return [await event_sql.append_runner_event(pool, one.execution_id, one.event)]
+        return [(await event_sql.append_runner_event(pool, one.execution_id, one.events[0]),)]
     columns: list[list[Any]] = [[] for _ in range(8)]
     for item in items:
-        e = item.event
-        row = (
-            item.execution_id,
-            e.type,
-            e.step,
-            e.command_id,
-            e.dedup_key,
-            e.status,
-            json_text(e.payload),
-            json_text(e.error),
-        )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
+        for e in item.events:
+            row = (
+                item.execution_id,
+                e.type,
+                e.step,
+                e.command_id,
+                e.dedup_key,
+                e.status,
+                json_text(e.payload),
+                json_text(e.error),
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
     rows = await pool.fetch(_RUNNER_EVENTS, *columns)
     inserted = {(int(r["execution_id"]), str(r["dedup_key"])) for r in rows}
-    return [runner_key(item) in inserted for item in items]
+    return [tuple(key in inserted for key in runner_keys(item)) for item in items]

@@ -9,9 +9,11 @@ written by a drain task that runs while the queue is not empty.
 Invariants:
 - a caller's await returns only after the batch holding its write has committed, and it
   then gets its own result (per-item results come from the batch's writer);
-- a batch holds at most one item per `key` (a runner event's execution and dedup key): a second item
-  with a key already in the batch waits for the next one, in arrival order, so items of
-  one key are written one after the other as they would be without batching;
+- a batch holds at most one item per key (a runner event's execution and dedup key; an item
+  may hold several, as a command's start and outcome written together do): an item with a
+  key already in the batch waits for the next one, in arrival order, so items of one key
+  are written one after the other as they would be without batching; an item is written
+  whole, in one batch, never split;
 - a batch that failed as a whole because the connection or the server went (`LOST`) fails
   every caller in it with that error; one that failed otherwise (a value PostgreSQL refused,
   say) is written again item by item, so that one caller's bad value fails that caller only.
@@ -20,7 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Final, Generic, TypeVar
 
 import asyncpg
@@ -52,11 +54,11 @@ class GroupCommit(Generic[ItemT, ResultT]):
     def __init__(
         self,
         write: BatchWriter[ItemT, ResultT],
-        key: Callable[[ItemT], Hashable],
+        keys: Callable[[ItemT], Iterable[Hashable]],
         max_batch: int,
     ) -> None:
         self._write = write
-        self._key = key
+        self._keys = keys
         self.max_batch = max_batch
         self._queue: list[_Waiter[ItemT, ResultT]] = []
         self._busy = False
@@ -106,12 +108,14 @@ class GroupCommit(Generic[ItemT, ResultT]):
         for waiter in self._queue:
             if waiter[1].done():
                 continue
-            key = self._key(waiter[0])
-            if len(batch) < self.max_batch and key not in keys:
-                keys.add(key)
+            mine = set(self._keys(waiter[0]))
+            if len(batch) < self.max_batch and keys.isdisjoint(mine):
                 batch.append(waiter)
             else:
                 rest.append(waiter)
+            # The keys of an item left waiting hold back later items sharing one of them
+            # (arrival order per key), which single-key items got for free.
+            keys |= mine
         self._queue = rest
         return batch
 

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from noetl.engine.events import Event
+from noetl.errors import StoreError
 from noetl.keys import new_execution_id
 from noetl.store import Store
 from noetl.store.check import check_events
@@ -146,3 +147,44 @@ async def test_a_backend_terminated_mid_batch_fails_every_caller(store: Store, p
         == 4
     )
     assert (await check_events(store.pool, settle=0)).clean
+
+
+def _started(command: str) -> Event:
+    return Event(type="command.started", dedup_key=f"started:{command}", status="running")
+
+
+def _done(command: str) -> Event:
+    return _outcome(f"outcome:{command}")
+
+
+_ROWS = """
+SELECT dedup_key, event_id, xmin::text AS tx FROM noetl.event
+WHERE execution_id = $1 ORDER BY event_id
+"""
+
+
+async def test_a_start_and_outcome_commit_together_and_whole(store: Store) -> None:
+    """Several events of one caller: one transaction, written in the order given, never
+    split across batches; an item with one of their keys waits behind them."""
+    lone, x, y = (new_execution_id() for _ in range(3))
+    assert await store.append_runner_events(x, [_started("c1"), _done("c1")]) == [True, True]
+    batches = store.outcomes.batches
+    outcomes = await asyncio.gather(
+        store.append_runner_event(lone, _done("c0")),  # alone: the rest queue behind it
+        store.append_runner_event(y, _done("c2")),
+        store.append_runner_events(y, [_started("c2"), _done("c2")]),  # a key taken: next
+        store.append_runner_event(y, _started("c2")),  # behind the pair, in arrival order
+        store.append_runner_events(x, [_started("c3"), _done("c3")]),
+    )
+    assert outcomes == [True, True, [True, False], False, [True, True]]
+    assert store.outcomes.batches - batches == 4
+    rows = await store.pool.fetch(_ROWS, x)
+    assert [r["dedup_key"] for r in rows] == [
+        "started:c1",
+        "outcome:c1",
+        "started:c3",
+        "outcome:c3",
+    ]
+    assert rows[0]["tx"] == rows[1]["tx"] != rows[2]["tx"] == rows[3]["tx"]
+    with pytest.raises(StoreError, match="descending"):
+        await store.append_runner_events(x, [_done("c4"), _started("c4")])
