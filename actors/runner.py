@@ -25,6 +25,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from actors.base import Actor
+from actors.command_render import job, render_sink, render_tool, renders
 from actors.outcome import outcome_message
 from noetl import blobs, keys, render
 from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject, gave_up, pool_ping_subject
@@ -33,7 +34,6 @@ from noetl.egress import EgressPolicy
 from noetl.engine import Event
 from noetl.engine import events as ev
 from noetl.engine.emitter import END_NOTICE
-from noetl.engine.iteration import deep_merge
 from noetl.engine.payloads import CommandDone, CommandStarted, plain
 from noetl.errors import (
     ConfigError,
@@ -368,7 +368,7 @@ class Runner(Actor):
             "workload": data.workload or {},
             "vars": data.vars or {},
             "execution_id": str(command.execution_id),
-            "job": _job(command),
+            "job": job(command),
         }
         names = (
             secret_names_in(command.tool)
@@ -395,11 +395,11 @@ class Runner(Actor):
             raise ToolError(
                 f"no plugin is installed for tool kind `{command.kind}`", error_type="unknown_kind"
             )
-        if _renders(command, plugin):
+        if renders(command, plugin):
             # In a thread: a template running until its deadline must not hold the loop.
-            spec = await self._render_threads.run(self._render, command, plugin, context)
+            spec = await self._render_threads.run(render_tool, command, plugin, context)
         else:
-            spec = self._render(command, plugin, context)  # no template: no thread hop
+            spec = render_tool(command, plugin, context)  # no template: no thread hop
         result = await plugin.run(ctx, spec)
         if command.sink is not None:
             done.sink = await self._sink(ctx, command.sink, result, context)
@@ -414,34 +414,14 @@ class Runner(Actor):
         locals_ = {
             name: await self.store.resolve(value) for name, value in (data.locals or {}).items()
         }
-        job = _job(command)
+        noetl_job = job(command)
         return render.build_context(
             workload=data.workload or {},
             variables=data.vars or {},
             steps=steps,
             execution_id=str(command.execution_id),
-            extra={"job": job, **locals_} if "job" not in steps else locals_,
+            extra={"job": noetl_job, **locals_} if "job" not in steps else locals_,
         )
-
-    def _render(
-        self, command: CommandIssued, plugin: ToolPlugin, context: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Render args, then the tool block with the args bound; raw fields stay as written.
-        A pagination page's `overrides` (rendered by the engine) apply last."""
-        where = f"step `{command.step}`"
-        args = render.render(command.args, context, where=f"{where} args")
-        assert isinstance(args, dict)
-        args.update(command.edge_args)
-        context = {**context, **args, "args": args}
-        raw_fields: frozenset[str] = getattr(plugin, "raw_fields", frozenset())
-        spec = {
-            key: value
-            if key in raw_fields
-            else render.render(value, context, where=f"{where} tool.{key}")
-            for key, value in command.tool.items()
-        }
-        spec["args"] = args
-        return deep_merge(spec, command.overrides) if command.overrides else spec
 
     async def _sink(
         self, ctx: ToolContext, block: dict[str, Any], result: Any, context: dict[str, Any]
@@ -449,11 +429,9 @@ class Runner(Actor):
         """Write `result` (or the sink's rendered `args`/`data`) through the sink's tool."""
         where = f"step `{ctx.step}` sink"
         if render.has_template(block):
-            tool, value = await self._render_threads.run(
-                _render_sink, block, result, context, where
-            )
+            tool, value = await self._render_threads.run(render_sink, block, result, context, where)
         else:
-            tool, value = _render_sink(block, result, context, where)
+            tool, value = render_sink(block, result, context, where)
         if tool.get("kind") == "postgres" and "statement" in tool:
             return await self._statement_sink(ctx, tool)
         sink = get_sink(str(tool.get("kind", "")))
@@ -485,44 +463,6 @@ class Runner(Actor):
         """Send the recorded `outcome` to the execution's coordinator."""
         message = outcome_message(command.execution_id, outcome, time.time())
         await self.bus.publish(command.reply_to, encode(message), message.dedup_id)
-
-
-def _renders(command: CommandIssued, plugin: ToolPlugin) -> bool:
-    """Whether `Runner._render` runs a template for `command` (its args or a tool field the
-    plugin does not keep raw); when it runs none, it cannot reach the render deadline and
-    needs no thread. `edge_args` and `overrides` arrive rendered."""
-    if render.has_template(command.args):
-        return True
-    raw_fields: frozenset[str] = getattr(plugin, "raw_fields", frozenset())
-    return any(
-        render.has_template(value) for key, value in command.tool.items() if key not in raw_fields
-    )
-
-
-def _render_sink(
-    block: dict[str, Any], result: Any, context: dict[str, Any], where: str
-) -> tuple[dict[str, Any], Any]:
-    """A sink's rendered tool block and the value it writes."""
-    # NoETL's names for the step's result in a sink: `response` and `this`.
-    scope = {**context, "result": result, "response": result, "this": result}
-    tool = render.render(block.get("tool") or {}, scope, where=f"{where}.tool")
-    assert isinstance(tool, dict)
-    data = block.get("args", block.get("data"))
-    value = result if data is None else render.render(data, scope, where=f"{where}.args")
-    if data is None and ("args" in tool or "data" in tool):
-        # NoETL's form: the rows inside the sink's tool block (rendered with it).
-        tool = dict(tool)
-        value = tool.pop("args") if "args" in tool else tool.pop("data")
-    return tool, value
-
-
-def _job(command: CommandIssued) -> dict[str, Any]:
-    """NoETL's `job`: which execution of which playbook version this is."""
-    return {
-        "execution_id": str(command.execution_id),
-        "path": command.path,
-        "version": command.version,
-    }
 
 
 def _error_of(exc: ToolError | RenderError) -> ErrorInfo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.runner import _renders
+from actors.command_render import renders
 from noetl.bench.playbooks import chain_text
 from noetl.messages import CommandCompleted, CommandIssued, StartExecution
 from plugins.python import PythonTool
@@ -54,6 +54,6 @@ def command(tool: dict[str, object], args: dict[str, object]) -> CommandIssued:
 def test_a_tool_block_is_rendered_in_a_thread_only_when_it_has_a_template() -> None:
     python = PythonTool()
     raw_code = {"kind": "python", "code": "result = '{{ kept as written }}'"}
-    assert not _renders(command(raw_code, {"n": 1}), python)
-    assert _renders(command(raw_code, {"n": ["{{ 1 }}"]}), python)
-    assert _renders(command({**raw_code, "timeout": "{{ 5 }}"}, {}), python)
+    assert not renders(command(raw_code, {"n": 1}), python)
+    assert renders(command(raw_code, {"n": ["{{ 1 }}"]}), python)
+    assert renders(command({**raw_code, "timeout": "{{ 5 }}"}, {}), python)
