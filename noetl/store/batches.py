@@ -18,7 +18,7 @@ import asyncpg
 
 from noetl.engine.events import Event
 from noetl.store import events as event_sql
-from noetl.store.events import json_text
+from noetl.store.events import event_row
 
 #: Items per batch: bounds a statement's size and the wait of the last caller in it.
 MAX_BATCH = 64
@@ -60,16 +60,7 @@ async def write_runner_events(
     columns: list[list[Any]] = [[] for _ in range(8)]
     for item in items:
         for e in item.events:
-            row = (
-                item.execution_id,
-                e.type,
-                e.step,
-                e.command_id,
-                e.dedup_key,
-                e.status,
-                json_text(e.payload),
-                json_text(e.error),
-            )
+            row = (item.execution_id, *event_row(e))
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
     rows = await pool.fetch(_RUNNER_EVENTS, *columns)

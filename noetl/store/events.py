@@ -73,6 +73,20 @@ def json_text(value: Any) -> str | None:
     return None if value is None else order.encode(value)
 
 
+def event_row(e: Event) -> tuple[Any, ...]:
+    """The columns every event insert writes after its key column (version or execution),
+    in the order of `_INSERT`'s and the batch statement's `unnest` arrays."""
+    return (
+        e.type,
+        e.step,
+        e.command_id,
+        e.dedup_key,
+        e.status,
+        json_text(e.payload),
+        json_text(e.error),
+    )
+
+
 async def append_decision(
     conn: asyncpg.Connection | asyncpg.Pool,
     execution_id: int,
@@ -83,20 +97,7 @@ async def append_decision(
     """Commit one decision's events atomically; raise VersionConflict if another won."""
     columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
     for e in events:
-        for column, value in zip(
-            columns,
-            (
-                e.version,
-                e.type,
-                e.step,
-                e.command_id,
-                e.dedup_key,
-                e.status,
-                json_text(e.payload),
-                json_text(e.error),
-            ),
-            strict=True,
-        ):
+        for column, value in zip(columns, (e.version, *event_row(e)), strict=True):
             column.append(value)
     try:
         if projection is None:
