@@ -49,7 +49,9 @@ HOSTILE = {
       tool: {{kind: http, url: "{SPIN}"}}
     """,
 }
-TIMEOUT = 8.0
+# Long enough that, on a loaded machine where six spinning threads share the GIL with the
+# event loop, the calm execution still ends before any spinning template is stopped.
+TIMEOUT = 20.0
 
 
 @pytest.fixture
