@@ -25,6 +25,7 @@ from actors.timers import TimerWheel
 from noetl import blobs, dsl, keys
 from noetl.bus import (
     CMD_STREAM,
+    END_NOTICE,
     EXEC_STREAM,
     START_STREAM,
     START_SUBJECT,
@@ -41,7 +42,6 @@ from noetl.bus import (
 from noetl.config import Settings
 from noetl.engine import Decision, Engine, Event, ExecutionState, refuse_start
 from noetl.engine import events as ev
-from noetl.engine.emitter import END_NOTICE
 from noetl.errors import CatalogError, MessageError, PlaybookError, VersionConflict
 from noetl.messages import (
     CancelExecution,

@@ -28,12 +28,19 @@ from actors.base import Actor
 from actors.command_render import job, render_sink, render_tool, renders
 from actors.outcome import outcome_message
 from noetl import blobs, keys, render
-from noetl.bus import CANCEL_PREFIX, CMD_STREAM, Bus, cmd_subject, gave_up, pool_ping_subject
+from noetl.bus import (
+    CANCEL_PREFIX,
+    CMD_STREAM,
+    END_NOTICE,
+    Bus,
+    cmd_subject,
+    gave_up,
+    pool_ping_subject,
+)
 from noetl.config import Settings
 from noetl.egress import EgressPolicy
 from noetl.engine import Event
 from noetl.engine import events as ev
-from noetl.engine.emitter import END_NOTICE
 from noetl.engine.payloads import CommandDone, CommandStarted, plain
 from noetl.errors import (
     ConfigError,
@@ -157,10 +164,12 @@ class Runner(Actor):
         token = msg.subject.rsplit(".", 1)[1]
         if not token.isdigit():  # nobody's execution: nothing to stop
             return
-        for ctx in self._running.get(int(token), ()) if msg.data != END_NOTICE else ():
-            ctx.cancelled.set()
+        execution_id = int(token)
+        if msg.data != END_NOTICE:  # it ended with work in flight: stop that work
+            for ctx in self._running.get(execution_id, ()):
+                ctx.cancelled.set()
         for plugin in self.plugins.values():  # what they keep for it (python workers) goes
-            getattr(plugin, "execution_ended", lambda _: None)(int(token))
+            getattr(plugin, "execution_ended", lambda _: None)(execution_id)
 
     async def _on_command(self, msg: Msg) -> None:
         try:

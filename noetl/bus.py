@@ -82,6 +82,9 @@ def milestones_subject(execution_id: int) -> str:
 
 
 CANCEL_PREFIX: Final = "noetl.cancel"
+#: The payload of `cancel_subject(id)` when the execution ended with nothing in flight:
+#: runners release what they keep for it and stop nothing (an empty payload stops its work).
+END_NOTICE: Final = b"ended"
 
 
 def cancel_subject(execution_id: int) -> str:

@@ -7,7 +7,7 @@ run built on it, `run.py`) is the only thing that changes the state during a dec
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
@@ -25,10 +25,6 @@ from noetl.messages import (
     StartExecution,
     TerminalStatus,
 )
-
-#: The payload of `noetl.cancel.<id>` when the execution ended with nothing in flight:
-#: runners release what they keep for it and stop nothing (an empty payload stops its work).
-END_NOTICE: Final = b"ended"
 
 
 class Decision(msgspec.Struct, kw_only=True):
