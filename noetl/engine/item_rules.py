@@ -105,8 +105,7 @@ class ItemRules(StepRun):
         item: bool = False,
     ) -> rules.Matched | None:
         """The rule matching a call's end and its effects (`rules.call_rule`), what its
-        `when`s noted recorded. `item`: a loop item's call, whose rules see the item's names
-        and whose `call.error` rule collects from the error, the only value its call gave."""
+        `when`s noted recorded. `item`: a loop item's call, whose rules see the item's names."""
         notes: list[str] = []
         matched = rules.call_rule(
             step,
@@ -116,7 +115,6 @@ class ItemRules(StepRun):
             self.state.variables,
             notes,
             local=item_locals(step, self.state, pending) if item else None,
-            from_error=item,
         )
         self.warn(step.name, notes)
         return matched

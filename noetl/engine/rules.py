@@ -180,13 +180,13 @@ def call_rule(
     notes: list[str],
     *,
     local: Mapping[str, Any] | None = None,
-    from_error: bool = False,
 ) -> Matched | None:
     """The first rule matching a call's end (`call.done`, or `call.error` when `error` is
     given) and its effects; None when none matches. `context(extra, variables)` builds the
     template context (variables None: the execution's); `local` adds names the rule sees
-    (a loop item's); `from_error`: a `call.error` rule collects from the error, not from
-    `result`. Undefined names a `when` tested are noted in `notes`."""
+    (a loop item's). A `call.error` rule collects from the error, the value a failed call
+    gave, on a step and on a loop item alike. Undefined names a `when` tested are noted in
+    `notes`."""
     event = "call.done" if error is None else "call.error"
     extra = {**(local or {}), **rule_extra(result, error, event)}
     seen = context(extra, None)
@@ -199,7 +199,7 @@ def call_rule(
             index,
             seen,
             lambda updated: context(extra, updated),
-            error if from_error and error is not None else result,
+            error if error is not None else result,
             result,
             variables,
             failed=error is not None,

@@ -352,6 +352,32 @@ def test_case_retry_on_error_stops_at_max_attempts_and_fails_the_step() -> None:
     assert all(c.overrides == {} for c in sim.issued)
 
 
+def test_a_call_error_rule_collects_from_the_error_on_a_plain_step() -> None:
+    """As on a loop item: a failed call gave an error, not a result, so `collect` reads it."""
+    engine = engine_of(
+        playbook("""
+        - step: start
+          tool: {kind: http, url: "http://api"}
+          case:
+            - when: "{{ event.name == 'call.error' }}"
+              then:
+                collect: {into: failures, path: message}
+                next: [{step: after}]
+        - step: after
+          tool: {kind: python, code: x}
+    """)
+    )
+    sim = Sim(
+        engine,
+        lambda c: (
+            ("error", {"type": "http", "message": "down"}) if c.step == "start" else ("ok", {})
+        ),
+    )
+    state = sim.run()
+    assert state.status == "completed", state.error
+    assert state.variables["failures"] == ["down"]
+
+
 def test_case_then_as_a_list_of_action_maps_is_one_rule() -> None:
     engine = engine_of(
         playbook("""
