@@ -27,8 +27,9 @@ import socket
 import struct
 import sys
 import tempfile
+from typing import NoReturn
 
-from plugins.python_worker import exit_with_parent, prctl, serve
+from plugins.python_worker import prctl, serve
 
 MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
 _PR_SET_DUMPABLE = 4
@@ -43,7 +44,11 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
     limit, so code that allocates without end gets MemoryError instead of the whole machine.
     `preload`: comma-separated modules imported once here, so every worker starts with them.
     """
-    exit_with_parent(parent)
+    # Not killed with its parent, unlike a worker: the control socket's end tells it the
+    # pool is gone (closed, or its process killed), and it then ends the workers and removes
+    # their homes, which a kill would leave behind.
+    if os.getppid() != parent:
+        os._exit(0)
     switching = bool(user) and os.geteuid() == 0
     if switching:
         _import_standard_library()
@@ -77,11 +82,12 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
             if spent and not ready:
                 _remove(spent.pop())
             continue
-        message, fds, _, _ = socket.recv_fds(control, MESSAGE.size, 1)
-        if not message:  # the pool is gone: workers die with us (their death signal)
-            for home in spent:
-                _remove(home)
-            os._exit(0)
+        try:
+            message, fds, _, _ = socket.recv_fds(control, MESSAGE.size, 1)
+        except ConnectionResetError:  # killed with our messages unread: gone all the same
+            message = b""
+        if not message:  # the pool is gone (closed, or its process killed)
+            _end(homes, spent)
         kind, pid, _ = MESSAGE.unpack(message)
         if kind == b"K":
             if pid in homes:  # not reaped yet: the pid and its group are still the worker's
@@ -97,7 +103,21 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
             _become_worker(control, wake_r, wake_w, fd, home, account, memory_bytes, me)
         os.close(fd)
         homes[child] = home
-        control.send(MESSAGE.pack(b"S", child, 0))
+        try:
+            control.send(MESSAGE.pack(b"S", child, 0))
+        except OSError:  # the pool is gone: no one will use the worker
+            _end(homes, spent)
+
+
+def _end(homes: dict[int, str], spent: list[str]) -> NoReturn:
+    """End the workers, kept idle ones too, and remove every home (a worker's own exit
+    leaves its home), then exit."""
+    for pid in homes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    for home in [*spent, *homes.values()]:
+        _remove(home)
+    os._exit(0)
 
 
 def _freeze() -> None:

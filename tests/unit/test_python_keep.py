@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -130,3 +131,59 @@ async def test_a_kept_worker_that_runs_past_its_timeout_is_killed() -> None:
         assert await call(tool, PID, 1) != kept
     finally:
         await tool.aclose()
+
+
+def existing(paths: list[str]) -> list[str]:
+    return [path for path in paths if os.path.exists(path)]
+
+
+async def gone(paths: list[str], seconds: float = 15.0) -> list[str]:
+    """The paths of `paths` still there after up to `seconds`."""
+    for _ in range(int(seconds / 0.05)):
+        if not existing(paths):
+            break
+        await asyncio.sleep(0.05)
+    return existing(paths)
+
+
+async def test_closing_the_tool_leaves_no_worker_home_behind() -> None:
+    tool = PythonTool(workers=2)
+    code = "import os\nresult = [os.getpid(), os.environ['HOME']]"
+    try:
+        kept = [await call(tool, code, n) for n in range(2)]
+        assert existing([home for _, home in kept]) == [home for _, home in kept]
+    finally:
+        await tool.aclose()
+    for pid, _ in kept:
+        assert await exits(pid)
+    assert await gone([home for _, home in kept]) == []
+
+
+async def test_a_killed_owner_leaves_no_worker_home_behind() -> None:
+    # The runner is SIGKILLed with workers kept alive: the template, left alone, ends them
+    # and removes their homes, which their own exit would not.
+    script = (
+        "import asyncio, sys\n"
+        "from tests.unit.test_python_keep import PythonTool, call\n"
+        "async def main():\n"
+        "    tool = PythonTool(workers=2)\n"
+        "    for n in range(2):\n"
+        "        pid, home = await call(tool, CODE, n)\n"
+        "        print(pid, home, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    ).replace("CODE", repr("import os\nresult = [os.getpid(), os.environ['HOME']]"))
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert owner.stdout is not None
+        lines = [await asyncio.wait_for(owner.stdout.readline(), 30) for _ in range(2)]
+        kept = [line.decode().split() for line in lines]
+        assert existing([home for _, home in kept]) == [home for _, home in kept]
+    finally:
+        owner.kill()
+        await owner.wait()
+    for pid, _ in kept:
+        assert await exits(int(pid))
+    assert await gone([home for _, home in kept]) == []
