@@ -222,7 +222,13 @@ class Runner(Actor):
             command_id=cid,
             status="running",
             payload=plain(
-                CommandStarted(attempt=command.attempt, kind=command.kind, runner=self.identity)
+                CommandStarted(
+                    attempt=command.attempt,
+                    kind=command.kind,
+                    runner=self.identity,
+                    # The event may be committed with the outcome: its row's time is not this.
+                    started_at=time.time(),
+                )
             ),
         )
         recorded = None
@@ -289,6 +295,7 @@ class Runner(Actor):
             masker.update(ctx.secrets.values())
             result = await self._stored_if_large(masker.mask(result))
             done.facts = ctx.events
+            done.seconds = time.monotonic() - began
             return Event(
                 type=ev.COMMAND_COMPLETED,
                 dedup_key=keys.outcome_key(command.command_id),
@@ -336,7 +343,9 @@ class Runner(Actor):
             step=command.step,
             command_id=command.command_id,
             status="failed",
-            payload=masker.mask(plain(CommandDone(facts=ctx.events))),
+            payload=masker.mask(
+                plain(CommandDone(facts=ctx.events, seconds=time.monotonic() - began))
+            ),
             error=masker.mask(error.record()),
         )
 

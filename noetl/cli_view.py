@@ -35,7 +35,7 @@ from noetl.errors import ExecutionNotFound, MessageError
 from noetl.messages import StartExecution, decode_start
 from noetl.pool_wait import waiting_for_pools
 from noetl.store import views
-from noetl.timeline import Timeline, log_lines
+from noetl.timeline import Timeline, log_lines, short_duration
 
 __all__ = ["events", "list_", "logs", "playbooks", "result", "status"]
 
@@ -64,6 +64,8 @@ async def queued_path(client: Client, eid: int, scan: int = 10000) -> str | None
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 1:
+        return short_duration(seconds)
     if seconds < 60:
         return f"{seconds:.2f}s"
     minutes, rest = divmod(int(seconds), 60)
@@ -75,8 +77,9 @@ def _duration(seconds: float | None) -> str:
 @json_option()
 @click.option("-f", "--follow", "following", is_flag=True, help="Follow it live (as `watch`).")
 def status(execution_id: str, as_json: bool, following: bool) -> None:
-    """Show an execution: status, result, and each step's state, progress (23/50) and
-    duration. Exit 1 when it failed or was cancelled."""
+    """Show an execution: status, result, and each step's state, progress (23/50),
+    duration (from its start to its end) and the time its commands ran on runners (`ran`).
+    Exit 1 when it failed or was cancelled."""
     eid = id_arg(execution_id)
 
     async def body(client: Client) -> int:
@@ -106,6 +109,7 @@ def status(execution_id: str, as_json: bool, following: bool) -> None:
                 "status": f"waiting for pool {waiting[s.step]}" if s.step in waiting else s.status,
                 "progress": s.progress() or None,
                 "seconds": round(s.seconds(), 3),
+                "ran_seconds": None if s.ran is None else round(s.ran, 6),
                 "retries": s.retries,
             }
             for s in timeline.steps.values()
@@ -123,11 +127,12 @@ def status(execution_id: str, as_json: bool, following: bool) -> None:
                     f"waiting for pool {waiting[s.step]}" if s.step in waiting else s.status,
                     s.progress(),
                     _duration(s.seconds()),
+                    _duration(s.ran),
                     str(s.retries) if s.retries else "",
                     "" if shown is None else json.dumps(shown, default=str)[:80],
                 )
             )
-        print_table(("step", "status", "progress", "duration", "retries", "result"), rows)
+        print_table(("step", "status", "progress", "duration", "ran", "retries", "result"), rows)
         return exit_code(doc["status"])
 
     run_command(with_client(settings(), body))

@@ -12,7 +12,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["StepView", "Timeline", "error_lines", "log_lines"]
+__all__ = [
+    "StepView",
+    "Timeline",
+    "command_seconds",
+    "error_lines",
+    "log_lines",
+    "short_duration",
+    "started_at",
+]
 
 # Frames of a traceback shown by `logs`: the last ones say where it broke.
 _TRACE_LINES = 6
@@ -32,6 +40,7 @@ class StepView(msgspec.Struct, kw_only=True):
     attempt: int = 1
     retries: int = 0
     error: str | None = None
+    ran: float | None = None  # seconds its commands ran on runners, all items and attempts
 
     def seconds(self, now: float | None = None) -> float:
         """Time spent so far (to its end once ended)."""
@@ -58,6 +67,7 @@ class Timeline:
         self.status: str | None = None
         self.max_attempts = dict(max_attempts or {})
         self._shown: dict[str, float] = {}  # last progress line per step (throttle)
+        self._began: dict[str, float] = {}  # when each command in hand started, by id
 
     def feed(self, rows: Iterable[Mapping[str, Any]]) -> list[str]:
         lines: list[str] = []
@@ -94,6 +104,14 @@ class Timeline:
         if known is None:
             return None
         view = known
+        if kind == "command.started" and row["command_id"]:
+            self._began[row["command_id"]] = started_at(row)
+            return None
+        if kind in ("command.completed", "command.failed"):
+            seconds = command_seconds(row, self._began.pop(row["command_id"], None))
+            if seconds is not None:
+                view.ran = (view.ran or 0.0) + seconds
+            return None
         if kind == "step.item":
             return self._item(view, row, payload, at)
         if kind == "timer.scheduled" and payload.get("action") == "retry":
@@ -110,7 +128,8 @@ class Timeline:
         if kind in ("step.completed", "step.failed"):
             view.status = "completed" if kind == "step.completed" else "failed"
             view.ended = at
-            took = f"[dim]{view.seconds():.2f}s[/]"
+            ran = "" if view.ran is None else f", ran {short_duration(view.ran)}"
+            took = f"[dim]{short_duration(view.seconds())}{ran}[/]"
             done = f" {view.progress()}" if view.progress() else ""
             if kind == "step.completed":
                 return f"  [green]✓[/] {name}{done} {took}"
@@ -133,6 +152,22 @@ class Timeline:
             return None
         self._shown[view.step] = at
         return f"  [dim]…[/] {view.step} {view.progress()}"
+
+
+def started_at(row: Mapping[str, Any]) -> float:
+    """When a command.started's runner took the command: the time it recorded (true when
+    the event was committed later, with the outcome), else the event's own time."""
+    recorded = (row["payload"] or {}).get("started_at")
+    return float(recorded) if isinstance(recorded, int | float) else float(row["at"])
+
+
+def command_seconds(row: Mapping[str, Any], began: float | None) -> float | None:
+    """How long a command ran, from its outcome `row`: the runner's own measure, else (older
+    events) the time since `began`, its command.started's; None when neither is known."""
+    measured = (row["payload"] or {}).get("seconds")
+    if isinstance(measured, int | float):
+        return float(measured)
+    return None if began is None else max(0.0, float(row["at"]) - began)
 
 
 def _message(error: Any) -> str:
@@ -159,8 +194,9 @@ def log_lines(rows: Iterable[Mapping[str, Any]], step: str | None = None) -> lis
         name = row["step"]
         if step is not None and name != step:
             continue
-        stamp = time.strftime("%H:%M:%S", time.localtime(float(row["at"])))
-        stamp += f".{int(float(row['at']) * 1000) % 1000:03d}"
+        at = started_at(row) if row["event_type"] == "command.started" else float(row["at"])
+        stamp = time.strftime("%H:%M:%S", time.localtime(at))
+        stamp += f".{int(at * 1000) % 1000:03d}"
         head = f"{stamp} {name or '-'}"
         for text in _lines_of(row):
             lines.append(f"{head} {text}")
@@ -181,7 +217,8 @@ def _lines_of(row: Mapping[str, Any]) -> list[str]:
         if kind == "command.failed" and error:
             lines += error_lines(error)
         elif kind == "command.completed":
-            lines.append("done")
+            seconds = command_seconds(row, None)
+            lines.append("done" if seconds is None else f"done in {short_duration(seconds)}")
         return lines
     if kind == "timer.scheduled" and payload.get("action") == "retry":
         retry = payload.get("retry") or {}
@@ -194,6 +231,15 @@ def _lines_of(row: Mapping[str, Any]) -> list[str]:
     if kind.startswith("execution.") and row["status"] in ("completed", "failed", "cancelled"):
         return [f"execution {row['status']}" + (f": {_message(error)}" if error else "")]
     return []
+
+
+def short_duration(seconds: float) -> str:
+    """`0.4 ms`, `12 ms`, `2.35 s`: a command's run time, readable at every scale."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
 
 
 def _fact_lines(fact: Mapping[str, Any]) -> list[str]:

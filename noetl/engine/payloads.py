@@ -154,20 +154,26 @@ class TimerFired(msgspec.Struct, kw_only=True):
 
 class CommandStarted(msgspec.Struct, kw_only=True):
     """command.started, recorded by the runner before it runs the tool; `runner` names
-    it (`POOL/HOST/PID`), absent from events written before runners named themselves."""
+    it (`POOL/HOST/PID`); `started_at` is when the runner took the command (seconds since
+    the epoch, its clock), true even when the event is committed later, with the outcome.
+    Both are absent from events written before runners recorded them."""
 
     attempt: int
     kind: str
     runner: str | UnsetType = UNSET
+    started_at: float | UnsetType = UNSET
 
 
 class CommandDone(msgspec.Struct, kw_only=True):
     """command.completed and command.failed, recorded by the runner: what the plugin and
-    the sink reported (`facts`, `sink`) and, on success, the `result` (or its reference)."""
+    the sink reported (`facts`, `sink`), on success the `result` (or its reference), and
+    `seconds`, how long the command ran on the runner (render, tool, sink; a monotonic
+    clock), absent when no tool ran (a delivery given up) and from older events."""
 
     sink: dict[str, Any] | UnsetType = UNSET
     facts: list[Any] = []
     result: Any | UnsetType = UNSET
+    seconds: float | UnsetType = UNSET
 
 
 def plain(payload: msgspec.Struct) -> dict[str, Any]:

@@ -137,6 +137,11 @@ async def test_run_watch_fail_restart_cancel(
     assert await page.eval_on_selector_all(".tl-item", "bars => bars.length") == 10
     await page.click(".graph .node[data-step=start]")
     await page.wait_for_selector(".detail h2:text('Step start')")
+    # How long its commands ran, as the runners measured it (their rows may share a time).
+    ran = (await page.inner_text(".detail b.ran")).split()
+    assert float(ran[0]) > 0 and ran[1] in ("ms", "s"), ran
+    titles = await page.eval_on_selector_all(".tl-item", "bars => bars.map(b => b.title)")
+    assert all(" completed in " in title for title in titles), titles
     await shot(page, artifacts, "execution-loop")
 
     # Sub-playbooks: the calling step counts its children and links to each.

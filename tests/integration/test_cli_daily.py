@@ -150,10 +150,10 @@ def test_run_view_logs_status_and_results(settings: Settings, tmp_path: Path) ->
     status = cli(settings, "status", eid)
     assert status.returncode == 1
     rows = [line.split("\t") for line in status.stdout.splitlines() if "\t" in line]
-    assert rows[0] == ["step", "status", "progress", "duration", "retries", "result"]
+    assert rows[0] == ["step", "status", "progress", "duration", "ran", "retries", "result"]
     by_step = {row[0]: row for row in rows[1:]}
     assert by_step["start"][1:3] == ["completed", "8/8"]
-    assert by_step["flaky"][1] == "failed" and by_step["flaky"][4] == "2"
+    assert by_step["flaky"][1] == "failed" and by_step["flaky"][5] == "2"
     states = json.loads(cli(settings, "status", eid, "--json").stdout)["step_states"]
     assert [s["step"] for s in states] == ["start", "flaky"]
 

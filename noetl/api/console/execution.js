@@ -1,6 +1,6 @@
 // One execution: its step graph and timeline, live from the SSE stream, and its actions.
 import { api, follow } from "./api.js";
-import { applyAnnounced, fold, noteOf } from "./fold.js";
+import { applyAnnounced, fold, noteOf, ranOf } from "./fold.js";
 import { drawGraph } from "./graph.js";
 import { badge, duration, fill, h, parseJson, pretty, toast, when } from "./util.js";
 
@@ -150,7 +150,7 @@ export async function executionPage(id, signal) {
         if (lanes) {
           commands.slice(0, MAX_COMMAND_BARS).forEach((c, i) => {
             const a = c.startedAt ?? c.issuedAt, b = c.endedAt ?? t1;
-            bars.push(h("div", { class: `tl-bar tl-item ${c.status}`, style: `left:${pct(a)};width:${width(a, b)};top:${9 + (i % lanes) * 4}px`, title: `item ${c.index ?? ""} attempt ${c.attempt ?? 1}: ${c.status}` }));
+            bars.push(h("div", { class: `tl-bar tl-item ${c.status}`, style: `left:${pct(a)};width:${width(a, b)};top:${9 + (i % lanes) * 4}px`, title: `item ${c.index ?? ""} attempt ${c.attempt ?? 1}: ${c.status}${c.seconds !== null ? ` in ${duration(c.seconds)}` : ""}` }));
           });
         }
         return h("div", { class: "tl-row", role: "listitem" },
@@ -186,6 +186,7 @@ export async function executionPage(id, signal) {
           node?.kind && h("span", {}, "tool ", h("b", {}, node.kind)),
           s.startedAt && h("span", {}, "started ", h("b", {}, when(new Date(s.startedAt).toISOString()))),
           s.endedAt && s.startedAt && h("span", {}, "took ", h("b", {}, duration((s.endedAt - s.startedAt) / 1000))),
+          ranOf(s) !== null && h("span", { title: "how long its commands ran on runners, all items and attempts" }, "ran ", h("b", { class: "ran" }, duration(ranOf(s)))),
           s.items !== null && h("span", {}, "items ", h("b", {}, `${s.itemsDone}/${s.items}`)),
           s.commands.size > 0 && h("span", {}, "commands ", h("b", {}, s.commands.size)),
           s.restored && h("b", {}, "kept from the restarted execution")),

@@ -80,13 +80,17 @@ export function fold(events) {
       case "command.completed":
       case "command.failed": {
         const s = step(e.step);
-        const c = s.commands.get(e.command_id) ?? { id: e.command_id, issuedAt: at, startedAt: null, endedAt: null, status: "pending" };
+        const c = s.commands.get(e.command_id) ?? { id: e.command_id, issuedAt: at, startedAt: null, endedAt: null, seconds: null, status: "pending" };
         if (e.event_type === "command.issued") {
           Object.assign(c, { index: p.index, attempt: p.attempt, kind: p.kind, args: p.args });
         } else if (e.event_type === "command.started") {
-          c.startedAt = at; c.status = "running";
+          // The runner's own time: a fast command's start is committed with its outcome.
+          c.startedAt = typeof p.started_at === "number" ? p.started_at * 1000 : at; c.status = "running";
         } else {
           c.endedAt = at; c.status = e.status ?? (e.event_type === "command.failed" ? "failed" : "completed");
+          // How long it ran, as the runner measured it; else (older events) from its start.
+          c.seconds = typeof p.seconds === "number" ? p.seconds : c.startedAt !== null ? Math.max(0, at - c.startedAt) / 1000 : null;
+          if (c.seconds !== null && c.startedAt !== null) c.endedAt = c.startedAt + c.seconds * 1000;
           if (e.error) c.error = e.error;
         }
         s.commands.set(e.command_id, c);
@@ -97,6 +101,12 @@ export function fold(events) {
     }
   }
   return { steps, started, ended };
+}
+
+/** Seconds a step's commands ran on runners, all items and attempts; null when none ended. */
+export function ranOf(s) {
+  const known = [...s.commands.values()].filter((c) => c.seconds !== null && c.seconds !== undefined);
+  return known.length ? known.reduce((sum, c) => sum + c.seconds, 0) : null;
 }
 
 /** Apply one announced SSE event (`{type, step, status, error}`) to folded state. */

@@ -43,6 +43,7 @@ export function when(iso) {
 
 export function duration(seconds) {
   if (seconds === null || seconds === undefined) return "";
+  if (seconds < 0.01) return `${(seconds * 1000).toFixed(1)} ms`;
   if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
   if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
   const m = Math.floor(seconds / 60);
