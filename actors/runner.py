@@ -46,6 +46,7 @@ from noetl.errors import (
     ConfigError,
     MessageError,
     RenderError,
+    ResultTooLarge,
     StoreError,
     ToolError,
 )
@@ -293,7 +294,7 @@ class Runner(Actor):
                 ctx, self._call(ctx, command, done, masker), f"step `{ctx.step}`", grace=1.0
             )
             masker.update(ctx.secrets.values())
-            result = await self._stored_if_large(masker.mask(result))
+            result = await self._stored_if_large(result, masker)
             done.facts = ctx.events
             done.seconds = time.monotonic() - began
             return Event(
@@ -365,11 +366,19 @@ class Runner(Actor):
 
         return read
 
-    async def _stored_if_large(self, result: Any) -> Any:
-        """A result over the size limit is stored once and replaced by its reference."""
+    async def _stored_if_large(self, result: Any, masker: Masker) -> Any:
+        """`result` masked; over `NOETL_LARGE_RESULT_BYTES`, stored once and replaced by its
+        reference. It is measured before the walk that masks it: one over
+        `NOETL_RESULT_MAX_MB` fails the step (ResultTooLarge) for the cost of one encoding."""
         data = blobs.encode(result)
+        limit = self.settings.result_max_mb * 1024 * 1024
+        if len(data) > limit:
+            raise ResultTooLarge(len(data), limit)
+        masked = masker.mask(result)
+        if masked is not result:  # a secret was in it: what is stored is the masked value
+            data = blobs.encode(masked)
         if len(data) <= self.settings.large_result_bytes:
-            return result
+            return masked
         return await self.store.put_blob(data)
 
     async def _call(

@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, kw_only=True):
     script_root: str | None = None
     allow_absolute_scripts: bool = False
     large_result_bytes: int = 256 * 1024
+    # MiB of a step result encoded as JSON: a larger one fails its step, checked where it
+    # is encoded (a python worker, the runner) before the runner spends more on it.
+    result_max_mb: int = 64
     # Sub-playbook nesting: a child deeper than this fails at its start (the top is depth 0).
     max_depth: int = 16
     # Live (running) descendants of one top execution: a start beyond it fails.
@@ -114,7 +117,7 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ConfigError(f"invalid configuration: {exc}") from exc
         if home is not None:
             settings.home = Path(str(home)).expanduser()
-        for name in ("max_depth", "max_descendants", "max_loop_items"):
+        for name in ("max_depth", "max_descendants", "max_loop_items", "result_max_mb"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"NOETL_{name.upper()} must be at least 1")
         problem = bad_pool_name(settings.runner_pool)

@@ -83,6 +83,23 @@ class ToolTimeout(ToolError):
         super().__init__(message, error_type="timeout")
 
 
+class ResultTooLarge(ToolError):
+    """A step's result, encoded as JSON, is larger than `NOETL_RESULT_MAX_MB` allows (`size`
+    and `limit` in bytes): the step fails before the runner decodes, masks or stores it."""
+
+    def __init__(self, size: int, limit: int, *, what: str = "the step's result") -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} is {size:,} bytes ({size / 2**20:.1f} MiB) as JSON, over the limit of "
+            f"{limit:,} bytes ({limit / 2**20:g} MiB, NOETL_RESULT_MAX_MB): return less (a "
+            "summary, a page), or write the data out with a sink and return where it went",
+            error_type="result_too_large",
+            size=size,
+            limit=limit,
+        )
+
+
 class UnknownToolKind(NoetlError):
     """No plugin is registered for a tool kind."""
 

@@ -14,13 +14,16 @@ from typing import Any
 import msgspec
 
 from noetl.config import Settings
-from noetl.errors import ToolError
+from noetl.errors import ResultTooLarge, ToolError
 from plugins.base import ToolContext
 from plugins.python_pool import WorkerPool
 from plugins.python_worker import Origin, Reply, Request
 from plugins.sources import load_code
 
 _reply_decoder = msgspec.json.Decoder(Reply)
+#: Bytes a reply may hold beyond its result (captured output, a traceback, the envelope)
+#: before the runner refuses it unread.
+REPLY_SLACK = 8 * 1024 * 1024
 
 
 class PythonTool:
@@ -33,6 +36,7 @@ class PythonTool:
 
     def __init__(self, workers: int = 0, *, settings: Settings | None = None) -> None:
         settings = settings or Settings()
+        self.max_result = settings.result_max_mb * 1024 * 1024
         self.pool = WorkerPool(
             workers or settings.python_workers or os.cpu_count() or 1,
             user=settings.python_user,
@@ -41,6 +45,7 @@ class PythonTool:
             idle=settings.python_idle_workers,
             idle_seconds=settings.python_idle_seconds,
             idle_free_bytes=settings.python_idle_free_mb * 1024 * 1024,
+            max_reply_bytes=self.max_result + REPLY_SLACK,
         )
 
     async def run(self, ctx: ToolContext, spec: dict[str, Any]) -> Any:
@@ -50,7 +55,9 @@ class PythonTool:
             raise ToolError(
                 "python tool: `code`, `code_b64` or `script` is required", error_type="python"
             )
-        request = _request(spec, code, ctx.execution_data, _origin(spec, ctx))
+        request = _request(
+            spec, code, ctx.execution_data, _origin(spec, ctx), max_result=self.max_result
+        )
 
         async def heartbeat() -> None:
             try:
@@ -68,6 +75,8 @@ class PythonTool:
         reply = _reply_decoder.decode(payload)
         if reply.stdout or reply.stderr:
             ctx.record("output", stdout=reply.stdout, stderr=reply.stderr)
+        if reply.too_large:
+            raise ResultTooLarge(reply.too_large, self.max_result)
         if not reply.ok:
             message = f"{reply.exception}: {reply.message}" if reply.message else reply.exception
             details = {"at": reply.where} if reply.where else {}
@@ -110,7 +119,12 @@ def _origin(spec: dict[str, Any], ctx: ToolContext) -> Origin | None:
 
 
 def _request(
-    spec: dict[str, Any], code: str, context: dict[str, Any], origin: Origin | None
+    spec: dict[str, Any],
+    code: str,
+    context: dict[str, Any],
+    origin: Origin | None,
+    *,
+    max_result: int = 0,
 ) -> bytes:
     """The encoded request for the worker, or ToolError naming what is wrong with `spec`."""
     libs = spec.get("libs") or {}
@@ -128,7 +142,14 @@ def _request(
         )
     try:
         return msgspec.msgpack.encode(
-            Request(code=code, args=args, libs=libs, context=context, origin=origin)
+            Request(
+                code=code,
+                args=args,
+                libs=libs,
+                context=context,
+                origin=origin,
+                max_result=max_result,
+            )
         )
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise ToolError(

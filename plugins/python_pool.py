@@ -33,7 +33,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from noetl.errors import ToolError, ToolTimeout
+from noetl.errors import ResultTooLarge, ToolError, ToolTimeout
 from plugins import python_worker
 from plugins.python_forker import Zygote
 from plugins.python_idle import IdleWorkers
@@ -50,12 +50,16 @@ class _Gone(Exception):
 
 
 class _Channel(asyncio.Protocol):
-    """Reassembles the worker's reply frames and hands each to the call waiting for it."""
+    """Reassembles the worker's reply frames and hands each to the call waiting for it. A
+    frame announcing more than `max_frame` bytes (0: no bound) fails the call at once,
+    unread: the worker's own bound on its result failed (its code may have tampered with
+    it), and the runner's memory must not pay for that."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = 0) -> None:
         self.transport: asyncio.Transport | None = None
         self.reply: asyncio.Future[bytes] | None = None
         self.lost = False
+        self.max_frame = max_frame
         self._buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,10 +68,22 @@ class _Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Complete the waiting call once its whole frame has arrived."""
+        if self.lost:  # refused, or gone: nothing it sends is read
+            return
         self._buffer += data
         if len(self._buffer) < HEADER:
             return
-        end = HEADER + int.from_bytes(self._buffer[:HEADER], "little")
+        size = int.from_bytes(self._buffer[:HEADER], "little")
+        if self.max_frame and size > self.max_frame:
+            self._buffer.clear()
+            self.lost = True  # never reused; the failed call kills it
+            if self.transport is not None:
+                self.transport.pause_reading()
+            error = ResultTooLarge(size, self.max_frame, what="the python worker's reply")
+            if self.reply is not None and not self.reply.done():
+                self.reply.set_exception(error)
+            return
+        end = HEADER + size
         if len(self._buffer) < end:
             return
         with memoryview(self._buffer) as view:
@@ -146,7 +162,8 @@ class WorkerPool:
     `memory_bytes`: each worker's data size limit (0: none). `preload`: comma-separated
     modules the template imports once, so that workers start with them. `idle_seconds`: how
     long an idle worker is kept; `idle_free_bytes`: idle workers are kept only while this much
-    memory is left to the runner.
+    memory is left to the runner. `max_reply_bytes`: a reply frame announcing more fails its
+    call unread and its worker is killed (0: no bound).
     """
 
     def __init__(
@@ -159,6 +176,7 @@ class WorkerPool:
         idle: int = 256,
         idle_seconds: float = 30.0,
         idle_free_bytes: int = 0,
+        max_reply_bytes: int = 0,
     ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, not {size}")
@@ -166,6 +184,7 @@ class WorkerPool:
         self.user = user
         self.memory_bytes = memory_bytes
         self.preload = preload
+        self.max_reply_bytes = max_reply_bytes
         self._slots = asyncio.Semaphore(size)
         self._idle: IdleWorkers[_Worker] = IdleWorkers(idle, idle_seconds, idle_free_bytes)
         # Calls running per execution, and executions that ended while theirs ran: their
@@ -297,7 +316,9 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         with theirs:  # the worker's end: once forked, the worker holds its own copy
-            transport, channel = await loop.create_unix_connection(_Channel, sock=ours)
+            transport, channel = await loop.create_unix_connection(
+                lambda: _Channel(self.max_reply_bytes), sock=ours
+            )
             try:
                 pid = await zygote.fork(theirs.fileno())
             except BaseException:

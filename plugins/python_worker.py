@@ -53,22 +53,25 @@ class Origin(msgspec.Struct, array_like=True):
 class Request(msgspec.Struct, array_like=True):
     """One call: the code, its args (also bound as `input_data`), `libs` to import, the
     execution's `context` (workload, vars, step results, execution_id), bound read-only,
-    and the code's `origin`, which errors name instead of FILENAME's lines."""
+    the code's `origin`, which errors name instead of FILENAME's lines, and `max_result`,
+    the bytes its result's JSON may take (0: no bound)."""
 
     code: str
     args: dict[str, Any]
     libs: dict[str, str]
     context: dict[str, Any] = {}
     origin: Origin | None = None
+    max_result: int = 0
 
 
 class Reply(msgspec.Struct, omit_defaults=True):
-    """The outcome of one call; `exception`, `message` and `traceback` are set when not `ok`,
-    and `where` (`FILE:LINE` of the innermost line of the code that failed) when the
-    request had an origin."""
+    """The outcome of one call; `too_large`, or `exception`, `message` and `traceback`, are
+    set when not `ok`, and `where` (`FILE:LINE` of the innermost line of the code that
+    failed) when the request had an origin."""
 
     ok: bool
     result: Any = None
+    too_large: int = 0  # not `ok`: the result's JSON took this many bytes, over `max_result`
     exception: str = ""
     message: str = ""
     traceback: str = ""
@@ -92,7 +95,7 @@ def serve(fd: int, parent: int) -> None:
         if len(header) < HEADER:
             return
         request = _DECODER.decode(reader.read(int.from_bytes(header, "little")))
-        _write_all(fd, frame(_encode(_ENCODER, run(request))))
+        _write_all(fd, frame(_encode(_ENCODER, run(request), request.max_result)))
 
 
 def run(request: Request) -> Reply:
@@ -297,8 +300,18 @@ def _relocate(summary: traceback.TracebackException, origin: Origin, seen: set[i
     return where
 
 
-def _encode(encoder: msgspec.json.Encoder, reply: Reply) -> bytes:
+def _encode(encoder: msgspec.json.Encoder, reply: Reply, max_result: int) -> bytes:
+    """The reply's JSON; a result over `max_result` bytes is replaced by its size, so the
+    runner never receives it (it is encoded once: the result's own JSON goes in raw)."""
     try:
+        if reply.ok:
+            data = encoder.encode(reply.result)
+            if max_result and len(data) > max_result:
+                reply = Reply(
+                    ok=False, too_large=len(data), stdout=reply.stdout, stderr=reply.stderr
+                )
+            else:
+                reply.result = msgspec.Raw(data)
         return encoder.encode(reply)
     except Exception as exc:  # a result JSON cannot carry fails the step, not the worker
         failed = Reply(

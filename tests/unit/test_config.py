@@ -124,7 +124,8 @@ def test_unrelated_variables_are_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["NOETL_MAX_DEPTH", "NOETL_MAX_DESCENDANTS", "NOETL_MAX_LOOP_ITEMS"]
+    "name",
+    ["NOETL_MAX_DEPTH", "NOETL_MAX_DESCENDANTS", "NOETL_MAX_LOOP_ITEMS", "NOETL_RESULT_MAX_MB"],
 )
 def test_playbook_bounds_must_be_positive(name: str) -> None:
     assert getattr(Settings.from_env({name: "3"}), name[6:].lower()) == 3

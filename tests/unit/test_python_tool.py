@@ -14,16 +14,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 import pytest_asyncio
 
 from noetl.config import Settings
-from noetl.errors import ToolError, ToolTimeout
+from noetl.errors import ResultTooLarge, ToolError, ToolTimeout
 from plugins import python_pool
 from plugins.base import ToolContext
 from plugins.python import PythonTool
-from plugins.python_worker import MAX_OUTPUT
+from plugins.python_worker import MAX_OUTPUT, Request
 
 
 def make_ctx(timeout: float | None = 10.0) -> ToolContext:
@@ -713,3 +714,49 @@ async def test_a_list_arg_answers_noetl_loop_result_shape(tool: PythonTool) -> N
         "sum": 4,
         "back": data,
     }
+
+
+# --- the result size cap (NOETL_RESULT_MAX_MB) ---------------------------------------------
+
+
+async def test_a_result_over_the_cap_fails_in_the_worker_and_the_tool_serves_on() -> None:
+    tool = PythonTool(workers=1, settings=Settings(result_max_mb=1))
+    try:
+        ctx = make_ctx()
+        with pytest.raises(ResultTooLarge) as caught:
+            await run(tool, "print('built')\nresult = 'x' * (2 * 2**20)", ctx)
+        assert (caught.value.size, caught.value.limit) == (2 * 2**20 + 2, 2**20)
+        assert "2,097,154 bytes (2.0 MiB) as JSON" in str(caught.value)
+        assert ctx.events[0]["stdout"] == "built\n"  # its output is kept all the same
+        assert await run(tool, "result = 'x' * 1000") == "x" * 1000
+    finally:
+        await tool.aclose()
+
+
+async def test_a_reply_frame_over_the_pool_bound_is_refused_unread() -> None:
+    # A worker whose own check is off (`max_result` 0), as tampering step code could make it:
+    # the runner reads the frame's length and refuses the call before buffering the rest.
+    pool = python_pool.WorkerPool(1, max_reply_bytes=64 * 1024)
+
+    async def beat() -> None:
+        return None
+
+    def request(code: str) -> bytes:
+        return msgspec.msgpack.encode(Request(code=code, args={}, libs={}))
+
+    try:
+        with pytest.raises(ResultTooLarge, match=r"the python worker's reply is 1,000,0\d\d bytes"):
+            await pool.call(
+                request("result = 'x' * 1_000_000"),
+                owner=1,
+                timeout=10,
+                cancelled=asyncio.Event(),
+                heartbeat=beat,
+            )
+        small = request("result = 1")
+        reply = await pool.call(
+            small, owner=1, timeout=10, cancelled=asyncio.Event(), heartbeat=beat
+        )
+        assert msgspec.json.decode(reply)["result"] == 1
+    finally:
+        await pool.aclose()
