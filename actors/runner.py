@@ -46,7 +46,6 @@ from noetl.errors import (
     ConfigError,
     MessageError,
     RenderError,
-    ResultTooLarge,
     StoreError,
     ToolError,
 )
@@ -290,11 +289,11 @@ class Runner(Actor):
         try:
             # Plugins enforce the timeout themselves (the python tool kills its worker); this
             # bound, a little later, catches plugins that do not.
-            result = await until_done(
+            result, data = await until_done(
                 ctx, self._call(ctx, command, done, masker), f"step `{ctx.step}`", grace=1.0
             )
             masker.update(ctx.secrets.values())
-            result = await self._stored_if_large(result, masker)
+            result = await self._stored_if_large(result, data, masker)
             done.facts = ctx.events
             done.seconds = time.monotonic() - began
             return Event(
@@ -366,14 +365,9 @@ class Runner(Actor):
 
         return read
 
-    async def _stored_if_large(self, result: Any, masker: Masker) -> Any:
-        """`result` masked; over `NOETL_LARGE_RESULT_BYTES`, stored once and replaced by its
-        reference. It is measured before the walk that masks it: one over
-        `NOETL_RESULT_MAX_MB` fails the step (ResultTooLarge) for the cost of one encoding."""
-        data = blobs.encode(result)
-        limit = self.settings.result_max_mb * 1024 * 1024
-        if len(data) > limit:
-            raise ResultTooLarge(len(data), limit)
+    async def _stored_if_large(self, result: Any, data: bytes, masker: Masker) -> Any:
+        """`result` (encoded as `data`) masked; over `NOETL_LARGE_RESULT_BYTES`, stored once
+        and replaced by its reference."""
         masked = masker.mask(result)
         if masked is not result:  # a secret was in it: what is stored is the masked value
             data = blobs.encode(masked)
@@ -383,8 +377,10 @@ class Runner(Actor):
 
     async def _call(
         self, ctx: ToolContext, command: CommandIssued, done: CommandDone, masker: Masker
-    ) -> Any:
-        """The tool call, then the sink that goes with it; sink facts land in `done`."""
+    ) -> tuple[Any, bytes]:
+        """The tool call, then the sink that goes with it; sink facts land in `done`. The
+        result comes with its JSON, measured before a sink writes or a walk masks it: one
+        over `NOETL_RESULT_MAX_MB` fails the step (ResultTooLarge)."""
         stored = command.context.reference()
         if stored is not None:
             command.context = msgspec.convert(await self.store.resolve(stored), CommandContext)
@@ -416,7 +412,7 @@ class Runner(Actor):
         if command.kind == "sink":
             result = context.get("result")
             done.sink = await self._sink(ctx, command.tool, result, context)
-            return None
+            return None, blobs.encode(None)
         plugin = self.plugins.get(command.kind)
         if plugin is None:
             raise ToolError(
@@ -428,9 +424,10 @@ class Runner(Actor):
         else:
             spec = render_tool(command, plugin, context)  # no template: no thread hop
         result = await plugin.run(ctx, spec)
+        encoded = blobs.encode_within(result, self.settings.result_max_mb * 1024 * 1024)
         if command.sink is not None:
             done.sink = await self._sink(ctx, command.sink, result, context)
-        return result
+        return result, encoded
 
     async def _context(self, command: CommandIssued) -> dict[str, Any]:
         """The template context of a command, large values fetched."""

@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import msgspec
 
+from noetl.errors import ResultTooLarge
+
 REF_KEY: Final = "$noetl_ref"
 
 _json = msgspec.json.Encoder()
@@ -50,6 +52,14 @@ def make_ref(data: bytes) -> tuple[dict[str, Any], str]:
 def encode(value: Any) -> bytes:
     """The JSON bytes a value is measured and stored as."""
     return _json.encode(value)
+
+
+def encode_within(value: Any, limit: int) -> bytes:
+    """`encode(value)`, or ResultTooLarge when it takes more than `limit` bytes."""
+    data = _json.encode(value)
+    if len(data) > limit:
+        raise ResultTooLarge(len(data), limit)
+    return data
 
 
 def refs_in(value: Any, depth: int = 2) -> Iterator[str]:

@@ -93,7 +93,8 @@ class ResultTooLarge(ToolError):
         super().__init__(
             f"{what} is {size:,} bytes ({size / 2**20:.1f} MiB) as JSON, over the limit of "
             f"{limit:,} bytes ({limit / 2**20:g} MiB, NOETL_RESULT_MAX_MB): return less (a "
-            "summary, a page), or write the data out with a sink and return where it went",
+            "summary, a page), or have the tool write the data out (a table, a file) and "
+            "return where it went",
             error_type="result_too_large",
             size=size,
             limit=limit,

@@ -46,13 +46,25 @@ async def test_a_result_over_the_cap_fails_its_step(
     assert "NOETL_RESULT_MAX_MB" in error["message"]
     assert await client.store.pool.fetchval("SELECT count(*) FROM noetl.blob") == 0
 
-    # Every other tool's result is measured by the runner, before it masks or stores it.
+    # Every other tool's result is measured by the runner, before its sink writes it and
+    # before it is masked or stored.
+    out = tmp_path / "rows.json"
     query = "select range as n, 'row ' || range as label from range(100000)"
-    rows = await run(client, one_step(tmp_path, "rows", f'{{kind: duckdb, query: "{query}"}}'))
-    assert rows["status"] == "failed", rows
-    error = rows["steps"]["start"]["error"]
+    rows = tmp_path / "rows.yaml"
+    rows.write_text(
+        "apiVersion: noetl.io/v2\nkind: Playbook\nmetadata: {name: rows}\nworkflow:\n"
+        f'  - step: start\n    tool: {{kind: duckdb, query: "{query}"}}\n'
+        f'    sink: {{tool: {{kind: file, path: "{out}"}}}}\n'
+    )
+    doc = await run(client, rows)
+    assert doc["status"] == "failed", doc
+    error = doc["steps"]["start"]["error"]
     assert error["type"] == "result_too_large" and error["size"] > MIB, error
+    assert not out.exists()
     assert await client.store.pool.fetchval("SELECT count(*) FROM noetl.blob") == 0
+    rows.write_text(rows.read_text().replace("range(100000)", "range(1000)"))
+    assert (await run(client, rows))["status"] == "completed"
+    assert out.exists()  # the same step under the cap writes its sink
 
     # Under the cap, a large result is stored as a blob as ever: the runner serves on.
     fits = one_step(tmp_path, "fits", "{kind: python, code: 'result = list(range(100000))'}")
