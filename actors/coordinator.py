@@ -24,7 +24,6 @@ from actors.outcome import outcome_message
 from actors.timers import TimerWheel
 from noetl import blobs, dsl, keys
 from noetl.bus import (
-    CMD_STREAM,
     END_NOTICE,
     EXEC_STREAM,
     START_STREAM,
@@ -277,6 +276,7 @@ class CoordinatorHost(Actor):
         await self.timers.load()
         self.timers.start()
         self._reconciler = asyncio.create_task(self._reconcile_forever())
+        self.bus.keep_warm()
 
     async def stop(self) -> None:
         """Stop the reconciler and wait for every actor's mailbox to drain."""
@@ -483,7 +483,7 @@ class CoordinatorHost(Actor):
         engine = await self.engine_for(state.path, state.version)
         reply_to = exec_subject(partition_of(execution_id, self.settings.partitions))
         lost: list[CommandIssued] = []
-        commands_in_flight = (await self.bus.js.stream_info(CMD_STREAM)).state.messages
+        commands_in_flight = await self.bus.commands_queued()
         for command_id, pending in state.pending.items():
             if pending.child is not None:
                 continue  # a child execution, started again below: its end is the outcome

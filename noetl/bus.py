@@ -31,6 +31,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
+from noetl.bus_keeper import Keeper, keeper_subject
 from noetl.bus_pull import Puller
 from noetl.errors import ConfigError
 
@@ -53,6 +54,10 @@ _MAX_REDELIVERY_DELAY: Final = 30.0
 # Unacknowledged messages of one pulled consumer (a runner pool) across all its processes;
 # each process also pulls no more than its own `max_in_flight`.
 POOL_MAX_ACK_PENDING: Final = 10_000
+
+
+# The work-queue streams: each holds a keeper (see `bus_keeper`).
+WORK_QUEUES: Final = (EXEC_STREAM, CMD_STREAM, START_STREAM)
 
 
 def exec_subject(partition: int) -> str:
@@ -121,6 +126,7 @@ class Bus:
         self.replicas = replicas
         self._subs: list[Subscription] = []
         self._pullers: list[Puller] = []
+        self._keeper: Keeper | None = None
 
     @classmethod
     async def connect(
@@ -174,6 +180,8 @@ class Bus:
             (START_STREAM, [START_SUBJECT], RetentionPolicy.WORK_QUEUE),
             (DEAD_STREAM, ["noetl.dead.>"], RetentionPolicy.LIMITS),
         ):
+            if name in WORK_QUEUES:
+                subjects.append(keeper_subject(name))
             config = StreamConfig(
                 name=name,
                 subjects=subjects,
@@ -190,6 +198,18 @@ class Bus:
             await self.js.add_stream(config)
         except BadRequestError:
             await self.js.update_stream(config)
+
+    def keep_warm(self) -> None:
+        """Keep a keeper in each work-queue stream from now until `stop_consuming` (see
+        `bus_keeper`); the coordinator host does, one process per mesh is enough."""
+        if self._keeper is None:
+            self._keeper = Keeper(self.js, WORK_QUEUES)
+            self._keeper.start()
+
+    async def commands_queued(self) -> int:
+        """Commands in the runners' work queue, waiting or being run (keepers apart)."""
+        info = await self.js.stream_info(CMD_STREAM, subjects_filter="noetl.cmd.*")
+        return sum((info.state.subjects or {}).values())
 
     async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish to JetStream and wait for the server's ack; dedup by `msg_id`."""
@@ -314,13 +334,17 @@ class Bus:
         return bytes(reply.data)
 
     async def stop_consuming(self) -> None:
-        """Stop receiving new messages (in-flight handlers finish on their own).
+        """Stop receiving new messages (in-flight handlers finish on their own) and
+        refreshing keepers.
 
         Returns within a few seconds at most, leaving no pull request of this process on
         the server to take a message nobody would handle: each puller's inbox is
         unsubscribed, and the server drops a waiting request whose reply subject has no
         subscriber (whatever it had already sent is handed back at once).
         """
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.stop()
         pullers, self._pullers = self._pullers, []
         await asyncio.gather(*(puller.stop() for puller in pullers), return_exceptions=True)
         subs, self._subs = self._subs, []
