@@ -29,7 +29,7 @@ import psutil
 
 from actors.mesh import missing_roles
 from noetl import local
-from noetl.bus import events_subject
+from noetl.bus import milestones_subject
 from noetl.client import Client
 from noetl.config import ROLES, Settings
 from noetl.engine.events import TERMINAL_STATUSES
@@ -166,6 +166,8 @@ class BenchEnv:
 
         The watch is subscribed before the start is published, so the end is seen the
         moment it is announced; the store is polled too, announcements being best effort.
+        It listens to the execution's milestones (its start and end), not to every step's
+        announcement: a watcher's own cost is not the runtime's.
         """
         eid = new_execution_id()
         ended = asyncio.Event()
@@ -175,7 +177,7 @@ class BenchEnv:
                 if event["type"].startswith("execution.") and event["status"] in TERMINAL_STATUSES:
                     ended.set()
 
-        sub = await self.client.bus.nc.subscribe(events_subject(eid), cb=on_msg)
+        sub = await self.client.bus.nc.subscribe(milestones_subject(eid), cb=on_msg)
         try:
             began = time.perf_counter()
             await self.client.start(path, version=version, workload=workload, execution_id=eid)
