@@ -25,9 +25,9 @@ from plugins.python_zygote import MESSAGE
 # Runs in the template: take the parent's import path (as multiprocessing's spawn does), then
 # serve. `-P` keeps the current directory from shadowing modules before the path is set.
 _BOOTSTRAP = (
-    "import sys; fd, parent, user, memory, preload, *sys.path[:] = sys.argv[1:]; "
+    "import sys; fd, parent, user, memory, preload, stdlib, *sys.path[:] = sys.argv[1:]; "
     f"sys.argv[:] = ['']; from {python_zygote.__name__} import zygote; "
-    "zygote(int(fd), int(parent), user, int(memory), preload)"
+    "zygote(int(fd), int(parent), user, int(memory), preload, stdlib)"
 )
 
 
@@ -54,7 +54,8 @@ class Zygote:
         self.alive = True
 
     @classmethod
-    async def start(cls, user: str, memory_bytes: int, preload: str) -> Zygote:
+    async def start(cls, user: str, memory_bytes: int, preload: str, stdlib: str = "") -> Zygote:
+        """Start a template (`python_zygote.zygote` says what each argument means)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             command = [
@@ -67,6 +68,7 @@ class Zygote:
                 user,
                 str(memory_bytes),
                 preload,
+                stdlib,
                 *sys.path,
             ]
             try:

@@ -30,7 +30,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from noetl.errors import ResultTooLarge, ToolError, ToolTimeout
@@ -163,7 +163,9 @@ class WorkerPool:
     modules the template imports once, so that workers start with them. `idle_seconds`: how
     long an idle worker is kept; `idle_free_bytes`: idle workers are kept only while this much
     memory is left to the runner. `max_reply_bytes`: a reply frame announcing more fails its
-    call unread and its worker is killed (0: no bound).
+    call unread and its worker is killed (0: no bound). `stdlib`: the folders of the
+    standard library whose safety for import by `user` decides whether the template imports
+    it all before switching (`plugins.python_stdlib`; default: the interpreter's own).
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class WorkerPool:
         idle_seconds: float = 30.0,
         idle_free_bytes: int = 0,
         max_reply_bytes: int = 0,
+        stdlib: Sequence[str] = (),
     ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, not {size}")
@@ -185,6 +188,7 @@ class WorkerPool:
         self.memory_bytes = memory_bytes
         self.preload = preload
         self.max_reply_bytes = max_reply_bytes
+        self.stdlib = os.pathsep.join(stdlib)
         self._slots = asyncio.Semaphore(size)
         self._idle: IdleWorkers[_Worker] = IdleWorkers(idle, idle_seconds, idle_free_bytes)
         # Calls running per execution, and executions that ended while theirs ran: their
@@ -336,7 +340,9 @@ class WorkerPool:
             if self._zygote is None or not self._zygote.alive:
                 if os.geteuid() != 0:
                     _protect_this_process()
-                self._zygote = await Zygote.start(self.user, self.memory_bytes, self.preload)
+                self._zygote = await Zygote.start(
+                    self.user, self.memory_bytes, self.preload, self.stdlib
+                )
             return self._zygote
 
     async def _died(self, worker: _Worker) -> ToolError:

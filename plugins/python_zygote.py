@@ -3,7 +3,8 @@
 `plugins.python_pool` starts one zygote per pool as a fresh interpreter with a scrubbed
 environment; the zygote imports the worker module and then only forks. It never runs step
 code, so every worker it forks starts from the same clean state, whatever earlier workers'
-code did to theirs. Only the standard library and `plugins.python_worker` are imported here.
+code did to theirs. Only the standard library, `plugins.python_stdlib` and
+`plugins.python_worker` are imported here.
 
 The control socket (AF_UNIX, SOCK_SEQPACKET: one message per send) carries, pool to zygote:
 `F` with one file descriptor attached (fork a worker serving that socket) and `K pid` (kill
@@ -17,7 +18,6 @@ import contextlib
 import gc
 import importlib
 import os
-import pkgutil
 import pwd
 import resource
 import select
@@ -29,20 +29,25 @@ import sys
 import tempfile
 from typing import NoReturn
 
+from plugins import python_stdlib
 from plugins.python_worker import prctl, serve
 
 MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
 _PR_SET_DUMPABLE = 4
 
 
-def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: str) -> None:
+def zygote(
+    control_fd: int, parent: int, user: str, memory_bytes: int, preload: str, stdlib: str
+) -> None:
     """Fork workers on request until the pool closes the control socket, then exit.
 
     `user` (when this process runs as root): the account workers switch to before any step
-    code runs; the standard library is imported first, since that account may not be able to
-    read the interpreter's files. `memory_bytes` (when positive): each worker's data size
-    limit, so code that allocates without end gets MemoryError instead of the whole machine.
-    `preload`: comma-separated modules imported once here, so every worker starts with them.
+    code runs; unless that account can import the standard library from disk safely
+    (`plugins.python_stdlib`; `stdlib`: its folders, joined by `os.pathsep`, "" for the
+    interpreter's own), the whole library is imported here first. `memory_bytes` (when
+    positive): each worker's data size limit, so code that allocates without end gets
+    MemoryError instead of the whole machine. `preload`: comma-separated modules imported
+    once here, so every worker starts with them.
     """
     # Not killed with its parent, unlike a worker: the control socket's end tells it the
     # pool is gone (closed, or its process killed), and it then ends the workers and removes
@@ -50,8 +55,11 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
     if os.getppid() != parent:
         os._exit(0)
     switching = bool(user) and os.geteuid() == 0
-    if switching:
-        _import_standard_library()
+    account = pwd.getpwnam(user) if switching else None
+    if account is not None:
+        roots = stdlib.split(os.pathsep) if stdlib else python_stdlib.folders()
+        if not python_stdlib.importable_by(account, roots, sys.path):
+            python_stdlib.import_all()
     for name in filter(None, (part.strip() for part in preload.split(","))):
         try:
             importlib.import_module(name)
@@ -64,7 +72,6 @@ def zygote(control_fd: int, parent: int, user: str, memory_bytes: int, preload: 
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd is written
-    account = pwd.getpwnam(user) if switching else None
     homes: dict[int, str] = {}
     # Homes of reaped workers, removed while no request waits: a removal takes a fraction of
     # a millisecond to milliseconds of wall time on a disk file system, off the forks' path.
@@ -167,36 +174,6 @@ def _become_worker(
             sys.stderr.write(f"python worker failed to start: {exc!r}\n")
         os._exit(70)
     os._exit(0)
-
-
-# Not imported ahead of a user switch: GUI, test-suite, installer and platform-specific
-# modules, and those with effects on import.
-_NOT_PRELOADED = frozenset(
-    {
-        "__main__", "__phello__", "_aix_support", "_crypt", "_ctypes_test", "_curses",
-        "_msi", "_osx_support", "_overlapped", "_pydecimal", "_pyio", "_scproxy", "_testbuffer",
-        "_testcapi", "_testclinic", "_testimportmultiple", "_testinternalcapi",
-        "_testmultiphase", "_tkinter", "_winapi", "_xxsubinterpreters", "_xxtestfuzz",
-        "antigravity", "crypt", "curses", "distutils", "ensurepip", "idle_test", "idlelib",
-        "lib2to3", "msilib", "msvcrt", "nis", "nt", "ossaudiodev", "pydoc_data", "readline",
-        "spwd", "test", "tests", "this", "tkinter", "turtle", "turtledemo", "venv", "winreg",
-        "winsound", "xxlimited", "xxlimited_35", "xxsubtype",
-    }
-)  # fmt: skip
-
-
-def _import_standard_library() -> None:
-    """Import every standard module and submodule that imports here: after the switch to an
-    unprivileged account, `import json` must not need to read root's interpreter files."""
-    for name in sorted(sys.stdlib_module_names - _NOT_PRELOADED):
-        try:
-            module = importlib.import_module(name)
-        except Exception:  # not built on this platform
-            continue
-        for info in pkgutil.walk_packages(getattr(module, "__path__", []), f"{name}."):
-            if _NOT_PRELOADED.isdisjoint(info.name.split(".")):
-                with contextlib.suppress(Exception):
-                    importlib.import_module(info.name)
 
 
 def _new_home() -> str:
