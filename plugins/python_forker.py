@@ -18,16 +18,18 @@ import socket
 import sys
 from collections.abc import Mapping
 
+import msgspec
+
 from noetl.errors import ToolError
 from plugins import python_zygote
-from plugins.python_zygote import MESSAGE
+from plugins.python_zygote import MESSAGE, Options
 
 # Runs in the template: take the parent's import path (as multiprocessing's spawn does), then
 # serve. `-P` keeps the current directory from shadowing modules before the path is set.
 _BOOTSTRAP = (
-    "import sys; fd, parent, user, memory, preload, stdlib, *sys.path[:] = sys.argv[1:]; "
+    "import sys; fd, parent, options, *sys.path[:] = sys.argv[1:]; "
     f"sys.argv[:] = ['']; from {python_zygote.__name__} import zygote; "
-    "zygote(int(fd), int(parent), user, int(memory), preload, stdlib)"
+    "zygote(int(fd), int(parent), options)"
 )
 
 
@@ -54,8 +56,8 @@ class Zygote:
         self.alive = True
 
     @classmethod
-    async def start(cls, user: str, memory_bytes: int, preload: str, stdlib: str = "") -> Zygote:
-        """Start a template (`python_zygote.zygote` says what each argument means)."""
+    async def start(cls, options: Options) -> Zygote:
+        """Start a template working as `options` say."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             command = [
@@ -65,10 +67,7 @@ class Zygote:
                 _BOOTSTRAP,
                 str(theirs.fileno()),
                 str(os.getpid()),
-                user,
-                str(memory_bytes),
-                preload,
-                stdlib,
+                msgspec.json.encode(options).decode(),
                 *sys.path,
             ]
             try:

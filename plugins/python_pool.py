@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
@@ -38,6 +39,7 @@ from plugins import python_worker
 from plugins.python_forker import Zygote
 from plugins.python_idle import IdleWorkers
 from plugins.python_worker import HEADER
+from plugins.python_zygote import Options
 
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats while a call runs
 WATCH_AFTER = 0.05  # seconds into a call before cancellation is watched (and heartbeats begin)
@@ -188,7 +190,7 @@ class WorkerPool:
         self.memory_bytes = memory_bytes
         self.preload = preload
         self.max_reply_bytes = max_reply_bytes
-        self.stdlib = os.pathsep.join(stdlib)
+        self.stdlib = list(stdlib)
         self._slots = asyncio.Semaphore(size)
         self._idle: IdleWorkers[_Worker] = IdleWorkers(idle, idle_seconds, idle_free_bytes)
         # Calls running per execution, and executions that ended while theirs ran: their
@@ -340,10 +342,17 @@ class WorkerPool:
             if self._zygote is None or not self._zygote.alive:
                 if os.geteuid() != 0:
                     _protect_this_process()
-                self._zygote = await Zygote.start(
-                    self.user, self.memory_bytes, self.preload, self.stdlib
-                )
+                self._zygote = await Zygote.start(self._options())
             return self._zygote
+
+    def _options(self) -> Options:
+        return Options(
+            user=self.user,
+            memory_bytes=self.memory_bytes,
+            preload=self.preload,
+            temp=tempfile.gettempdir(),
+            stdlib=self.stdlib,
+        )
 
     async def _died(self, worker: _Worker) -> ToolError:
         # The socket closed first; the exit status follows within moments, unless the code

@@ -26,8 +26,9 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 from typing import NoReturn
+
+import msgspec
 
 from plugins import python_stdlib
 from plugins.python_worker import prctl, serve
@@ -36,31 +37,42 @@ MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
 _PR_SET_DUMPABLE = 4
 
 
-def zygote(
-    control_fd: int, parent: int, user: str, memory_bytes: int, preload: str, stdlib: str
-) -> None:
-    """Fork workers on request until the pool closes the control socket, then exit.
+class Options(msgspec.Struct, frozen=True):
+    """How the pool wants its template to work (JSON on the template's command line).
 
-    `user` (when this process runs as root): the account workers switch to before any step
+    `user` (when the template runs as root): the account workers switch to before any step
     code runs; unless that account can import the standard library from disk safely
-    (`plugins.python_stdlib`; `stdlib`: its folders, joined by `os.pathsep`, "" for the
-    interpreter's own), the whole library is imported here first. `memory_bytes` (when
-    positive): each worker's data size limit, so code that allocates without end gets
-    MemoryError instead of the whole machine. `preload`: comma-separated modules imported
-    once here, so every worker starts with them.
+    (`plugins.python_stdlib`; `stdlib`: its folders, [] for the interpreter's own), the
+    template imports the whole library first. `memory_bytes` (when positive): each worker's
+    data size limit, so code that allocates without end gets MemoryError instead of the whole
+    machine. `preload`: comma-separated modules imported once here, so every worker starts
+    with them. `temp`: the temporary folder the workers' homes are made in.
     """
+
+    user: str
+    memory_bytes: int
+    preload: str
+    temp: str
+    stdlib: list[str] = []
+
+
+def zygote(control_fd: int, parent: int, options: str) -> None:
+    """Fork workers on request until the pool closes the control socket, then exit.
+    `options`: an `Options` as JSON."""
     # Not killed with its parent, unlike a worker: the control socket's end tells it the
     # pool is gone (closed, or its process killed), and it then ends the workers and removes
     # their homes, which a kill would leave behind.
     if os.getppid() != parent:
         os._exit(0)
-    switching = bool(user) and os.geteuid() == 0
-    account = pwd.getpwnam(user) if switching else None
-    if account is not None:
-        roots = stdlib.split(os.pathsep) if stdlib else python_stdlib.folders()
-        if not python_stdlib.importable_by(account, roots, sys.path):
-            python_stdlib.import_all()
-    for name in filter(None, (part.strip() for part in preload.split(","))):
+    opts = msgspec.json.decode(options, type=Options)
+    switching = bool(opts.user) and os.geteuid() == 0
+    account = pwd.getpwnam(opts.user) if switching else None
+    roots = opts.stdlib or python_stdlib.folders()
+    if account is not None and not python_stdlib.importable_by(account, roots, sys.path):
+        python_stdlib.import_all()
+    else:
+        python_stdlib.import_common()
+    for name in filter(None, (part.strip() for part in opts.preload.split(","))):
         try:
             importlib.import_module(name)
         except Exception as exc:  # the steps that need it will fail with the reason
@@ -102,12 +114,12 @@ def zygote(
                     os.killpg(pid, signal.SIGKILL)
             continue
         (fd,) = fds
-        home = _new_home()
+        home = _new_home(opts.temp)
         if account is not None:
             os.chown(home, account.pw_uid, account.pw_gid)
         child = os.fork()
         if child == 0:
-            _become_worker(control, wake_r, wake_w, fd, home, account, memory_bytes, me)
+            _become_worker(control, wake_r, wake_w, fd, home, account, opts.memory_bytes, me)
         os.close(fd)
         homes[child] = home
         try:
@@ -157,7 +169,12 @@ def _become_worker(
             resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
         os.environ["HOME"] = home
         os.environ["TMPDIR"] = home
-        tempfile.tempdir = None
+        # The template imports `tempfile` only when asked to (it seeds `random` in every
+        # fork); if it did, forget the folder it may have chosen.
+        if "tempfile" in sys.modules:
+            import tempfile
+
+            tempfile.tempdir = None
         if account is not None:
             # Root's files (the key, NOETL_HOME, other users' data) are out of reach from here.
             os.setgroups([])
@@ -176,12 +193,11 @@ def _become_worker(
     os._exit(0)
 
 
-def _new_home() -> str:
-    """A new private directory (0700) under the temporary folder, as `tempfile.mkdtemp`
-    makes one, with fewer of the template's pages written (each a page copy while workers
-    share them)."""
+def _new_home(temp: str) -> str:
+    """A new private directory (0700) in `temp`, as `tempfile.mkdtemp` makes one, with fewer
+    of the template's pages written (each a page copy while workers share them)."""
     while True:
-        home = os.path.join(tempfile.gettempdir(), f"noetl-python-{os.urandom(8).hex()}")
+        home = os.path.join(temp, f"noetl-python-{os.urandom(8).hex()}")
         try:
             os.mkdir(home, 0o700)
         except FileExistsError:

@@ -10,6 +10,7 @@ import importlib
 import os
 import pwd
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -44,15 +45,20 @@ def test_folders_hold_the_standard_library() -> None:
             assert any(real.startswith(folder + os.sep) for folder in folders), real
 
 
-async def _imports(pool: WorkerPool) -> list[object]:
-    payload = msgspec.msgpack.encode(Request(code=IMPORTS, args={}, libs={}))
+async def _call(pool: WorkerPool, code: str) -> Reply:
+    """One call of `code` in a new worker of `pool`, then the pool closed."""
+    payload = msgspec.msgpack.encode(Request(code=code, args={}, libs={}))
     try:
         answer = await pool.call(
             payload, owner=1, timeout=30.0, cancelled=asyncio.Event(), heartbeat=_nothing
         )
     finally:
         await pool.aclose()
-    reply = msgspec.json.decode(answer, type=Reply)
+    return msgspec.json.decode(answer, type=Reply)
+
+
+async def _imports(pool: WorkerPool) -> list[object]:
+    reply = await _call(pool, IMPORTS)
     assert reply.ok, reply.traceback
     assert isinstance(reply.result, list)
     return reply.result
@@ -136,3 +142,28 @@ def test_the_check_asks_the_kernel_as_the_account(tree: Path) -> None:
     assert not safe(tree)
     tree.parent.chmod(0o1777)
     assert safe(tree)
+
+
+@pytest.mark.parametrize("preload", ["", "tempfile"])
+async def test_temporary_files_go_to_the_workers_own_home(preload: str) -> None:
+    # Whether or not the template imported `tempfile` before forking.
+    code = (
+        "import os, tempfile\nfd, name = tempfile.mkstemp()\n"
+        "result = [tempfile.gettempdir() == os.environ['HOME'] == os.environ['TMPDIR'],"
+        " os.path.dirname(name) == os.environ['HOME']]"
+    )
+    reply = await _call(WorkerPool(1, preload=preload), code)
+    assert reply.result == [True, True], reply.traceback
+
+
+def test_the_template_imports_nothing_that_runs_in_every_fork() -> None:
+    # `threading`, `random` and `logging` register handlers that run in every forked worker.
+    probe = (
+        "import sys\nfrom plugins import python_stdlib, python_zygote\n"
+        "python_stdlib.import_common()\n"
+        "print(sorted({'threading', 'random', 'logging', 'tempfile'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
