@@ -89,12 +89,11 @@ def serve(fd: int, parent: int) -> None:
     """Answer requests on the socket `fd` until the pool closes it (then exit quietly)."""
     exit_with_parent(parent)
     os.set_inheritable(fd, False)  # subprocesses of user code must not hold the channel open
-    reader = open(fd, "rb", closefd=False)  # noqa: SIM115 - lives as long as the process
     while True:
-        header = reader.read(HEADER)
+        header = _read(fd, HEADER)
         if len(header) < HEADER:
             return
-        request = _DECODER.decode(reader.read(int.from_bytes(header, "little")))
+        request = _DECODER.decode(_read(fd, int.from_bytes(header, "little")))
         _write_all(fd, frame(_encode(_ENCODER, run(request), request.max_result)))
 
 
@@ -364,6 +363,18 @@ class _Capture(io.TextIOBase):
             return text
         kept = data[:MAX_OUTPUT].decode("utf-8", "ignore")
         return f"{kept}\n[output truncated: {self._written} characters written, 64 KiB kept]"
+
+
+def _read(fd: int, size: int) -> bytes:
+    """`size` bytes from `fd`, fewer only at its end. Not a buffered file: building one
+    writes to more of the template's pages (each a page copy in a new worker)."""
+    data = os.read(fd, size)
+    while data and len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -34,6 +34,8 @@ from plugins import python_stdlib
 from plugins.python_worker import prctl, serve
 
 MESSAGE = struct.Struct("<cii")  # kind, pid, exit code
+_FD_SIZE = struct.calcsize("i")
+_FD_SPACE = socket.CMSG_SPACE(_FD_SIZE)
 _PR_SET_DUMPABLE = 4
 
 
@@ -89,20 +91,21 @@ def zygote(control_fd: int, parent: int, options: str) -> None:
     # a millisecond to milliseconds of wall time on a disk file system, off the forks' path.
     spent: list[str] = []
     me = os.getpid()
+    requests = control.fileno()
+    events = select.poll()
+    events.register(requests, select.POLLIN)
+    events.register(wake_r, select.POLLIN)
     while True:
-        try:
-            ready, _, _ = select.select([control.fileno(), wake_r], [], [], 0 if spent else None)
-        except InterruptedError:
-            continue
+        ready = [fd for fd, _ in events.poll(0 if spent else None)]
         if wake_r in ready:
             os.read(wake_r, 512)
             _reap(control, homes, spent)
-        if control.fileno() not in ready:
+        if requests not in ready:
             if spent and not ready:
                 _remove(spent.pop())
             continue
         try:
-            message, fds, _, _ = socket.recv_fds(control, MESSAGE.size, 1)
+            message, ancillary, _, _ = control.recvmsg(MESSAGE.size, _FD_SPACE)
         except ConnectionResetError:  # killed with our messages unread: gone all the same
             message = b""
         if not message:  # the pool is gone (closed, or its process killed)
@@ -110,10 +113,12 @@ def zygote(control_fd: int, parent: int, options: str) -> None:
         kind, pid, _ = MESSAGE.unpack(message)
         if kind == b"K":
             if pid in homes:  # not reaped yet: the pid and its group are still the worker's
-                with contextlib.suppress(ProcessLookupError):
+                try:  # noqa: SIM105 - see _reap
                     os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             continue
-        (fd,) = fds
+        fd = int.from_bytes(ancillary[0][2][:_FD_SIZE], sys.byteorder)
         home = _new_home(opts.temp)
         if account is not None:
             os.chown(home, account.pw_uid, account.pw_gid)
@@ -197,7 +202,7 @@ def _new_home(temp: str) -> str:
     """A new private directory (0700) in `temp`, as `tempfile.mkdtemp` makes one, with fewer
     of the template's pages written (each a page copy while workers share them)."""
     while True:
-        home = os.path.join(temp, f"noetl-python-{os.urandom(8).hex()}")
+        home = f"{temp}/noetl-python-{os.urandom(8).hex()}"
         try:
             os.mkdir(home, 0o700)
         except FileExistsError:
@@ -224,5 +229,9 @@ def _reap(control: socket.socket, homes: dict[int, str], spent: list[str]) -> No
         home = homes.pop(pid, None)
         if home is not None:
             spent.append(home)
-        with contextlib.suppress(OSError):
+        # Not `contextlib.suppress`: every object the template touches after a fork is a page
+        # fault, and a page copy while the worker lives.
+        try:  # noqa: SIM105
             control.send(MESSAGE.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
+        except OSError:
+            pass
