@@ -7,8 +7,10 @@ durable step that each of the bench's own processes spent (coordinator, runner, 
 nats-server, PostgreSQL, the python workers, this process). On a shared machine wall times
 move 2 to 5 times between runs; CPU per step moves much less, so compare versions with it.
 
-Only this process's descendants are counted (other meshes on the machine are not), and a
-python worker reaped before the second reading is missed: the worker figure is a floor.
+Only this process's descendants are counted (other meshes on the machine are not). The
+python workers' figure counts the template processes, the workers alive at each reading and
+those the templates reaped meanwhile (their children's CPU); a worker that started and
+exited between the readings while its template was replaced is missed.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
         except psutil.Error:
             continue
         if kind is not None:
-            found[process.pid] = (kind, times.user + times.system)
+            spent = times.user + times.system
+            if kind == "worker":  # a template: its reaped workers too
+                spent += times.children_user + times.children_system
+            found[process.pid] = (kind, spent)
     return found
 
 
@@ -67,6 +72,9 @@ def per_kind(
     spent: dict[str, float] = {}
     for pid, (kind, seconds) in after.items():
         spent[kind] = spent.get(kind, 0.0) + seconds - before.get(pid, (kind, 0.0))[1]
+    for pid, (kind, seconds) in before.items():
+        if kind == "worker" and pid not in after:  # reaped: its template counts all of it
+            spent[kind] = spent.get(kind, 0.0) - seconds
     return spent
 
 
