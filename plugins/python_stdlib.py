@@ -96,14 +96,15 @@ def _safe(roots: Sequence[str], path: Sequence[str]) -> bool:
     real = [os.path.realpath(root) for root in roots]
     if not real:
         return False
-    before: list[str] = []
+    # Both as named and as resolved: a symbolic link on the way can be replaced too.
+    searched = [*roots, *real]
     for entry in path:
         resolved = os.path.realpath(entry)
         if any(resolved == r or resolved.startswith(r + os.sep) for r in real):
             break
         if os.path.isabs(entry):  # a relative one is the worker's own home at import time
-            before.append(resolved)
-    if any(_replaceable(p) for p in [*before, *real]):
+            searched += [entry, resolved]
+    if any(_replaceable(p) for p in searched if os.path.isabs(p)):
         return False
     failed: list[OSError] = []
     for root in real:

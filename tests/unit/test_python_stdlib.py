@@ -137,6 +137,10 @@ def test_the_check_asks_the_kernel_as_the_account(tree: Path) -> None:
     assert not safe(open_folder / "python311.zip", tree)  # yet to exist, creatable
     assert safe(tree, open_folder)
     assert safe(Path(""), tree)
+    # Named through a link in a folder others may write to: the link can be swapped.
+    link = open_folder / "lib"
+    link.symlink_to(tree)
+    assert not python_stdlib.importable_by(nobody, [str(link)], [str(link)])
     # A writable folder above it, without the sticky bit: the library could be swapped.
     tree.parent.chmod(0o777)
     assert not safe(tree)
