@@ -185,11 +185,12 @@ def _become_worker(
             os.setgroups([])
             os.setgid(account.pw_gid)
             os.setuid(account.pw_uid)
-            # Switching users made the process non-dumpable: its own /proc entries would be
-            # root's. It holds nothing of root's now, so let it read them again.
-            prctl(_PR_SET_DUMPABLE, 1)
             os.environ["USER"] = os.environ["LOGNAME"] = account.pw_name
             os.chdir(home)
+        # Workers of other executions run as the same account: non-dumpable, this one's
+        # memory, environment and open files (/proc/<pid>/mem, environ, fd) are out of their
+        # reach, which they would not be otherwise (the kernel may have no Yama).
+        prctl(_PR_SET_DUMPABLE, 0)
         serve(fd, zygote_pid)
     except BaseException as exc:
         with contextlib.suppress(Exception):

@@ -616,12 +616,19 @@ async def test_step_code_sees_no_noetl_variables(monkeypatch: pytest.MonkeyPatch
     tool = PythonTool(workers=1)
     try:
         code = (
-            "import os, pathlib\n"
-            "raw = pathlib.Path('/proc/self/environ').read_bytes()\n"
+            "import os\n"
             "result = [sorted(k for k in os.environ if k.startswith('NOETL_')),"
-            " b'zz9' in raw, os.environ.get('LANG_PROBE')]"
+            " os.environ.get('LANG_PROBE'), os.getpid()]"
         )
-        assert await run(tool, code) == [[], False, "kept"]
+        names, probe, worker = await run(tool, code)
+        assert names == [] and probe == "kept"
+        # The worker's environment block as the kernel shows it (the worker is kept idle).
+        try:
+            block = psutil.Process(worker).environ()
+        except psutil.AccessDenied:  # only root reads a non-dumpable worker's environment
+            assert os.geteuid() != 0
+        else:
+            assert "LANG_PROBE" in block and not any("zz9" in v for v in block.values())
         # The template the worker was forked from never had them either.
         (template,) = template_pids() - before
         assert not any("zz9" in value for value in psutil.Process(template).environ().values())
@@ -652,6 +659,36 @@ async def test_as_root_step_code_runs_unprivileged_and_cannot_read_root_files(
         )
         assert uid != 0 and uid == pwd.getpwnam("nobody").pw_uid
         assert leaked is False and environ is False and private_cwd is True
+    finally:
+        await tool.aclose()
+
+
+async def test_a_worker_cannot_read_another_executions_worker() -> None:
+    # Both run as the same account: only their being non-dumpable keeps one execution's
+    # memory and environment (its secrets) from the other's code.
+    tool = PythonTool(workers=2)
+    try:
+        secret_pid = await tool.run(
+            ToolContext(execution_id=1, command_id="a", step="s", timeout=10),
+            {"code": "import os\nSECRET = 'pw-' + 'x' * 8\nresult = os.getpid()"},
+        )
+        code = (
+            "import os\nreach = {}\n"
+            "for name in ('environ', 'mem', 'maps', 'fd/0'):\n"
+            "    try:\n"
+            "        path = f'/proc/{victim}/{name}'\n"
+            "        os.listdir(path) if name == 'fd' else open(path, 'rb').read(1)\n"
+            "        reach[name] = True\n"
+            "    except (PermissionError, OSError) as exc:\n"
+            "        reach[name] = type(exc).__name__\n"
+            "result = [os.getpid(), reach]"
+        )
+        spy, reach = await tool.run(
+            ToolContext(execution_id=2, command_id="b", step="s", timeout=10),
+            {"code": code, "args": {"victim": secret_pid}},
+        )
+        assert spy != secret_pid and psutil.pid_exists(secret_pid)  # kept alive, idle
+        assert True not in reach.values(), reach
     finally:
         await tool.aclose()
 
