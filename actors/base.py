@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 from noetl.bus import PING_PREFIX, Bus
 from noetl.config import Settings
 from noetl.render_limits import set_time_limit
 from noetl.store import Store
+
+T = TypeVar("T")
 
 
 class Actor:
@@ -41,6 +43,17 @@ class Actor:
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    async def tracked(self, work: Awaitable[T]) -> T:
+        """`work` awaited in the calling task, which `stop` waits for meanwhile: what
+        `spawn` then await gives, without a second task."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            return await work
+        finally:
+            self._tasks.discard(task)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -26,6 +27,7 @@ from nats.aio.msg import Msg
 
 from actors.base import Actor
 from actors.command_render import job, render_sink, render_tool, renders
+from actors.heartbeat import Heartbeat
 from actors.outcome import outcome_message
 from noetl import blobs, keys, render
 from noetl.bus import (
@@ -102,6 +104,8 @@ class Runner(Actor):
         #: Who ran a command, recorded in its `command.started` event.
         self.identity = f"{settings.runner_pool}/{socket.gethostname()}/{os.getpid()}"
         self._render_threads = RenderThreads(RENDER_THREADS, "noetl-runner-render")
+        # The histogram's series by tool kind (`labels` looks one up under a lock).
+        self._step_seconds = functools.cache(STEP_SECONDS.labels)
 
     async def start(self) -> None:
         """Join the pool's work queue."""
@@ -178,7 +182,7 @@ class Runner(Actor):
             await self.bus.dead_letter(msg, str(exc))
             return
         # Awaited: the bus pulls another command when this one is done.
-        await self.spawn(self._execute_or_give_up(msg, command))
+        await self.tracked(self._execute_or_give_up(msg, command))
 
     async def _execute_or_give_up(self, msg: Msg, command: CommandIssued) -> None:
         """`execute`, and if that itself breaks (store or bus down), let JetStream deliver
@@ -234,24 +238,25 @@ class Runner(Actor):
         recorded = None
         if msg.metadata.num_delivered <= 1:
             # First delivery: no outcome can exist yet, so recording the start need not hold
-            # up the tool.
-            run = asyncio.create_task(self._run(msg, command))
+            # up the tool. It is written alone, beside the tool, once the tool is slow.
+            loop = asyncio.get_running_loop()
+            early: list[asyncio.Task[bool]] = []
+            timer = loop.call_later(
+                STARTED_WITH_OUTCOME_WITHIN,
+                lambda: early.append(
+                    loop.create_task(self.store.append_runner_event(eid, started, durable=False))
+                ),
+            )
             try:
-                await asyncio.wait((run,), timeout=STARTED_WITH_OUTCOME_WITHIN)
-            except BaseException:  # cancelled: the tool goes with us
-                run.cancel()
-                raise
-            if run.done():
-                outcome = run.result()
+                outcome = await self._run(msg, command)
+            finally:
+                timer.cancel()
+            if early:
+                await early[0]
+                inserted = await self.store.append_runner_event(eid, outcome)
+            else:
                 # Start and outcome in one transaction, the start first (lower event id).
                 _, inserted = await self.store.append_runner_events(eid, [started, outcome])
-            else:
-                record = asyncio.create_task(
-                    self.store.append_runner_event(eid, started, durable=False)
-                )
-                outcome = await run
-                await record
-                inserted = await self.store.append_runner_event(eid, outcome)
         else:
             if not await self.store.append_runner_event(eid, started, durable=False):
                 recorded = await self.store.find_event(eid, keys.outcome_key(cid))
@@ -282,7 +287,8 @@ class Runner(Actor):
         )
         ctx.in_progress = msg.in_progress
         self._running.setdefault(command.execution_id, set()).add(ctx)
-        beat = asyncio.create_task(self._keep_alive(msg))
+        # Tell JetStream a long tool call is still alive, well before ack_wait runs out.
+        beat = Heartbeat(msg.in_progress, max(self.settings.ack_wait / 3, 0.2))
         COMMANDS_IN_FLIGHT.inc()
         began = time.monotonic()
         done = CommandDone()
@@ -319,9 +325,9 @@ class Runner(Actor):
                 details={"traceback": trace},
             )
         finally:
-            beat.cancel()
+            beat.stop()
             COMMANDS_IN_FLIGHT.dec()
-            STEP_SECONDS.labels(command.kind).observe(time.monotonic() - began)
+            self._step_seconds(command.kind).observe(time.monotonic() - began)
             running = self._running.get(command.execution_id)
             if running is not None:
                 running.discard(ctx)
@@ -393,20 +399,13 @@ class Runner(Actor):
             "execution_id": str(command.execution_id),
             "job": job(command),
         }
-        names = (
-            secret_names_in(command.tool)
-            | secret_names_in(command.args)
-            | secret_names_in(command.sink)
-        )
+        blocks = (command.tool, command.args, command.sink)
+        names = secret_names_in(blocks)
         if names:
             ctx.secrets.update(await resolve_secrets(names, self.credentials))
             masker.update(ctx.secrets.values())
             context["secret"] = dict(ctx.secrets)
-        keychain = (
-            secret_names_in(command.tool, "keychain")
-            | secret_names_in(command.args, "keychain")
-            | secret_names_in(command.sink, "keychain")
-        )
+        keychain = secret_names_in(blocks, "keychain")
         if keychain:
             context["keychain"] = await _keychain(ctx, keychain)
         if command.kind == "sink":
@@ -474,14 +473,6 @@ class Runner(Actor):
         rows = outcome.get("rowcount", 0) if isinstance(outcome, dict) else 0
         ctx.record("sink", sink="postgres", rows=rows)
         return {"rows": rows, "statement": True}
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream a long tool call is still alive, well before ack_wait runs out."""
-        interval = max(self.settings.ack_wait / 3, 0.2)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _report(self, command: CommandIssued, outcome: Event) -> None:
         """Send the recorded `outcome` to the execution's coordinator."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ ToolResult: TypeAlias = JSON
 #: a server-side timeout fires first and gives the better error, and the runner's own bound
 #: (1 s past the timeout) comes after.
 TIMEOUT_GRACE: Final = 0.5
+#: Seconds into a call before `until_done` watches `ctx.cancelled` (with a task).
+WATCH_CANCEL_AFTER: Final = 0.05
+
+_TOOL_LOG: Final = logging.getLogger("noetl.tool")
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -52,7 +57,7 @@ class ToolContext:
     command_id: str
     step: str
     timeout: float | None = None
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("noetl.tool"))
+    logger: logging.Logger = field(default_factory=lambda: _TOOL_LOG)
     credentials: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None
     in_progress: Callable[[], Awaitable[None]] | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -115,25 +120,54 @@ def parse_spec(spec: Mapping[str, Any], type_: type[S], who: str) -> S:
 async def until_done(
     ctx: ToolContext, work: Awaitable[T], who: str, *, grace: float | None = 0.5
 ) -> T:
-    """`work`'s result; ToolError (type `cancelled`) as soon as the execution is cancelled,
+    """`work`'s result; ToolError (type `cancelled`) once the execution is cancelled,
     ToolTimeout past the step's timeout plus `grace` (so a server's or a worker's own
-    timeout, which says more, answers first). `grace=None`: no time bound here."""
-    task = asyncio.ensure_future(work)
-    cancelled = asyncio.ensure_future(ctx.cancelled.wait())
+    timeout, which says more, answers first). `grace=None`: no time bound here.
+
+    `work` runs in the calling task, stopped by cancelling it (its cleanup runs before this
+    returns). `ctx.cancelled` is watched from WATCH_CANCEL_AFTER into the call on: most calls
+    end sooner and cost a timer, not a task, and a cancellation is seen within that delay.
+    """
+    if ctx.cancelled.is_set():
+        _abandon(work)
+        raise ToolError(f"{who}: cancelled", error_type="cancelled")
+    loop = asyncio.get_running_loop()
     limit = None if ctx.timeout is None or grace is None else ctx.timeout + grace
+    bound = asyncio.timeout(limit)
+    watcher: list[asyncio.Task[None]] = []
+    first = loop.call_later(
+        WATCH_CANCEL_AFTER,
+        lambda: watcher.append(loop.create_task(_expire_once_set(ctx.cancelled, bound))),
+    )
     try:
-        await asyncio.wait({task, cancelled}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        cancelled.cancel()
-        if not task.done():
-            task.cancel()
-            # Let the work release what it holds (a connection, a worker) before going on.
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
+        async with bound:
+            return await work
+    except TimeoutError:
+        if not bound.expired():
+            raise  # the work's own
         if ctx.cancelled.is_set():
-            raise ToolError(f"{who}: cancelled", error_type="cancelled")
-        raise ToolTimeout(f"{who}: no answer within the step's timeout of {ctx.timeout:g}s")
-    return task.result()
+            raise ToolError(f"{who}: cancelled", error_type="cancelled") from None
+        raise ToolTimeout(
+            f"{who}: no answer within the step's timeout of {ctx.timeout:g}s"
+        ) from None
+    finally:
+        first.cancel()
+        for task in watcher:
+            task.cancel()
+
+
+async def _expire_once_set(cancelled: asyncio.Event, bound: asyncio.Timeout) -> None:
+    await cancelled.wait()
+    if not bound.expired():
+        bound.reschedule(asyncio.get_running_loop().time())
+
+
+def _abandon(work: Awaitable[Any]) -> None:
+    """Drop `work` unstarted (a coroutine is closed, a future cancelled)."""
+    if inspect.iscoroutine(work):
+        work.close()
+    elif isinstance(work, asyncio.Future):
+        work.cancel()
 
 
 async def in_thread(
