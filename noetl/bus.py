@@ -32,6 +32,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from noetl.bus_keeper import Keeper, keeper_subject
+from noetl.bus_publish import Publisher
 from noetl.bus_pull import Puller
 from noetl.errors import ConfigError
 
@@ -127,6 +128,7 @@ class Bus:
         self._subs: list[Subscription] = []
         self._pullers: list[Puller] = []
         self._keeper: Keeper | None = None
+        self._publisher = Publisher(nc)
 
     @classmethod
     async def connect(
@@ -213,7 +215,7 @@ class Bus:
 
     async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish to JetStream and wait for the server's ack; dedup by `msg_id`."""
-        await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        await self._publisher.publish(subject, data, msg_id)
 
     async def announce(self, subject: str, data: bytes) -> None:
         """Fire-and-forget publish on core NATS (live notifications)."""

@@ -15,26 +15,46 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
+import msgspec
 
 from noetl.engine.events import Event
 from noetl.store import events as event_sql
-from noetl.store.events import event_row
+from noetl.store.events import json_text
 
 #: Items per batch: bounds a statement's size and the wait of the last caller in it.
 MAX_BATCH = 64
 
+# The rows travel as one JSON document (`_Row`s), encoded in one call: eight arrays cost
+# their driver a type check per element.
 _RUNNER_EVENTS = """
 INSERT INTO noetl.event (execution_id, event_type, step, command_id, dedup_key, status,
                          payload, error)
 SELECT u.execution_id, u.event_type, u.step, u.command_id, u.dedup_key, u.status,
-       u.payload::jsonb, u.error::jsonb
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[])
-     AS u(execution_id, event_type, step, command_id, dedup_key, status, payload, error)
+       u.payload, u.error
+FROM jsonb_to_recordset($1::text::jsonb)
+     AS u(execution_id bigint, event_type text, step text, command_id text, dedup_key text,
+          status text, payload jsonb, error jsonb)
 ORDER BY u.execution_id, u.dedup_key DESC
 ON CONFLICT (execution_id, dedup_key) DO NOTHING
 RETURNING execution_id, dedup_key
 """
+
+
+class _Row(msgspec.Struct, omit_defaults=True):
+    """One row of `_RUNNER_EVENTS` (an absent field is SQL NULL); the jsonb columns
+    already encoded, key orders marked (`noetl.store.order`)."""
+
+    execution_id: int
+    event_type: str
+    dedup_key: str
+    step: str | None = None
+    command_id: str | None = None
+    status: str | None = None
+    payload: msgspec.Raw | None = None
+    error: msgspec.Raw | None = None
+
+
+_encode_rows = msgspec.json.Encoder().encode
 
 
 class RunnerWrite(NamedTuple):
@@ -57,12 +77,25 @@ async def write_runner_events(
     if len(items) == 1 and len(items[0].events) == 1:
         (one,) = items
         return [(await event_sql.append_runner_event(pool, one.execution_id, one.events[0]),)]
-    columns: list[list[Any]] = [[] for _ in range(8)]
-    for item in items:
-        for e in item.events:
-            row = (item.execution_id, *event_row(e))
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
-    rows = await pool.fetch(_RUNNER_EVENTS, *columns)
-    inserted = {(int(r["execution_id"]), str(r["dedup_key"])) for r in rows}
+    rows = [
+        _Row(
+            execution_id=item.execution_id,
+            event_type=e.type,
+            dedup_key=e.dedup_key,
+            step=e.step,
+            command_id=e.command_id,
+            status=e.status,
+            payload=_raw(e.payload),
+            error=_raw(e.error),
+        )
+        for item in items
+        for e in item.events
+    ]
+    rows_found = await pool.fetch(_RUNNER_EVENTS, _encode_rows(rows).decode())
+    inserted = {(int(r["execution_id"]), str(r["dedup_key"])) for r in rows_found}
     return [tuple(key in inserted for key in runner_keys(item)) for item in items]
+
+
+def _raw(value: Any) -> msgspec.Raw | None:
+    text = json_text(value)
+    return None if text is None else msgspec.Raw(text)
