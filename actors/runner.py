@@ -60,7 +60,7 @@ from noetl.messages import (
 )
 from noetl.metrics import COMMANDS_IN_FLIGHT, STEP_SECONDS
 from noetl.render_thread import RenderThreads
-from noetl.secrets import Masker, secret_names_in, secret_values
+from noetl.secrets import Masker, names_by_root, secret_values
 from noetl.store import Store
 from noetl.store.credentials import CredentialStore, parse_bindings, resolve_secrets
 from plugins.base import ToolContext, ToolPlugin, until_done
@@ -399,13 +399,12 @@ class Runner(Actor):
             "execution_id": str(command.execution_id),
             "job": job(command),
         }
-        blocks = (command.tool, command.args, command.sink)
-        names = secret_names_in(blocks)
+        found = names_by_root((command.tool, command.args, command.sink), ("secret", "keychain"))
+        names, keychain = found["secret"], found["keychain"]
         if names:
             ctx.secrets.update(await resolve_secrets(names, self.credentials))
             masker.update(ctx.secrets.values())
             context["secret"] = dict(ctx.secrets)
-        keychain = secret_names_in(blocks, "keychain")
         if keychain:
             context["keychain"] = await _keychain(ctx, keychain)
         if command.kind == "sink":

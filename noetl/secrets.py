@@ -38,6 +38,7 @@ __all__ = [
     "MIN_MASK_LENGTH",
     "PUBLIC_FIELDS",
     "Masker",
+    "names_by_root",
     "redact",
     "secret_env_name",
     "secret_names_in",
@@ -316,21 +317,28 @@ def secret_names_in(value: Any, root: str = _SECRET_ROOT) -> set[str]:
     (`secret[name]`, `secret | tojson`, ...): which secrets to fetch must be known before
     rendering.
     """
-    names: set[str] = set()
-    _collect_secret_names(value, names, root)
-    return names
+    return names_by_root(value, (root,))[root]
 
 
-def _collect_secret_names(value: Any, names: set[str], root: str) -> None:
+def names_by_root(value: Any, roots: tuple[str, ...]) -> dict[str, set[str]]:
+    """`secret_names_in` for each of `roots`, in one walk of `value`."""
+    found: dict[str, set[str]] = {root: set() for root in roots}
+    _collect_secret_names(value, found)
+    return found
+
+
+def _collect_secret_names(value: Any, found: dict[str, set[str]]) -> None:
     if isinstance(value, str):
-        if root in value and ("{{" in value or "{%" in value):
-            names.update(_secret_names_in_template(value, root))
+        if "{{" in value or "{%" in value:
+            for root, names in found.items():
+                if root in value:
+                    names.update(_secret_names_in_template(value, root))
     elif isinstance(value, dict):
         for item in value.values():
-            _collect_secret_names(item, names, root)
+            _collect_secret_names(item, found)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _collect_secret_names(item, names, root)
+            _collect_secret_names(item, found)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -24,13 +24,23 @@ def _jsonb_rank(key: str) -> tuple[int, bytes]:
     return len(raw), raw
 
 
+def _jsonb_sorted(keys: list[str]) -> list[str]:
+    """`keys` in JSONB's order. ASCII keys (nearly all) are sorted by C alone: by text,
+    then stably by length, which is by (length, bytes) for them."""
+    if not "".join(keys).isascii():
+        return sorted(keys, key=_jsonb_rank)
+    ordered = sorted(keys)
+    ordered.sort(key=len)
+    return ordered
+
+
 def _marked(value: Any) -> Any:
     if isinstance(value, dict):
         out = {k: _marked(v) for k, v in value.items()}
         # Plain str: keys may be str subclasses (HTTP headers' istr), which msgspec encodes
         # as keys but not as values.
         keys = [str(k) for k in value]
-        if len(keys) > 1 and keys != sorted(keys, key=_jsonb_rank):
+        if len(keys) > 1 and keys != _jsonb_sorted(keys):
             out[ORDER_KEY] = keys
         return out
     if isinstance(value, list):

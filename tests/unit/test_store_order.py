@@ -28,3 +28,11 @@ def test_keys_of_str_subclasses_are_recorded_as_str() -> None:
 
     headers = {istr("X-Total"): "3", istr("Content-Type"): "json"}
     assert list(order.decode(order.encode(headers))) == ["X-Total", "Content-Type"]
+
+
+def test_key_order_is_judged_by_utf8_bytes_not_characters() -> None:
+    # "é" is one character but two bytes: JSONB puts it after "ab", by bytes.
+    assert order.MARK not in order.encode({"z": 0, "ab": 1, "é": 2})
+    assert order.MARK in order.encode({"é": 2, "ab": 1})
+    assert order.MARK in order.encode({"ab": 1, "z": 0})
+    assert order.MARK not in order.encode({"b": 0, "ab": 1, "ba": 2})
