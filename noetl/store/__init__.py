@@ -19,6 +19,7 @@ from noetl.store import events as event_sql
 from noetl.store.batches import RunnerWrite
 from noetl.store.events import Projection
 from noetl.store.group import GroupCommit
+from noetl.store.pinned import Pinned
 from noetl.store.views import execution_summary
 
 # Walks running executions only: an ended one's subtree is being cancelled.
@@ -77,17 +78,17 @@ class Store:
         # Facts whose loss in a crash costs nothing (command.started) commit without waiting
         # for the WAL flush, which takes a disk sync off every command's path.
         self.relaxed = relaxed or pool
-        # Runner events of concurrent callers commit together (noetl.store.group); relaxed
-        # facts batch apart, so that they never wait for a WAL flush.
-        self.outcomes = self._runner_batches(pool)
-        self.relaxed_outcomes = (
-            self.outcomes if self.relaxed is pool else self._runner_batches(self.relaxed)
-        )
+        # Runner events of concurrent callers commit together (noetl.store.group), each
+        # batcher on a connection of its own; relaxed facts batch apart, so that they never
+        # wait for a WAL flush.
+        self._pinned = [Pinned(each) for each in dict.fromkeys((pool, self.relaxed))]
+        batchers = [self._runner_batches(pinned) for pinned in self._pinned]
+        self.outcomes, self.relaxed_outcomes = batchers[0], batchers[-1]
 
     @staticmethod
-    def _runner_batches(pool: asyncpg.Pool) -> GroupCommit[RunnerWrite, tuple[bool, ...]]:
+    def _runner_batches(conn: Pinned) -> GroupCommit[RunnerWrite, tuple[bool, ...]]:
         return GroupCommit(
-            partial(batches.write_runner_events, pool), batches.runner_keys, batches.MAX_BATCH
+            partial(batches.write_runner_events, conn), batches.runner_keys, batches.MAX_BATCH
         )
 
     @classmethod
@@ -119,6 +120,8 @@ class Store:
 
     async def close(self) -> None:
         """Close the pools."""
+        for pinned in self._pinned:
+            await pinned.release()
         if self.relaxed is not self.pool:
             await self.relaxed.close()
         await self.pool.close()

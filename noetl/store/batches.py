@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import asyncpg
 import msgspec
 
 from noetl.engine.events import Event
 from noetl.store import events as event_sql
 from noetl.store.events import json_text
+from noetl.store.pinned import Pinned
 
 #: Items per batch: bounds a statement's size and the wait of the last caller in it.
 MAX_BATCH = 64
@@ -69,14 +69,15 @@ def runner_keys(item: RunnerWrite) -> list[tuple[int, str]]:
     return [(item.execution_id, e.dedup_key) for e in item.events]
 
 
-async def write_runner_events(
-    pool: asyncpg.Pool, items: Sequence[RunnerWrite]
-) -> list[tuple[bool, ...]]:
+async def write_runner_events(conn: Pinned, items: Sequence[RunnerWrite]) -> list[tuple[bool, ...]]:
     """Record the events once each; per item, per event, whether it was new (False: a
     duplicate)."""
     if len(items) == 1 and len(items[0].events) == 1:
         (one,) = items
-        return [(await event_sql.append_runner_event(pool, one.execution_id, one.events[0]),)]
+        new = await conn.run(
+            lambda con: event_sql.append_runner_event(con, one.execution_id, one.events[0])
+        )
+        return [(new,)]
     rows = [
         _Row(
             execution_id=item.execution_id,
@@ -91,7 +92,8 @@ async def write_runner_events(
         for item in items
         for e in item.events
     ]
-    rows_found = await pool.fetch(_RUNNER_EVENTS, _encode_rows(rows).decode())
+    document = _encode_rows(rows).decode()
+    rows_found = await conn.run(lambda con: con.fetch(_RUNNER_EVENTS, document))
     inserted = {(int(r["execution_id"]), str(r["dedup_key"])) for r in rows_found}
     return [tuple(key in inserted for key in runner_keys(item)) for item in items]
 

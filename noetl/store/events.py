@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from noetl.engine.events import Event
 from noetl.errors import VersionConflict
@@ -125,7 +126,7 @@ async def append_decision(
 
 
 async def append_runner_event(
-    conn: asyncpg.Connection | asyncpg.Pool, execution_id: int, event: Event
+    conn: asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy, execution_id: int, event: Event
 ) -> bool:
     """Record a runner event once; False when an event with its dedup key already exists."""
     row = await conn.fetchval(

@@ -188,3 +188,29 @@ async def test_a_start_and_outcome_commit_together_and_whole(store: Store) -> No
     assert rows[0]["tx"] == rows[1]["tx"] != rows[2]["tx"] == rows[3]["tx"]
     with pytest.raises(StoreError, match="descending"):
         await store.append_runner_events(x, [_done("c4"), _started("c4")])
+
+
+async def test_a_kept_connection_that_died_is_replaced(store: Store, pg_dsn: str) -> None:
+    """The batcher keeps its connection between writes (`noetl.store.pinned`): once the
+    server ends it, at most one write fails (LOST, delivered again by the runner) and the
+    next takes a fresh connection."""
+    x = new_execution_id()
+    assert await store.append_runner_events(x, [_started("c1"), _done("c1")]) == [True, True]
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    outcomes = [
+        await asyncio.gather(
+            store.append_runner_events(x, [_done(f"c{i}")]), return_exceptions=True
+        )
+        for i in (2, 2, 3)
+    ]
+    # The first write commits, or fails having committed nothing (written again: new).
+    first_failed = isinstance(outcomes[0][0], LOST) and outcomes[1] == [[True]]
+    assert outcomes[:2] == [[[True]], [[False]]] or first_failed, outcomes
+    assert outcomes[2] == [[True]], outcomes
