@@ -305,8 +305,11 @@ class WorkerPool:
         return None
 
     def _keep_spares(self) -> None:
-        """Fork spares up to `size` in the background, unless that is under way."""
-        if self._closed or (self._refill is not None and not self._refill.done()):
+        """Fork spares up to `size` in the background, unless that is under way (or there
+        are enough: no task then)."""
+        if self._closed or len(self._spares) >= self.size:
+            return
+        if self._refill is not None and not self._refill.done():
             return
         self._refill = asyncio.get_running_loop().create_task(self._fill_spares())
 
