@@ -20,7 +20,6 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import msgspec
 from nats.aio.msg import Msg
@@ -29,6 +28,7 @@ from actors.base import Actor
 from actors.command_render import job, render_sink, render_tool, renders
 from actors.heartbeat import Heartbeat
 from actors.outcome import outcome_message
+from actors.runner_secrets import keychain_of, runtime_secrets
 from noetl import blobs, keys, render
 from noetl.bus import (
     CANCEL_PREFIX,
@@ -97,7 +97,7 @@ class Runner(Actor):
         self.credentials: CredentialStore | None = None
         # Every stored secret and the runtime's own (token, key, NOETL_SECRET_*), masked in
         # whatever any command records; refreshed every STORED_SECRETS_EVERY seconds.
-        self._known_secrets = Masker(_runtime_secrets(settings))
+        self._known_secrets = Masker(runtime_secrets(settings))
         self._refresher: asyncio.Task[None] | None = None
         root = settings.script_root
         self._script_root = None if root is None else Path(root).expanduser()
@@ -142,7 +142,7 @@ class Runner(Actor):
                 await close()
 
     async def _refresh_known_secrets(self) -> None:
-        values = set(_runtime_secrets(self.settings))
+        values = set(runtime_secrets(self.settings))
         if self.credentials is not None:
             values |= await self.credentials.all_secret_values()
         self._known_secrets = Masker(values)
@@ -406,7 +406,7 @@ class Runner(Actor):
             masker.update(ctx.secrets.values())
             context["secret"] = dict(ctx.secrets)
         if keychain:
-            context["keychain"] = await _keychain(ctx, keychain)
+            context["keychain"] = await keychain_of(ctx, keychain)
         if command.kind == "sink":
             result = context.get("result")
             done.sink = await self._sink(ctx, command.tool, result, context)
@@ -483,32 +483,3 @@ def _error_of(exc: ToolError | RenderError) -> ErrorInfo:
     if isinstance(exc, ToolError):
         return ErrorInfo.of(exc.details, type=exc.error_type, message=str(exc))
     return ErrorInfo(type=exc.error_type, message=str(exc))
-
-
-async def _keychain(ctx: ToolContext, names: set[str]) -> dict[str, Any]:
-    """NoETL's `keychain.NAME`: the data of the stored credential each entry names
-    (decrypted through `ctx`, so its secret values are masked in what the command records).
-    Raises ToolError for a name the playbook's `keychain` does not declare."""
-    found: dict[str, Any] = {}
-    for name in sorted(names):
-        if name not in ctx.bindings:
-            raise ToolError(
-                f"`keychain.{name}` is not declared: add `{{name: {name}, kind: credential, "
-                "credential: STORED_NAME}` to the playbook's `keychain`",
-                error_type="credential",
-            )
-        found[name] = dict(await ctx.credential(ctx.bindings[name]))
-    return found
-
-
-def _runtime_secrets(settings: Settings) -> list[str]:
-    """The runtime's own secret values: the API token, the encryption key, the store's and
-    the bus's passwords (from their URLs) and every `NOETL_SECRET_*` variable."""
-    values = [settings.api_token or "", settings.encryption_key or ""]
-    for url in (settings.pg_dsn, settings.nats_url):
-        for part in (url or "").split(","):
-            password = urlsplit(part.strip()).password
-            if password:
-                values.append(unquote(password))
-    values += [v for k, v in os.environ.items() if k.startswith("NOETL_SECRET_")]
-    return [value for value in values if value]
