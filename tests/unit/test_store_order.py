@@ -28,3 +28,17 @@ def test_keys_of_str_subclasses_are_recorded_as_str() -> None:
 
     headers = {istr("X-Total"): "3", istr("Content-Type"): "json"}
     assert list(order.decode(order.encode(headers))) == ["X-Total", "Content-Type"]
+
+
+def test_marks_deep_inside_and_mappings_of_any_dict_type() -> None:
+    from collections import OrderedDict
+
+    # Nothing to record: the JSON is msgspec's, whatever the dict's type.
+    assert order.encode(OrderedDict(a=[1, {"b": None}])) == '{"a":[1,{"b":null}]}'
+    # One object deep inside lists and objects needs its order: only it is marked, and
+    # the same key set is marked the same way each time (its rank is remembered).
+    value = {"a": [1, [{"x": 1}, {"name": 1, "id": 2}]], "b": {"c": {"name": 1, "id": 2}}}
+    text = order.encode(value)
+    assert text.count(order.MARK) == 2
+    assert json.dumps(order.decode(text)) == json.dumps(value)
+    assert order.encode(value) == text
