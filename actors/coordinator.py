@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from actors.admission import engine_limits, start_refusal
 from actors.base import Actor
-from actors.batch import combine, projection
+from actors.batch import combine, decide_run, projection, value_refs
 from actors.outcome import outcome_message
 from actors.timers import TimerWheel
 from noetl import blobs, dsl, keys
@@ -65,6 +65,8 @@ _MAX_CONFLICTS = 8
 _MAX_BATCH = 256
 # How many large values a coordinator host keeps in memory.
 _VALUE_CACHE = 64
+# How many of them the decisions of one run of queued messages may read at once.
+_VALUES_AT_ONCE = _VALUE_CACHE // 2
 # Decisions (and so their templates) running at once, off the event loop.
 _DECIDE_THREADS = 8
 
@@ -181,12 +183,15 @@ class ExecutionActor:
         decisions: list[Decision] = []
         unusable: list[Msg] = []
         fresh = False
-        for msg, message in batch:
+        at = 0
+        while at < len(batch):
+            msg, message = batch[at]
             stale = self.state is None or (self.engine is None and self.refusal is None)
             if stale:
                 fresh = True
                 if not await self._load(message):
                     unusable.append(msg)
+                    at += 1
                     continue
             assert self.state is not None
             refusal = self.refusal or await start_refusal(
@@ -195,18 +200,18 @@ class ExecutionActor:
             if refusal is not None:
                 assert isinstance(message, StartExecution)
                 decisions.append(refuse_start(self.state, message, refusal))
-            else:
-                assert self.engine is not None
-                values = await self.host.values_for(self.state, message)
-                decide = self.engine.decide
-                if self.engine.renders(message):
-                    # In a thread: a template running until its deadline must not hold the
-                    # loop.
-                    decision = await self.host.deciding.run(decide, self.state, message, values)
-                else:
-                    # Renders no template: nothing can hold the loop long, no thread hop.
-                    decision = decide(self.state, message, values)
-                decisions.append(decision)
+                at += 1
+                continue
+            # This message and the following ones up to the next start (whose admission is
+            # checked against the store once the messages before it are decided).
+            run = [message]
+            for _, queued in batch[at + 1 :]:
+                if isinstance(queued, StartExecution):
+                    break
+                run.append(queued)
+            decided = await self._decide_run(run)
+            decisions.extend(decided)
+            at += len(decided)
         if not fresh and any(d.duplicate for d in decisions):
             # "Already done" judged on a cached state may only mean that another host
             # decided since: check against the store before dropping the message.
@@ -222,6 +227,19 @@ class ExecutionActor:
                 projection(self.state, combined),
             )
         return combined, unusable
+
+    async def _decide_run(self, run: list[ExecMessage]) -> list[Decision]:
+        """Decide `run` in order, or as many of its first messages as read only the stored
+        values looked up here (at least one)."""
+        assert self.state is not None and self.engine is not None
+        values, asked = await self.host.values_for(self.state, run)
+        engine = self.engine
+        if any(engine.renders(message) for message in run):
+            # In a thread, all of them in one hop: a template running until its deadline
+            # must not hold the loop (and fails only its own step).
+            return await self.host.deciding.run(decide_run, engine, self.state, run, values, asked)
+        # Renders no template: nothing can hold the loop long, no thread hop.
+        return decide_run(engine, self.state, run, values, asked)
 
     async def _load(self, message: ExecMessage) -> bool:
         state = await self.host.store.load_state(self.execution_id)
@@ -385,23 +403,27 @@ class CoordinatorHost(Actor):
         if decision.events:
             await self.announce(execution_id, decision.events)
 
-    async def values_for(self, state: ExecutionState, message: ExecMessage) -> dict[str, Any]:
-        """The stored large values that the state's results or the message refer to."""
-        digests = set(blobs.refs_in(getattr(message, "result", None)))
-        for step in state.steps.values():
-            if step.status == "completed":
-                digests.update(blobs.refs_in(step.result))
+    async def values_for(
+        self, state: ExecutionState, messages: list[ExecMessage]
+    ) -> tuple[dict[str, Any], set[str]]:
+        """The stored large values that the state's results and the messages refer to (at
+        most `_VALUES_AT_ONCE` of them beyond the first message's), and the digests looked
+        up: a value not found is not among the values."""
+        digests = value_refs(state, messages, _VALUES_AT_ONCE)
         if not digests:
-            return {}
-        missing = [d for d in digests if d not in self._values]
+            return {}, digests
+        values = {d: self._values[d] for d in digests if d in self._values}
+        missing = [d for d in digests if d not in values]
         if missing:
             # A value holding more items than a loop may have is left in the store: the
             # coordinator only ever needs its length (a loop over it fails).
             limit = self.settings.max_loop_items
-            self._values.update(await self.store.get_blobs(missing, max_items=limit))
+            fetched = await self.store.get_blobs(missing, max_items=limit)
+            values.update(fetched)
+            self._values.update(fetched)
             while len(self._values) > _VALUE_CACHE:
                 self._values.pop(next(iter(self._values)))
-        return {d: self._values[d] for d in digests if d in self._values}
+        return values, digests
 
     def mailbox_of(self, execution_id: int) -> str:
         """The subject of the partition that coordinates `execution_id`."""

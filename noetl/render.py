@@ -40,6 +40,7 @@ __all__ = [
     "evaluate",
     "has_template",
     "is_template",
+    "may_run_long",
     "referenced_names",
     "render",
     "syntax_error",
@@ -153,6 +154,27 @@ def has_template(value: Any) -> bool:
         return any(has_template(item) for item in value.values())
     if isinstance(value, (list, tuple)):
         return any(has_template(item) for item in value)
+    return False
+
+
+def may_run_long(value: Any) -> bool:
+    """Whether `render` may run a template inside `value` (walked as `render` walks it)
+    that is more than a plain lookup: exactly one `{{ name }}`, `{{ a.b }}` or
+    `{{ a[0]['k'] }}` with constant subscripts. A lookup has no loop, call, filter or
+    operator: it reads the context and ends, so it cannot run until the render clock's
+    deadline, and may be rendered where a long render would hold up other work. A template
+    that does not parse fails at once and counts as none."""
+    if isinstance(value, str):
+        if "{{" not in value and "{%" not in value:
+            return False
+        try:
+            return not _compile(value).lookup
+        except TemplateSyntaxError:
+            return False
+    if isinstance(value, dict):
+        return any(may_run_long(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(may_run_long(item) for item in value)
     return False
 
 

@@ -1,7 +1,8 @@
 """Rendering off the event loop: a thread pool of one actor, so that a template that runs
 until its deadline (`noetl.render_limits`) holds a worker thread, never the loop that
 serves the actor's other executions, heartbeats and acks. Work that runs no template
-(`noetl.render.has_template`, `Engine.renders`) cannot reach that deadline and is done on
+(`noetl.render.has_template`, `Engine.renders`), or runs only plain lookups
+(`noetl.render.may_run_long`), cannot reach that deadline and is done on
 the loop: a hop costs a thread wake-up and a loop wake-up on a step's critical path."""
 
 from __future__ import annotations

@@ -100,13 +100,14 @@ class Engine:
             run.wake()
 
     def renders(self, message: ExecMessage) -> bool:
-        """Whether deciding `message` may run a template (False: it runs none, so it cannot
-        hold its thread until the render clock's deadline). Besides the playbook's own
-        templates, a start renders the workload it carries."""
+        """Whether deciding `message` may run a template that is more than a plain lookup
+        (False: it runs none or only lookups, so it cannot hold its thread until the render
+        clock's deadline; `render.may_run_long`). Besides the playbook's own templates, a
+        start renders the workload it carries."""
         if self.plan.templated:
             return True
         if isinstance(message, StartExecution):
-            return render.has_template(message.workload) or render.has_template(message.restore)
+            return render.may_run_long(message.workload) or render.may_run_long(message.restore)
         return False
 
     def pending_commands(self, state: ExecutionState) -> list[CommandIssued]:

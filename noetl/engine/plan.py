@@ -93,7 +93,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     # Declaration index of each step: the tie-breaker that keeps decisions deterministic.
     order: dict[str, int]
     has_end: bool
-    # Whether deciding for this version may run a template (`templated`).
+    # Whether deciding for this version may run more than lookups (`templated`).
     templated: bool
 
 
@@ -123,13 +123,14 @@ def compile_plan(
 
 
 def templated(playbook: Playbook) -> bool:
-    """Whether a decision for this playbook may run a template: any template text anywhere
-    in it, or any `case` rule (`then.result: {from: NAME}` is evaluated as a template made
-    from a plain name). Deliberately coarse: False promises that the engine renders nothing
-    of this playbook, so a decision cannot run until the render clock's deadline."""
+    """Whether a decision for this playbook may run a template that is more than a plain
+    lookup (`render.may_run_long`) anywhere in it, or any `case` rule (`then.result:
+    {from: NAME}` is evaluated as a template made from a plain name). Deliberately
+    coarse: False promises that the engine renders nothing of this playbook but lookups,
+    so a decision cannot run until the render clock's deadline."""
     if any(step.case for step in playbook.workflow):
         return True
-    return render.has_template(msgspec.to_builtins(playbook))
+    return render.may_run_long(msgspec.to_builtins(playbook))
 
 
 def _step_plan(

@@ -7,6 +7,7 @@ this existed) reads as it always did.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -34,17 +35,60 @@ def _jsonb_sorted(keys: list[str]) -> list[str]:
     return ordered
 
 
+# Where recursion stops: values encoded as they are.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+# Key sets longer than this are ranked each time rather than remembered.
+_REMEMBERED_KEYS: Final = 32
+
+
+@lru_cache(maxsize=4096)
+def _remembered_order(keys: tuple[Any, ...]) -> list[str] | None:
+    return _order_to_record(keys)
+
+
+def _order_to_record(keys: tuple[Any, ...]) -> list[str] | None:
+    """The key order to record for an object with these keys, None when JSONB keeps it."""
+    # Plain str: keys may be str subclasses (HTTP headers' istr), which msgspec encodes
+    # as keys but not as values.
+    names = [str(k) for k in keys]
+    if names != _jsonb_sorted(names):
+        return names
+    return None
+
+
 def _marked(value: Any) -> Any:
+    """`value` with the key order of each object that JSONB would reorder recorded under
+    ORDER_KEY. Objects and lists with nothing to record inside are returned as they are,
+    not copied (the payloads of most events: a few keys, most of them scalars); the key
+    orders of small objects are ranked once per key set (an event type has a few)."""
     if isinstance(value, dict):
-        out = {k: _marked(v) for k, v in value.items()}
-        # Plain str: keys may be str subclasses (HTTP headers' istr), which msgspec encodes
-        # as keys but not as values.
-        keys = [str(k) for k in value]
-        if len(keys) > 1 and keys != _jsonb_sorted(keys):
-            out[ORDER_KEY] = keys
+        changed: dict[Any, Any] | None = None
+        for key, item in value.items():
+            if type(item) not in _SCALARS:
+                marked = _marked(item)
+                if marked is not item:
+                    changed = {} if changed is None else changed
+                    changed[key] = marked
+        order = None
+        if len(value) > 1:
+            keys = tuple(value)
+            small = len(keys) <= _REMEMBERED_KEYS
+            order = _remembered_order(keys) if small else _order_to_record(keys)
+        if changed is None and order is None:
+            return value
+        out = {**value, **changed} if changed else dict(value)
+        if order is not None:
+            out[ORDER_KEY] = list(order)
         return out
     if isinstance(value, list):
-        return [_marked(v) for v in value]
+        copied: list[Any] | None = None
+        for index, item in enumerate(value):
+            if type(item) not in _SCALARS:
+                marked = _marked(item)
+                if marked is not item:
+                    copied = list(value) if copied is None else copied
+                    copied[index] = marked
+        return value if copied is None else copied
     return value
 
 

@@ -120,6 +120,17 @@ async def test_work_without_templates_is_done_on_the_loop(
     assert done["status"] == "completed", done["error"]
     assert done["steps"] == {"start": 1, "second": 2}
     assert (coordinator.deciding.hops, runner.render_hops) == (0, 0)
+    # Plain lookups cannot spin: the coordinator decides them on the loop too.
+    lookups = """
+    - step: start
+      tool: {kind: python, args: {n: "{{ workload.n }}"}, code: "result = n * 2"}
+    """
+    reply = await client.register(write(tmp_path, "lookups", lookups))
+    eid = await client.start(reply.path, version=reply.version, workload={"n": 5})
+    done = await client.wait(eid, timeout=60)
+    assert done["status"] == "completed" and done["steps"]["start"] == 10, done
+    assert coordinator.deciding.hops == 0
+    rendered = runner.render_hops  # the runner renders that tool block in a thread
     # A template anywhere in the playbook (here a tool's args): every decision and that
     # tool block go through a thread.
     templated = """
@@ -128,4 +139,4 @@ async def test_work_without_templates_is_done_on_the_loop(
     """
     done = await client.wait(await start(client, write(tmp_path, "tmpl", templated)), timeout=60)
     assert done["status"] == "completed" and done["steps"]["start"] == 42, done
-    assert coordinator.deciding.hops >= 2 and runner.render_hops == 1
+    assert coordinator.deciding.hops >= 2 and runner.render_hops == rendered + 1

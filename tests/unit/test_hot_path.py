@@ -8,6 +8,7 @@ import pytest
 from actors.command_render import renders
 from noetl.bench.playbooks import chain_text
 from noetl.messages import CommandCompleted, CommandIssued, StartExecution
+from noetl.render import may_run_long
 from plugins.python import PythonTool
 from tests.unit.engine_sim import engine_of
 
@@ -43,6 +44,42 @@ def test_any_template_or_case_rule_decides_in_a_thread(body: str) -> None:
     text = HEAD + body if body.startswith("  ") else HEAD.replace("workflow:\n", "") + body
     engine = engine_of(text)
     assert engine.plan.templated and engine.renders(DONE)
+
+
+@pytest.mark.parametrize(
+    ("text", "long"),
+    [
+        ("plain text", False),
+        ("{{ name }}", False),
+        ("  {{ a.b[0]['c'] }}  ", False),
+        ("{{ workload.items }}", False),
+        ("{{ a[b] }}", True),  # a subscript read from the context
+        ("{{ a | length }}", True),
+        ("{{ a.upper() }}", True),
+        ("{{ 1 }}", True),
+        ("x {{ a }}", True),  # printed, not a lone lookup
+        ("{% for i in a %}{% endfor %}", True),
+        ("{{ a", False),  # does not parse: fails at once
+        ({"k": ["{{ a }}", ("{{ b | list }}",)]}, True),
+        ({"k": ["{{ a }}", ("{{ b.c }}",)]}, False),
+    ],
+)
+def test_only_templates_beyond_a_plain_lookup_may_run_long(text: object, long: bool) -> None:
+    assert may_run_long(text) is long
+
+
+def test_a_playbook_of_plain_lookups_decides_on_the_loop() -> None:
+    body = (
+        "  - step: start\n"
+        "    loop: {in: '{{ workload.items }}', iterator: n}\n"
+        "    tool: {kind: python, args: {n: '{{ n }}'}, code: 'result = n'}\n"
+        "    next: [{when: '{{ workload.flag }}', then: [b]}]\n"
+        "  - step: b\n"
+    )
+    engine = engine_of(HEAD + body)
+    assert not engine.plan.templated and not engine.renders(DONE)
+    assert not engine.renders(start({"items": "{{ vars.x }}"}))
+    assert engine.renders(start({"items": "{{ range(9) | list }}"}))
 
 
 def command(tool: dict[str, object], args: dict[str, object]) -> CommandIssued:

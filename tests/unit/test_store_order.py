@@ -36,3 +36,17 @@ def test_key_order_is_judged_by_utf8_bytes_not_characters() -> None:
     assert order.MARK in order.encode({"é": 2, "ab": 1})
     assert order.MARK in order.encode({"ab": 1, "z": 0})
     assert order.MARK not in order.encode({"b": 0, "ab": 1, "ba": 2})
+
+
+def test_marks_deep_inside_and_mappings_of_any_dict_type() -> None:
+    from collections import OrderedDict
+
+    # Nothing to record: the JSON is msgspec's, whatever the dict's type.
+    assert order.encode(OrderedDict(a=[1, {"b": None}])) == '{"a":[1,{"b":null}]}'
+    # One object deep inside lists and objects needs its order: only it is marked, and
+    # the same key set is marked the same way each time (its rank is remembered).
+    value = {"a": [1, [{"x": 1}, {"name": 1, "id": 2}]], "b": {"c": {"name": 1, "id": 2}}}
+    text = order.encode(value)
+    assert text.count(order.MARK) == 2
+    assert json.dumps(order.decode(text)) == json.dumps(value)
+    assert order.encode(value) == text
