@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from actors.admission import engine_limits, start_refusal
 from actors.base import Actor
 from actors.batch import combine, decide_run, projection, value_refs
-from actors.outcome import outcome_message
+from actors.reconciler import reconcile_forever
 from actors.timers import TimerWheel
 from noetl import blobs, dsl, keys
 from noetl.bus import (
@@ -49,7 +49,6 @@ from noetl.messages import (
     ErrorInfo,
     ExecMessage,
     StartExecution,
-    Wake,
     decode_exec,
     decode_start,
     encode,
@@ -293,7 +292,7 @@ class CoordinatorHost(Actor):
         )
         await self.timers.load()
         self.timers.start()
-        self._reconciler = asyncio.create_task(self._reconcile_forever())
+        self._reconciler = asyncio.create_task(reconcile_forever(self))
         self.bus.keep_warm()
 
     async def stop(self) -> None:
@@ -470,60 +469,3 @@ class CoordinatorHost(Actor):
         await self.bus.announce(events_subject(execution_id), data)
         if milestone:
             await self.bus.announce(milestones_subject(execution_id), data)
-
-    # -- reconciler --------------------------------------------------------------------
-
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reconcile_every)
-            try:
-                await self.reconcile()
-                await self.timers.load()
-            except Exception:
-                self.log.exception("reconciler sweep failed")
-
-    async def reconcile(self) -> int:
-        """Re-derive lost work of stale executions from the event table; return how many
-        executions were nudged. JetStream may lose messages; PostgreSQL may not."""
-        stale_ms = int(1000 * max(3 * self.settings.ack_wait, self.bus.dedup_window + 1))
-        mine = set(self.partitions)
-        nudged = 0
-        for execution_id in await self.store.stale_executions(stale_ms):
-            if partition_of(execution_id, self.settings.partitions) not in mine:
-                continue
-            actor = self.actors.get(execution_id)
-            if actor is not None and not actor.mailbox.empty():
-                continue  # it is making progress right now
-            await self._reconcile_one(execution_id)
-            nudged += 1
-        return nudged
-
-    async def _reconcile_one(self, execution_id: int) -> None:
-        state = await self.store.load_state(execution_id)
-        if not state.running:
-            return
-        engine = await self.engine_for(state.path, state.version)
-        reply_to = exec_subject(partition_of(execution_id, self.settings.partitions))
-        lost: list[CommandIssued] = []
-        commands_in_flight = await self.bus.commands_queued()
-        for command_id, pending in state.pending.items():
-            if pending.child is not None:
-                continue  # a child execution, started again below: its end is the outcome
-            outcome = await self.store.find_event(execution_id, keys.outcome_key(command_id))
-            if outcome is None:
-                # Only when no command message exists anywhere can this one be lost: one
-                # still in the stream is being run or will be redelivered.
-                if commands_in_flight == 0:
-                    lost.append(engine.command_message(state, command_id))
-                continue
-            message = outcome_message(execution_id, outcome, time.time())
-            await self.bus.publish(reply_to, encode(message), message.dedup_id)
-        if not state.pending and not state.timers:
-            wake = Wake(execution_id=execution_id, dedup_id=keys.wake_id(execution_id, state.seq))
-            await self.bus.publish(reply_to, encode(wake), wake.dedup_id)
-        await self.publish_commands(lost, reply_to)
-        for child in engine.pending_children(state):
-            await self.bus.publish(
-                self.mailbox_of(child.execution_id), encode(child), child.dedup_id
-            )
-        self.log.info("reconciled execution %s", execution_id)
