@@ -56,7 +56,7 @@ class Settings(msgspec.Struct, kw_only=True):
     idle_evict: float = 60.0
     # Seconds between reconciler sweeps for executions with lost or stalled work.
     reconcile_every: float = 15.0
-    # Concurrent python calls per runner (0: one per CPU); bounds python loops' concurrency.
+    # Concurrent python calls per runner (0: two per CPU); bounds python loops' concurrency.
     python_workers: int = 0
     # The account python steps run as when the runtime runs as root.
     python_user: str = "nobody"

@@ -28,7 +28,9 @@ REPLY_SLACK = 8 * 1024 * 1024
 
 class PythonTool:
     """Tool kind `python`. Concurrent calls are bounded by `workers`, else by the settings'
-    `python_workers` (`NOETL_PYTHON_WORKERS`), else by the number of CPUs."""
+    `python_workers` (`NOETL_PYTHON_WORKERS`), else by two per CPU: a call holds its slot
+    through its worker's fork and its own waits (HTTP, databases), not only while it
+    computes."""
 
     kind = "python"
     # Code is Python, not a template: `{{` in an f-string must reach the interpreter intact.
@@ -38,7 +40,7 @@ class PythonTool:
         settings = settings or Settings()
         self.max_result = settings.result_max_mb * 1024 * 1024
         self.pool = WorkerPool(
-            workers or settings.python_workers or os.cpu_count() or 1,
+            workers or settings.python_workers or 2 * (os.cpu_count() or 1),
             user=settings.python_user,
             memory_bytes=settings.python_memory_mb * 1024 * 1024,
             preload=settings.python_preload,

@@ -539,8 +539,8 @@ async def test_aclose_during_a_call_fails_that_call() -> None:
     assert worker_pids() == before
 
 
-async def test_workers_default_to_the_cpu_count() -> None:
-    assert PythonTool().pool.size == (os.cpu_count() or 1)
+async def test_workers_default_to_two_per_cpu() -> None:
+    assert PythonTool().pool.size == 2 * (os.cpu_count() or 1)
 
 
 async def test_worker_count_comes_from_the_settings() -> None:
