@@ -36,6 +36,9 @@ ResultT = TypeVar("ResultT")
 LOST: Final = (
     OSError,  # TimeoutError included
     asyncpg.InterfaceError,
+    # The driver's protocol state broken, as when the server ended the connection while a
+    # write went out on it (seen on a kept connection right after pg_terminate_backend).
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
